@@ -1,0 +1,5 @@
+"""``python -m fedflower`` is the ``fedflower`` command."""
+
+from fedflower.cli import main
+
+main()

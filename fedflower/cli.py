@@ -1,0 +1,128 @@
+"""The ``fedflower`` command: a thin Hydra entry point around :func:`fedflower.run.run`.
+
+Before Hydra starts, the command line is composed once so that a bad override (unknown group
+option, unknown key, malformed value) ends with one line on stderr and exit code 2, not a
+traceback. Errors of the run itself that the user can fix (``FedflowerError``) end the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
+os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
+
+import hydra
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from fedflower.errors import FedflowerError
+
+CONFIG_MODULE = "fedflower.conf"
+CONFIG_NAME = "config"
+EXIT_USAGE = 2
+
+
+def quiet_tensorflow_import() -> None:
+    """Import TensorFlow with its C++ start-up banner (oneDNN, absl) sent to /dev/null."""
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit with status 2."""
+    print(f"fedflower: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _first_of_sweeps(overrides: Sequence[str]) -> list[str]:
+    """Replace each sweep (``seed=0,1,2``) by its first value, so one composition checks it."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    out = []
+    for text, override in zip(overrides, parsed, strict=True):
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            out.append(f"{override.get_key_element()}={first}")
+        else:
+            out.append(text)
+    return out
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+        hint = f"; choose one of: {', '.join(options)}" if options else ""
+        return f"unknown option {option!r} for {group}{hint}"
+    key = re.search(r"Key '([^']+)' is not in struct", text)
+    if key:
+        return f"unknown config key {key.group(1)!r} (add it with +{key.group(1)}=... if intended)"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
+
+
+def precheck(argv: Sequence[str]) -> None:
+    """Compose the config the command line asks for; exit with one line if that fails."""
+    from hydra import compose, initialize_config_module
+
+    args = get_args_parser().parse_args(list(argv))
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+        return
+    try:
+        overrides = _first_of_sweeps(args.overrides)
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            compose(config_name=args.config_name or CONFIG_NAME, overrides=overrides)
+    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
+        fail(_one_line(exc))
+
+
+def list_strategies() -> None:
+    """Print the installed strategy plugins."""
+    from fedflower import registry
+
+    infos = registry.available()
+    width = max((len(i.name) for i in infos), default=4)
+    for info in infos:
+        print(f"{info.name:<{width}}  {info.target}\n{'':<{width}}  {info.description}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://fedflower.conf", config_name=CONFIG_NAME)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from fedflower.run import run
+
+    try:
+        results = run(cfg)
+    except FedflowerError as exc:
+        fail(str(exc))
+        return None
+    accuracy = results["final"]["accuracy"]
+    return None if accuracy is None else float(accuracy)
+
+
+def main() -> None:
+    """Entry point of the ``fedflower`` console script."""
+    argv = sys.argv[1:]
+    quiet_tensorflow_import()
+    if "--list-strategies" in argv:
+        list_strategies()
+        return
+    precheck(argv)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

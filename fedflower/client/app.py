@@ -1,0 +1,83 @@
+"""The one adapter from a NumPyClient-shaped :class:`KerasClient` to Flower's Message API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedflower import keys
+from fedflower.client.keras_client import KerasClient
+from fedflower.data.source import ClientData
+
+ClientFn = Callable[[Context], KerasClient]
+
+
+def _config(msg: Message) -> dict:
+    record = msg.content.config_records.get(keys.CONFIG, ConfigRecord())
+    return dict(record)
+
+
+def to_client_app(client_fn: ClientFn) -> ClientApp:
+    """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
+
+    Train replies carry ``arrays`` (the new weights) and ``metrics`` (training metrics plus
+    ``num-examples``); evaluate replies carry ``metrics`` (``eval_loss``, ``eval_accuracy``,
+    ``num-examples``).
+    """
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        client = client_fn(context)
+        parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        weights, num_examples, metrics = client.fit(parameters, _config(msg))
+        content = RecordDict(
+            {
+                keys.ARRAYS: ArrayRecord(weights),
+                keys.METRICS: MetricRecord({**metrics, keys.NUM_EXAMPLES: num_examples}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        client = client_fn(context)
+        parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        loss, num_examples, metrics = client.evaluate(parameters, _config(msg))
+        record = MetricRecord({keys.EVAL_LOSS: loss, **metrics, keys.NUM_EXAMPLES: num_examples})
+        return Message(RecordDict({keys.METRICS: record}), reply_to=msg)
+
+    return app
+
+
+def keras_client_fn(
+    build_model: Callable[[], keras.Model],
+    client_data: Callable[[int], ClientData],
+    seed: int,
+    client_cls: type[KerasClient] = KerasClient,
+) -> ClientFn:
+    """A ``client_fn`` that builds and compiles the model once per worker process and reuses it.
+
+    Parameters
+    ----------
+    build_model : callable
+        Returns a compiled Keras model; called once, on the first message.
+    client_data : callable
+        Maps a partition id (the node config's ``partition-id``) to that client's data.
+    seed : int
+        The run's seed.
+    client_cls : type
+        The client class to instantiate (a :class:`KerasClient` subclass).
+    """
+    models: list[keras.Model] = []
+
+    def client_fn(context: Context) -> KerasClient:
+        if not models:
+            models.append(build_model())
+        cid = int(context.node_config[keys.PARTITION_ID])
+        return client_cls(models[0], client_data(cid), cid=cid, seed=seed)
+
+    return client_fn

@@ -1,0 +1,103 @@
+"""A NumPyClient-shaped client around a compiled Keras model and one client's local data.
+
+This is fedflower's client-side extension point: subclass it and override ``fit`` or
+``evaluate``. :mod:`fedflower.client.app` adapts it to Flower's Message API in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from fedflower import keys
+from fedflower.data.source import ClientData
+from fedflower.determinism import derive_seed, keras_seed
+
+Config = dict[str, Any]
+
+
+def reset_optimizer(optimizer: keras.optimizers.Optimizer, learning_rate: float | None) -> None:
+    """Zero the optimizer's state (moments, step count) and set its learning rate.
+
+    Local training starts from fresh optimizer state every round, as in FedAvg; resetting
+    the variables instead of recompiling keeps Keras' compiled train function.
+    """
+    lr_var = getattr(optimizer, "_learning_rate", None)
+    for var in optimizer.variables:
+        if var is not lr_var:
+            var.assign(np.zeros(var.shape, dtype=var.dtype))
+    if learning_rate is not None:
+        optimizer.learning_rate = float(learning_rate)
+
+
+class KerasClient:
+    """Train and evaluate a Keras model on one client's data.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A compiled model. It may be shared by all clients of one worker process: every call
+        sets the weights it is given first.
+    data : ClientData
+        The client's local training and validation data.
+    cid : int
+        The client's id (its partition id), used to derive its seeds.
+    seed : int
+        The run's seed.
+    """
+
+    def __init__(self, model: keras.Model, data: ClientData, cid: int = 0, seed: int = 0) -> None:
+        self.model = model
+        self.data = data
+        self.cid = cid
+        self.seed = seed
+
+    def get_parameters(self, config: Config) -> list[np.ndarray]:
+        """Return the model's weights."""
+        return [np.asarray(w) for w in self.model.get_weights()]
+
+    def set_parameters(self, parameters: list[np.ndarray]) -> None:
+        """Load weights into the model."""
+        self.model.set_weights(parameters)
+
+    def fit(
+        self, parameters: list[np.ndarray], config: Config
+    ) -> tuple[list[np.ndarray], int, dict[str, float]]:
+        """Train locally from ``parameters`` with the round's settings.
+
+        ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`).
+        Returns the new weights, the number of training examples and the training metrics of
+        the last local epoch.
+        """
+        self.set_parameters(parameters)
+        reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
+        rnd = int(config.get(keys.SERVER_ROUND, 0))
+        with keras_seed(derive_seed(self.seed, rnd, self.cid)):
+            history = self.model.fit(
+                self.data.x_train,
+                self.data.y_train,
+                epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
+                batch_size=int(config.get(keys.BATCH_SIZE, 32)),
+                shuffle=True,
+                verbose=0,
+            )
+        metrics = {
+            keys.TRAIN_LOSS: float(history.history["loss"][-1]),
+            keys.TRAIN_ACCURACY: float(history.history["accuracy"][-1]),
+        }
+        return self.get_parameters(config), self.data.num_train, metrics
+
+    def evaluate(
+        self, parameters: list[np.ndarray], config: Config
+    ) -> tuple[float, int, dict[str, float]]:
+        """Evaluate ``parameters`` on the local validation split (the training split if empty)."""
+        self.set_parameters(parameters)
+        x, y = self.data.x_val, self.data.y_val
+        if len(y) == 0:
+            x, y = self.data.x_train, self.data.y_train
+        result = self.model.evaluate(
+            x, y, batch_size=int(config.get(keys.BATCH_SIZE, 256)), verbose=0, return_dict=True
+        )
+        return float(result["loss"]), len(y), {keys.EVAL_ACCURACY: float(result["accuracy"])}

@@ -1,0 +1,5 @@
+"""Datasets and their split into per-client data."""
+
+from fedflower.data.source import ClientData, TabularSource
+
+__all__ = ["ClientData", "TabularSource"]

@@ -1,0 +1,150 @@
+"""Split a dataset's training pool across clients with flwr-datasets partitioners.
+
+The pool is handed to the partitioner as a small ``datasets.Dataset`` of row indices, labels and
+(when the dataset has them) natural group ids, so any flwr-datasets partitioner works on it
+(IID, Dirichlet, natural id, ...) without copying the features. Each client's share is then
+split into local training and validation data, seeded per client.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import datasets
+import numpy as np
+from flwr_datasets.partitioner import IidPartitioner, NaturalIdPartitioner, Partitioner
+
+from fedflower.data.source import ClientData, TabularSource
+from fedflower.errors import DataError
+
+INDEX, LABEL, GROUP = "idx", "label", "group"
+
+
+class AutoPartitioner(Partitioner):
+    """The dataset's natural split (one group per client) when it has one, IID otherwise.
+
+    Parameters
+    ----------
+    num_partitions : int
+        Number of clients.
+    """
+
+    def __init__(self, num_partitions: int) -> None:
+        super().__init__()
+        self._num_partitions = num_partitions
+
+    @cached_property
+    def _inner(self) -> Partitioner:
+        inner: Partitioner
+        if GROUP in self.dataset.column_names:
+            inner = NaturalIdPartitioner(partition_by=GROUP)
+        else:
+            inner = IidPartitioner(self._num_partitions)
+        inner.dataset = self.dataset
+        return inner
+
+    @property
+    def num_partitions(self) -> int:
+        """Number of partitions."""
+        return self._inner.num_partitions
+
+    def load_partition(self, partition_id: int) -> datasets.Dataset:
+        """Load one client's rows."""
+        return self._inner.load_partition(partition_id)
+
+
+class FederatedData:
+    """A dataset split across ``num_clients`` clients; each client's data is built on first use.
+
+    Parameters
+    ----------
+    source : TabularSource
+        The dataset.
+    partitioner : flwr_datasets.partitioner.Partitioner
+        Any flwr-datasets partitioner with ``num_partitions == num_clients``.
+    num_clients : int
+        Number of clients.
+    val_fraction : float
+        Fraction of each client's rows kept for local validation.
+    seed : int
+        Seed of the per-client train/validation split.
+    """
+
+    def __init__(
+        self,
+        source: TabularSource,
+        partitioner: Partitioner,
+        num_clients: int,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        if num_clients > len(source.y):
+            raise DataError(
+                f"num_clients={num_clients} but {source.name} has only {len(source.y)} "
+                "training examples: use fewer clients"
+            )
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"client.val_fraction must be in [0, 1), got {val_fraction}")
+        columns: dict[str, Any] = {INDEX: np.arange(len(source.y)), LABEL: source.y}
+        if source.groups is not None:
+            columns[GROUP] = source.groups
+        partitioner.dataset = datasets.Dataset.from_dict(columns).with_format("numpy")
+        if partitioner.num_partitions != num_clients:
+            raise DataError(
+                f"the partition of {source.name} has {partitioner.num_partitions} parts "
+                f"but num_clients={num_clients}: use num_clients={partitioner.num_partitions} "
+                "or another partition (partition=iid|dirichlet)"
+            )
+        self.source = source
+        self.partitioner = partitioner
+        self.num_clients = num_clients
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self._cache: dict[int, ClientData] = {}
+
+    def indices(self, cid: int) -> np.ndarray:
+        """Rows of the training pool that belong to client ``cid``."""
+        if not 0 <= cid < self.num_clients:
+            raise DataError(f"client id must be in [0, {self.num_clients - 1}], got {cid}")
+        return np.asarray(self.partitioner.load_partition(cid)[:][INDEX], dtype=np.int64)
+
+    def client(self, cid: int) -> ClientData:
+        """Client ``cid``'s local training and validation data."""
+        if cid not in self._cache:
+            self._cache[cid] = self._split(cid)
+        return self._cache[cid]
+
+    def _split(self, cid: int) -> ClientData:
+        idx = self.indices(cid)
+        if len(idx) < 2:
+            raise DataError(
+                f"client {cid} of {self.num_clients} got {len(idx)} examples "
+                f"of {self.source.name}: "
+                "use fewer clients or another partition"
+            )
+        rng = np.random.default_rng([self.seed, cid])
+        idx = rng.permutation(idx)
+        n_val = min(len(idx) - 1, round(len(idx) * self.val_fraction))
+        if self.val_fraction > 0:
+            n_val = max(1, n_val)
+        val, train = idx[:n_val], idx[n_val:]
+        x, y = self.source.x, self.source.y
+        return ClientData(x[train], y[train], x[val], y[val])
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per-client sizes and label counts (written to ``partition.json``)."""
+        rows = []
+        for cid in range(self.num_clients):
+            data = self.client(cid)
+            labels = np.concatenate([data.y_train, data.y_val])
+            counts = np.bincount(labels, minlength=self.source.num_classes)
+            rows.append(
+                {
+                    "client": cid,
+                    "train": len(data.y_train),
+                    "val": len(data.y_val),
+                    "label_counts": counts.tolist(),
+                }
+            )
+        return rows

@@ -1,0 +1,84 @@
+"""The in-memory form every dataset loader returns, checked once on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedflower.errors import DataError
+
+
+def _check_xy(name: str, part: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    if x.ndim < 2:
+        raise DataError(f"{name}: {part} features must be 2-D or more, got shape {x.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{name}: {part} has {len(x)} feature rows but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{name}: {part} split is empty")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{name}: {part} features contain NaN or infinite values")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise DataError(
+            f"{name}: {part} labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]"
+        )
+
+
+@dataclass(frozen=True)
+class TabularSource:
+    """A dataset as arrays: a training pool to split across clients and a central test set.
+
+    Parameters
+    ----------
+    name : str
+        Short name used in messages and results.
+    x, y : ndarray
+        Training pool: features (float32) and integer class labels.
+    x_test, y_test : ndarray
+        Held-out central test set, never seen by a client.
+    num_classes : int
+        Number of classes (2 for a binary task).
+    groups : ndarray, optional
+        A natural client id per training row (e.g. the hospital a patient belongs to).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise DataError(f"{self.name}: num_classes must be >= 2, got {self.num_classes}")
+        _check_xy(self.name, "train", self.x, self.y, self.num_classes)
+        _check_xy(self.name, "test", self.x_test, self.y_test, self.num_classes)
+        if self.x.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(
+                f"{self.name}: train rows have shape {self.x.shape[1:]}, "
+                f"test rows {self.x_test.shape[1:]}"
+            )
+        if self.groups is not None and len(self.groups) != len(self.x):
+            raise DataError(f"{self.name}: {len(self.groups)} group ids for {len(self.x)} rows")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example."""
+        return tuple(int(d) for d in self.x.shape[1:])
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's local data: a training split and a validation split."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+    @property
+    def num_train(self) -> int:
+        """Number of local training examples."""
+        return len(self.y_train)

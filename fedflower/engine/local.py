@@ -1,0 +1,132 @@
+"""In-process simulation: virtual SuperNodes run the ClientApp in the server's own process.
+
+The ``LocalGrid`` implements Flower's ``Grid`` so the unchanged ``ServerApp`` and ``ClientApp``
+run on it. Every message is serialized to Flower's wire objects and inflated again on the other
+side, so clients and server share no Python objects, exactly as over a network. Clients run one
+after another in dispatch order, which makes a run deterministic for a given seed, and the Keras
+model is built once for the whole process. This skips Ray's start-up and per-message
+process hops, which dominate small federations (see ``bench/overhead.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedflower import keys
+
+log = logging.getLogger(__name__)
+
+RUN_ID = 1
+FIRST_NODE_ID = 1
+
+
+def transmit(message: Message, message_id: str) -> Message:
+    """Serialize ``message`` to its wire objects and build the received copy from them."""
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+    received = inflate_object_from_contents(message.object_id, contents)
+    assert isinstance(received, Message)
+    received.metadata.__dict__["_message_id"] = message_id
+    return received
+
+
+class LocalGrid(Grid):
+    """A Grid whose nodes are virtual SuperNodes executed in this process.
+
+    Parameters
+    ----------
+    client_app : flwr.clientapp.ClientApp
+        The app every node runs.
+    num_nodes : int
+        Number of virtual SuperNodes; node ``i`` gets ``partition-id = i``.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
+        self.client_app = client_app
+        self._run = Run.create_empty(RUN_ID)
+        self._contexts = {
+            FIRST_NODE_ID + i: Context(
+                run_id=RUN_ID,
+                node_id=FIRST_NODE_ID + i,
+                node_config={keys.PARTITION_ID: i, keys.NUM_PARTITIONS: num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(num_nodes)
+        }
+        self._replies: dict[str, Message] = {}
+        self._next_id = 0
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self._run = run
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self._run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return list(self._contexts)
+
+    def _execute(self, received: Message) -> Message:
+        node_id = received.metadata.dst_node_id
+        try:
+            return self.client_app(received, self._contexts[node_id])
+        except Exception as exc:  # a failing client must not stop the server
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("client on node %s failed: %s", node_id, reason)
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(error, reply_to=received)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message to its node, run the ClientApp and keep the reply."""
+        ids = []
+        for message in messages:
+            if message.metadata.dst_node_id not in self._contexts:
+                raise ValueError(f"no node with id {message.metadata.dst_node_id}")
+            self._next_id += 1
+            message_id = f"m{self._next_id}"
+            message.metadata.__dict__["_message_id"] = message_id
+            reply = self._execute(transmit(message, message_id))
+            self._replies[message_id] = transmit(reply, f"r{self._next_id}")
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Return (and forget) the replies to ``message_ids`` that exist."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
+    """Run ``server_app`` against ``num_nodes`` in-process virtual SuperNodes."""
+    TaskIdentity.run_id = RUN_ID
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    TaskIdentity.task_id = 1
+    grid = LocalGrid(client_app, num_nodes)
+    context = Context(
+        run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
+    )
+    server_app(grid, context)

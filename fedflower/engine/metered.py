@@ -1,0 +1,80 @@
+"""A Grid wrapper that counts the bytes of every message that crosses it.
+
+Sizes are those of the serialized objects Flower sends on the wire (each message is deflated
+into its content-addressed objects: message, records, arrays and their chunks). Every
+strategy, synchronous or asynchronous, is metered the same way without knowing about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.run import Run
+
+
+def message_nbytes(message: Message) -> int:
+    """Serialized size in bytes of a message and everything it carries."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+class MeteredGrid(Grid):
+    """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The grid of the simulation engine or of a deployment.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self.inner = grid
+        self.bytes_down = 0
+        self.bytes_up = 0
+
+    def take(self) -> tuple[int, int]:
+        """Return ``(bytes_down, bytes_up)`` since the last call and reset the counters."""
+        counts = (self.bytes_down, self.bytes_up)
+        self.bytes_down = self.bytes_up = 0
+        return counts
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self.inner.run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        messages = list(messages)
+        self.bytes_down += sum(message_nbytes(m) for m in messages)
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        replies = list(self.inner.pull_messages(message_ids))
+        self.bytes_up += sum(message_nbytes(m) for m in replies)
+        return replies
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        self.bytes_down += sum(message_nbytes(m) for m in messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self.bytes_up += sum(message_nbytes(m) for m in replies)
+        return replies

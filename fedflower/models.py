@@ -1,0 +1,58 @@
+"""Keras model factories referenced from ``conf/model/*.yaml``.
+
+A factory takes the data's ``input_shape`` and ``num_classes`` (passed at run time) plus its
+own config values and returns an uncompiled ``keras.Model``. Any importable function with that
+signature can be named as ``model._target_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+
+def output_layer(num_classes: int) -> keras.layers.Layer:
+    """One sigmoid unit for a binary task, a softmax over the classes otherwise."""
+    if num_classes == 2:
+        return keras.layers.Dense(1, activation="sigmoid", name="output")
+    return keras.layers.Dense(num_classes, activation="softmax", name="output")
+
+
+def loss_for(num_classes: int) -> keras.losses.Loss:
+    """Loss matching :func:`output_layer`: the outputs are probabilities, not logits."""
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(from_logits=False)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=False)
+
+
+def mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden_units: Sequence[int] = (128,),
+    activation: str = "relu",
+) -> keras.Model:
+    """Multi-layer perceptron: ``Dense(h, activation)`` per hidden layer, then the output layer.
+
+    The default is the seed's model: Dense(128, relu) -> Dense(1, sigmoid).
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="features")
+    x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    for i, units in enumerate(hidden_units):
+        x = keras.layers.Dense(int(units), activation=activation, name=f"hidden_{i}")(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name="mlp")
+
+
+def logreg(input_shape: Sequence[int], num_classes: int) -> keras.Model:
+    """(Multinomial) logistic regression: the output layer alone."""
+    inputs = keras.Input(shape=tuple(input_shape), name="features")
+    x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    return keras.Model(inputs, output_layer(num_classes)(x), name="logreg")
+
+
+def compile_model(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, num_classes: int
+) -> keras.Model:
+    """Compile ``model`` with the task's loss and an accuracy metric."""
+    model.compile(optimizer=optimizer, loss=loss_for(num_classes), metrics=["accuracy"])
+    return model

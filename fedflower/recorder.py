@@ -1,0 +1,237 @@
+"""Everything a run reports: one line per round, ``metrics.jsonl``, ``results.json``, the plot.
+
+The recorder is the only writer of a run's outputs. Strategies feed it through Flower's own
+hooks (the metric-aggregation functions and ``evaluate_fn``), so it needs no change to them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from fedflower import keys
+
+log = logging.getLogger(__name__)
+
+MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
+
+
+def human_bytes(n: float) -> str:
+    """Format a byte count with a binary unit (``1.5 MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _fmt(value: float | None) -> str:
+    return "  -   " if value is None else f"{value:.4f}"
+
+
+class Recorder:
+    """Collect per-round metrics, print them and write the run's files.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Where ``metrics.jsonl``, ``results.json`` and ``history.png`` go.
+    num_rounds : int
+        Planned number of rounds (for the progress bar).
+    progress : bool
+        Show a progress bar when the console is a terminal.
+    """
+
+    def __init__(self, output_dir: Path, num_rounds: int, progress: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.num_rounds = num_rounds
+        self.rows: list[dict[str, Any]] = []
+        self.initial: dict[str, float] = {}
+        self._fed: dict[str, float] = {}
+        self._train: dict[str, float] = {}
+        self.console = Console(highlight=False)
+        self._progress = Progress(
+            TextColumn("[bold]federated training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rounds"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not (progress and self.console.is_terminal),
+        )
+        self._task = self._progress.add_task("rounds", total=num_rounds)
+        self._metrics_file = (self.output_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        self._t0 = time.perf_counter()
+        self._t_round = self._t0
+
+    # -- hooks given to the strategy ---------------------------------------------------------
+    def train_metrics_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
+        """A ``train_metrics_aggr_fn`` that also remembers the round's aggregated train metrics."""
+        aggr = inner or aggregate_metricrecords
+
+        def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+            record = aggr(contents, weight_key)
+            self._train = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+            return record
+
+        return hook
+
+    def evaluate_metrics_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
+        """An ``evaluate_metrics_aggr_fn`` that also remembers the federated evaluation."""
+        aggr = inner or aggregate_metricrecords
+
+        def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+            record = aggr(contents, weight_key)
+            self._fed = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+            return record
+
+        return hook
+
+    # -- events ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Show the progress bar and start the clock."""
+        self._progress.start()
+        self._t0 = self._t_round = time.perf_counter()
+
+    def round_end(
+        self,
+        server_round: int,
+        loss: float,
+        accuracy: float,
+        bytes_down: int,
+        bytes_up: int,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Record the centralized evaluation after ``server_round`` (0 = initial model)."""
+        now = time.perf_counter()
+        if server_round == 0:
+            self.initial = {"loss": loss, "accuracy": accuracy}
+            self._t_round = now
+            return self.initial
+        row: dict[str, Any] = {
+            "round": server_round,
+            "loss": loss,
+            "accuracy": accuracy,
+            "fed_loss": self._fed.get(keys.EVAL_LOSS),
+            "fed_accuracy": self._fed.get(keys.EVAL_ACCURACY),
+            "train_loss": self._train.get(keys.TRAIN_LOSS),
+            "bytes_down": bytes_down,
+            "bytes_up": bytes_up,
+            "seconds": now - self._t_round,
+            "elapsed": now - self._t0,
+            **extra,
+        }
+        self._t_round = now
+        self._fed, self._train = {}, {}
+        self.rows.append(row)
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
+        line = (
+            f"round {server_round:>3}/{self.num_rounds} | test loss {_fmt(loss)} "
+            f"acc {_fmt(accuracy)} | fed loss {_fmt(row['fed_loss'])} "
+            f"acc {_fmt(row['fed_accuracy'])} | down {human_bytes(bytes_down):>9} "
+            f"up {human_bytes(bytes_up):>9} | {row['seconds']:.1f}s"
+        )
+        self.console.print(line, soft_wrap=True)
+        log.info(line)
+        self._progress.advance(self._task)
+        return row
+
+    def finish(
+        self,
+        config: dict[str, Any],
+        model_bytes: int,
+        num_clients: int,
+        plots: bool = True,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Write ``results.json`` and ``history.png``, print the summary, return the results."""
+        self._progress.stop()
+        self._metrics_file.close()
+        last = self.rows[-1] if self.rows else {"loss": None, "accuracy": None}
+        totals = {
+            "rounds": len(self.rows),
+            "bytes_down": sum(r["bytes_down"] for r in self.rows),
+            "bytes_up": sum(r["bytes_up"] for r in self.rows),
+            "seconds": time.perf_counter() - self._t0,
+        }
+        communication = {
+            "model_bytes": model_bytes,
+            "formula": "clients x model bytes x rounds",
+            "formula_bytes": num_clients * model_bytes * len(self.rows),
+            "measured_bytes": totals["bytes_down"] + totals["bytes_up"],
+        }
+        results = {
+            "config": config,
+            "initial": self.initial,
+            "final": {"loss": last["loss"], "accuracy": last["accuracy"]},
+            "totals": totals,
+            "communication": communication,
+            **extra,
+        }
+        (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if plots and self.rows:
+            plot_history(self.rows, self.output_dir / "history.png")
+        self._summary(results)
+        return results
+
+    def _summary(self, results: dict[str, Any]) -> None:
+        table = Table(title="fedflower run summary", show_header=False)
+        final, totals, comm = results["final"], results["totals"], results["communication"]
+        table.add_row("rounds", str(totals["rounds"]))
+        table.add_row(
+            "final test loss / accuracy", f"{_fmt(final['loss'])} / {_fmt(final['accuracy'])}"
+        )
+        table.add_row("bytes server -> clients", human_bytes(totals["bytes_down"]))
+        table.add_row("bytes clients -> server", human_bytes(totals["bytes_up"]))
+        table.add_row("measured total", human_bytes(comm["measured_bytes"]))
+        table.add_row(
+            "seed's formula (clients x model bytes x rounds)",
+            f"{human_bytes(comm['formula_bytes'])} (model {human_bytes(comm['model_bytes'])})",
+        )
+        table.add_row("wall time", f"{totals['seconds']:.1f} s")
+        table.add_row("outputs", str(self.output_dir))
+        self.console.print(table)
+
+
+def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per round, centralized and federated, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        ax.plot(rounds, [r[key] for r in rows], marker="o", label="global model, central test set")
+        fed = [r[f"fed_{key}"] for r in rows]
+        if any(v is not None for v in fed):
+            ax.plot(rounds, fed, marker="s", label="federated evaluation (clients' validation)")
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

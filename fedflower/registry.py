@@ -1,0 +1,90 @@
+"""Strategy plugins, discovered through the ``fedflower.strategies`` entry-point group.
+
+Built-in strategies register the same way as third-party ones (in ``pyproject.toml``), so there
+is one discovery path and nothing is registered as an import side effect. Discovery is cached;
+``refresh()`` forgets the cache (e.g. after ``pip install`` of a plugin in the same process).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from importlib.metadata import EntryPoint, entry_points
+
+from fedflower.errors import PluginError
+
+GROUP = "fedflower.strategies"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One installed strategy plugin."""
+
+    name: str
+    target: str
+    description: str
+
+
+@lru_cache(maxsize=1)
+def _entry_points() -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.name in found and found[ep.name].value != ep.value:
+            log.warning(
+                "strategy %r is registered twice (%s and %s); keeping the first",
+                ep.name,
+                found[ep.name].value,
+                ep.value,
+            )
+            continue
+        found[ep.name] = ep
+    return found
+
+
+def refresh() -> None:
+    """Forget the cached discovery so newly installed plugins are found."""
+    _entry_points.cache_clear()
+    _load.cache_clear()
+
+
+def names() -> list[str]:
+    """Sorted names of the installed strategies."""
+    return sorted(_entry_points())
+
+
+@cache
+def _load(name: str) -> type:
+    ep = _entry_points()[name]
+    try:
+        return ep.load()
+    except Exception as exc:
+        raise PluginError(f"strategy plugin {name!r} ({ep.value}) failed to load: {exc}") from exc
+
+
+def load(name: str) -> type:
+    """Return the strategy class registered as ``name``.
+
+    Raises
+    ------
+    PluginError
+        If no plugin has that name (the message lists the installed ones) or it fails to import.
+    """
+    if name not in _entry_points():
+        raise PluginError(f"unknown strategy {name!r}; installed: {', '.join(names())}")
+    return _load(name)
+
+
+def available() -> list[PluginInfo]:
+    """Name, class and one-line description of every plugin that loads; broken ones warn."""
+    infos = []
+    for name in names():
+        try:
+            cls = _load(name)
+        except PluginError as exc:
+            log.warning("%s (skipped)", exc)
+            continue
+        doc = (cls.__doc__ or "").strip().splitlines()
+        infos.append(PluginInfo(name, _entry_points()[name].value, doc[0] if doc else ""))
+    return infos

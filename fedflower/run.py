@@ -1,0 +1,167 @@
+"""``run(cfg)``: one federated experiment from a composed Hydra config, testable without the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fedflower.client.app import keras_client_fn, to_client_app
+from fedflower.data.partition import FederatedData
+from fedflower.data.source import TabularSource
+from fedflower.determinism import seed_everything
+from fedflower.engine import BACKENDS, simulate
+from fedflower.engine.metered import MeteredGrid
+from fedflower.errors import ConfigError, DataError
+from fedflower.models import compile_model
+from fedflower.recorder import Recorder
+from fedflower.server import make_server_app, model_nbytes
+
+log = logging.getLogger(__name__)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the values a typo or a bad override can break, with one clear message each."""
+    n = cfg.num_clients
+    _check(isinstance(n, int) and n >= 1, f"num_clients must be an integer >= 1, got {n!r}")
+    _check(
+        isinstance(cfg.num_rounds, int) and cfg.num_rounds >= 1,
+        f"num_rounds must be an integer >= 1, got {cfg.num_rounds!r}",
+    )
+    for key, value in cfg.strategy.items():
+        key = str(key)
+        if key.startswith("fraction_"):
+            _check(
+                isinstance(value, int | float) and 0.0 <= value <= 1.0,
+                f"strategy.{key} must be in [0, 1], got {value!r}",
+            )
+        if key.startswith("min_") and key.endswith("_nodes"):
+            _check(
+                isinstance(value, int) and 0 <= value <= n,
+                f"strategy.{key}={value!r} must be an integer in [0, num_clients={n}]",
+            )
+    client = cfg.client
+    _check(client.local_epochs >= 1, f"client.local_epochs must be >= 1, got {client.local_epochs}")
+    _check(client.batch_size >= 1, f"client.batch_size must be >= 1, got {client.batch_size}")
+    _check(
+        client.learning_rate > 0, f"client.learning_rate must be > 0, got {client.learning_rate}"
+    )
+    _check(
+        cfg.simulation.backend in BACKENDS,
+        f"simulation.backend must be one of {', '.join(BACKENDS)}, got {cfg.simulation.backend!r}",
+    )
+
+
+def configure_threads(threads: int) -> None:
+    """Limit TensorFlow's thread pools (only possible before TensorFlow first runs an op)."""
+    import tensorflow as tf
+
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow already initialized; thread settings unchanged")
+
+
+def _output_dir(output_dir: Path | str | None) -> Path:
+    if output_dir is not None:
+        return Path(output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+def load_data(cfg: DictConfig) -> tuple[TabularSource, FederatedData]:
+    """Instantiate the dataset and split it across ``cfg.num_clients`` clients."""
+    try:
+        source = instantiate(cfg.dataset)
+        partitioner = instantiate(cfg.partition)
+    except DataError:
+        raise
+    except Exception as exc:  # Hydra wraps errors of the target in InstantiationException
+        cause = exc.__cause__ or exc
+        if isinstance(cause, DataError):
+            raise cause from None
+        raise DataError(f"cannot build dataset/partition: {cause}") from exc
+    fed = FederatedData(
+        source, partitioner, cfg.num_clients, val_fraction=cfg.client.val_fraction, seed=cfg.seed
+    )
+    return source, fed
+
+
+def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]:
+    """Run the experiment ``cfg`` describes and return its ``results.json`` content.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        A config composed from ``conf/config.yaml``.
+    output_dir : path, optional
+        Where to write the outputs; defaults to Hydra's run directory (or the working
+        directory outside Hydra).
+    """
+    validate(cfg)
+    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
+    configure_threads(cfg.simulation.tf_threads)
+    seed_everything(cfg.seed)
+    out = _output_dir(output_dir)
+    source, fed = load_data(cfg)
+    recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress)
+    (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
+
+    def build_model() -> keras.Model:
+        model = instantiate(
+            cfg.model, input_shape=source.input_shape, num_classes=source.num_classes
+        )
+        optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
+        return compile_model(model, optimizer, source.num_classes)
+
+    results: dict[str, Any] = {}
+
+    def on_finish(model: keras.Model, grid: MeteredGrid, strategy: Any) -> None:
+        if cfg.output.save_model:
+            model.save(out / "model.keras")
+        results.update(
+            recorder.finish(
+                OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+                model_bytes=model_nbytes(model.get_weights()),
+                num_clients=cfg.num_clients,
+                plots=cfg.output.plots,
+                rejected_updates=int(getattr(strategy, "rejected", 0)),
+            )
+        )
+
+    server_app = make_server_app(
+        strategy_options=OmegaConf.to_container(cfg.strategy, resolve=True),  # type: ignore[arg-type]
+        client_options=OmegaConf.to_container(cfg.client, resolve=True),  # type: ignore[arg-type]
+        num_rounds=cfg.num_rounds,
+        build_model=build_model,
+        source=source,
+        recorder=recorder,
+        on_finish=on_finish,
+    )
+    client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
+    simulate(
+        server_app,
+        client_app,
+        cfg.num_clients,
+        backend=cfg.simulation.backend,
+        backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
+    )
+    if not results:
+        raise RuntimeError("the server app stopped before the run finished; see the log above")
+    return results

@@ -1,0 +1,111 @@
+"""Server side: the strategy plugin built from config, and the ``ServerApp`` that runs it."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from fedflower import keys, registry
+from fedflower.data.source import TabularSource
+from fedflower.engine.metered import MeteredGrid
+from fedflower.errors import ConfigError
+from fedflower.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def build_strategy(options: dict[str, Any], **runtime: Any) -> Strategy:
+    """Instantiate the strategy plugin named ``options["name"]`` with the other options.
+
+    ``runtime`` objects (e.g. metric hooks) are passed only when the class accepts them.
+    """
+    options = dict(options)
+    name = options.pop("name", None)
+    if not name:
+        raise ConfigError("strategy.name is missing")
+    cls = registry.load(name)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise ConfigError(
+                f"strategy {name!r} has no option {', '.join(unknown)}; "
+                f"its options: {', '.join(p for p in params if p not in runtime)}"
+            )
+        runtime = {k: v for k, v in runtime.items() if k in params}
+    try:
+        return cls(**options, **runtime)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"strategy {name!r}: {exc}") from exc
+
+
+def train_config(client: dict[str, Any]) -> ConfigRecord:
+    """The settings sent to clients with every training round."""
+    return ConfigRecord(
+        {
+            keys.LOCAL_EPOCHS: int(client["local_epochs"]),
+            keys.BATCH_SIZE: int(client["batch_size"]),
+            keys.LEARNING_RATE: float(client["learning_rate"]),
+        }
+    )
+
+
+def model_nbytes(weights: list[np.ndarray]) -> int:
+    """Raw size of a model's weights in bytes."""
+    return int(sum(w.nbytes for w in weights))
+
+
+def make_server_app(
+    *,
+    strategy_options: dict[str, Any],
+    client_options: dict[str, Any],
+    num_rounds: int,
+    build_model: Callable[[], keras.Model],
+    source: TabularSource,
+    recorder: Recorder,
+    on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
+) -> ServerApp:
+    """A ``ServerApp`` that runs the strategy with centralized evaluation and metering."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        metered = MeteredGrid(grid)
+        model = build_model()
+        strategy = build_strategy(
+            strategy_options,
+            train_metrics_aggr_fn=recorder.train_metrics_hook(),
+            evaluate_metrics_aggr_fn=recorder.evaluate_metrics_hook(),
+        )
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            model.set_weights(arrays.to_numpy_ndarrays())
+            res = model.evaluate(
+                source.x_test, source.y_test, batch_size=1024, verbose=0, return_dict=True
+            )
+            down, up = metered.take()
+            recorder.round_end(server_round, float(res["loss"]), float(res["accuracy"]), down, up)
+            return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
+
+        recorder.start()
+        result = strategy.start(
+            grid=metered,
+            initial_arrays=ArrayRecord(model.get_weights()),
+            num_rounds=num_rounds,
+            train_config=train_config(client_options),
+            evaluate_config=ConfigRecord({keys.BATCH_SIZE: 1024}),
+            evaluate_fn=evaluate_fn,
+        )
+        if len(result.arrays):
+            model.set_weights(result.arrays.to_numpy_ndarrays())
+        on_finish(model, metered, strategy)
+
+    return app

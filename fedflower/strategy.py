@@ -1,0 +1,86 @@
+"""What every Flower-derived fedflower strategy shares: checked, streamed aggregation.
+
+Flower's ``FedAvg.aggregate_train`` is replaced by one that drops malformed updates (wrong
+shapes, NaN, missing weight) with a one-line warning instead of failing the run, folds the
+rest in a fixed order (by node id) so the result does not depend on arrival order, and
+does the math in :mod:`fedflower.aggregation`. Strategies built on Flower's ``FedAvg``
+subclasses (FedProx, FedOpt family) inherit it by listing :class:`CheckedFedAvg` after them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from fedflower import aggregation
+from fedflower.errors import UpdateRejected
+
+log = logging.getLogger(__name__)
+
+
+class CheckedFedAvg(FlowerFedAvg):
+    """Flower's FedAvg with checked, order-independent, streamed aggregation."""
+
+    _reference: list[np.ndarray] | None = None
+    rejected: int = 0
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global model the updates must match, then sample as Flower does."""
+        self._reference = arrays.to_numpy_ndarrays()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _unpack(self, reply: Message) -> tuple[list[str], list[np.ndarray], float]:
+        content = reply.content
+        if self.arrayrecord_key not in content.array_records:
+            raise UpdateRejected(f"reply has no {self.arrayrecord_key!r} ArrayRecord")
+        record = content.array_records[self.arrayrecord_key]
+        weights = [
+            m[self.weighted_by_key]
+            for m in content.metric_records.values()
+            if self.weighted_by_key in m
+        ]
+        if len(weights) != 1:
+            raise UpdateRejected(f"reply must carry exactly one {self.weighted_by_key!r} metric")
+        arrays = record.to_numpy_ndarrays()
+        if self._reference is not None:
+            aggregation.check_update(arrays, self._reference)
+        return list(record.keys()), arrays, float(weights[0])  # type: ignore[arg-type]
+
+    def accepted_updates(
+        self, replies: Iterable[Message]
+    ) -> list[tuple[Message, list[str], list[np.ndarray], float]]:
+        """Unpack the replies that carry a well-formed update; warn about the others."""
+        accepted = []
+        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %s failed: %s", node, reply.error.reason)
+                continue
+            try:
+                accepted.append((reply, *self._unpack(reply)))
+            except UpdateRejected as exc:
+                self.rejected += 1
+                log.warning("update from node %s rejected: %s", node, exc)
+        return accepted
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Example-weighted mean of the accepted updates and of their metrics."""
+        accepted = self.accepted_updates(replies)
+        if not accepted:
+            return None, None
+        names = accepted[0][1]
+        mean = aggregation.weighted_mean((arrays, w) for _, _, arrays, w in accepted)
+        arrays = ArrayRecord({k: Array(a) for k, a in zip(names, mean, strict=True)})
+        metrics = self.train_metrics_aggr_fn(
+            [reply.content for reply, *_ in accepted], self.weighted_by_key
+        )
+        return arrays, metrics

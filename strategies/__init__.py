@@ -1,0 +1,1 @@
+"""Built-in strategy plugins, one algorithm per module, registered as entry points."""
