@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` (default experiment) and `make test` (the test suite).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup  ## the default experiment: 10 hospitals x 1000 patients, FedAvg, 10 rounds
+	$(BIN)/fedflower $(ARGS)
+
+test: setup  ## lint + the whole test suite (slow tests included)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup  ## the suite without tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup  ## every benchmark under bench/
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) outputs multirun build dist *.egg-info

@@ -1,0 +1,45 @@
+"""Shared fixtures: quiet TensorFlow, composed configs, a tiny federation."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from collections.abc import Callable, Sequence  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+TINY = [
+    "num_clients=3",
+    "num_rounds=2",
+    "dataset.patients_per_hospital=200",
+    "dataset.test_patients_per_hospital=100",
+    "progress=false",
+]
+"""Overrides for a federation small enough to run in a few seconds."""
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    """Compose ``conf/config.yaml`` with overrides, as the CLI does."""
+
+    def _make(overrides: Sequence[str] = ()) -> DictConfig:
+        with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _make
+
+
+@pytest.fixture
+def tiny_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """A tiny federation's config plus extra overrides."""
+
+    def _make(*overrides: str) -> DictConfig:
+        return make_cfg([*TINY, *overrides])
+
+    return _make
