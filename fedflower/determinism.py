@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 
 
@@ -21,19 +17,3 @@ def seed_everything(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-@contextmanager
-def keras_seed(seed: int) -> Iterator[None]:
-    """Seed Keras/TensorFlow for one local training call, leaving Python's and NumPy's RNGs as
-    they were (the server samples clients with Python's ``random`` in the same process).
-    """
-    import keras
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    keras.utils.set_random_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)

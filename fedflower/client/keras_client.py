@@ -10,10 +10,11 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from fedflower import keys
 from fedflower.data.source import ClientData
-from fedflower.determinism import derive_seed, keras_seed
+from fedflower.determinism import derive_seed
 
 Config = dict[str, Any]
 
@@ -62,6 +63,20 @@ class KerasClient:
         """Load weights into the model."""
         self.model.set_weights(parameters)
 
+    def train_dataset(self, batch_size: int, seed: int) -> tf.data.Dataset:
+        """The local training data, reshuffled every epoch in an order fixed by ``seed``.
+
+        The shuffle seed is the op's own, so a client's batches depend only on the run's seed,
+        the round and the client id, not on what ran before in the process; re-seeding
+        TensorFlow's global state instead would make Keras retrace its train function.
+        """
+        n = self.data.num_train
+        return (
+            tf.data.Dataset.from_tensor_slices((self.data.x_train, self.data.y_train))
+            .shuffle(n, seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
+
     def fit(
         self, parameters: list[np.ndarray], config: Config
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
@@ -74,15 +89,13 @@ class KerasClient:
         self.set_parameters(parameters)
         reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
-        with keras_seed(derive_seed(self.seed, rnd, self.cid)):
-            history = self.model.fit(
-                self.data.x_train,
-                self.data.y_train,
-                epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
-                batch_size=int(config.get(keys.BATCH_SIZE, 32)),
-                shuffle=True,
-                verbose=0,
-            )
+        history = self.model.fit(
+            self.train_dataset(
+                int(config.get(keys.BATCH_SIZE, 32)), derive_seed(self.seed, rnd, self.cid)
+            ),
+            epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
+            verbose=0,
+        )
         metrics = {
             keys.TRAIN_LOSS: float(history.history["loss"][-1]),
             keys.TRAIN_ACCURACY: float(history.history["accuracy"][-1]),
