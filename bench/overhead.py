@@ -117,7 +117,7 @@ def run_bare(cfg: Any, tf_data: bool = True) -> tuple[float, float]:
                     .shuffle(len(data.y_train), seed=cid, reshuffle_each_iteration=True)
                     .batch(cfg.client.batch_size)
                 )
-                model.fit(ds, epochs=cfg.client.local_epochs, verbose=0)
+                model.fit(ds, epochs=cfg.client.local_epochs, shuffle=False, verbose=0)
             else:
                 model.fit(
                     data.x_train,

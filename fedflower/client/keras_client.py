@@ -94,6 +94,7 @@ class KerasClient:
                 int(config.get(keys.BATCH_SIZE, 32)), derive_seed(self.seed, rnd, self.cid)
             ),
             epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
+            shuffle=False,  # the dataset shuffles itself, seeded
             verbose=0,
         )
         metrics = {
