@@ -26,3 +26,12 @@ PROXIMAL_MU = "proximal-mu"
 # Node config keys (Flower's simulation engine sets these for every virtual SuperNode).
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+
+# Node config keys a deployed SuperNode may set (``flower-supernode --node-config``).
+DATA_PATH = "data-path"
+LABEL_COLUMN = "label-column"
+NUM_CLASSES = "num-classes"
+
+# Run config keys of the Flower app (``[tool.flwr.app.config]``, ``flwr run --run-config``).
+RUN_OVERRIDES = "overrides"
+RUN_OUTPUT_DIR = "output-dir"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
+from flwr.serverapp import ServerApp
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -120,16 +122,46 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     seed_everything(cfg.seed)
     out = _output_dir(output_dir)
     source, fed = load_data(cfg)
-    recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress)
+    server_app, results = experiment_server_app(cfg, out, source)
     (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
+    build_model = model_factory(cfg, source.input_shape, source.num_classes)
+    client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
+    simulate(
+        server_app,
+        client_app,
+        cfg.num_clients,
+        backend=cfg.simulation.backend,
+        backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
+    )
+    if not results:
+        raise RuntimeError("the server app stopped before the run finished; see the log above")
+    return results
+
+
+def model_factory(
+    cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int
+) -> Callable[[], keras.Model]:
+    """A function that builds and compiles the model ``cfg`` describes for this data shape."""
 
     def build_model() -> keras.Model:
-        model = instantiate(
-            cfg.model, input_shape=source.input_shape, num_classes=source.num_classes
-        )
+        model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
         optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-        return compile_model(model, optimizer, source.num_classes)
+        return compile_model(model, optimizer, num_classes)
 
+    return build_model
+
+
+def experiment_server_app(
+    cfg: DictConfig, out: Path, source: TabularSource
+) -> tuple[ServerApp, dict[str, Any]]:
+    """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
+
+    Simulation (:func:`run`) and deployment (:mod:`fedflower.deploy.app`) run this same app:
+    strategy from ``cfg.strategy``, centralized evaluation on ``source``'s test set, the
+    recorder's outputs in ``out``.
+    """
+    recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress)
+    build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
 
     def on_finish(model: keras.Model, grid: MeteredGrid, strategy: Any) -> None:
@@ -154,14 +186,4 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         recorder=recorder,
         on_finish=on_finish,
     )
-    client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
-    simulate(
-        server_app,
-        client_app,
-        cfg.num_clients,
-        backend=cfg.simulation.backend,
-        backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
-    )
-    if not results:
-        raise RuntimeError("the server app stopped before the run finished; see the log above")
-    return results
+    return server_app, results
