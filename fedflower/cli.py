@@ -69,9 +69,10 @@ def _one_line(exc: Exception) -> str:
         options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
         hint = f"; choose one of: {', '.join(options)}" if options else ""
         return f"unknown option {option!r} for {group}{hint}"
-    key = re.search(r"Key '([^']+)' is not in struct", text)
+    key = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
     if key:
-        return f"unknown config key {key.group(1)!r} (add it with +{key.group(1)}=... if intended)"
+        name = key.group(1) or key.group(2)
+        return f"unknown config key {name!r} (to add a new key on purpose: +{name}=...)"
     return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
 
 
