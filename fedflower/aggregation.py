@@ -47,11 +47,12 @@ class WeightedMean:
             raise UpdateRejected(
                 f"update has {len(arrays)} arrays, the first update had {len(self._sums)}"
             )
-        for acc, tmp, arr in zip(self._sums, self._scratch, arrays, strict=True):
+        for acc, arr in zip(self._sums, arrays, strict=True):  # check all before adding any
             if np.shape(arr) != acc.shape:
                 raise UpdateRejected(
                     f"update array of shape {np.shape(arr)} does not match {acc.shape}"
                 )
+        for acc, tmp, arr in zip(self._sums, self._scratch, arrays, strict=True):
             np.multiply(arr, weight, out=tmp)
             acc += tmp
         self.total_weight += float(weight)

@@ -48,10 +48,13 @@ class CheckedFedAvg(FlowerFedAvg):
         ]
         if len(weights) != 1:
             raise UpdateRejected(f"reply must carry exactly one {self.weighted_by_key!r} metric")
+        weight = float(weights[0])  # type: ignore[arg-type]
+        if not np.isfinite(weight) or weight < 0:
+            raise UpdateRejected(f"{self.weighted_by_key!r} must be finite and >= 0, got {weight}")
         arrays = record.to_numpy_ndarrays()
         if self._reference is not None:
             aggregation.check_update(arrays, self._reference)
-        return list(record.keys()), arrays, float(weights[0])  # type: ignore[arg-type]
+        return list(record.keys()), arrays, weight
 
     def accepted_updates(
         self, replies: Iterable[Message]
@@ -61,6 +64,7 @@ class CheckedFedAvg(FlowerFedAvg):
         for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
             node = reply.metadata.src_node_id
             if reply.has_error():
+                self.rejected += 1
                 log.warning("node %s failed: %s", node, reply.error.reason)
                 continue
             try:
@@ -76,6 +80,9 @@ class CheckedFedAvg(FlowerFedAvg):
         """Example-weighted mean of the accepted updates and of their metrics."""
         accepted = self.accepted_updates(replies)
         if not accepted:
+            return None, None
+        if sum(w for *_, w in accepted) <= 0:
+            log.warning("round %s: the accepted updates have zero total weight", server_round)
             return None, None
         names = accepted[0][1]
         mean = aggregation.weighted_mean((arrays, w) for _, _, arrays, w in accepted)
