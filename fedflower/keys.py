@@ -22,6 +22,8 @@ LOCAL_EPOCHS = "local-epochs"
 BATCH_SIZE = "batch-size"
 LEARNING_RATE = "lr"
 PROXIMAL_MU = "proximal-mu"
+RETURN_UPDATE = "return-update"  # reply with the update ``w_global - w_local`` (fedsgd)
+STRAGGLER = "straggler"  # this client was made a straggler this round (fewer local epochs)
 
 # Node config keys (Flower's simulation engine sets these for every virtual SuperNode).
 PARTITION_ID = "partition-id"

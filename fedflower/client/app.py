@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedflower import keys
+from fedflower.aggregation import subtract
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
 
@@ -23,7 +24,8 @@ def _config(msg: Message) -> dict:
 def to_client_app(client_fn: ClientFn) -> ClientApp:
     """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
 
-    Train replies carry ``arrays`` (the new weights) and ``metrics`` (training metrics plus
+    Train replies carry ``arrays`` (the new weights, or the update ``w_global - w_local`` when
+    the config asks for ``return-update``) and ``metrics`` (training metrics plus
     ``num-examples``); evaluate replies carry ``metrics`` (``eval_loss``, ``eval_accuracy``,
     ``num-examples``).
     """
@@ -33,7 +35,10 @@ def to_client_app(client_fn: ClientFn) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
-        weights, num_examples, metrics = client.fit(parameters, _config(msg))
+        config = _config(msg)
+        weights, num_examples, metrics = client.fit(parameters, config)
+        if config.get(keys.RETURN_UPDATE):  # fedsgd: reply with the update w_global - w_local
+            weights = subtract(parameters, weights)
         content = RecordDict(
             {
                 keys.ARRAYS: ArrayRecord(weights),

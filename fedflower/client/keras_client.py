@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedflower import keys
+from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
 
@@ -82,21 +83,24 @@ class KerasClient:
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train locally from ``parameters`` with the round's settings.
 
-        ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`).
+        ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`),
+        and ``proximal-mu`` for FedProx.
         Returns the new weights, the number of training examples and the training metrics of
         the last local epoch.
         """
         self.set_parameters(parameters)
         reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
-        history = self.model.fit(
-            self.train_dataset(
-                int(config.get(keys.BATCH_SIZE, 32)), derive_seed(self.seed, rnd, self.cid)
-            ),
-            epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
-            shuffle=False,  # the dataset shuffles itself, seeded
-            verbose=0,
-        )
+        # FedProx: mu/2 * ||w - w_global||^2 joins the loss while mu > 0 (see client.proximal).
+        with proximal(self.model, float(config.get(keys.PROXIMAL_MU, 0.0))):
+            history = self.model.fit(
+                self.train_dataset(
+                    int(config.get(keys.BATCH_SIZE, 32)), derive_seed(self.seed, rnd, self.cid)
+                ),
+                epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
+                shuffle=False,  # the dataset shuffles itself, seeded
+                verbose=0,
+            )
         metrics = {
             keys.TRAIN_LOSS: float(history.history["loss"][-1]),
             keys.TRAIN_ACCURACY: float(history.history["accuracy"][-1]),

@@ -1,0 +1,51 @@
+"""Strategies that put a server-side optimizer on top of checked, streamed averaging.
+
+Flower's ``FedAvgM``/``FedAdam``/``FedYogi``/``FedAdagrad`` provide the constructor options
+(``server_learning_rate``, ``server_momentum``, ``eta``, ``beta_1``, ``beta_2``, ``tau``), the
+logged summary and the round plumbing; :class:`ServerOptStrategy` replaces only their
+aggregation: :class:`~fedflower.strategy.CheckedFedAvg` averages the accepted updates and a
+pure-NumPy :class:`~fedflower.aggregation.ServerOptimizer` takes the step (Reddi et al. 2021,
+"Adaptive Federated Optimization", arXiv:2003.00295). A plugin combines them as
+``class FedAdam(ServerOptStrategy, flwr.serverapp.strategy.FedAdam)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+
+from fedflower.aggregation import ServerOptimizer
+from fedflower.strategy import CheckedFedAvg
+
+
+class ServerOptStrategy(CheckedFedAvg):
+    """Mean of the accepted client models, then one step of :meth:`make_optimizer`'s optimizer.
+
+    The optimizer is created on the first aggregation (after the Flower base class has stored
+    its options) and keeps its state (momentum, moments) across rounds.
+    """
+
+    _optimizer: ServerOptimizer | None = None
+
+    def make_optimizer(self) -> ServerOptimizer:
+        """Return the server optimizer built from this strategy's options."""
+        raise NotImplementedError
+
+    @property
+    def optimizer(self) -> ServerOptimizer:
+        """The server optimizer (created on first use)."""
+        if self._optimizer is None:
+            self._optimizer = self.make_optimizer()
+        return self._optimizer
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the accepted updates, then apply the server optimizer to the global model."""
+        mean, metrics = CheckedFedAvg.aggregate_train(self, server_round, replies)
+        if mean is None or self._reference is None:
+            return mean, metrics
+        names = list(mean.keys())
+        new = self.optimizer.step(self._reference, mean.to_numpy_ndarrays())
+        return ArrayRecord({k: Array(a) for k, a in zip(names, new, strict=True)}), metrics

@@ -1,0 +1,18 @@
+"""FedProx: FedAvg with a proximal term in every client's local objective.
+
+Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, arXiv:1812.06127.
+The server sends ``proximal-mu`` with every training round (Flower's ``FedProx``) and each client
+minimizes ``F_k(w) + mu/2 * ||w - w_global||^2`` (:mod:`fedflower.client.proximal`); the server
+averages the results as FedAvg does. Stragglers' partial work is kept (the paper's setting).
+"""
+
+from flwr.serverapp.strategy import FedProx as FlowerFedProx
+
+from fedflower.strategy import CheckedFedAvg
+
+
+class FedProx(FlowerFedProx, CheckedFedAvg):
+    """FedAvg with the clients' proximal term mu/2 * ||w - w_global||^2 (arXiv:1812.06127)."""
+
+    drops_stragglers = False
+    """Keep the partial work of stragglers (FedAvg drops it), as in the FedProx paper."""

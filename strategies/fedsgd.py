@@ -1,0 +1,101 @@
+"""FedSGD: clients return their update, the server takes a gradient step with it.
+
+The seed's rule (its sections 3.1 and 4.1): ``theta <- theta - eta * (1/N) * sum_i g_i``.
+McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+AISTATS 2017, arXiv:1602.05629, call this baseline FedSGD. Each client replies with
+``g_i = w_global - w_local`` instead of its weights: with one full-batch local SGD step at learning
+rate ``lr``, ``g_i = lr * grad F_i(w_global)``. The server applies
+``w <- w - server_learning_rate * mean_i(g_i)``, the mean weighted by examples (``weighted``) or
+uniform as in the seed's formula. With one local step and ``server_learning_rate=1`` this is
+exactly FedAvg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedflower import aggregation, keys
+from fedflower.strategy import CheckedFedAvg
+
+FULL_BATCH = 2**31 - 1
+"""Batch size sent for a full-batch step (larger than any client's data)."""
+
+MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
+
+
+class FedSGD(CheckedFedAvg):
+    """FedSGD, the seed's rule: clients send updates g_i, the server sets w <- w - eta * mean(g).
+
+    Parameters
+    ----------
+    server_learning_rate : float
+        The server's step size ``eta`` (> 0).
+    weighted : bool
+        Weight each client's update by its number of examples (as FedAvg); ``False`` takes the
+        plain mean ``(1/N) sum_i g_i`` of the seed's formula.
+    full_batch : bool
+        Ask every client for exactly one full-batch step (one local epoch, batch = all its data),
+        so ``g_i`` is ``lr`` times its gradient. ``False`` keeps the client settings (then
+        ``g_i`` is a multi-step model delta).
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes
+        Client sampling, as in Flower's ``FedAvg``.
+    train_metrics_aggr_fn, evaluate_metrics_aggr_fn : callable, optional
+        Metric aggregation hooks, as in Flower's ``FedAvg``.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_learning_rate: float = 1.0,
+        weighted: bool = True,
+        full_batch: bool = True,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        train_metrics_aggr_fn: MetricsAggr | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggr | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        )
+        self.server_learning_rate = aggregation.ServerSGD(server_learning_rate).learning_rate
+        self.weighted = bool(weighted)
+        self.full_batch = bool(full_batch)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask the sampled clients for their update (and one full-batch step if configured)."""
+        config = ConfigRecord({**config, keys.RETURN_UPDATE: True})
+        if self.full_batch:
+            config[keys.LOCAL_EPOCHS] = 1
+            config[keys.BATCH_SIZE] = FULL_BATCH
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``w - eta * mean(g)`` over the accepted updates ``g``."""
+        accepted = self.accepted_updates(replies)
+        if not accepted or self._reference is None:
+            return None, None
+        names = accepted[0][1]
+        mean_g = aggregation.weighted_mean(
+            (g, w if self.weighted else 1.0) for _, _, g, w in accepted
+        )
+        new = aggregation.sgd_step(self._reference, mean_g, self.server_learning_rate)
+        metrics = self.train_metrics_aggr_fn(
+            [reply.content for reply, *_ in accepted], self.weighted_by_key
+        )
+        return ArrayRecord({k: Array(a) for k, a in zip(names, new, strict=True)}), metrics
