@@ -8,8 +8,9 @@ split into local training and validation data, seeded per client.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
@@ -19,6 +20,7 @@ from fedflower.data.source import ClientData, TabularSource
 from fedflower.errors import DataError
 
 INDEX, LABEL, GROUP = "idx", "label", "group"
+T = TypeVar("T")
 
 
 class AutoPartitioner(Partitioner):
@@ -52,6 +54,17 @@ class AutoPartitioner(Partitioner):
     def load_partition(self, partition_id: int) -> datasets.Dataset:
         """Load one client's rows."""
         return self._inner.load_partition(partition_id)
+
+
+def _partitioner_call(source: TabularSource, partitioner: Partitioner, call: Callable[[], T]) -> T:
+    """Run ``call``, turning a partitioner's failure (e.g. no such column) into a DataError."""
+    try:
+        return call()
+    except (ValueError, KeyError) as exc:
+        raise DataError(
+            f"{type(partitioner).__name__} cannot split {source.name}: {exc} "
+            "(choose another partition=..., fewer clients or other partition.* options)"
+        ) from exc
 
 
 class FederatedData:
@@ -90,10 +103,11 @@ class FederatedData:
         if source.groups is not None:
             columns[GROUP] = source.groups
         partitioner.dataset = datasets.Dataset.from_dict(columns).with_format("numpy")
-        if partitioner.num_partitions != num_clients:
+        num_partitions = _partitioner_call(source, partitioner, lambda: partitioner.num_partitions)
+        if num_partitions != num_clients:
             raise DataError(
-                f"the partition of {source.name} has {partitioner.num_partitions} parts "
-                f"but num_clients={num_clients}: use num_clients={partitioner.num_partitions} "
+                f"the partition of {source.name} has {num_partitions} parts "
+                f"but num_clients={num_clients}: use num_clients={num_partitions} "
                 "or another partition (partition=iid|dirichlet)"
             )
         self.source = source
@@ -107,7 +121,10 @@ class FederatedData:
         """Rows of the training pool that belong to client ``cid``."""
         if not 0 <= cid < self.num_clients:
             raise DataError(f"client id must be in [0, {self.num_clients - 1}], got {cid}")
-        return np.asarray(self.partitioner.load_partition(cid)[:][INDEX], dtype=np.int64)
+        rows = _partitioner_call(
+            self.source, self.partitioner, lambda: self.partitioner.load_partition(cid)[:][INDEX]
+        )
+        return np.asarray(rows, dtype=np.int64)
 
     def client(self, cid: int) -> ClientData:
         """Client ``cid``'s local training and validation data."""
