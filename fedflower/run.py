@@ -58,6 +58,11 @@ def validate(cfg: DictConfig) -> None:
     _check(
         client.learning_rate > 0, f"client.learning_rate must be > 0, got {client.learning_rate}"
     )
+    stragglers = client.get("straggler_fraction", 0.0)
+    _check(
+        isinstance(stragglers, int | float) and 0.0 <= stragglers <= 1.0,
+        f"client.straggler_fraction must be in [0, 1], got {stragglers!r}",
+    )
     _check(
         cfg.simulation.backend in BACKENDS,
         f"simulation.backend must be one of {', '.join(BACKENDS)}, got {cfg.simulation.backend!r}",
@@ -185,5 +190,6 @@ def experiment_server_app(
         source=source,
         recorder=recorder,
         on_finish=on_finish,
+        seed=cfg.seed,
     )
     return server_app, results

@@ -18,6 +18,7 @@ from fedflower.data.source import TabularSource
 from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import ConfigError
 from fedflower.recorder import Recorder
+from fedflower.stragglers import straggler_grid
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,12 @@ def make_server_app(
     source: TabularSource,
     recorder: Recorder,
     on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
+    seed: int = 0,
 ) -> ServerApp:
-    """A ``ServerApp`` that runs the strategy with centralized evaluation and metering."""
+    """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
+
+    ``seed`` seeds the choice of stragglers (``client.straggler_fraction``).
+    """
     app = ServerApp()
 
     @app.main()
@@ -97,7 +102,7 @@ def make_server_app(
 
         recorder.start()
         result = strategy.start(
-            grid=metered,
+            grid=straggler_grid(metered, client_options, strategy, seed),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
