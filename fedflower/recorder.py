@@ -151,7 +151,7 @@ class Recorder:
             f"acc {_fmt(accuracy)} | fed loss {_fmt(row['fed_loss'])} "
             f"acc {_fmt(row['fed_accuracy'])} | down {human_bytes(bytes_down):>9} "
             f"up {human_bytes(bytes_up):>9} | {row['seconds']:.1f}s"
-        )
+        ) + _extra_text(row)
         self.console.print(line, soft_wrap=True)
         log.info(line)
         self._progress.advance(self._task)
@@ -210,8 +210,30 @@ class Recorder:
             f"{human_bytes(comm['formula_bytes'])} (model {human_bytes(comm['model_bytes'])})",
         )
         table.add_row("wall time", f"{totals['seconds']:.1f} s")
+        if results.get("virtual_time") is not None:
+            table.add_row("virtual time (latency model)", f"{results['virtual_time']:.1f} s")
+        if "async" in results:
+            a = results["async"]
+            table.add_row(
+                "client tasks / folded / dropped / failed",
+                f"{a['tasks']} / {a['folded']} / {a['dropped']} / {a['failed']}",
+            )
         table.add_row("outputs", str(self.output_dir))
         self.console.print(table)
+
+
+def _extra_text(row: dict[str, Any]) -> str:
+    """The per-line suffix for virtual time and asynchronous statistics, when present."""
+    text = ""
+    if row.get("virtual_time") is not None:
+        text += f" | t={row['virtual_time']:.1f}s"
+    if row.get("staleness_mean") is not None:
+        text += f" | staleness {row['staleness_mean']:.1f} (max {row['staleness_max']})"
+    if row.get("dropped"):
+        text += f" | dropped {row['dropped']}"
+    if row.get("failed"):
+        text += f" | failed {row['failed']}"
+    return text
 
 
 def plot_history(rows: list[dict[str, Any]], path: Path) -> None:

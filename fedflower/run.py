@@ -13,11 +13,13 @@ from flwr.serverapp import ServerApp
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedflower.async_strategy import run_extra
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
 from fedflower.engine import BACKENDS, simulate
+from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import ConfigError, DataError
 from fedflower.models import compile_model
@@ -53,10 +55,17 @@ def validate(cfg: DictConfig) -> None:
                 f"strategy.{key}={value!r} must be an integer in [0, num_clients={n}]",
             )
     client = cfg.client
-    _check(client.local_epochs >= 1, f"client.local_epochs must be >= 1, got {client.local_epochs}")
-    _check(client.batch_size >= 1, f"client.batch_size must be >= 1, got {client.batch_size}")
     _check(
-        client.learning_rate > 0, f"client.learning_rate must be > 0, got {client.learning_rate}"
+        isinstance(client.local_epochs, int) and client.local_epochs >= 1,
+        f"client.local_epochs must be an integer >= 1, got {client.local_epochs!r}",
+    )
+    _check(
+        isinstance(client.batch_size, int) and client.batch_size >= 1,
+        f"client.batch_size must be an integer >= 1, got {client.batch_size!r}",
+    )
+    _check(
+        isinstance(client.learning_rate, int | float) and client.learning_rate > 0,
+        f"client.learning_rate must be a number > 0, got {client.learning_rate!r}",
     )
     stragglers = client.get("straggler_fraction", 0.0)
     _check(
@@ -127,7 +136,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     seed_everything(cfg.seed)
     out = _output_dir(output_dir)
     source, fed = load_data(cfg)
-    server_app, results = experiment_server_app(cfg, out, source)
+    server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
     (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
@@ -157,13 +166,14 @@ def model_factory(
 
 
 def experiment_server_app(
-    cfg: DictConfig, out: Path, source: TabularSource
+    cfg: DictConfig, out: Path, source: TabularSource, virtual_clock: bool = False
 ) -> tuple[ServerApp, dict[str, Any]]:
     """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
 
     Simulation (:func:`run`) and deployment (:mod:`fedflower.deploy.app`) run this same app:
     strategy from ``cfg.strategy``, centralized evaluation on ``source``'s test set, the
-    recorder's outputs in ``out``.
+    recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
+    ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
     """
     recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
@@ -179,6 +189,7 @@ def experiment_server_app(
                 num_clients=cfg.num_clients,
                 plots=cfg.output.plots,
                 rejected_updates=int(getattr(strategy, "rejected", 0)),
+                **run_extra(grid, strategy),
             )
         )
 
@@ -191,5 +202,6 @@ def experiment_server_app(
         recorder=recorder,
         on_finish=on_finish,
         seed=cfg.seed,
+        latency=build_latency(cfg.get("latency")) if virtual_clock else None,
     )
     return server_app, results

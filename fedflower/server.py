@@ -14,9 +14,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedflower import keys, registry
+from fedflower.async_strategy import round_extra
 from fedflower.data.source import TabularSource
+from fedflower.engine.clock import VirtualClockGrid
 from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import ConfigError
+from fedflower.latency import LatencyModel
 from fedflower.recorder import Recorder
 from fedflower.stragglers import straggler_grid
 
@@ -74,16 +77,20 @@ def make_server_app(
     recorder: Recorder,
     on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
     seed: int = 0,
+    latency: LatencyModel | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
-    ``seed`` seeds the choice of stragglers (``client.straggler_fraction``).
+    ``seed`` seeds the choice of stragglers (``client.straggler_fraction``). ``latency`` gives
+    the run a virtual clock (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation
+    only); without it asynchronous strategies use the wall clock, as in a deployment.
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        metered = MeteredGrid(grid)
+        # with a latency model, time is virtual (simulation); without, it is the wall clock
+        metered = MeteredGrid(grid) if latency is None else VirtualClockGrid(grid, latency)
         model = build_model()
         strategy = build_strategy(
             strategy_options,
@@ -97,7 +104,14 @@ def make_server_app(
                 source.x_test, source.y_test, batch_size=1024, verbose=0, return_dict=True
             )
             down, up = metered.take()
-            recorder.round_end(server_round, float(res["loss"]), float(res["accuracy"]), down, up)
+            recorder.round_end(
+                server_round,
+                float(res["loss"]),
+                float(res["accuracy"]),
+                down,
+                up,
+                **round_extra(metered, strategy),
+            )
             return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
 
         recorder.start()

@@ -1,0 +1,68 @@
+"""FedAsync: asynchronous federated optimization with staleness-weighted mixing.
+
+Xie, Koyejo and Gupta, "Asynchronous Federated Optimization", 2019, arXiv:1903.03934. Up to
+``concurrency`` clients train at once; every returning client immediately updates the global
+model ``x <- (1 - alpha_t) x + alpha_t x_client`` with ``alpha_t = alpha * s(tau)``, where
+``tau`` is the number of server versions since the client started and ``s`` a staleness
+function (constant, polynomial or hinge). ``num_rounds`` counts server updates, one per
+accepted client task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedflower import keys
+from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate, MetricsAggr
+from fedflower.errors import ConfigError
+from fedflower.staleness import StalenessFn, mix
+
+
+class FedAsync(AsyncStrategy):
+    """FedAsync: mix each arriving client model in with weight alpha * s(tau) (arXiv:1903.03934).
+
+    Parameters
+    ----------
+    concurrency : int
+        Clients training at the same time.
+    alpha : float
+        Mixing weight of a fresh update, in ``(0, 1]``.
+    staleness, max_staleness, evaluate_every, seed, poll_interval : see AsyncStrategy
+    """
+
+    def __init__(
+        self,
+        concurrency: int = 10,
+        alpha: float = 0.6,
+        staleness: str | dict[str, Any] | StalenessFn | None = "polynomial",
+        max_staleness: int | None = None,
+        evaluate_every: int = 1,
+        seed: int = 0,
+        poll_interval: float = 0.05,
+        weighted_by_key: str = keys.NUM_EXAMPLES,
+        train_metrics_aggr_fn: MetricsAggr | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggr | None = None,
+    ) -> None:
+        super().__init__(
+            concurrency=concurrency,
+            staleness=staleness,
+            max_staleness=max_staleness,
+            evaluate_every=evaluate_every,
+            seed=seed,
+            poll_interval=poll_interval,
+            weighted_by_key=weighted_by_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        )
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
+            raise ConfigError(f"alpha must be a number in (0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def fold(self, update: ClientUpdate) -> Arrays | None:
+        """Mix the client's model into the global one with weight ``alpha * s(tau)``."""
+        return mix(self.model, update.arrays, self.alpha * self.staleness(update.staleness))
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        super().summary()
+        self._log_settings(alpha=self.alpha)

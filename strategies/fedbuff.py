@@ -1,0 +1,145 @@
+"""FedBuff: buffered asynchronous aggregation.
+
+Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022,
+arXiv:2106.06639. Up to ``concurrency`` clients train at once, each from the newest global
+model. A returning client's delta from the model version it started from goes into a buffer,
+weighted by its number of examples and a staleness function ``s(tau)``; when the buffer holds
+``buffer_size`` (K) updates the server moves the model by their weighted mean times a server
+learning rate (optionally with server momentum) and bumps the version. The freed client slot
+is refilled at once with the newest model. ``num_rounds`` counts server updates, so a run does
+``K * num_rounds`` accepted client tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedflower import aggregation, keys
+from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate, MetricsAggr
+from fedflower.errors import ConfigError
+from fedflower.staleness import FedBuffServer, StalenessFn, delta, optimizer_step
+
+SERVER_OPTIMIZERS: dict[str, type[aggregation.ServerOptimizer]] = {
+    "sgd": aggregation.ServerSGD,
+    "adam": aggregation.ServerAdam,
+    "yogi": aggregation.ServerYogi,
+    "adagrad": aggregation.ServerAdagrad,
+}
+
+
+def build_server_optimizer(spec: dict[str, Any]) -> aggregation.ServerOptimizer:
+    """A server optimizer from ``{"name": sgd|adam|yogi|adagrad, **its parameters}``."""
+    if not isinstance(spec, dict) or spec.get("name") not in SERVER_OPTIMIZERS:
+        raise ConfigError(
+            f"server_optimizer must be null or a mapping with name one of "
+            f"{', '.join(SERVER_OPTIMIZERS)}, got {spec!r}"
+        )
+    params = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return SERVER_OPTIMIZERS[spec["name"]](**params)
+    except TypeError as exc:
+        raise ConfigError(f"server_optimizer {spec['name']!r}: {exc}") from exc
+
+
+class FedBuff(AsyncStrategy):
+    """FedBuff: asynchronous, K-update buffered, staleness-weighted aggregation (arXiv:2106.06639).
+
+    Parameters
+    ----------
+    concurrency : int
+        Clients training at the same time.
+    buffer_size : int
+        K: accepted updates per server model update.
+    server_lr : float
+        Server learning rate on the buffer's mean delta (1 with constant staleness and
+        ``K = concurrency`` = all clients reproduces one FedAvg round).
+    server_momentum : float
+        Heavy-ball momentum on the mean delta, in ``[0, 1)`` (0 = plain server SGD); uses
+        :class:`fedflower.aggregation.ServerSGD` (FedAvgM's step).
+    server_optimizer : mapping, optional
+        Instead of ``server_lr``/``server_momentum``: a server optimizer of
+        :mod:`fedflower.aggregation` applied to the buffer's mean delta, e.g.
+        ``{"name": "adam", "eta": 0.01}`` (names: sgd, adam, yogi, adagrad).
+    weighted : bool
+        Weight deltas by the clients' numbers of examples (as FedAvg); ``False`` gives the
+        paper's plain ``1/K`` mean.
+    staleness, max_staleness, evaluate_every, seed, poll_interval : see AsyncStrategy
+    """
+
+    def __init__(
+        self,
+        concurrency: int = 10,
+        buffer_size: int = 5,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        server_optimizer: dict[str, Any] | None = None,
+        weighted: bool = True,
+        staleness: str | dict[str, Any] | StalenessFn | None = "polynomial",
+        max_staleness: int | None = None,
+        evaluate_every: int = 1,
+        seed: int = 0,
+        poll_interval: float = 0.05,
+        weighted_by_key: str = keys.NUM_EXAMPLES,
+        train_metrics_aggr_fn: MetricsAggr | None = None,
+        evaluate_metrics_aggr_fn: MetricsAggr | None = None,
+    ) -> None:
+        super().__init__(
+            concurrency=concurrency,
+            staleness=staleness,
+            max_staleness=max_staleness,
+            evaluate_every=evaluate_every,
+            seed=seed,
+            poll_interval=poll_interval,
+            weighted_by_key=weighted_by_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+        )
+        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ConfigError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
+        if not isinstance(server_lr, int | float) or not server_lr > 0:
+            raise ConfigError(f"server_lr must be a number > 0, got {server_lr!r}")
+        if not isinstance(server_momentum, int | float) or not 0 <= server_momentum < 1:
+            raise ConfigError(f"server_momentum must be in [0, 1), got {server_momentum!r}")
+        self.buffer_size = buffer_size
+        self.server_lr = float(server_lr)
+        self.server_momentum = float(server_momentum)
+        self.weighted = bool(weighted)
+        self.server_optimizer = None if server_optimizer is None else dict(server_optimizer)
+        if self.server_optimizer is not None:
+            build_server_optimizer(self.server_optimizer)  # fail early on a bad spec
+        self._server: FedBuffServer | None = None
+
+    def reset(self, model: Arrays) -> None:
+        """A fresh buffer and server step for the initial model."""
+        self._server = self._make_server(model)
+
+    def _make_server(self, model: Arrays) -> FedBuffServer:
+        step = None
+        if self.server_optimizer is not None:
+            step = optimizer_step(build_server_optimizer(self.server_optimizer))
+        elif self.server_momentum > 0:
+            step = optimizer_step(aggregation.ServerSGD(self.server_lr, self.server_momentum))
+        return FedBuffServer(
+            model, self.buffer_size, self.staleness, server_lr=self.server_lr, step=step
+        )
+
+    def fold(self, update: ClientUpdate) -> Arrays | None:
+        """Buffer the client's staleness-weighted delta; apply the buffer when it is full."""
+        if self._server is None:
+            self._server = self._make_server(self.model)
+        server = self._server
+        weight = update.weight if self.weighted else 1.0
+        if server.add(delta(update.arrays, update.start), weight, update.staleness):
+            return server.model
+        return None
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        super().summary()
+        self._log_settings(
+            buffer_size=self.buffer_size,
+            server_lr=self.server_lr,
+            server_momentum=self.server_momentum,
+            server_optimizer=self.server_optimizer,
+            weighted=self.weighted,
+        )
