@@ -21,15 +21,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+from fedflower.cli import quiet_tensorflow_import
+
+quiet_tensorflow_import()
 
 import keras
 import numpy as np
@@ -81,7 +86,7 @@ def timed(module: Any, name: str, totals: dict[str, float]) -> Any:
 def run_fedflower(cfg: Any) -> tuple[float, float, dict[str, float]]:
     """Wall time, final accuracy and a breakdown of one fedflower run."""
     totals: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, redirect_stdout(io.StringIO()):
         t0 = time.perf_counter()
         with timed(local_engine, "transmit", totals), timed(metered, "message_nbytes", totals):
             results = run(cfg, output_dir=out)
@@ -89,6 +94,14 @@ def run_fedflower(cfg: Any) -> tuple[float, float, dict[str, float]]:
     totals["rounds"] = results["totals"]["seconds"]
     totals["startup"] = wall - totals["rounds"]
     return wall, results["final"]["accuracy"], totals
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, tf_data: bool) -> dict[str, float]:
+    if tf_data:
+        return model.evaluate(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(1024), verbose=0, return_dict=True
+        )
+    return model.evaluate(x, y, batch_size=1024, verbose=0, return_dict=True)
 
 
 def run_bare(cfg: Any, tf_data: bool = True) -> tuple[float, float]:
@@ -131,11 +144,8 @@ def run_bare(cfg: Any, tf_data: bool = True) -> tuple[float, float]:
         weights = weighted_mean(updates)
         model.set_weights(weights)
         for data in clients:
-            model.evaluate(data.x_val, data.y_val, batch_size=1024, verbose=0)
-        res = model.evaluate(
-            source.x_test, source.y_test, batch_size=1024, verbose=0, return_dict=True
-        )
-        accuracy = float(res["accuracy"])
+            evaluate(model, data.x_val, data.y_val, tf_data)
+        accuracy = evaluate(model, source.x_test, source.y_test, tf_data)["accuracy"]
     return time.perf_counter() - t0, accuracy
 
 

@@ -34,6 +34,17 @@ def reset_optimizer(optimizer: keras.optimizers.Optimizer, learning_rate: float 
         optimizer.learning_rate = float(learning_rate)
 
 
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
+    """``model.evaluate`` on in-memory arrays, fed as a ``tf.data`` pipeline.
+
+    Keras' own array adapter costs about as much per call as evaluating a few thousand rows;
+    a plain sliced dataset avoids it.
+    """
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    result = model.evaluate(data, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in result.items()}
+
+
 class KerasClient:
     """Train and evaluate a Keras model on one client's data.
 
@@ -115,7 +126,5 @@ class KerasClient:
         x, y = self.data.x_val, self.data.y_val
         if len(y) == 0:
             x, y = self.data.x_train, self.data.y_train
-        result = self.model.evaluate(
-            x, y, batch_size=int(config.get(keys.BATCH_SIZE, 256)), verbose=0, return_dict=True
-        )
+        result = evaluate(self.model, x, y, int(config.get(keys.BATCH_SIZE, 256)))
         return float(result["loss"]), len(y), {keys.EVAL_ACCURACY: float(result["accuracy"])}
