@@ -1,0 +1,266 @@
+"""Every option of every config group composes, validates and instantiates; bad values fail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.resources import files
+
+import keras
+import numpy as np
+import pytest
+from flwr_datasets.partitioner import Partitioner
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fedflower import registry
+from fedflower.data.partition import FederatedData
+from fedflower.data.source import TabularSource
+from fedflower.engine import BACKENDS
+from fedflower.errors import ConfigError, PluginError
+from fedflower.run import validate
+from fedflower.server import build_strategy
+
+MakeCfg = Callable[..., DictConfig]
+CONF = files("fedflower.conf")
+GROUPS_IN_DEFAULTS = ["strategy", "model", "dataset", "partition", "client", "simulation"]
+
+
+def group_options() -> list[tuple[str, str]]:
+    """(group, option) for every yaml file of every group the package ships (not hydra/)."""
+    pairs = []
+    for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
+        for option in sorted(f.name for f in group.iterdir() if f.name.endswith(".yaml")):
+            pairs.append((group.name, option.removesuffix(".yaml")))
+    return pairs
+
+
+ALL_OPTIONS = group_options()
+
+
+def options_of(group: str) -> list[str]:
+    return [o for g, o in ALL_OPTIONS if g == group]
+
+
+def option_cfg(make_cfg: MakeCfg, group: str, option: str, *extra: str) -> DictConfig:
+    """``group=option`` with a tiny federation (dataset overrides only where they exist).
+
+    Experiments choose their own federation size, so they are composed as they are.
+    """
+    if group == "experiment":
+        return make_cfg([f"experiment={option}", *extra])
+    overrides = ["num_clients=3", "num_rounds=2", "progress=false", f"{group}={option}", *extra]
+    cfg = make_cfg(overrides)
+    if "patients_per_hospital" in cfg.dataset:
+        cfg = make_cfg(
+            [
+                *overrides,
+                "dataset.patients_per_hospital=200",
+                "dataset.test_patients_per_hospital=50",
+            ]
+        )
+    return cfg
+
+
+def to_dict(node: DictConfig) -> dict:
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def test_the_issue_groups_exist_and_have_defaults(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg()
+    for group in GROUPS_IN_DEFAULTS:
+        assert options_of(group), f"conf/{group}/ has no option"
+        assert group in cfg
+    assert "fedavg" in options_of("strategy")
+    assert {"hospitals", "breast_cancer"} <= set(options_of("dataset"))
+    assert {"auto", "natural", "iid", "dirichlet"} <= set(options_of("partition"))
+    assert cfg.num_clients == 10
+    assert cfg.num_rounds == 10
+    assert cfg.seed == 0
+
+
+def test_default_is_the_seeds_experiment(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg()
+    assert cfg.strategy.name == "fedavg"
+    assert cfg.dataset.num_hospitals == 10
+    assert cfg.dataset.patients_per_hospital == 1000
+    assert list(cfg.model.hidden_units) == [128]
+    assert cfg.model.activation == "relu"
+    assert cfg.client.optimizer._target_ == "keras.optimizers.Adam"
+    validate(cfg)
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_option_composes_and_validates(make_cfg: MakeCfg, group: str, option: str) -> None:
+    cfg = option_cfg(make_cfg, group, option)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def hospitals_source() -> TabularSource:
+    from fedflower.data import hospitals
+
+    return hospitals.load(num_hospitals=3, patients_per_hospital=200, test_patients_per_hospital=10)
+
+
+@pytest.mark.parametrize("option", options_of("dataset"))
+def test_every_dataset_instantiates(make_cfg: MakeCfg, option: str) -> None:
+    cfg = option_cfg(make_cfg, "dataset", option)
+    source = instantiate(cfg.dataset)
+    assert isinstance(source, TabularSource)
+    assert source.num_classes >= 2
+    assert len(source.y) >= cfg.num_clients
+    assert source.x.shape[1:] == source.x_test.shape[1:]
+
+
+@pytest.mark.parametrize("option", options_of("partition"))
+def test_every_partition_instantiates_and_splits(
+    tiny_cfg: MakeCfg, hospitals_source: TabularSource, option: str
+) -> None:
+    cfg = tiny_cfg(f"partition={option}")
+    partitioner = instantiate(cfg.partition)
+    assert isinstance(partitioner, Partitioner)
+    fed = FederatedData(hospitals_source, partitioner, cfg.num_clients)
+    sizes = [len(fed.indices(c)) for c in range(cfg.num_clients)]
+    assert sum(sizes) == len(hospitals_source.y)
+    assert min(sizes) > 0
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("option", options_of("model"))
+def test_every_model_instantiates(tiny_cfg: MakeCfg, option: str, num_classes: int) -> None:
+    cfg = tiny_cfg(f"model={option}")
+    model = instantiate(cfg.model, input_shape=(7,), num_classes=num_classes)
+    assert isinstance(model, keras.Model)
+    out = model(np.zeros((5, 7), np.float32))
+    probs = np.asarray(out)
+    if num_classes == 2:
+        assert probs.shape == (5, 1)  # one sigmoid unit
+        assert model.layers[-1].activation is keras.activations.sigmoid
+    else:
+        assert probs.shape == (5, num_classes)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", options_of("client"))
+def test_every_client_option_builds_its_optimizer(tiny_cfg: MakeCfg, option: str) -> None:
+    cfg = tiny_cfg(f"client={option}", "client.learning_rate=0.125")
+    optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
+    assert isinstance(optimizer, keras.optimizers.Optimizer)
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(0.125)
+    for key in ("local_epochs", "batch_size", "learning_rate", "val_fraction"):
+        assert key in cfg.client
+
+
+@pytest.mark.parametrize("option", options_of("strategy"))
+def test_every_strategy_instantiates(tiny_cfg: MakeCfg, option: str) -> None:
+    cfg = tiny_cfg(f"strategy={option}")
+    options = to_dict(cfg.strategy)
+    strategy = build_strategy(options)
+    assert type(strategy) is registry.load(cfg.strategy.name)
+    for key, value in options.items():
+        if key.startswith(("fraction_", "min_")) and hasattr(strategy, key):
+            assert getattr(strategy, key) == value
+
+
+def test_strategy_options_reach_the_strategy(tiny_cfg: MakeCfg) -> None:
+    cfg = tiny_cfg("strategy.fraction_train=0.5", "strategy.min_train_nodes=2")
+    strategy = build_strategy(to_dict(cfg.strategy))
+    assert strategy.fraction_train == 0.5
+    assert strategy.min_train_nodes == 2
+    assert strategy.min_available_nodes == 3  # ${num_clients}
+
+
+@pytest.mark.parametrize("option", options_of("simulation"))
+def test_every_simulation_backend_is_known(tiny_cfg: MakeCfg, option: str) -> None:
+    cfg = tiny_cfg(f"simulation={option}")
+    assert cfg.simulation.backend in BACKENDS
+    assert isinstance(cfg.simulation.tf_threads, int)
+    assert OmegaConf.is_dict(cfg.simulation.backend_config)
+
+
+@pytest.mark.parametrize("option", options_of("experiment"))
+def test_every_experiment_composes(make_cfg: MakeCfg, option: str) -> None:
+    cfg = make_cfg([f"experiment={option}"])
+    OmegaConf.resolve(cfg)
+    validate(cfg)
+    build_strategy(to_dict(cfg.strategy))
+
+
+def test_quick_experiment_is_small(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(["experiment=quick"])
+    assert cfg.num_clients == 3
+    assert cfg.num_rounds == 2
+    assert cfg.dataset.num_hospitals == 3  # follows num_clients
+
+
+def test_the_issue_override_example(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(
+        [
+            "num_rounds=20",
+            "num_clients=50",
+            "strategy.fraction_train=0.5",
+            "client.local_epochs=2",
+        ]
+    )
+    validate(cfg)
+    assert cfg.num_rounds == 20
+    assert cfg.client.local_epochs == 2
+    assert cfg.dataset.num_hospitals == 50
+    assert cfg.partition.num_partitions == 50
+    assert cfg.strategy.min_available_nodes == 50
+    assert build_strategy(to_dict(cfg.strategy)).fraction_train == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("num_clients=0", "num_clients"),
+        ("num_clients=-3", "num_clients"),
+        ("num_clients=abc", "num_clients"),
+        ("num_clients=2.5", "num_clients"),
+        ("num_rounds=0", "num_rounds"),
+        ("strategy.fraction_train=1.5", r"strategy.fraction_train must be in \[0, 1\], got 1.5"),
+        ("strategy.fraction_train=-0.1", "fraction_train"),
+        ("strategy.fraction_train=abc", "fraction_train"),
+        ("strategy.fraction_evaluate=2", "fraction_evaluate"),
+        ("strategy.min_train_nodes=4", r"min_train_nodes=4 .*num_clients=3"),
+        ("strategy.min_evaluate_nodes=-1", "min_evaluate_nodes"),
+        ("strategy.min_available_nodes=10", "min_available_nodes"),
+        ("client.local_epochs=0", "local_epochs"),
+        ("client.local_epochs=abc", "local_epochs"),
+        ("client.batch_size=0", "batch_size"),
+        ("client.batch_size=many", "batch_size"),
+        ("client.learning_rate=0", "learning_rate"),
+        ("client.learning_rate=-0.1", "learning_rate"),
+        ("client.learning_rate=fast", "learning_rate"),
+        ("simulation.backend=nope", "simulation.backend"),
+    ],
+)
+def test_validate_rejects(tiny_cfg: MakeCfg, override: str, match: str) -> None:
+    cfg = tiny_cfg(override)
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
+
+
+def test_unknown_strategy_name_lists_the_installed_ones() -> None:
+    with pytest.raises(PluginError, match=r"unknown strategy 'nope'; installed: .*fedavg"):
+        build_strategy({"name": "nope"})
+
+
+def test_unknown_strategy_option_is_a_config_error(tiny_cfg: MakeCfg) -> None:
+    cfg = tiny_cfg("+strategy.fraction_trian=0.5")
+    with pytest.raises(ConfigError, match="fraction_trian"):
+        build_strategy(to_dict(cfg.strategy))
+    with pytest.raises(ConfigError, match=r"strategy\.name is missing"):
+        build_strategy({"fraction_train": 1.0})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["strategy=nope"], ["foo=1"], ["model=transformer"], ["num_clients=[1,"]],
+)
+def test_bad_overrides_do_not_compose(make_cfg: MakeCfg, overrides: list[str]) -> None:
+    with pytest.raises(HydraException):
+        make_cfg(overrides)
