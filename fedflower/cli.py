@@ -7,6 +7,7 @@ traceback. Errors of the run itself that the user can fix (``FedflowerError``) e
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -48,17 +49,23 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_USAGE)
 
 
-def _first_of_sweeps(overrides: Sequence[str]) -> list[str]:
-    """Replace each sweep (``seed=0,1,2``) by its first value, so one composition checks it."""
+def _sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """Sweep-free override lists that together use every value of every sweep once.
+
+    The first list takes each sweep's (``seed=0,1,2``) first value; each further list changes
+    one sweep to one of its other values, so ``strategy=fedavg,nope`` fails before any job runs.
+    """
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    out = []
-    for text, override in zip(overrides, parsed, strict=True):
+    base, others = [], []
+    for i, (text, override) in enumerate(zip(overrides, parsed, strict=True)):
         if override.is_sweep_override():
-            first = next(iter(override.sweep_string_iterator()))
-            out.append(f"{override.get_key_element()}={first}")
+            key = override.get_key_element()
+            values = list(dict.fromkeys(f"{key}={v}" for v in override.sweep_string_iterator()))
+            base.append(values[0])
+            others.extend((i, value) for value in values[1:])
         else:
-            out.append(text)
-    return out
+            base.append(text)
+    return [base] + [[*base[:i], value, *base[i + 1 :]] for i, value in others]
 
 
 def _one_line(exc: Exception) -> str:
@@ -76,17 +83,23 @@ def _one_line(exc: Exception) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
 
 
+def _inspects_only(args: argparse.Namespace) -> bool:
+    """Whether Hydra only prints something (help, config, info) and runs nothing."""
+    return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+
+
 def precheck(argv: Sequence[str]) -> None:
     """Compose the config the command line asks for; exit with one line if that fails."""
     from hydra import compose, initialize_config_module
 
     args = get_args_parser().parse_args(list(argv))
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion:
+    if _inspects_only(args):
         return
     try:
-        overrides = _first_of_sweeps(args.overrides)
+        variants = _sweep_variants(args.overrides)
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            compose(config_name=args.config_name or CONFIG_NAME, overrides=overrides)
+            for overrides in variants:
+                compose(config_name=args.config_name or CONFIG_NAME, overrides=overrides)
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
         fail(_one_line(exc))
 
@@ -117,11 +130,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Entry point of the ``fedflower`` console script."""
     argv = sys.argv[1:]
-    quiet_tensorflow_import()
     if "--list-strategies" in argv:
+        quiet_tensorflow_import()
         list_strategies()
         return
-    precheck(argv)
+    precheck(argv)  # bad overrides fail here, before TensorFlow's seconds-long import
+    if not _inspects_only(get_args_parser().parse_args(argv)):
+        quiet_tensorflow_import()
     _hydra_main()
 
 
