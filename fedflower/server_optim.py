@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 
 from fedflower.aggregation import ServerOptimizer
 from fedflower.strategy import CheckedFedAvg
@@ -22,8 +23,9 @@ from fedflower.strategy import CheckedFedAvg
 class ServerOptStrategy(CheckedFedAvg):
     """Mean of the accepted client models, then one step of :meth:`make_optimizer`'s optimizer.
 
-    The optimizer is created on the first aggregation (after the Flower base class has stored
-    its options) and keeps its state (momentum, moments) across rounds.
+    The optimizer is created when the first round is configured (after the Flower base class
+    has stored its options, so bad options fail before any training) and keeps its state
+    (momentum, moments) across rounds.
     """
 
     _optimizer: ServerOptimizer | None = None
@@ -38,6 +40,13 @@ class ServerOptStrategy(CheckedFedAvg):
         if self._optimizer is None:
             self._optimizer = self.make_optimizer()
         return self._optimizer
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Build (and so validate) the optimizer before the first round, then sample."""
+        _ = self.optimizer
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
