@@ -22,7 +22,9 @@ simulation the grid is a :class:`~fedflower.engine.clock.VirtualClockGrid` and r
 order of their virtual finish time (deterministic for a seed); with any other grid (a real
 deployment) replies are folded in arrival order and the wall clock is used, tasks without a
 reply after ``timeout`` seconds are abandoned and their slot refilled, and nodes that connect
-later are given work.
+later are given work. A node whose task failed (error reply, malformed update, timeout) gets new
+work only after another node's reply has been accepted, so a client that crashes at once cannot
+spin the loop; when every node has failed since the last accepted reply, the run stops.
 """
 
 from __future__ import annotations
@@ -235,8 +237,8 @@ class AsyncStrategy(Strategy):
         refs: Counter[int] = Counter()
         in_flight: dict[str, _Task] = {}
         folded: list[RecordDict] = []
-        failures_in_a_row = 0
-        max_failures = max(10, 3 * self.concurrency)
+        # nodes whose last task failed wait until another node's reply is accepted
+        resting: set[int] = set()
         idle_since: float | None = None
         t_start = time.time()
 
@@ -256,7 +258,7 @@ class AsyncStrategy(Strategy):
             if free <= 0:
                 return
             busy = {t.node_id for t in in_flight.values()}
-            idle = sorted(set(grid.get_node_ids()) - busy)
+            idle = sorted(set(grid.get_node_ids()) - busy - resting)
             if not idle:
                 return
             chosen = [int(n) for n in rng.choice(idle, size=min(free, len(idle)), replace=False)]
@@ -273,6 +275,12 @@ class AsyncStrategy(Strategy):
         while self.version < num_rounds:
             dispatch()
             if not in_flight:
+                if resting and set(grid.get_node_ids()) <= resting:
+                    log.error(
+                        "every node failed since the last accepted update; stopping at version %s",
+                        self.version,
+                    )
+                    break
                 if not wall:
                     log.error("no node is available for training; stopping at %s", self.version)
                     break
@@ -286,7 +294,7 @@ class AsyncStrategy(Strategy):
             replies = list(grid.pull_messages(list(in_flight)))
             if not replies:
                 if wall:
-                    self._expire(in_flight, clock.now, timeout, release)
+                    resting.update(self._expire(in_flight, clock.now, timeout, release))
                 clock.wait(list(in_flight), timeout)
                 continue
             for reply in replies:
@@ -296,11 +304,11 @@ class AsyncStrategy(Strategy):
                 dropped = self.totals["dropped"]
                 update = self._accept(reply, task, starts)
                 release(task)
-                if update is None:
-                    # failed or malformed replies count; dropped stale ones do not
-                    failures_in_a_row += int(self.totals["dropped"] == dropped)
+                if update is None and self.totals["dropped"] == dropped:
+                    resting.add(task.node_id)  # failed or malformed: retry it later
                 else:
-                    failures_in_a_row = 0
+                    resting.clear()
+                if update is not None:
                     folded.append(update.content)
                     new_model = self.fold(update)
                     if new_model is not None:
@@ -309,14 +317,8 @@ class AsyncStrategy(Strategy):
                 if self.version >= num_rounds:
                     break
                 dispatch()
-            if failures_in_a_row >= max_failures:
-                log.error(
-                    "%s tasks in a row failed; stopping at version %s",
-                    failures_in_a_row,
-                    self.version,
-                )
-                break
 
+        self.totals["unfinished"] = len(in_flight)
         result.arrays = self._current_record()
         log.info(
             "%s finished: %s versions, %s tasks, %s folded, %s dropped, %s failed in %.2f s",
@@ -361,7 +363,8 @@ class AsyncStrategy(Strategy):
         now: float,
         timeout: float,
         release: Callable[[_Task], None],
-    ) -> None:
+    ) -> list[int]:
+        expired = []
         for message_id, task in list(in_flight.items()):
             if now - task.started > timeout:
                 log.warning(
@@ -372,6 +375,8 @@ class AsyncStrategy(Strategy):
                 del in_flight[message_id]
                 release(task)
                 self._count("failed")
+                expired.append(task.node_id)
+        return expired
 
     def _count(self, what: str, n: int = 1) -> None:
         self.totals[what] += n
@@ -566,7 +571,10 @@ def run_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
     if isinstance(strategy, AsyncStrategy):
         extra["async"] = {
             "versions": strategy.version,
-            **{k: strategy.totals.get(k, 0) for k in ("tasks", "folded", "dropped", "failed")},
+            **{
+                k: strategy.totals.get(k, 0)
+                for k in ("tasks", "folded", "dropped", "failed", "unfinished")
+            },
             "rejected": strategy.rejected,
         }
     return extra

@@ -20,6 +20,7 @@ Memory does not grow with the buffer size: one float64 accumulator per layer.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -156,6 +157,11 @@ def make_staleness(spec: str | Mapping[str, Any] | StalenessFn | None) -> Stalen
             f"unknown staleness function {name!r}; choose one of {', '.join(STALENESS_FUNCTIONS)}"
         )
     cls = STALENESS_FUNCTIONS[name]
+    # parameters of the other functions (left over after switching ``name`` by an override)
+    # are ignored; anything else is a typo and fails below
+    accepted = set(inspect.signature(cls).parameters)
+    others = {p for c in STALENESS_FUNCTIONS.values() for p in inspect.signature(c).parameters}
+    params = {k: v for k, v in params.items() if k in accepted or k not in others}
     try:
         return cls(**params)
     except TypeError as exc:

@@ -220,6 +220,7 @@ class VirtualClockGrid(MeteredGrid):
 
     def finish_time(self, message_id: str) -> float | None:
         """The virtual finish time of a pushed message, once its reply is known."""
+        self._collect([message_id], block=False, timeout=None)
         task = self._tasks.get(message_id)
         return None if task is None or task.reply is None else task.finish
 

@@ -1,0 +1,175 @@
+"""fedflower.engine.clock: virtual time ordering, synchronous rounds, timeouts, the wall clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedflower import keys
+from fedflower.engine.clock import (
+    Clock,
+    VirtualClockGrid,
+    WallClock,
+    build_latency,
+    find_clock,
+)
+from fedflower.engine.local import LocalGrid
+from fedflower.engine.metered import MeteredGrid
+from fedflower.errors import ConfigError
+from fedflower.latency import Constant, LatencyModel
+
+# node n (partition n - 1) has 10 * n examples: with one second per example, 10 n seconds
+SECONDS = LatencyModel(Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9)
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> Iterator[None]:
+    """Messages read the run/node/task id of the current process (set by the engine)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def echo_app() -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: object) -> Message:
+        p = int(context.node_config[keys.PARTITION_ID])  # type: ignore[attr-defined]
+        arrays = msg.content.array_records[keys.ARRAYS]
+        metrics = MetricRecord({keys.NUM_EXAMPLES: 10 * (p + 1)})
+        return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=msg)
+
+    return app
+
+
+def train_message(node: int, epochs: int = 1) -> Message:
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord([np.zeros(4, dtype=np.float32)]),
+            keys.CONFIG: ConfigRecord({keys.LOCAL_EPOCHS: epochs}),
+        }
+    )
+    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def nodes_of(replies: Iterable[Message]) -> list[int]:
+    return [r.metadata.src_node_id for r in replies]
+
+
+def test_replies_come_in_virtual_finish_order() -> None:
+    grid = VirtualClockGrid(LocalGrid(echo_app(), 3), SECONDS)
+    ids = list(grid.push_messages([train_message(3), train_message(1), train_message(2)]))
+    assert list(grid.pull_messages(ids)) == []  # nothing has finished at t = 0
+    order = []
+    while ids:
+        grid.wait(ids)
+        replies = list(grid.pull_messages(ids))
+        order += [(grid.now, n) for n in nodes_of(replies)]
+        done = {r.metadata.reply_to_message_id for r in replies}
+        ids = [i for i in ids if i not in done]
+    assert [n for _, n in order] == [1, 2, 3]
+    assert [t for t, _ in order] == pytest.approx([10.0, 20.0, 30.0])
+
+
+def test_epochs_and_start_time_set_the_finish_time() -> None:
+    grid = VirtualClockGrid(LocalGrid(echo_app(), 2), SECONDS)
+    (first,) = grid.push_messages([train_message(1, epochs=3)])  # 30 s
+    grid.wait([first])
+    assert grid.now == pytest.approx(30.0)
+    (second,) = grid.push_messages([train_message(2)])  # starts at 30, lasts 20
+    assert grid.finish_time(second) == pytest.approx(50.0)
+    grid.wait([second])
+    assert nodes_of(grid.pull_messages([first, second])) == [1, 2]
+
+
+def test_a_synchronous_round_lasts_as_long_as_its_slowest_client() -> None:
+    grid = VirtualClockGrid(LocalGrid(echo_app(), 4), SECONDS)
+    replies = list(grid.send_and_receive([train_message(n) for n in (2, 4, 1)]))
+    assert sorted(nodes_of(replies)) == [1, 2, 4]
+    assert grid.now == pytest.approx(40.0)
+    grid.send_and_receive([train_message(1)])
+    assert grid.now == pytest.approx(50.0)
+
+
+def test_bytes_are_metered_like_the_metered_grid() -> None:
+    timed = VirtualClockGrid(LocalGrid(echo_app(), 2), SECONDS)
+    metered = MeteredGrid(LocalGrid(echo_app(), 2))
+    for grid in (timed, metered):
+        grid.send_and_receive([train_message(1), train_message(2)])
+    assert timed.take() == metered.take()
+    assert timed.bytes_down == 0
+
+
+def test_transfer_time_uses_the_measured_bytes() -> None:
+    latency = LatencyModel(Constant(), seconds_per_example=0.0, latency_s=0.5, bandwidth_mbps=0.001)
+    grid = VirtualClockGrid(LocalGrid(echo_app(), 1), latency)
+    grid.send_and_receive([train_message(1)])
+    down, up = grid.take()
+    assert grid.now == pytest.approx(1.0 + 8 * (down + up) / 1000.0)
+
+
+class SilentGrid(LocalGrid):
+    """Node 2 never replies."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = super().pull_messages(message_ids)
+        return [r for r in replies if r.metadata.src_node_id != 2]
+
+
+def test_a_missing_reply_becomes_an_error_after_the_timeout() -> None:
+    grid = VirtualClockGrid(SilentGrid(echo_app(), 2), SECONDS, poll_interval=0.001)
+    ids = list(grid.push_messages([train_message(2), train_message(1)]))
+    grid.wait(ids, timeout=0.01)
+    replies = list(grid.pull_messages(ids))
+    assert nodes_of(replies) == [2]  # the synthesized error "arrives" first
+    assert replies[0].has_error()
+    assert "no reply" in replies[0].error.reason
+
+
+def test_find_clock_looks_through_wrappers() -> None:
+    timed = VirtualClockGrid(LocalGrid(echo_app(), 1), SECONDS)
+
+    class Wrapper:
+        inner = timed
+
+    assert find_clock(Wrapper()) is timed  # type: ignore[arg-type]
+    assert find_clock(MeteredGrid(LocalGrid(echo_app(), 1))) is None
+    assert isinstance(timed, Clock)
+
+
+def test_wall_clock_counts_from_creation_and_sleeps_one_poll() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    clock = WallClock(0.25, time_fn=lambda: now[0], sleep_fn=sleep)
+    assert clock.now == 0.0
+    clock.wait(["a"])
+    assert slept == [0.25] and clock.now == 0.25
+
+
+def test_build_latency_from_config() -> None:
+    options = {
+        "_target_": "fedflower.latency.LatencyModel",
+        "slowdown": {"_target_": "fedflower.latency.LogNormal", "sigma": 1.0},
+        "seed": 3,
+    }
+    model = build_latency(options)
+    assert isinstance(model, LatencyModel) and model.seed == 3
+    assert build_latency({"enabled": False}) is None
+    bad = {**options, "slowdown": {"_target_": "fedflower.latency.LogNormal", "sigma": -2}}
+    with pytest.raises(ConfigError, match=r"sigma must be a finite number >= 0\.0, got -2"):
+        build_latency(bad)
