@@ -130,6 +130,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Entry point of the ``fedflower`` console script."""
     argv = sys.argv[1:]
+    if argv[:1] == ["export"]:  # `fedflower export model.keras --to tflite` (not a Hydra run)
+        from fedflower.deploy.export import main as export_main
+
+        raise SystemExit(export_main(argv[1:]))
     if "--list-strategies" in argv:
         quiet_tensorflow_import()
         list_strategies()

@@ -1,0 +1,203 @@
+"""The Flower app that ``flwr run`` starts: fedflower's experiment on a SuperLink and SuperNodes.
+
+``pyproject.toml`` declares ``server_app`` and ``client_app`` under
+``[tool.flwr.app.components]``. Both compose the same Hydra config as the ``fedflower``
+command from the run config's ``overrides`` string (:mod:`fedflower.deploy.config`):
+
+* the ServerApp is the one simulation runs (:func:`fedflower.run.experiment_server_app`):
+  strategy plugin, centralized evaluation, per-round lines, ``metrics.jsonl``,
+  ``results.json``, ``history.png`` and ``model.keras`` in the run's output directory;
+* the ClientApp is the same Message-API adapter around :class:`KerasClient`
+  (:func:`fedflower.client.app.to_client_app`), training on the SuperNode's own data
+  (:mod:`fedflower.deploy.local_data`). Bad or missing data raises
+  :class:`~fedflower.errors.DataError`, which Flower sends back as the node's error reply;
+  the server logs it in one line and aggregates the other nodes' updates.
+
+Federated averaging: McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017, arXiv:1602.05629.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedflower import keys
+from fedflower.client.app import to_client_app
+from fedflower.client.keras_client import KerasClient
+from fedflower.data.source import ClientData, TabularSource
+from fedflower.deploy.config import experiment_config, output_dir
+from fedflower.deploy.local_data import node_data
+from fedflower.errors import DataError
+
+log = logging.getLogger(__name__)
+
+ModelBuilder = Callable[[tuple[int, ...], int], Any]
+
+
+# -- server ----------------------------------------------------------------------------------
+def load_source(cfg: Any) -> TabularSource:
+    """The dataset whose held-out test set the server evaluates the global model on."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.dataset)
+    except DataError:
+        raise
+    except Exception as exc:  # Hydra wraps errors of the target in InstantiationException
+        cause = exc.__cause__ or exc
+        if isinstance(cause, DataError):
+            raise cause from None
+        raise DataError(f"cannot build the server's dataset: {cause}") from exc
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    """Run the experiment the run config names against the SuperNodes of ``grid``."""
+    from fedflower.determinism import seed_everything
+    from fedflower.run import configure_threads, experiment_server_app, validate
+
+    cfg = experiment_config(context.run_config)
+    validate(cfg)
+    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
+    configure_threads(cfg.simulation.tf_threads)
+    seed_everything(cfg.seed)
+    out = output_dir(context.run_config, context.run_id)
+    app, results = experiment_server_app(cfg, out, load_source(cfg))
+    app(grid, context)
+    if not results:
+        raise RuntimeError("the server app stopped before the run finished; see the log above")
+    print(f"outputs: {out.resolve()}", flush=True)
+
+
+# -- client ----------------------------------------------------------------------------------
+def num_classes_of(parameters: list[np.ndarray]) -> int:
+    """Classes of a fedflower model from its output bias: 1 unit (sigmoid) means 2 classes."""
+    units = int(parameters[-1].shape[-1]) if parameters and parameters[-1].ndim else 1
+    return 2 if units == 1 else units
+
+
+def describe_mismatch(
+    local: list[tuple[int, ...]], received: list[tuple[int, ...]], input_shape: tuple[int, ...]
+) -> str:
+    """Say how the node's model (built for its data) differs from the global model."""
+    if len(local) != len(received):
+        return f"the global model has {len(received)} weight arrays, this node's {len(local)}"
+    for i, (a, b) in enumerate(zip(local, received, strict=True)):
+        if a != b:
+            if i == 0 and len(a) == 2 and len(b) == 2:
+                return (
+                    f"the global model expects {b[0]} features per example but this node's "
+                    f"data has {a[0]} (input shape {input_shape})"
+                )
+            return f"weight array {i} has shape {b} in the global model, {a} on this node"
+    return "shapes differ"
+
+
+class NodeClient(KerasClient):
+    """A :class:`KerasClient` for a SuperNode: the model is built on the first message.
+
+    The input shape comes from the node's own data, the number of classes from the global
+    model's output layer (or the node config's ``num-classes``). A global model the local
+    data does not fit raises :class:`DataError` naming both shapes.
+
+    Parameters
+    ----------
+    build : callable
+        ``build(input_shape, num_classes)`` returns a compiled Keras model.
+    data : ClientData
+        The node's training and validation data.
+    cid : int
+        A stable id of the node's data, used to derive its seeds.
+    seed : int
+        The run's seed.
+    num_classes : int, optional
+        Overrides the number of classes read from the global model.
+    """
+
+    def __init__(
+        self,
+        build: ModelBuilder,
+        data: ClientData,
+        cid: int = 0,
+        seed: int = 0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(None, data, cid=cid, seed=seed)  # type: ignore[arg-type]
+        self._build = build
+        self._num_classes = num_classes
+
+    def set_parameters(self, parameters: list[np.ndarray]) -> None:
+        """Build the model if needed, check the global weights fit it, load them."""
+        input_shape = tuple(int(d) for d in self.data.x_train.shape[1:])
+        num_classes = self._num_classes or num_classes_of(parameters)
+        if self.model is None:
+            self.model = self._build(input_shape, num_classes)
+        local = [tuple(w.shape) for w in self.model.get_weights()]
+        received = [tuple(np.shape(p)) for p in parameters]
+        if local != received:
+            raise DataError(
+                "this node's data does not fit the global model: "
+                f"{describe_mismatch(local, received, input_shape)}"
+            )
+        labels = np.concatenate([self.data.y_train, self.data.y_val])
+        if labels.size and labels.max() >= num_classes:
+            raise DataError(
+                f"this node's labels go up to {labels.max()} but the global model has "
+                f"{num_classes} classes (labels 0..{num_classes - 1})"
+            )
+        super().set_parameters(parameters)
+
+
+def node_cid(node_config: dict[str, Any], node_id: int) -> int:
+    """A stable id for seeding: the partition id, else a hash of the data path, else the node."""
+    if keys.PARTITION_ID in node_config:
+        return int(node_config[keys.PARTITION_ID])
+    if keys.DATA_PATH in node_config:
+        return zlib.crc32(str(node_config[keys.DATA_PATH]).encode())
+    return int(node_id)
+
+
+_data_cache: dict[tuple[Any, ...], ClientData] = {}
+_model_cache: dict[tuple[Any, ...], Any] = {}
+
+
+def node_client_fn(context: Context) -> KerasClient:
+    """Build the SuperNode's client from the run config (experiment) and node config (data)."""
+    from fedflower.run import configure_threads, model_factory
+
+    cfg = experiment_config(context.run_config)
+    configure_threads(cfg.simulation.tf_threads)
+    node_config = dict(context.node_config)
+    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    data_key = (overrides, *sorted(node_config.items()))
+    if data_key not in _data_cache:
+        _data_cache[data_key] = node_data(node_config, cfg)
+    num_classes = node_config.get(keys.NUM_CLASSES)
+
+    def build(input_shape: tuple[int, ...], classes: int) -> Any:
+        """One compiled model per experiment and shape in this process (reused across nodes)."""
+        model_key = (overrides, input_shape, classes)
+        if model_key not in _model_cache:
+            _model_cache[model_key] = model_factory(cfg, input_shape, classes)()
+        return _model_cache[model_key]
+
+    return NodeClient(
+        build,
+        _data_cache[data_key],
+        cid=node_cid(node_config, context.node_id),
+        seed=int(cfg.seed),
+        num_classes=int(num_classes) if num_classes is not None else None,
+    )
+
+
+client_app = to_client_app(node_client_fn)

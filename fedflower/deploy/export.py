@@ -1,0 +1,306 @@
+"""On-device export: the final global model as a LiteRT (TFLite) flatbuffer, checked against Keras.
+
+``fedflower export outputs/.../model.keras --to tflite`` writes ``model.tflite`` next to the
+model, runs both on the run's central test set (rebuilt from the ``results.json`` beside the
+model, or a CSV/NPZ file given with ``--data``) and reports the largest difference between
+the two models' outputs, both accuracies, the file sizes and the bytes a client exchanges per
+round (from the run's ``metrics.jsonl``). A difference above the tolerance is an error
+(exit code 1), so the check can gate a release to devices.
+
+The flatbuffer is made by TensorFlow's converter (``tf.lite.TFLiteConverter``) and runs in
+the LiteRT interpreter (``ai_edge_litert``, the on-device runtime) when that package is
+installed, else in TensorFlow's bundled ``tf.lite.Interpreter``. ``--quantize dynamic``
+stores the weights as int8 (post-training dynamic-range quantization, about 4x smaller;
+Jacob et al. 2018, arXiv:1712.05877); its outputs differ more, so the default tolerance
+then is looser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedflower.errors import ConfigError, DataError, FedflowerError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("tflite",)
+QUANTIZATIONS = ("none", "dynamic")
+TOLERANCE = {"none": 1e-5, "dynamic": 5e-2}
+"""Default largest allowed absolute difference between Keras and TFLite outputs."""
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how the exported model compares with the Keras model."""
+
+    keras_path: str
+    tflite_path: str
+    quantize: str
+    keras_file_bytes: int
+    tflite_file_bytes: int
+    weight_bytes: int
+    parameters: int
+    examples: int | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    keras_accuracy: float | None = None
+    tflite_accuracy: float | None = None
+    prediction_agreement: float | None = None
+    clients: int | None = None
+    bytes_per_round_down: float | None = None
+    bytes_per_round_up: float | None = None
+    bytes_per_round_per_client: float | None = None
+
+    @property
+    def within_tolerance(self) -> bool:
+        """Whether the outputs matched (``True`` when no data was checked)."""
+        if self.max_abs_diff is None or self.tolerance is None:
+            return True
+        return self.max_abs_diff <= self.tolerance
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line."""
+        from fedflower.recorder import human_bytes
+
+        out = [
+            f"wrote {self.tflite_path} ({human_bytes(self.tflite_file_bytes)}, "
+            f"quantize={self.quantize})",
+            f"keras model {human_bytes(self.keras_file_bytes)} on disk, {self.parameters} "
+            f"parameters = {human_bytes(self.weight_bytes)} of float32 weights",
+        ]
+        if self.max_abs_diff is not None:
+            out.append(
+                f"parity on {self.examples} test examples: max |keras - tflite| = "
+                f"{self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e}), accuracy keras "
+                f"{self.keras_accuracy:.4f} / tflite {self.tflite_accuracy:.4f}, "
+                f"same predicted class for {100 * (self.prediction_agreement or 0):.2f}%"
+            )
+        if self.bytes_per_round_per_client is not None:
+            out.append(
+                f"per round the run sent {human_bytes(self.bytes_per_round_down or 0)} down and "
+                f"{human_bytes(self.bytes_per_round_up or 0)} up over {self.clients} clients: "
+                f"{human_bytes(self.bytes_per_round_per_client)} per client per round"
+            )
+        return out
+
+
+def _quiet() -> contextlib.ExitStack:
+    """Silence the converter's prints and TensorFlow's deprecation warnings."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
+
+
+def convert(model: Any, quantize: str = "none") -> bytes:
+    """Convert a Keras model to a TFLite flatbuffer.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model to convert.
+    quantize : {"none", "dynamic"}
+        ``dynamic`` stores the weights as int8 (dynamic-range quantization).
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(
+            f"quantize={quantize!r} is unknown; use one of {', '.join(QUANTIZATIONS)}"
+        )
+    with _quiet():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return bytes(converter.convert())
+
+
+def _interpreter(flatbuffer: bytes) -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # the on-device LiteRT runtime
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    with _quiet():
+        return Interpreter(model_content=flatbuffer)
+
+
+def tflite_predict(flatbuffer: bytes, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run a TFLite model on ``x`` (float32, first axis = examples) and return its outputs."""
+    interpreter = _interpreter(flatbuffer)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    x = np.asarray(x, dtype=inp["dtype"])
+    outputs = []
+    current = -1
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        if len(batch) != current:
+            interpreter.resize_tensor_input(inp["index"], [len(batch), *x.shape[1:]])
+            interpreter.allocate_tensors()
+            current = len(batch)
+        interpreter.set_tensor(inp["index"], batch)
+        interpreter.invoke()
+        outputs.append(np.array(interpreter.get_tensor(out["index"])))
+    return np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.float32)
+
+
+def predicted_class(outputs: np.ndarray) -> np.ndarray:
+    """Class per example from a fedflower model's outputs (sigmoid unit or softmax)."""
+    if outputs.ndim == 1 or outputs.shape[-1] == 1:
+        return (outputs.reshape(len(outputs)) >= 0.5).astype(np.int64)
+    return np.argmax(outputs, axis=-1)
+
+
+def test_data_of_run(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The central test set of the run whose ``results.json`` sits next to ``model_path``."""
+    results = model_path.parent / "results.json"
+    if not results.is_file():
+        return None
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = json.loads(results.read_text()).get("config", {})
+    if "dataset" not in config:
+        return None
+    source = instantiate(OmegaConf.create(config["dataset"]))
+    return source.x_test, source.y_test
+
+
+def traffic_of_run(model_path: Path) -> tuple[int, float, float] | None:
+    """``(clients, mean bytes down, mean bytes up)`` per round of the run next to the model."""
+    metrics, results = model_path.parent / "metrics.jsonl", model_path.parent / "results.json"
+    if not metrics.is_file() or not results.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    clients = int(json.loads(results.read_text()).get("config", {}).get("num_clients", 0))
+    down = float(np.mean([r["bytes_down"] for r in rows]))
+    up = float(np.mean([r["bytes_up"] for r in rows]))
+    return clients, down, up
+
+
+def export(
+    model_path: str | Path,
+    out: str | Path | None = None,
+    quantize: str = "none",
+    data: str | Path | None = None,
+    tolerance: float | None = None,
+) -> ExportReport:
+    """Export ``model.keras`` to TFLite and compare both models on test data.
+
+    Parameters
+    ----------
+    model_path : path
+        A Keras model file (a run's ``model.keras``).
+    out : path, optional
+        The ``.tflite`` file (default: next to the model).
+    quantize : {"none", "dynamic"}
+        Weight quantization of the flatbuffer.
+    data : path, optional
+        A CSV/NPZ file (:mod:`fedflower.deploy.local_data` schema) to compare on; default:
+        the run's central test set, rebuilt from ``results.json`` next to the model.
+    tolerance : float, optional
+        Largest allowed absolute output difference (default by ``quantize``).
+    """
+    import keras
+
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"model file {str(path)!r} does not exist; give a run's model.keras")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises several types for a bad file
+        raise DataError(f"cannot load {str(path)!r} as a Keras model: {exc}") from exc
+    flatbuffer = convert(model, quantize)
+    target = Path(out) if out else path.with_suffix(".tflite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(flatbuffer)
+    weights = model.get_weights()
+    report = ExportReport(
+        keras_path=str(path),
+        tflite_path=str(target),
+        quantize=quantize,
+        keras_file_bytes=path.stat().st_size,
+        tflite_file_bytes=len(flatbuffer),
+        weight_bytes=int(sum(w.nbytes for w in weights)),
+        parameters=int(sum(w.size for w in weights)),
+    )
+    xy: tuple[np.ndarray, np.ndarray] | None
+    if data is not None:
+        from fedflower.deploy.local_data import load_file
+
+        client = load_file(data, val_fraction=0.0)
+        xy = client.x_train, client.y_train
+    else:
+        xy = test_data_of_run(path)
+    if xy is not None:
+        x, y = xy
+        keras_out = np.asarray(model.predict(x, batch_size=1024, verbose=0))
+        lite_out = tflite_predict(flatbuffer, x)
+        report.examples = len(x)
+        report.max_abs_diff = float(np.max(np.abs(keras_out - lite_out.reshape(keras_out.shape))))
+        report.tolerance = TOLERANCE[quantize] if tolerance is None else float(tolerance)
+        keras_cls, lite_cls = predicted_class(keras_out), predicted_class(lite_out)
+        report.keras_accuracy = float(np.mean(keras_cls == y))
+        report.tflite_accuracy = float(np.mean(lite_cls == y))
+        report.prediction_agreement = float(np.mean(keras_cls == lite_cls))
+    traffic = traffic_of_run(path)
+    if traffic is not None:
+        clients, down, up = traffic
+        report.clients = clients
+        report.bytes_per_round_down, report.bytes_per_round_up = down, up
+        report.bytes_per_round_per_client = (down + up) / max(clients, 1)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedflower export MODEL --to tflite``: export, check parity, print the report."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = argparse.ArgumentParser(
+        prog="fedflower export",
+        description="Export a run's global model for devices and check it against Keras.",
+    )
+    parser.add_argument(
+        "model", help="the Keras model file, e.g. outputs/<date>/<time>/model.keras"
+    )
+    parser.add_argument("--to", choices=FORMATS, default="tflite", help="target format")
+    parser.add_argument("--out", help="output file (default: next to the model)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
+    parser.add_argument("--data", help="CSV/NPZ test file (default: the run's central test set)")
+    parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        report = export(args.model, args.out, args.quantize, args.data, args.tolerance)
+    except FedflowerError as exc:
+        print(f"fedflower export: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({**asdict(report), "within_tolerance": report.within_tolerance}, indent=1))
+    else:
+        print("\n".join(report.lines()))
+    if not report.within_tolerance:
+        print(
+            "fedflower export: error: TFLite outputs differ from Keras by "
+            f"{report.max_abs_diff:.2e} > tolerance {report.tolerance:.0e}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
