@@ -102,7 +102,9 @@ class FederatedData:
         columns: dict[str, Any] = {INDEX: np.arange(len(source.y)), LABEL: source.y}
         if source.groups is not None:
             columns[GROUP] = source.groups
-        partitioner.dataset = datasets.Dataset.from_dict(columns).with_format("numpy")
+        # Unformatted: flwr-datasets partitioners read whole columns with np.array(...), which
+        # is several times faster on Arrow lists than on datasets' numpy-formatted columns.
+        partitioner.dataset = datasets.Dataset.from_dict(columns)
         num_partitions = _partitioner_call(source, partitioner, lambda: partitioner.num_partitions)
         if num_partitions != num_clients:
             raise DataError(
@@ -122,7 +124,9 @@ class FederatedData:
         if not 0 <= cid < self.num_clients:
             raise DataError(f"client id must be in [0, {self.num_clients - 1}], got {cid}")
         rows = _partitioner_call(
-            self.source, self.partitioner, lambda: self.partitioner.load_partition(cid)[:][INDEX]
+            self.source,
+            self.partitioner,
+            lambda: self.partitioner.load_partition(cid).with_format("numpy")[INDEX][:],
         )
         return np.asarray(rows, dtype=np.int64)
 
