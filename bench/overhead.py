@@ -44,8 +44,8 @@ from hydra.utils import instantiate
 
 from fedflower.aggregation import weighted_mean
 from fedflower.client.keras_client import reset_optimizer
+from fedflower.engine import clock, metered
 from fedflower.engine import local as local_engine
-from fedflower.engine import metered
 from fedflower.models import compile_model
 from fedflower.run import configure_threads, load_data, run
 
@@ -88,7 +88,11 @@ def run_fedflower(cfg: Any) -> tuple[float, float, dict[str, float]]:
     totals: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out, redirect_stdout(io.StringIO()):
         t0 = time.perf_counter()
-        with timed(local_engine, "transmit", totals), timed(metered, "message_nbytes", totals):
+        with (
+            timed(local_engine, "transmit", totals),
+            timed(metered, "message_nbytes", totals),
+            timed(clock, "message_nbytes", totals),
+        ):
             results = run(cfg, output_dir=out)
         wall = time.perf_counter() - t0
     totals["rounds"] = results["totals"]["seconds"]
