@@ -8,6 +8,7 @@ is one discovery path and nothing is registered as an import side effect. Discov
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib.metadata import EntryPoint, entry_points
@@ -15,6 +16,8 @@ from importlib.metadata import EntryPoint, entry_points
 from fedflower.errors import PluginError
 
 GROUP = "fedflower.strategies"
+CONF_GROUP = "fedflower.conf"
+"""Entry-point group naming a plugin's config package (``pkg://`` path with ``strategy/*.yaml``)."""
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +50,7 @@ def refresh() -> None:
     """Forget the cached discovery so newly installed plugins are found."""
     _entry_points.cache_clear()
     _load.cache_clear()
+    config_search_paths.cache_clear()
 
 
 def names() -> list[str]:
@@ -88,3 +92,28 @@ def available() -> list[PluginInfo]:
         doc = (cls.__doc__ or "").strip().splitlines()
         infos.append(PluginInfo(name, _entry_points()[name].value, doc[0] if doc else ""))
     return infos
+
+
+@lru_cache(maxsize=1)
+def config_search_paths() -> tuple[tuple[str, str], ...]:
+    """Hydra search-path entries ``(provider, "pkg://<package>")`` of plugins' config packages.
+
+    A plugin lists its config package in the ``fedflower.conf`` entry-point group, e.g.
+    ``median = "fedflower_median.conf"``; the package holds ``strategy/<name>.yaml``. Values
+    that are not a module name warn and are skipped. Used by the Hydra search-path plugin
+    ``hydra_plugins.fedflower_searchpath``.
+    """
+    paths: list[tuple[str, str]] = []
+    for ep in sorted(entry_points(group=CONF_GROUP), key=lambda e: (e.name, e.value)):
+        module = ep.value.strip()
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+            log.warning(
+                "config entry point %r = %r is not a package name like 'my_plugin.conf' (skipped)",
+                ep.name,
+                ep.value,
+            )
+            continue
+        entry = (f"fedflower-plugin:{ep.name}", f"pkg://{module}")
+        if entry[1] not in {p for _, p in paths}:
+            paths.append(entry)
+    return tuple(paths)

@@ -1,0 +1,1 @@
+"""A fedflower strategy plugin: coordinate-wise trimmed mean."""

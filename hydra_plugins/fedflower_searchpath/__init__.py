@@ -1,0 +1,28 @@
+"""Hydra search-path plugin: configs shipped by fedflower strategy plugins.
+
+Hydra imports every module of the ``hydra_plugins`` namespace package when it starts. This one
+adds, after fedflower's own configs, the config package of every installed strategy plugin
+that registers one in the ``fedflower.conf`` entry-point group (see
+:func:`fedflower.registry.config_search_paths`), so ``fedflower strategy=<name>`` finds the
+plugin's ``conf/strategy/<name>.yaml``. It changes nothing for other Hydra applications.
+"""
+
+from __future__ import annotations
+
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+FEDFLOWER_CONF = "pkg://fedflower.conf"
+
+
+class FedflowerPluginConfigs(SearchPathPlugin):
+    """Append the config packages of installed fedflower plugins to fedflower's search path."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        """Add ``pkg://<plugin config package>`` for each plugin (only for fedflower's app)."""
+        if not any(element.path == FEDFLOWER_CONF for element in search_path.get_path()):
+            return
+        from fedflower.registry import config_search_paths
+
+        for provider, path in config_search_paths():
+            search_path.append(provider=provider, path=path)
