@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from fedflower.engine import BACKENDS, simulate
 from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import ConfigError, DataError
-from fedflower.models import compile_model
 from fedflower.recorder import Recorder
+from fedflower.runtime import configure_threads, model_factory
 from fedflower.server import make_server_app, model_nbytes
 
 log = logging.getLogger(__name__)
@@ -76,19 +75,6 @@ def validate(cfg: DictConfig) -> None:
         cfg.simulation.backend in BACKENDS,
         f"simulation.backend must be one of {', '.join(BACKENDS)}, got {cfg.simulation.backend!r}",
     )
-
-
-def configure_threads(threads: int) -> None:
-    """Limit TensorFlow's thread pools (only possible before TensorFlow first runs an op)."""
-    import tensorflow as tf
-
-    if threads <= 0:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        log.debug("TensorFlow already initialized; thread settings unchanged")
 
 
 def _output_dir(output_dir: Path | str | None) -> Path:
@@ -150,19 +136,6 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
-
-
-def model_factory(
-    cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int
-) -> Callable[[], keras.Model]:
-    """A function that builds and compiles the model ``cfg`` describes for this data shape."""
-
-    def build_model() -> keras.Model:
-        model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
-        optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-        return compile_model(model, optimizer, num_classes)
-
-    return build_model
 
 
 def experiment_server_app(

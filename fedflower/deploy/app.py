@@ -173,7 +173,7 @@ _model_cache: dict[tuple[Any, ...], Any] = {}
 
 def node_client_fn(context: Context) -> KerasClient:
     """Build the SuperNode's client from the run config (experiment) and node config (data)."""
-    from fedflower.run import configure_threads, model_factory
+    from fedflower.runtime import configure_threads, model_factory
 
     cfg = experiment_config(context.run_config)
     configure_threads(cfg.simulation.tf_threads)

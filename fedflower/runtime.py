@@ -1,0 +1,42 @@
+"""What every process that trains needs, with light imports: TensorFlow threads, the model.
+
+The simulation (:mod:`fedflower.run`) and a deployed SuperNode
+(:mod:`fedflower.deploy.app`) both build their model and limit TensorFlow's threads with
+these functions. Only Keras, TensorFlow and Hydra are imported, so a slim SuperNode install
+(no simulation, dataset or plotting packages) can use them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def configure_threads(threads: int) -> None:
+    """Limit TensorFlow's thread pools (only possible before TensorFlow first runs an op)."""
+    import tensorflow as tf
+
+    if threads <= 0:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow already initialized; thread settings unchanged")
+
+
+def model_factory(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], Any]:
+    """A function that builds and compiles the model ``cfg`` describes for this data shape."""
+    from hydra.utils import instantiate
+
+    from fedflower.models import compile_model
+
+    def build_model() -> Any:
+        model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
+        optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
+        return compile_model(model, optimizer, num_classes)
+
+    return build_model
