@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedflower import keys, registry
 from fedflower.async_strategy import round_extra
+from fedflower.client.keras_client import evaluate
 from fedflower.data.source import TabularSource
 from fedflower.engine.clock import VirtualClockGrid
 from fedflower.engine.metered import MeteredGrid
@@ -100,9 +101,7 @@ def make_server_app(
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.set_weights(arrays.to_numpy_ndarrays())
-            res = model.evaluate(
-                source.x_test, source.y_test, batch_size=1024, verbose=0, return_dict=True
-            )
+            res = evaluate(model, source.x_test, source.y_test, batch_size=1024)
             down, up = metered.take()
             recorder.round_end(
                 server_round,
