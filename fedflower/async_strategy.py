@@ -261,7 +261,9 @@ class AsyncStrategy(Strategy):
             idle = sorted(set(grid.get_node_ids()) - busy - resting)
             if not idle:
                 return
-            chosen = [int(n) for n in rng.choice(idle, size=min(free, len(idle)), replace=False)]
+            # pick positions, not ids: uint64 node ids do not survive numpy's float conversion
+            picks = rng.choice(len(idle), size=min(free, len(idle)), replace=False)
+            chosen = [int(idle[i]) for i in picks]
             messages = self._train_messages(chosen, train_config)
             ids = list(grid.push_messages(messages))
             now = clock.now
@@ -493,7 +495,8 @@ class AsyncStrategy(Strategy):
             self.reset(self.model)
         nodes = sorted(grid.get_node_ids())
         rng = np.random.default_rng([self.seed, server_round])
-        chosen = [int(n) for n in rng.choice(nodes, min(self.concurrency, len(nodes)), False)]
+        picks = rng.choice(len(nodes), min(self.concurrency, len(nodes)), False)  # positions
+        chosen = [int(nodes[i]) for i in picks]
         self._sync_start = (self.version, self.model)
         return self._train_messages(chosen, config)
 
