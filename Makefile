@@ -31,6 +31,7 @@ lint: setup
 
 bench: setup  ## every benchmark under bench/
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/async_vs_sync.py
 
 clean:
 	rm -rf $(VENV) outputs multirun build dist *.egg-info
