@@ -37,6 +37,7 @@ def model_factory(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> C
     def build_model() -> Any:
         model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
         optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-        return compile_model(model, optimizer, num_classes)
+        steps = cfg.client.get("steps_per_execution", 1)
+        return compile_model(model, optimizer, num_classes, steps_per_execution=steps)
 
     return build_model
