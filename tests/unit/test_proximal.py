@@ -183,3 +183,23 @@ def test_evaluation_after_fedprox_training_has_no_proximal_term(
         trained, {keys.BATCH_SIZE: 64}
     )
     assert loss == pytest.approx(plain, rel=1e-6)
+
+
+def test_steps_per_execution_gives_the_same_fedprox_weights(
+    global_weights: list[np.ndarray],
+) -> None:
+    def trained(steps: int) -> list[np.ndarray]:
+        keras.utils.set_random_seed(7)
+        model = compile_model(
+            mlp((4,), num_classes=2, hidden_units=(8,)),
+            keras.optimizers.SGD(0.05),
+            num_classes=2,
+            steps_per_execution=steps,
+        )
+        weights, _, _ = KerasClient(model, client_data(), cid=2).fit(
+            global_weights, {**CONFIG, keys.PROXIMAL_MU: 0.5}
+        )
+        return weights
+
+    for a, b in zip(trained(1), trained(4), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
