@@ -234,6 +234,11 @@ def test_cli_multirun_writes_one_run_per_seed(tmp_path: Path) -> None:
         assert res["totals"]["rounds"] == 2
     assert results[0]["final"] != results[1]["final"]
     assert "round   2/2" in proc.stdout
+    # determinism across processes: the sweep's second job (run after the first one in the
+    # CLI's process) gives the numbers of the same config run here, in the test process
+    seed1 = next(p.parent for p, r in zip(found, results, strict=True) if r["config"]["seed"] == 1)
+    run(compose_cfg("experiment=quick", "progress=false", "seed=1"), output_dir=tmp_path / "here")
+    assert scores(read_metrics(seed1)) == scores(read_metrics(tmp_path / "here"))
 
 
 INSTALLED_CHECK = textwrap.dedent(
