@@ -19,6 +19,11 @@ Decentralized Data", AISTATS 2017, arXiv:1602.05629.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported below
+os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
+
 import logging
 import zlib
 from collections.abc import Callable

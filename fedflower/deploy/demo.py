@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -24,11 +24,11 @@ from typing import IO, Any
 from fedflower import keys
 from fedflower.deploy.federation import (
     QUIET_ENV,
+    TAG_VARIABLE,
     LocalFederation,
     RunHandle,
-    _children,
-    _signal,
     free_port,
+    terminate_tree,
 )
 from fedflower.errors import ConfigError
 
@@ -142,19 +142,6 @@ def demo(
     return results
 
 
-def _local_superlink_pids(flwr_home: Path) -> list[int]:
-    """Processes whose command line names ``flwr_home`` (the local SuperLink ``flwr`` started)."""
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(flwr_home) in cmdline and "flower-superlink" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def simulate(
     app_dir: str | Path,
     overrides: Sequence[str] = (),
@@ -183,6 +170,8 @@ def simulate(
     env = dict(os.environ)
     env.update(QUIET_ENV)
     env["FLWR_HOME"] = str(home)
+    tag = uuid.uuid4().hex
+    env[TAG_VARIABLE] = tag
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
@@ -200,11 +189,5 @@ def simulate(
     try:
         results, _ = handle.wait(timeout)
     finally:
-        pids = _local_superlink_pids(home)
-        tree = [p for pid in pids for p in (pid, *_children(pid))]
-        _signal(tree, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
-            time.sleep(0.2)
-        _signal([p for p in tree if Path(f"/proc/{p}").exists()], signal.SIGKILL)
+        terminate_tree([], tag=tag)  # the local SuperLink flwr left running, and its children
     return results

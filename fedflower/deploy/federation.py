@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 CONNECTION = "fedflower-local"
+TAG_VARIABLE = "FEDFLOWER_FEDERATION"
+"""Environment variable that marks every process of one local federation (and its children)."""
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -81,21 +84,31 @@ def format_config(values: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid`` (Linux ``/proc``); empty where ``/proc`` is unavailable."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name, or ``None``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _parents() -> dict[int, list[int]]:
+    """Children of every process, from ``/proc`` (empty where it is unavailable)."""
     parents: dict[int, list[int]] = {}
     proc = Path("/proc")
     if not proc.is_dir():
-        return []
+        return parents
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    return parents
+
+
+def _children(pid: int, parents: dict[int, list[int]] | None = None) -> list[int]:
+    """All descendants of ``pid`` (Linux ``/proc``); empty where ``/proc`` is unavailable."""
+    parents = _parents() if parents is None else parents
     out, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -104,10 +117,91 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def tagged(tag: str) -> list[int]:
+    """Processes of this user whose environment carries ``TAG_VARIABLE=tag``.
+
+    Every process a federation starts gets the tag, and their children inherit it, so the
+    federation finds them all even after a parent died and they were re-parented.
+    """
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+Identity = tuple[int, str]
+"""A process as ``(pid, start time)``: a pid the kernel reuses is a different process."""
+
+
+def _identity(pid: int) -> Identity | None:
+    fields = _stat(pid)
+    return None if fields is None else (pid, fields[19])
+
+
+def _running(ident: Identity) -> bool:
+    fields = _stat(ident[0])
+    return fields is not None and fields[19] == ident[1] and fields[0] != "Z"
+
+
 def _signal(pids: Sequence[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def terminate_tree(
+    roots: Sequence[Identity], grace: float = 10.0, tag: str | None = None
+) -> list[Identity]:
+    """Stop processes ``roots``, their descendants and those tagged ``tag``.
+
+    SIGTERM first, SIGKILL to what still runs after ``grace`` seconds; ``grace <= 0`` sends
+    SIGKILL at once (a crash). Processes are tracked by pid and start time, so a pid the
+    kernel hands to another process in the meantime is never signalled. Returns the
+    processes that were stopped.
+    """
+    tracked: dict[Identity, None] = {r: None for r in roots if _running(r)}
+    signalled: set[Identity] = set()
+
+    def scan() -> None:
+        parents = _parents()
+        found = [i[0] for i in tracked if _running(i)] + (tagged(tag) if tag else [])
+        for pid in found:
+            for candidate in (pid, *_children(pid, parents)):
+                ident = _identity(candidate)
+                if ident is not None and _running(ident):
+                    tracked.setdefault(ident, None)
+
+    def signal_new(sig: int) -> None:
+        targets = [i for i in tracked if _running(i) and i not in signalled]
+        signalled.update(targets)
+        _signal([ident[0] for ident in targets], sig)
+
+    def wait(seconds: float, sig: int) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            scan()  # children started meanwhile are caught too
+            if not any(_running(ident) for ident in tracked):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            signal_new(sig)
+            time.sleep(0.1)
+
+    scan()
+    if grace > 0:
+        signal_new(signal.SIGTERM)
+        if wait(grace, signal.SIGTERM):
+            return list(tracked)
+    signalled.clear()
+    signal_new(signal.SIGKILL)
+    wait(5.0, signal.SIGKILL)
+    return list(tracked)
 
 
 @dataclass
@@ -118,6 +212,7 @@ class Managed:
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes] = field(repr=False)
+    identity: Identity = (0, "")
 
     def log_text(self) -> str:
         """The process's output so far."""
@@ -167,6 +262,8 @@ class LocalFederation:
         self.credentials: Credentials | None = None
         self.superlink: Managed | None = None
         self.supernodes: list[Managed] = []
+        self.stopped: list[Identity] = []
+        self.tag = uuid.uuid4().hex
         self.cli_home = self.workdir / "flwr-cli"
         self.logs = self.workdir / "logs"
 
@@ -203,17 +300,7 @@ class LocalFederation:
 
     def stop(self) -> None:
         """Stop every process this federation started, and their children."""
-        tree: list[int] = []
-        for managed in self.processes:
-            tree.append(managed.process.pid)
-            tree.extend(_children(managed.process.pid))
-        _signal(tree, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for managed in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                managed.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        survivors = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
-        _signal(survivors, signal.SIGKILL)
+        self.stopped = terminate_tree([m.identity for m in self.processes], tag=self.tag)
         for managed in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 managed.process.wait(timeout=5)
@@ -225,6 +312,7 @@ class LocalFederation:
         env = dict(os.environ)
         env.update(QUIET_ENV)
         env["FLWR_HOME"] = str(home)
+        env[TAG_VARIABLE] = self.tag
         home.mkdir(parents=True, exist_ok=True)
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
@@ -242,7 +330,7 @@ class LocalFederation:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        managed = Managed(name, process, log_path, log_file)
+        managed = Managed(name, process, log_path, log_file, _identity(process.pid) or (0, ""))
         self.processes.append(managed)
         return managed
 
@@ -400,7 +488,7 @@ class LocalFederation:
     def kill_node(self, index: int) -> None:
         """Kill SuperNode ``index`` and its ClientApp processes at once (SIGKILL), as a crash."""
         node = self.supernodes[index]
-        _signal([node.process.pid, *_children(node.process.pid)], signal.SIGKILL)
+        terminate_tree([node.identity], grace=0.0)
         node.process.wait(timeout=10)
 
     def submit(
@@ -520,8 +608,9 @@ class RunHandle:
 
     def kill(self) -> None:
         """Stop the ``flwr run`` process (the run itself continues on the SuperLink)."""
-        if self.process.poll() is None:
-            _signal([self.process.pid, *_children(self.process.pid)], signal.SIGKILL)
+        ident = _identity(self.process.pid)
+        if self.process.poll() is None and ident is not None:
+            terminate_tree([ident], grace=0.0)
         self.process.wait(timeout=10)
 
     def wait(self, timeout: float = 600.0) -> tuple[dict[str, Any], str]:

@@ -1,0 +1,211 @@
+"""Real deployments on 127.0.0.1: SuperLink and SuperNode processes, TLS, node authentication.
+
+Every test starts its processes through :class:`LocalFederation`, whose context manager stops
+them (children included) also when the test fails; every wait is bounded. The refusal test
+is cheap and runs everywhere; the runs that train are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import pytest
+from omegaconf import DictConfig
+
+from fedflower.deploy.demo import simulate, write_site_files
+from fedflower.deploy.export import export
+from fedflower.deploy.federation import (
+    Identity,
+    LocalFederation,
+    Managed,
+    _children,
+    _identity,
+    _running,
+    tagged,
+)
+from fedflower.deploy.local_data import read_csv
+from fedflower.run import run
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="process clean-up reads /proc"
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = [
+    "dataset.patients_per_hospital=300",
+    "dataset.test_patients_per_hospital=100",
+    "progress=false",
+    "output.plots=false",
+]
+DEPLOYED = ["progress=false", "output.plots=false"]  # the default 1000 patients per hospital
+
+
+def wait_exit(process: Managed, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.alive():
+        time.sleep(0.5)
+    return process.process.poll()
+
+
+def our_processes(fed: LocalFederation) -> list[Identity]:
+    """Every process of the federation now: started ones, their children, tagged ones."""
+    pids = {m.process.pid for m in fed.processes} | set(tagged(fed.tag))
+    pids |= {c for pid in list(pids) for c in _children(pid)}
+    return [i for i in map(_identity, pids) if i is not None]
+
+
+def assert_all_stopped(fed: LocalFederation, seen: list[Identity]) -> None:
+    assert not fed.processes
+    assert not [i for i in seen if _running(i)]
+    assert not tagged(fed.tag)
+
+
+def _pids() -> list[str]:
+    return [p.name for p in Path("/proc").glob("[0-9]*")]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_unknown_and_unauthenticated_supernodes_are_refused(tmp_path: Path) -> None:
+    with LocalFederation(tmp_path / "fed", [], startup_timeout=60) as fed:
+        unknown = fed.start_unknown_supernode({"partition-id": 0, "num-partitions": 1})
+        anonymous = fed.start_supernode({"partition-id": 0, "num-partitions": 1}, None, 50)
+        fed.supernodes.append(anonymous)
+        codes = [wait_exit(unknown, 90), wait_exit(anonymous, 90)]
+        assert codes[0] not in (None, 0) and codes[1] not in (None, 0)
+        assert "Failed to activate SuperNode" in unknown.log_text()
+        assert "All SuperNodes must be registered" in anonymous.log_text()
+        assert fed.online_nodes() == []
+        pids = our_processes(fed)
+    assert_all_stopped(fed, pids)
+
+
+@pytest.mark.slow
+def test_secure_federation_trains_on_site_files_and_survives_a_bad_one(tmp_path: Path) -> None:
+    overrides = ["num_clients=3", "num_rounds=2", "strategy.fraction_evaluate=0", *DEPLOYED]
+    csv1, _csv2, csv3 = write_site_files(overrides, 3, tmp_path / "data", "csv")
+    npz2 = write_site_files(overrides, 3, tmp_path / "data", "npz")[1]
+    x3, _ = read_csv(csv3)
+    bad = tmp_path / "data" / "site-3-bad.csv"  # the label column is missing
+    bad.write_text(
+        "\n".join([",".join(f"f{i}" for i in range(20))] + [",".join(map(str, r)) for r in x3])
+    )
+    nodes = [{"data-path": str(csv1)}, {"data-path": str(npz2)}, {"data-path": str(bad)}]
+    with LocalFederation(tmp_path / "fed", nodes) as fed:
+        assert len(fed.online_nodes()) == 3
+        results, output = fed.run(overrides, output_dir=tmp_path / "out", timeout=600)
+        pids = our_processes(fed)
+    assert_all_stopped(fed, pids)
+
+    # the bad node's error reached the server as one line, the run finished with the others
+    failures = [line for line in output.splitlines() if "failed" in line and "site-3-bad" in line]
+    assert failures and "no label column 'label'" in failures[0]
+    assert results["totals"]["rounds"] == 2
+    assert results["final"]["accuracy"] >= 0.75
+    assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.1
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "metrics.jsonl").read_text().split("\n")
+        if line
+    ]
+    assert [r["round"] for r in rows] == [1, 2] and all(r["bytes_up"] > 0 for r in rows)
+    # the saved global model scores what the server reported
+    cfg_dataset = results["config"]["dataset"]
+    from hydra.utils import instantiate
+
+    source = instantiate(cfg_dataset)
+    model = keras.models.load_model(tmp_path / "out" / "model.keras")
+    _, accuracy = model.evaluate(source.x_test, source.y_test, verbose=0)
+    assert accuracy == pytest.approx(results["final"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fedbuff_survives_a_killed_node_and_gives_work_to_a_late_one(tmp_path: Path) -> None:
+    overrides = [
+        "num_clients=4",
+        "num_rounds=4",
+        "strategy=fedbuff",
+        "strategy.concurrency=4",
+        "strategy.buffer_size=2",
+        *DEPLOYED,
+    ]
+    files = write_site_files(overrides, 4, tmp_path / "data", "csv")
+    nodes = [{"data-path": str(p)} for p in files[:3]]
+    with LocalFederation(tmp_path / "fed", nodes) as fed:
+        handle = fed.submit(overrides, output_dir=tmp_path / "out")
+        deadline = time.monotonic() + 300
+        while not handle.metrics() and time.monotonic() < deadline:  # first server update
+            assert handle.process.poll() is None, handle.output[-2000:]
+            time.sleep(1)
+        assert handle.metrics(), handle.output[-2000:]
+        fed.kill_node(1)  # a crash mid-run: the node and its ClientApp die at once
+        late = fed.add_node({"data-path": str(files[3])})
+        results, _output = handle.wait(timeout=600)
+        late_log = late.log_text()
+        pids = our_processes(fed)
+    assert_all_stopped(fed, pids)
+    assert results["totals"]["rounds"] == 4  # server versions: the run did not stall
+    assert "Receiving: train message" in late_log  # the late node got work
+    assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.05
+
+
+@pytest.mark.slow
+def test_flwr_run_in_local_simulation_matches_fedflower(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    overrides = ["num_rounds=2", *SMALL]
+    results = simulate(REPO, overrides, num_supernodes=3, workdir=tmp_path, timeout=600)
+    expected = run(tiny_cfg(*overrides[1:]), tmp_path / "sim")
+    assert results["totals"]["rounds"] == 2
+    assert results["final"]["accuracy"] == pytest.approx(expected["final"]["accuracy"], abs=1e-4)
+    leftovers = [pid for pid in map(int, _pids()) if str(tmp_path) in _cmdline(pid)]
+    assert not leftovers
+
+
+def test_tflite_export_matches_keras_on_the_test_set(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    results = run(tiny_cfg("output.plots=false"), tmp_path / "run")
+    model_path = tmp_path / "run" / "model.keras"
+    report = export(model_path)
+    assert Path(report.tflite_path).is_file() and report.tflite_file_bytes > 0
+    assert report.examples == 300
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-5
+    assert report.tflite_accuracy == pytest.approx(results["final"]["accuracy"], abs=1e-6)
+    assert report.prediction_agreement == 1.0
+    assert report.bytes_per_round_per_client is not None and report.bytes_per_round_per_client > 0
+    quantized = export(model_path, tmp_path / "q.tflite", quantize="dynamic")
+    assert quantized.tflite_file_bytes < report.tflite_file_bytes
+    assert quantized.within_tolerance and (quantized.prediction_agreement or 0) >= 0.97
+    # the command line, through the main `fedflower` console script
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "fedflower"),
+            "export",
+            str(model_path),
+            "--to",
+            "tflite",
+            "--out",
+            str(tmp_path / "cli.tflite"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    report_json = json.loads(res.stdout)
+    assert report_json["within_tolerance"] and report_json["max_abs_diff"] <= 1e-5
+    assert (tmp_path / "cli.tflite").read_bytes()[4:8] == b"TFL3"  # the flatbuffer's file id

@@ -1,0 +1,234 @@
+"""The Flower app of ``flwr run``: run config -> Hydra config, node clients, same results as
+simulation (run in-process on the LocalGrid, without SuperLink processes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TINY
+from flwr.app import Context, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+from omegaconf import DictConfig
+
+from fedflower.client.keras_client import KerasClient
+from fedflower.data.source import ClientData
+from fedflower.deploy.app import NodeClient, client_app, num_classes_of, server_app
+from fedflower.deploy.config import experiment_config, output_dir, split_overrides
+from fedflower.engine.local import LocalGrid
+from fedflower.errors import ConfigError, DataError
+from fedflower.run import run
+from fedflower.runtime import model_factory
+
+COMPARED = ("round", "loss", "accuracy", "fed_loss", "fed_accuracy", "bytes_down", "bytes_up")
+
+
+def test_run_config_overrides_compose_like_the_cli(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = experiment_config({"overrides": "num_rounds=7 'model.hidden_units=[8, 4]' seed=3"})
+    expected = make_cfg(["num_rounds=7", "model.hidden_units=[8, 4]", "seed=3"])
+    assert cfg == expected
+    assert experiment_config({}) == make_cfg([])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("strategy=nope", "unknown option 'nope' for strategy"),
+        ("no_such_key=1", "unknown config key 'no_such_key'"),
+        ("num_rounds='3", "cannot be split"),
+    ],
+)
+def test_bad_run_config_overrides_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        experiment_config({"overrides": text})
+
+
+def test_split_overrides_keeps_quoted_values() -> None:
+    assert split_overrides("a=1  'b=[1, 2]'") == ["a=1", "b=[1, 2]"]
+
+
+def test_output_dir_default_and_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert output_dir({}, 42) == Path("outputs/deploy/run-42")
+    assert (tmp_path / "outputs/deploy/run-42").is_dir()
+    assert output_dir({"output-dir": str(tmp_path / "x")}, 1) == tmp_path / "x"
+
+
+def test_num_classes_from_the_output_bias() -> None:
+    assert num_classes_of([np.zeros((4, 1)), np.zeros(1)]) == 2
+    assert num_classes_of([np.zeros((4, 5)), np.zeros(5)]) == 5
+
+
+def node_client(
+    tiny_cfg: Callable[..., DictConfig], features: int, labels: list[int]
+) -> KerasClient:
+    cfg = tiny_cfg()
+    y = np.array(labels)
+    x = np.zeros((len(y), features), np.float32)
+    data = ClientData(x, y, x[:1], y[:1])
+    return NodeClient(lambda shape, k: model_factory(cfg, shape, k)(), data)
+
+
+def global_weights(tiny_cfg: Callable[..., DictConfig], features: int) -> list[np.ndarray]:
+    return model_factory(tiny_cfg(), (features,), 2)().get_weights()
+
+
+def test_node_client_trains_when_its_data_fits(tiny_cfg: Callable[..., DictConfig]) -> None:
+    client = node_client(tiny_cfg, 5, [0, 1, 1, 0])
+    weights, n, metrics = client.fit(global_weights(tiny_cfg, 5), {"local-epochs": 1})
+    assert n == 4 and [w.shape for w in weights] == [(5, 128), (128,), (128, 1), (1,)]
+    assert np.isfinite(metrics["train_loss"])
+
+
+def test_node_client_names_a_feature_count_mismatch(tiny_cfg: Callable[..., DictConfig]) -> None:
+    client = node_client(tiny_cfg, 3, [0, 1])
+    with pytest.raises(
+        DataError, match="expects 5 features per example but this node's data has 3"
+    ):
+        client.fit(global_weights(tiny_cfg, 5), {})
+
+
+def test_node_client_rejects_labels_the_model_cannot_output(
+    tiny_cfg: Callable[..., DictConfig],
+) -> None:
+    client = node_client(tiny_cfg, 5, [0, 1, 2])
+    with pytest.raises(DataError, match="labels go up to 2 but the global model has 2 classes"):
+        client.evaluate(global_weights(tiny_cfg, 5), {})
+
+
+def run_app_in_process(
+    overrides: list[str], out: Path, node_configs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The deployment's ServerApp and ClientApp on the in-process LocalGrid."""
+    run_config = {"overrides": " ".join(overrides), "output-dir": str(out)}
+    grid = LocalGrid(client_app, len(node_configs))
+    for context, node_config in zip(grid._contexts.values(), node_configs, strict=True):
+        context.run_config = run_config
+        context.node_config = node_config
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    context = Context(
+        run_id=1,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+    server_app(grid, context)
+    return json.loads((out / "results.json").read_text())
+
+
+def rows(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: json.loads(line)[k] for k in COMPARED} for line in lines]
+
+
+def test_deployed_app_reproduces_the_simulation(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    overrides = [*TINY, "output.plots=false"]
+    simulated = run(tiny_cfg("output.plots=false"), tmp_path / "sim")
+    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    deployed = run_app_in_process(overrides, tmp_path / "dep", nodes)
+    sim_rows, dep_rows = rows(tmp_path / "sim"), rows(tmp_path / "dep")
+    assert len(dep_rows) == 2
+    for a, b in zip(sim_rows, dep_rows, strict=True):
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert deployed["final"]["accuracy"] == pytest.approx(simulated["final"]["accuracy"], abs=1e-6)
+    assert (tmp_path / "dep" / "model.keras").is_file()
+
+
+def test_a_node_with_bad_data_is_reported_and_the_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "site.csv"
+    bad.write_text("a,b\n1,2\n")
+    nodes: list[dict[str, Any]] = [
+        {"partition-id": 0, "num-partitions": 3},
+        {"data-path": str(bad)},
+        {"partition-id": 2, "num-partitions": 3},
+    ]
+    with caplog.at_level(logging.WARNING):
+        results = run_app_in_process([*TINY, "output.plots=false"], tmp_path / "out", nodes)
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert any("no label column 'label'" in f and "site.csv" in f for f in failures)
+    assert results["totals"]["rounds"] == 2
+    assert results["final"]["accuracy"] > results["initial"]["accuracy"]
+
+
+def test_slim_client_imports_no_simulation_or_plotting_package(tmp_path: Path) -> None:
+    """A SuperNode with a data file runs the ClientApp with ray, datasets, flwr-datasets,
+    scikit-learn, pandas and matplotlib made unimportable."""
+    script = tmp_path / "slim.py"
+    script.write_text(SLIM_CLIENT)
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "site.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "OK loaded=[]" in res.stdout
+
+
+SLIM_CLIENT = """
+import importlib.abc, sys
+BLOCKED = ("ray", "datasets", "flwr_datasets", "sklearn", "matplotlib", "pandas")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+from fedflower.deploy.app import client_app
+from fedflower.deploy.local_data import write_csv
+rng = np.random.default_rng(0)
+x = rng.normal(size=(40, 4)).astype("float32")
+path = write_csv(sys.argv[1], x, (x[:, 0] > 0).astype(int))
+w = [np.zeros((4, 128), "float32"), np.zeros(128, "float32"),
+     np.zeros((128, 1), "float32"), np.zeros(1, "float32")]
+content = RecordDict({"arrays": ArrayRecord(w), "config": ConfigRecord({"batch-size": 8})})
+msg = Message(content, dst_node_id=5, message_type="train")
+ctx = Context(run_id=1, node_id=5, node_config={"data-path": str(path)}, state=RecordDict(),
+              run_config={"overrides": ""})
+reply = client_app(msg, ctx)
+assert not reply.has_error(), reply.error
+assert reply.content["metrics"]["num-examples"] == 32
+print("OK loaded=" + str(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)))
+"""
+
+
+class _Nodes:
+    """The part of a Grid strategies sample from, with a deployment's 64-bit node ids."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.ids
+
+
+def test_async_strategy_sends_to_the_exact_deployed_node_ids() -> None:
+    """Deployed SuperNodes have uint64 ids above 2**53; sampling must not round them."""
+    from fedflower.strategies.fedbuff import FedBuff
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    ids = [18202563475846316033, 1537970059732706817, 11027713279611365379, 7]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    strategy = FedBuff(concurrency=3, buffer_size=2)
+    arrays = ArrayRecord([np.zeros(2, np.float32)])
+    messages = strategy.configure_train(1, arrays, ConfigRecord(), _Nodes(ids))  # type: ignore[arg-type]
+    sent = [m.metadata.dst_node_id for m in messages]
+    assert len(sent) == 3 and set(sent) <= set(ids)
