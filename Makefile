@@ -4,12 +4,12 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench clean deploy-demo flwr-sim
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[sim,test,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -32,6 +32,14 @@ lint: setup
 bench: setup  ## every benchmark under bench/
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/async_vs_sync.py
+
+NODES ?= 3
+ROUNDS ?= 3
+deploy-demo: setup  ## SuperLink + NODES SuperNodes on 127.0.0.1 (TLS, node auth), the experiment via flwr run
+	$(BIN)/fedflower-deploy demo --nodes $(NODES) num_rounds=$(ROUNDS) $(ARGS)
+
+flwr-sim: setup  ## `flwr run .` in Flower's local simulation (NODES virtual SuperNodes), cleaned up after
+	$(BIN)/fedflower-deploy simulate --nodes $(NODES) num_rounds=$(ROUNDS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun build dist *.egg-info

@@ -26,6 +26,8 @@ from fedflower.errors import FedflowerError
 CONFIG_MODULE = "fedflower.conf"
 CONFIG_NAME = "config"
 EXIT_USAGE = 2
+SIM_PACKAGES = ("datasets", "flwr_datasets", "sklearn", "matplotlib", "ray")
+"""Imported by simulation only: missing in a client-only install (``fedflower[client]``)."""
 
 
 def quiet_tensorflow_import() -> None:
@@ -116,7 +118,13 @@ def list_strategies() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://fedflower.conf", config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from fedflower.run import run
+    try:
+        from fedflower.run import run
+    except ModuleNotFoundError as exc:  # a client-only install (`fedflower[client]`)
+        if (exc.name or "").split(".")[0] not in SIM_PACKAGES:
+            raise
+        fail(f"the fedflower command needs {exc.name!r}: pip install 'fedflower[sim]'")
+        return None
 
     try:
         results = run(cfg)

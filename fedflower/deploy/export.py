@@ -54,6 +54,7 @@ class ExportReport:
     weight_bytes: int
     parameters: int
     examples: int | None = None
+    runtime: str | None = None
     max_abs_diff: float | None = None
     tolerance: float | None = None
     keras_accuracy: float | None = None
@@ -83,7 +84,8 @@ class ExportReport:
         ]
         if self.max_abs_diff is not None:
             out.append(
-                f"parity on {self.examples} test examples: max |keras - tflite| = "
+                f"parity on {self.examples} test examples ({self.runtime} interpreter): "
+                f"max |keras - tflite| = "
                 f"{self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e}), accuracy keras "
                 f"{self.keras_accuracy:.4f} / tflite {self.tflite_accuracy:.4f}, "
                 f"same predicted class for {100 * (self.prediction_agreement or 0):.2f}%"
@@ -129,10 +131,19 @@ def convert(model: Any, quantize: str = "none") -> bytes:
         return bytes(converter.convert())
 
 
-def _interpreter(flatbuffer: bytes) -> Any:
+def runtime_name() -> str:
+    """The interpreter :func:`tflite_predict` uses: LiteRT when installed, else TensorFlow's."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # the on-device LiteRT runtime
+        import ai_edge_litert.interpreter  # noqa: F401
     except ImportError:
+        return "tf.lite"
+    return "ai_edge_litert"
+
+
+def _interpreter(flatbuffer: bytes) -> Any:
+    if runtime_name() == "ai_edge_litert":
+        from ai_edge_litert.interpreter import Interpreter  # the on-device LiteRT runtime
+    else:
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter  # noqa: N806
@@ -255,6 +266,7 @@ def export(
         keras_out = np.asarray(model.predict(x, batch_size=1024, verbose=0))
         lite_out = tflite_predict(flatbuffer, x)
         report.examples = len(x)
+        report.runtime = runtime_name()
         report.max_abs_diff = float(np.max(np.abs(keras_out - lite_out.reshape(keras_out.shape))))
         report.tolerance = TOLERANCE[quantize] if tolerance is None else float(tolerance)
         keras_cls, lite_cls = predicted_class(keras_out), predicted_class(lite_out)

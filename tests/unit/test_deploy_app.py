@@ -232,3 +232,27 @@ def test_async_strategy_sends_to_the_exact_deployed_node_ids() -> None:
     messages = strategy.configure_train(1, arrays, ConfigRecord(), _Nodes(ids))  # type: ignore[arg-type]
     sent = [m.metadata.dst_node_id for m in messages]
     assert len(sent) == 3 and set(sent) <= set(ids)
+
+
+def test_fedflower_command_on_a_client_only_install_says_what_to_install(tmp_path: Path) -> None:
+    script = tmp_path / "cli.py"
+    script.write_text(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'flwr_datasets':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['fedflower', 'num_rounds=1', f'hydra.run.dir={sys.argv[1]}']\n"
+        "from fedflower.cli import main\n"
+        "main()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "pip install 'fedflower[sim]'" in res.stderr and "Traceback" not in res.stderr
