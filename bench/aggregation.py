@@ -35,7 +35,7 @@ POOL_BYTES = 256 * 2**20  # distinct update data, larger than the CPU caches
 MAX_ELEMENTS = 2e9  # skip (K, P) pairs that would read more than 8 GB
 
 
-def memcpy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 20) -> float:
+def memcpy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 10) -> float:
     """Best-of-``repeats`` ``np.copyto`` bandwidth in GB/s (bytes copied per second)."""
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
@@ -87,9 +87,9 @@ METHODS: dict[str, Method] = {
 
 
 def best_seconds(method: Method, pool: list[list[np.ndarray]], k: int, budget: float) -> float:
-    """Best wall time of ``method(pool, k)`` over 2 or more runs (more within ``budget`` s)."""
+    """Best wall time of ``method(pool, k)`` over 3 or more runs (more within ``budget`` s)."""
     best, spent, runs = float("inf"), 0.0, 0
-    while runs < 2 or (spent < budget and runs < 20):
+    while runs < 3 or (spent < budget and runs < 20):
         t = time.perf_counter()
         method(pool, k)
         dt = time.perf_counter() - t
@@ -115,41 +115,38 @@ def main() -> None:
     ks = [10, 100] if args.quick else [10, 100, 1000]
     ps = [10**4, 10**5, 10**6] if args.quick else [10**4, 10**5, 10**6, 10**7]
 
-    copy = memcpy_bandwidth()
-    print(f"NumPy memory copy (np.copyto, 128 MiB, best of 20): {copy:.2f} GB/s")
-    print("GB/s of update data read (% of the copy bandwidth); peak = memory allocated by the")
-    print("float64 aggregation (tracemalloc), acc = one float64 accumulator\n")
-    head = "".join(f"{m:>16}" for m in METHODS)
-    print(f"{'K':>5} {'P':>7}{head} {'peak MiB':>9} {'acc MiB':>8}")
+    print("GB/s of update data read (K * P * 4 bytes / s) and its % of the np.copyto bandwidth")
+    print("(128 MiB, bytes copied per second) measured right before each row; peak = memory")
+    print("allocated by `mean` (tracemalloc); acc = one float64 accumulator\n")
+    head = "".join(f"{m:>15}" for m in METHODS)
+    print(f"{'K':>5} {'P':>7} {'copy':>6}{head} {'peak MiB':>9} {'acc MiB':>8}")
     ratios: dict[str, list[float]] = {m: [] for m in METHODS}
     for p in ps:
         pool = make_pool(p, max(ks))
         for k in ks:
             if k * p > MAX_ELEMENTS:
                 continue
+            copy = memcpy_bandwidth()
             cells = []
             for name, method in METHODS.items():
                 seconds = best_seconds(method, pool, k, args.budget)
                 rate = k * p * 4 / seconds / GB
                 if p >= 10**6:
                     ratios[name].append(rate / copy)
-                cells.append(f"{rate:>8.2f} ({100 * rate / copy:>3.0f}%)")
+                cells.append(f"{rate:>6.2f} ({100 * rate / copy:>3.0f}%)")
             peak = peak_bytes(METHODS["mean"], pool, k)
             print(
-                f"{k:>5} {p:>7.0e}"
-                + "".join(f"{c:>16}" for c in cells)
+                f"{k:>5} {p:>7.0e} {copy:>6.2f}"
+                + "".join(f"{c:>15}" for c in cells)
                 + f" {peak / 2**20:>9.2f} {p * 8 / 2**20:>8.2f}"
             )
         print()
-    again = memcpy_bandwidth()
-    print(f"memory copy measured again after the grid: {again:.2f} GB/s")
-    if again > 1.25 * copy or copy > 1.25 * again:
-        print("(the copy measurements differ by > 25%: the machine is busy, percentages are rough)")
     for name, values in ratios.items():
         if values:
+            median, low, high = (100 * f(values) for f in (np.median, min, max))
             print(
-                f"{name:>6}, P >= 1e6 (updates read from RAM): {100 * min(values):.0f}% .. "
-                f"{100 * max(values):.0f}% of the copy bandwidth"
+                f"{name:>6}, P >= 1e6 (updates read from RAM): median {median:.0f}% "
+                f"(range {low:.0f}% .. {high:.0f}%) of the copy bandwidth"
             )
 
 
