@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,28 @@ def _interpreter(flatbuffer: bytes) -> Any:
         return Interpreter(model_content=flatbuffer)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null (the interpreter's C++ INFO lines), then restore."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def tflite_predict(flatbuffer: bytes, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run a TFLite model on ``x`` (float32, first axis = examples) and return its outputs."""
+    with _native_stderr_silenced():
+        return _predict(flatbuffer, x, batch_size)
+
+
+def _predict(flatbuffer: bytes, x: np.ndarray, batch_size: int) -> np.ndarray:
     interpreter = _interpreter(flatbuffer)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -299,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    from fedflower.cli import quiet_tensorflow_import
+
+    quiet_tensorflow_import()  # no oneDNN/absl start-up banner
     try:
         report = export(args.model, args.out, args.quantize, args.data, args.tolerance)
     except FedflowerError as exc:

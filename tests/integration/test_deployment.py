@@ -16,6 +16,7 @@ from pathlib import Path
 
 import keras
 import pytest
+import tomli
 from omegaconf import DictConfig
 
 from fedflower.deploy.demo import simulate, write_site_files
@@ -165,7 +166,11 @@ def test_flwr_run_in_local_simulation_matches_fedflower(
     tiny_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
     overrides = ["num_rounds=2", *SMALL]
+    flwr_table = tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]
     results = simulate(REPO, overrides, num_supernodes=3, workdir=tmp_path, timeout=600)
+    # flwr run migrates and comments out [tool.flwr.federations]; ours has none to rewrite
+    assert tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"] == flwr_table
+    assert "federations" not in flwr_table
     expected = run(tiny_cfg(*overrides[1:]), tmp_path / "sim")
     assert results["totals"]["rounds"] == 2
     # Flower's simulation runs the clients in Ray worker processes, like `simulation=ray`
