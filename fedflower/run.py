@@ -36,7 +36,10 @@ def _check(ok: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check the values a typo or a bad override can break, with one clear message each."""
     n = cfg.num_clients
-    _check(isinstance(n, int) and n >= 1, f"num_clients must be an integer >= 1, got {n!r}")
+    _check(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1,
+        f"num_clients must be an integer >= 1, got {n!r}",
+    )
     _check(
         isinstance(cfg.num_rounds, int) and cfg.num_rounds >= 1,
         f"num_rounds must be an integer >= 1, got {cfg.num_rounds!r}",

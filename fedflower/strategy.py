@@ -27,6 +27,7 @@ class CheckedFedAvg(FlowerFedAvg):
     """Flower's FedAvg with checked, order-independent, streamed aggregation."""
 
     _reference: list[np.ndarray] | None = None
+    _reference_names: list[str] | None = None
     rejected: int = 0
 
     def configure_train(
@@ -34,6 +35,7 @@ class CheckedFedAvg(FlowerFedAvg):
     ) -> Iterable[Message]:
         """Remember the global model the updates must match, then sample as Flower does."""
         self._reference = arrays.to_numpy_ndarrays()
+        self._reference_names = list(arrays.keys())
         return super().configure_train(server_round, arrays, config, grid)
 
     def _unpack(self, reply: Message) -> tuple[list[str], list[np.ndarray], float]:
@@ -51,10 +53,16 @@ class CheckedFedAvg(FlowerFedAvg):
         weight = float(weights[0])  # type: ignore[arg-type]
         if not np.isfinite(weight) or weight < 0:
             raise UpdateRejected(f"{self.weighted_by_key!r} must be finite and >= 0, got {weight}")
+        names = list(record.keys())
+        if self._reference_names is not None and names != self._reference_names:
+            raise UpdateRejected(
+                f"update's array names {names[:3]}... differ from the model's "
+                f"{self._reference_names[:3]}..."
+            )
         arrays = record.to_numpy_ndarrays()
         if self._reference is not None:
             aggregation.check_update(arrays, self._reference)
-        return list(record.keys()), arrays, weight
+        return names, arrays, weight
 
     def accepted_updates(
         self, replies: Iterable[Message]
@@ -84,7 +92,7 @@ class CheckedFedAvg(FlowerFedAvg):
         if sum(w for *_, w in accepted) <= 0:
             log.warning("round %s: the accepted updates have zero total weight", server_round)
             return None, None
-        names = accepted[0][1]
+        names = self._reference_names or accepted[0][1]
         mean = aggregation.weighted_mean((arrays, w) for _, _, arrays, w in accepted)
         arrays = ArrayRecord({k: Array(a) for k, a in zip(names, mean, strict=True)})
         metrics = self.train_metrics_aggr_fn(

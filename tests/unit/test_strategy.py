@@ -159,7 +159,15 @@ def _bad_replies(ins: dict[int, Message], model: list[np.ndarray]) -> dict[str, 
         "two-weights": make_reply(ins[11], client_update(model, 9), 50, extra_metric_records=1),
         "negative-num-examples": make_reply(ins[11], client_update(model, 9), -50),
         "error": make_reply(ins[11], None, error="ValueError: boom"),
+        "renamed-arrays": _renamed(make_reply(ins[11], client_update(model, 9), 50)),
     }
+
+
+def _renamed(reply: Message) -> Message:
+    """The same arrays under other names than the global model's."""
+    record = reply.content.array_records[keys.ARRAYS]
+    reply.content[keys.ARRAYS] = ArrayRecord({f"w{k}": v for k, v in record.items()})
+    return reply
 
 
 BAD_KINDS = [
@@ -172,6 +180,7 @@ BAD_KINDS = [
     "two-weights",
     "negative-num-examples",
     "error",
+    "renamed-arrays",
 ]
 
 
