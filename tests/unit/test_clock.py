@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
+from omegaconf import DictConfig
 
 from fedflower import keys
 from fedflower.engine.clock import (
@@ -173,3 +174,16 @@ def test_build_latency_from_config() -> None:
     bad = {**options, "slowdown": {"_target_": "fedflower.latency.LogNormal", "sigma": -2}}
     with pytest.raises(ConfigError, match=r"sigma must be a finite number >= 0\.0, got -2"):
         build_latency(bad)
+
+
+@pytest.mark.parametrize("option", ["constant", "uniform", "lognormal", "pareto", "none"])
+def test_every_latency_option_builds(make_cfg: Callable[..., DictConfig], option: str) -> None:
+    cfg = make_cfg([f"latency={option}", "seed=5"])
+    model = build_latency(cfg.latency)
+    if option == "none":
+        assert model is None
+        return
+    assert isinstance(model, LatencyModel) and model.seed == 5
+    slowdowns = [model.client_slowdown(n) for n in range(1, 50)]
+    assert min(slowdowns) > 0
+    assert (len(set(slowdowns)) == 1) == (option == "constant")
