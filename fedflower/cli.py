@@ -100,10 +100,19 @@ def precheck(argv: Sequence[str]) -> None:
     try:
         variants = _sweep_variants(args.overrides)
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            for overrides in variants:
+            configs = [
                 compose(config_name=args.config_name or CONFIG_NAME, overrides=overrides)
+                for overrides in variants
+            ]
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
         fail(_one_line(exc))
+    from fedflower.validation import validate
+
+    for cfg in configs:
+        try:
+            validate(cfg)
+        except FedflowerError as exc:
+            fail(str(exc))
 
 
 def list_strategies() -> None:

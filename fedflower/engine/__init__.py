@@ -9,10 +9,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedflower.errors import ConfigError
+from fedflower.validation import BACKENDS
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("local", "ray")
 
 
 def simulate(
