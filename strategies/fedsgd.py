@@ -12,6 +12,7 @@ exactly FedAvg.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -19,6 +20,8 @@ from flwr.serverapp import Grid
 
 from fedflower import aggregation, keys
 from fedflower.strategy import CheckedFedAvg
+
+log = logging.getLogger(__name__)
 
 FULL_BATCH = 2**31 - 1
 """Batch size sent for a full-batch step (larger than any client's data)."""
@@ -90,7 +93,10 @@ class FedSGD(CheckedFedAvg):
         accepted = self.accepted_updates(replies)
         if not accepted or self._reference is None:
             return None, None
-        names = accepted[0][1]
+        if self.weighted and sum(w for *_, w in accepted) <= 0:
+            log.warning("round %s: the accepted updates have zero total weight", server_round)
+            return None, None
+        names = self._reference_names or accepted[0][1]
         mean_g = aggregation.weighted_mean(
             (g, w if self.weighted else 1.0) for _, _, g, w in accepted
         )

@@ -122,6 +122,14 @@ def test_fedsgd_with_eta_one_on_updates_equals_fedavg_on_weights() -> None:
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
 
+def test_fedsgd_skips_a_round_whose_updates_weigh_nothing() -> None:
+    strategy = FedSGD(**SAMPLING)
+    model = model_arrays(0)
+    msgs = configure(strategy, model)
+    replies = [reply(msgs[n], model_arrays(5), 0) for n in NODES]
+    assert strategy.aggregate_train(1, replies) == (None, None)
+
+
 def test_fedsgd_rejects_a_bad_server_learning_rate() -> None:
     with pytest.raises(ConfigError, match="server learning rate"):
         build_strategy({"name": "fedsgd", "server_learning_rate": -1.0})
