@@ -22,6 +22,7 @@ def rows(out: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy",
     [
@@ -48,6 +49,7 @@ def test_async_simulation_is_deterministic_and_learns(
     assert first["final"]["accuracy"] > max(0.70, first["initial"]["accuracy"] + 0.1)
 
 
+@pytest.mark.slow
 def test_fedbuff_with_k_equal_n_equals_a_fedavg_round_end_to_end(
     tiny_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
