@@ -17,12 +17,17 @@ Federated averaging: McMahan et al., "Communication-Efficient Learning of Deep N
 Decentralized Data", AISTATS 2017, arXiv:1602.05629.
 """
 
+# ruff: noqa: E402  (TensorFlow must be imported quietly before the modules that use it)
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported below
 os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
+
+from fedflower.cli import quiet_tensorflow_import
+
+quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner
 
 import logging
 import zlib

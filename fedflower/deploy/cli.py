@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     certs = sub.add_parser("certs", help="make a demo CA, SuperLink certificate, node key pairs")
-    certs.add_argument("--out", default="deploy/certs", help="output directory")
+    certs.add_argument("--out", default="outputs/deploy/certs", help="output directory")
     certs.add_argument("--nodes", type=int, default=3, help="SuperNode key pairs to make")
     certs.add_argument(
         "--host",
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     data = sub.add_parser("make-data", help="write each site's share of a dataset to a file")
-    data.add_argument("--out", default="deploy/data", help="output directory")
+    data.add_argument("--out", default="outputs/deploy/data", help="output directory")
     data.add_argument("--nodes", type=int, default=3, help="number of sites (num_clients)")
     data.add_argument("--format", choices=("csv", "npz"), default="csv")
     data.add_argument("overrides", nargs="*", help="Hydra overrides (dataset=..., ...)")

@@ -87,7 +87,7 @@ def test_unknown_and_unauthenticated_supernodes_are_refused(tmp_path: Path) -> N
         assert codes[0] not in (None, 0) and codes[1] not in (None, 0)
         assert "Failed to activate SuperNode" in unknown.log_text()
         assert "All SuperNodes must be registered" in anonymous.log_text()
-        assert fed.online_nodes() == []
+        assert fed.nodes() == []  # never registered, never online
         pids = our_processes(fed)
     assert_all_stopped(fed, pids)
 
