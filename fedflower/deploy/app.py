@@ -142,7 +142,7 @@ class NodeClient(KerasClient):
         seed: int = 0,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__(None, data, cid=cid, seed=seed)  # type: ignore[arg-type]
+        super().__init__(None, data, cid=cid, seed=seed)  # the model is built on the first message
         self._build = build
         self._num_classes = num_classes
 
