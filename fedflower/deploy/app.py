@@ -86,7 +86,7 @@ def _server_main(grid: Grid, context: Context) -> None:
     app(grid, context)
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
-    print(f"outputs: {out.resolve()}", flush=True)
+    log.info("outputs in %s", out.resolve())
 
 
 # -- client ----------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ def test_unknown_and_unauthenticated_supernodes_are_refused(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_secure_federation_trains_on_site_files_and_survives_a_bad_one(tmp_path: Path) -> None:
     overrides = ["num_clients=3", "num_rounds=2", "strategy.fraction_evaluate=0", *DEPLOYED]
     csv1, _csv2, csv3 = write_site_files(overrides, 3, tmp_path / "data", "csv")
