@@ -58,7 +58,8 @@ def _sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     one sweep to one of its other values, so ``strategy=fedavg,nope`` fails before any job runs.
     """
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    base, others = [], []
+    base: list[str] = []
+    others: list[tuple[int, str]] = []
     for i, (text, override) in enumerate(zip(overrides, parsed, strict=True)):
         if override.is_sweep_override():
             key = override.get_key_element()

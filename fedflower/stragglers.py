@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from fedflower import keys
 from fedflower.determinism import derive_seed
+from fedflower.engine.wrapper import GridWrapper
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _with_epochs(message: Message, epochs: int, config_key: str) -> Message:
     return Message(new, meta.dst_node_id, meta.message_type, ttl=meta.ttl, group_id=meta.group_id)
 
 
-class StragglerGrid(Grid):
+class StragglerGrid(GridWrapper):
     """Delegate to ``grid``; turn a seeded share of each training round's clients into stragglers.
 
     Parameters
@@ -106,33 +106,13 @@ class StragglerGrid(Grid):
     ) -> None:
         if not (isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0):
             raise ConfigError(f"client.straggler_fraction must be in [0, 1], got {fraction!r}")
-        self.inner = grid
+        super().__init__(grid)
         self.fraction = float(fraction)
         self.drop = bool(drop)
         self.seed = int(seed)
         self.config_key = config_key
         self.plans: list[StragglerPlan] = []
         self._train_pushes = 0
-
-    def set_run(self, run: Run) -> None:  # noqa: D102
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102
-        return self.inner.run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self.inner.get_node_ids()
 
     def _round_of(self, message: Message) -> int:
         config = message.content.config_records.get(self.config_key, ConfigRecord())
@@ -168,9 +148,6 @@ class StragglerGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         return self.inner.push_messages(self.straggle(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None

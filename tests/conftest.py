@@ -8,11 +8,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence
 
-import pytest  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import pytest
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 
 TINY = [
     "num_clients=3",
@@ -43,3 +45,14 @@ def tiny_cfg(make_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
         return make_cfg([*TINY, *overrides])
 
     return _make
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """Act as the ServerApp process: Flower's Messages read its run/node/task ids."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -96,7 +96,7 @@ def load(
         )
     rng = np.random.default_rng(seed)
     w = rng.normal(0.0, 1.0, num_features) * (rng.random(num_features) < 0.6)
-    w *= 2.0 / max(np.linalg.norm(w), 1e-9)
+    w *= 2.0 / max(float(np.linalg.norm(w)), 1e-9)
     xs, ys, gs, xt, yt = [], [], [], [], []
     for h in range(num_hospitals):
         centre = case_mix * rng.standard_normal(num_features)

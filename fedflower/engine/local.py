@@ -30,9 +30,19 @@ RUN_ID = 1
 FIRST_NODE_ID = 1
 
 
-def transmit(message: Message, message_id: str) -> Message:
-    """Serialize ``message`` to its wire objects and build the received copy from them."""
-    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+def transmit(message: Message, message_id: str, wire: dict[str, bytes] | None = None) -> Message:
+    """Serialize ``message`` to its wire objects and build the received copy from them.
+
+    ``wire`` caches serialized objects by object id across the messages of one push: Flower's
+    objects are content-addressed, so the global model broadcast to every node is serialized
+    once (as a SuperLink stores it once), and every node still inflates its own copy.
+    """
+    wire = {} if wire is None else wire
+    objects = get_all_nested_objects(message)
+    for oid, obj in objects.items():
+        if oid not in wire:
+            wire[oid] = obj.deflate()
+    contents = {oid: wire[oid] for oid in objects}
     received = inflate_object_from_contents(message.object_id, contents)
     assert isinstance(received, Message)
     received.metadata.__dict__["_message_id"] = message_id
@@ -99,13 +109,14 @@ class LocalGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message to its node, run the ClientApp and keep the reply."""
         ids = []
+        wire: dict[str, bytes] = {}
         for message in messages:
             if message.metadata.dst_node_id not in self._contexts:
                 raise ValueError(f"no node with id {message.metadata.dst_node_id}")
             self._next_id += 1
             message_id = f"m{self._next_id}"
             message.metadata.__dict__["_message_id"] = message_id
-            reply = self._execute(transmit(message, message_id))
+            reply = self._execute(transmit(message, message_id, wire))
             self._replies[message_id] = transmit(reply, f"r{self._next_id}")
             ids.append(message_id)
         return ids

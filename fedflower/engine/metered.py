@@ -9,18 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-from flwr.supercore.run import Run
+
+from fedflower.engine.wrapper import GridWrapper
+
+_SIZES: dict[str, int] = {}
+"""Serialized size by object id. Object ids are hashes of the serialized content, so a size
+never changes for an id; the model broadcast to every node is serialized once."""
+_MAX_CACHED = 4096
 
 
 def message_nbytes(message: Message) -> int:
     """Serialized size in bytes of a message and everything it carries."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    total = 0
+    for oid, obj in get_all_nested_objects(message).items():
+        size = _SIZES.get(oid)
+        if size is None:
+            if len(_SIZES) >= _MAX_CACHED:
+                _SIZES.clear()
+            size = _SIZES[oid] = len(obj.deflate())
+        total += size
+    return total
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(GridWrapper):
     """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
 
     Parameters
@@ -30,7 +44,7 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self.inner = grid
+        super().__init__(grid)
         self.bytes_down = 0
         self.bytes_up = 0
 
@@ -39,26 +53,6 @@ class MeteredGrid(Grid):
         counts = (self.bytes_down, self.bytes_up)
         self.bytes_down = self.bytes_up = 0
         return counts
-
-    def set_run(self, run: Run) -> None:  # noqa: D102
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102
-        return self.inner.run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self.inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         messages = list(messages)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -21,9 +21,7 @@ from fedflower.strategies.fedavg import FedAvg
 from fedflower.strategies.fedbuff import FedBuff
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import Strategy
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower import async_strategy, keys
 from fedflower.async_strategy import AsyncStrategy, ClientUpdate
@@ -37,15 +35,7 @@ SHAPES = [(3, 2), (2,)]
 SECONDS = LatencyModel(Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9)
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Messages read the run/node/task id of the current process (set by the engine)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def local_training(arrays: list[np.ndarray], p: int) -> list[np.ndarray]:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import keras
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower import keys
 from fedflower.client import KerasClient
@@ -214,16 +210,6 @@ def test_get_and_set_parameters_round_trip(model: keras.Model, initial: list[np.
 
 
 # -- the Message-API adapter ----------------------------------------------------------------
-@pytest.fixture
-def task_identity() -> Iterator[None]:
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def node_context(partition_id: int, node_id: int = 5) -> Context:
     return Context(
         run_id=1,

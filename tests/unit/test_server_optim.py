@@ -6,7 +6,7 @@ FedAvgM / FedYogi / FedAdagrad / FedAdam (whose options our plugins reuse).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -16,9 +16,7 @@ from fedflower.strategies.fedavg import FedAvg
 from fedflower.strategies.fedavgm import FedAvgM
 from fedflower.strategies.fedyogi import FedYogi
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import strategy as flwr_strategy
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower import aggregation, keys, registry
 from fedflower.aggregation import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
@@ -146,14 +144,7 @@ def test_mismatched_target_is_rejected() -> None:
 
 
 # -- strategies on hand-made replies ------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class FakeGrid:
