@@ -17,8 +17,9 @@ setup: $(STAMP)
 run: setup  ## the default experiment: 10 hospitals x 1000 patients, FedAvg, 10 rounds
 	$(BIN)/fedflower $(ARGS)
 
-test: setup  ## lint + the whole test suite (slow tests included)
+test: setup  ## lint, type check + the whole test suite (slow tests included)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup  ## the suite without tests marked slow
