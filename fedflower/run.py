@@ -9,7 +9,6 @@ from typing import Any
 
 import keras
 from flwr.serverapp import ServerApp
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.async_strategy import run_extra
@@ -20,9 +19,8 @@ from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
-from fedflower.errors import DataError
 from fedflower.recorder import Recorder
-from fedflower.runtime import configure_threads, model_factory
+from fedflower.runtime import configure_threads, instantiate_data, model_factory
 from fedflower.server import make_server_app, model_nbytes
 from fedflower.validation import validate
 
@@ -41,16 +39,8 @@ def _output_dir(output_dir: Path | str | None) -> Path:
 
 def load_data(cfg: DictConfig) -> tuple[TabularSource, FederatedData]:
     """Instantiate the dataset and split it across ``cfg.num_clients`` clients."""
-    try:
-        source = instantiate(cfg.dataset)
-        partitioner = instantiate(cfg.partition)
-    except DataError:
-        raise
-    except Exception as exc:  # Hydra wraps errors of the target in InstantiationException
-        cause = exc.__cause__ or exc
-        if isinstance(cause, DataError):
-            raise cause from None
-        raise DataError(f"cannot build dataset/partition: {cause}") from exc
+    source = instantiate_data(cfg.dataset, "dataset")
+    partitioner = instantiate_data(cfg.partition, "partition")
     fed = FederatedData(
         source, partitioner, cfg.num_clients, val_fraction=cfg.client.val_fraction, seed=cfg.seed
     )

@@ -15,6 +15,27 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def instantiate_data(node: Any, what: str) -> Any:
+    """Instantiate a dataset or partition config; any failure becomes a one-line ``DataError``.
+
+    Hydra wraps a target's exceptions in ``InstantiationException``; a ``DataError`` raised by
+    the target itself is passed on unchanged.
+    """
+    from hydra.utils import instantiate
+
+    from fedflower.errors import DataError
+
+    try:
+        return instantiate(node)
+    except DataError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, DataError):
+            raise cause from None
+        raise DataError(f"cannot build the {what}: {cause}") from exc
+
+
 def configure_threads(threads: int) -> None:
     """Limit TensorFlow's thread pools (only possible before TensorFlow first runs an op)."""
     import tensorflow as tf

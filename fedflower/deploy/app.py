@@ -54,17 +54,9 @@ ModelBuilder = Callable[[tuple[int, ...], int], Any]
 # -- server ----------------------------------------------------------------------------------
 def load_source(cfg: Any) -> TabularSource:
     """The dataset whose held-out test set the server evaluates the global model on."""
-    from hydra.utils import instantiate
+    from fedflower.runtime import instantiate_data
 
-    try:
-        return instantiate(cfg.dataset)
-    except DataError:
-        raise
-    except Exception as exc:  # Hydra wraps errors of the target in InstantiationException
-        cause = exc.__cause__ or exc
-        if isinstance(cause, DataError):
-            raise cause from None
-        raise DataError(f"cannot build the server's dataset: {cause}") from exc
+    return instantiate_data(cfg.dataset, "server's dataset")
 
 
 server_app = ServerApp()
