@@ -27,6 +27,31 @@ from fedflower.stragglers import straggler_grid
 log = logging.getLogger(__name__)
 
 
+def strategy_options(cls: type) -> list[str] | None:
+    """Keyword options a strategy class accepts, following ``**options`` up its bases.
+
+    A subclass may name only its own options and pass ``**options`` on to its base; the
+    options are then collected from each ``__init__`` up the MRO until one that takes no
+    ``**kwargs``. ``None`` if the chain never closes (then no option can be checked).
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [
+            p.name
+            for p in params
+            if p.name != "self"
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            and p.name not in names
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
 def build_strategy(options: dict[str, Any], **runtime: Any) -> Strategy:
     """Instantiate the strategy plugin named ``options["name"]`` with the other options.
 
@@ -37,8 +62,8 @@ def build_strategy(options: dict[str, Any], **runtime: Any) -> Strategy:
     if not name:
         raise ConfigError("strategy.name is missing")
     cls = registry.load(name)
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    params = strategy_options(cls)
+    if params is not None:
         unknown = sorted(set(options) - set(params))
         if unknown:
             raise ConfigError(

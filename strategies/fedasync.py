@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedflower import keys
-from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate, MetricsAggr
+from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate
 from fedflower.errors import ConfigError
-from fedflower.staleness import StalenessFn, mix
+from fedflower.staleness import mix
 
 
 class FedAsync(AsyncStrategy):
@@ -27,33 +26,18 @@ class FedAsync(AsyncStrategy):
         Clients training at the same time.
     alpha : float
         Mixing weight of a fresh update, in ``(0, 1]``.
-    staleness, max_staleness, evaluate_every, seed, poll_interval : see AsyncStrategy
+    **options
+        The shared asynchronous options of :class:`~fedflower.async_strategy.AsyncStrategy`
+        (staleness, max_staleness, evaluate_every, seed, poll_interval, ...).
     """
 
     def __init__(
         self,
         concurrency: int = 10,
         alpha: float = 0.6,
-        staleness: str | dict[str, Any] | StalenessFn | None = "polynomial",
-        max_staleness: int | None = None,
-        evaluate_every: int = 1,
-        seed: int = 0,
-        poll_interval: float = 0.05,
-        weighted_by_key: str = keys.NUM_EXAMPLES,
-        train_metrics_aggr_fn: MetricsAggr | None = None,
-        evaluate_metrics_aggr_fn: MetricsAggr | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            concurrency=concurrency,
-            staleness=staleness,
-            max_staleness=max_staleness,
-            evaluate_every=evaluate_every,
-            seed=seed,
-            poll_interval=poll_interval,
-            weighted_by_key=weighted_by_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-        )
+        super().__init__(concurrency=concurrency, **options)
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
             raise ConfigError(f"alpha must be a number in (0, 1], got {alpha!r}")
         self.alpha = float(alpha)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedflower import aggregation, keys
-from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate, MetricsAggr
+from fedflower import aggregation
+from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate
 from fedflower.errors import ConfigError
-from fedflower.staleness import FedBuffServer, StalenessFn, delta, optimizer_step
+from fedflower.staleness import FedBuffServer, delta, optimizer_step
 
 SERVER_OPTIMIZERS: dict[str, type[aggregation.ServerOptimizer]] = {
     "sgd": aggregation.ServerSGD,
@@ -63,7 +63,9 @@ class FedBuff(AsyncStrategy):
     weighted : bool
         Weight deltas by the clients' numbers of examples (as FedAvg); ``False`` gives the
         paper's plain ``1/K`` mean.
-    staleness, max_staleness, evaluate_every, seed, poll_interval : see AsyncStrategy
+    **options
+        The shared asynchronous options of :class:`~fedflower.async_strategy.AsyncStrategy`
+        (staleness, max_staleness, evaluate_every, seed, poll_interval, ...).
     """
 
     def __init__(
@@ -74,26 +76,9 @@ class FedBuff(AsyncStrategy):
         server_momentum: float = 0.0,
         server_optimizer: dict[str, Any] | None = None,
         weighted: bool = True,
-        staleness: str | dict[str, Any] | StalenessFn | None = "polynomial",
-        max_staleness: int | None = None,
-        evaluate_every: int = 1,
-        seed: int = 0,
-        poll_interval: float = 0.05,
-        weighted_by_key: str = keys.NUM_EXAMPLES,
-        train_metrics_aggr_fn: MetricsAggr | None = None,
-        evaluate_metrics_aggr_fn: MetricsAggr | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            concurrency=concurrency,
-            staleness=staleness,
-            max_staleness=max_staleness,
-            evaluate_every=evaluate_every,
-            seed=seed,
-            poll_interval=poll_interval,
-            weighted_by_key=weighted_by_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-        )
+        super().__init__(concurrency=concurrency, **options)
         if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
             raise ConfigError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
         if not isinstance(server_lr, int | float) or not server_lr > 0:

@@ -264,3 +264,14 @@ def test_unknown_strategy_option_is_a_config_error(tiny_cfg: MakeCfg) -> None:
 def test_bad_overrides_do_not_compose(make_cfg: MakeCfg, overrides: list[str]) -> None:
     with pytest.raises(HydraException):
         make_cfg(overrides)
+
+
+@pytest.mark.parametrize("name", ["fedbuff", "fedasync"])
+def test_options_passed_on_to_the_base_are_checked_by_name(name: str) -> None:
+    """Plugins that forward ``**options`` to their base still get unknown options rejected."""
+    from fedflower.server import build_strategy
+
+    strategy = build_strategy({"name": name, "concurrency": 3, "max_staleness": 4})
+    assert strategy.max_staleness == 4
+    with pytest.raises(ConfigError, match=r"no option bogus; its options: concurrency, .*stale"):
+        build_strategy({"name": name, "bogus": 1})
