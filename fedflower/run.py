@@ -96,6 +96,8 @@ def experiment_server_app(
 
     def on_finish(model: keras.Model, grid: MeteredGrid, strategy: Any) -> None:
         if cfg.output.save_model:
+            if not model.optimizer.built:  # the server never trains: build its state so that
+                model.optimizer.build(model.trainable_variables)  # load_model finds it whole
             model.save(out / "model.keras")
         results.update(
             recorder.finish(
