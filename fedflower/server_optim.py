@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedflower.aggregation import ServerOptimizer
+from fedflower.errors import UpdateRejected
 from fedflower.strategy import CheckedFedAvg
 
 
@@ -51,10 +53,11 @@ class ServerOptStrategy(CheckedFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the accepted updates, then apply the server optimizer to the global model."""
-        mean, metrics = CheckedFedAvg.aggregate_train(self, server_round, replies)
-        if mean is None or self._reference is None:
-            return mean, metrics
-        names = list(mean.keys())
-        new = self.optimizer.step(self._reference, mean.to_numpy_ndarrays())
-        return ArrayRecord({k: Array(a) for k, a in zip(names, new, strict=True)}), metrics
+        """Checked aggregation (not Flower's FedOpt one), with :meth:`combine` below."""
+        return CheckedFedAvg.aggregate_train(self, server_round, replies)
+
+    def combine(self, updates: list[tuple[list[np.ndarray], float]]) -> list[np.ndarray]:
+        """One server-optimizer step from the global model towards the updates' mean."""
+        if self._reference is None:
+            raise UpdateRejected("no global model was sent this round")
+        return self.optimizer.step(self._reference, super().combine(updates))

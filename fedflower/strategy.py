@@ -82,19 +82,29 @@ class CheckedFedAvg(FlowerFedAvg):
                 log.warning("update from node %s rejected: %s", node, exc)
         return accepted
 
+    def combine(self, updates: list[tuple[list[np.ndarray], float]]) -> list[np.ndarray]:
+        """The new global model from the accepted ``(arrays, weight)`` updates.
+
+        The one hook an aggregation rule overrides (FedSGD's step, a server optimizer, a
+        trimmed mean); :meth:`aggregate_train` does the checking, naming and metrics around it.
+        Raising ``UpdateRejected`` keeps the global model for this round.
+        """
+        return aggregation.weighted_mean(updates)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Example-weighted mean of the accepted updates and of their metrics."""
+        """:meth:`combine` the accepted updates (by default their example-weighted mean)."""
         accepted = self.accepted_updates(replies)
         if not accepted:
             return None, None
-        if sum(w for *_, w in accepted) <= 0:
-            log.warning("round %s: the accepted updates have zero total weight", server_round)
+        try:
+            new = self.combine([(arrays, w) for _, _, arrays, w in accepted])
+        except UpdateRejected as exc:
+            log.warning("round %s: global model kept: %s", server_round, exc)
             return None, None
         names = self._reference_names or accepted[0][1]
-        mean = aggregation.weighted_mean((arrays, w) for _, _, arrays, w in accepted)
-        arrays = ArrayRecord({k: Array(a) for k, a in zip(names, mean, strict=True)})
+        arrays = ArrayRecord({k: Array(a) for k, a in zip(names, new, strict=True)})
         metrics = self.train_metrics_aggr_fn(
             [reply.content for reply, *_ in accepted], self.weighted_by_key
         )

@@ -12,16 +12,15 @@ exactly FedAvg.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedflower import aggregation, keys
+from fedflower.errors import UpdateRejected
 from fedflower.strategy import CheckedFedAvg
-
-log = logging.getLogger(__name__)
 
 FULL_BATCH = 2**31 - 1
 """Batch size sent for a full-batch step (larger than any client's data)."""
@@ -86,22 +85,9 @@ class FedSGD(CheckedFedAvg):
             config[keys.BATCH_SIZE] = FULL_BATCH
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """``w - eta * mean(g)`` over the accepted updates ``g``."""
-        accepted = self.accepted_updates(replies)
-        if not accepted or self._reference is None:
-            return None, None
-        if self.weighted and sum(w for *_, w in accepted) <= 0:
-            log.warning("round %s: the accepted updates have zero total weight", server_round)
-            return None, None
-        names = self._reference_names or accepted[0][1]
-        mean_g = aggregation.weighted_mean(
-            (g, w if self.weighted else 1.0) for _, _, g, w in accepted
-        )
-        new = aggregation.sgd_step(self._reference, mean_g, self.server_learning_rate)
-        metrics = self.train_metrics_aggr_fn(
-            [reply.content for reply, *_ in accepted], self.weighted_by_key
-        )
-        return ArrayRecord({k: Array(a) for k, a in zip(names, new, strict=True)}), metrics
+    def combine(self, updates: list[tuple[list[np.ndarray], float]]) -> list[np.ndarray]:
+        """``w - eta * mean(g)`` over the accepted updates ``g`` (1/N mean unless weighted)."""
+        if self._reference is None:
+            raise UpdateRejected("no global model was sent this round")
+        mean_g = aggregation.weighted_mean((g, w if self.weighted else 1.0) for g, w in updates)
+        return aggregation.sgd_step(self._reference, mean_g, self.server_learning_rate)

@@ -11,11 +11,9 @@ and Flower's ``trim_mean``; only the aggregation is new.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedflower.strategy import CheckedFedAvg
@@ -38,20 +36,10 @@ class TrimmedMean(CheckedFedAvg):
         super().__init__(**kwargs)
         self.beta = beta
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Trimmed mean of the well-formed updates (malformed ones are dropped with a warning)."""
-        accepted = self.accepted_updates(replies)
-        if not accepted:
-            return None, None
-        names = accepted[0][1]
-        layers = zip(*(arrays for _, _, arrays, _ in accepted), strict=True)
-        result = [
+    def combine(self, updates: list[tuple[list[np.ndarray], float]]) -> list[np.ndarray]:
+        """Coordinate-wise trimmed mean of the accepted models (their weights are not used)."""
+        layers = zip(*(arrays for arrays, _ in updates), strict=True)
+        return [
             np.asarray(trim_mean(np.stack(layer), self.beta)).astype(layer[0].dtype)
             for layer in layers
         ]
-        metrics = self.train_metrics_aggr_fn(
-            [reply.content for reply, *_ in accepted], self.weighted_by_key
-        )
-        return ArrayRecord({k: Array(a) for k, a in zip(names, result, strict=True)}), metrics
