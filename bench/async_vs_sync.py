@@ -44,14 +44,14 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from fedflower.cli import quiet_tensorflow_import
+from fedflower.startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()
 
 import numpy as np
 from hydra import compose, initialize_config_module
 
-from fedflower.run import run
+from fedflower.experiment import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -60,12 +60,12 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import contextlib
     import io
 
-    from fedflower.cli import quiet_tensorflow_import
+    from fedflower.startup import quiet_tensorflow_import
 
     quiet_tensorflow_import()
     from hydra import compose, initialize_config_module
 
-    from fedflower.run import run
+    from fedflower.experiment import run
 
     with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=job["overrides"])

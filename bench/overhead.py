@@ -6,7 +6,7 @@ sets the global weights, resets its optimizer, trains, returns its weights; the 
 them (weighted by examples); every client evaluates the new global model on its validation split;
 the server evaluates it on the central test set.
 
-(a) fedflower: ``fedflower.run.run(cfg)`` through the ServerApp/ClientApp, Flower strategy and
+(a) fedflower: ``experiment.run(cfg)`` through the ServerApp/ClientApp, Flower strategy and
     the in-process engine (``simulation=local``), every message serialized to Flower's wire
     objects and metered.
 (b) bare: a plain Python loop over the same Keras model.
@@ -32,7 +32,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from fedflower.cli import quiet_tensorflow_import
+from fedflower.startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()
 
@@ -46,8 +46,8 @@ from fedflower.aggregation import weighted_mean
 from fedflower.client.keras_client import reset_optimizer
 from fedflower.engine import clock, metered
 from fedflower.engine import local as local_engine
+from fedflower.experiment import configure_threads, load_data, run
 from fedflower.models import compile_model
-from fedflower.run import configure_threads, load_data, run
 
 
 def make_cfg(clients: int, rounds: int, epochs: int, backend: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``fedflower`` command: a thin Hydra entry point around :func:`fedflower.run.run`.
+"""The ``fedflower`` command: a thin Hydra entry point around :func:`fedflower.experiment.run`.
 
 Before Hydra starts, the command line is composed once so that a bad override (unknown group
 option, unknown key, malformed value) ends with one line on stderr and exit code 2, not a
@@ -8,13 +8,8 @@ traceback. Errors of the run itself that the user can fix (``FedflowerError``) e
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 from collections.abc import Sequence
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
-os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -22,27 +17,19 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from fedflower.errors import FedflowerError
+from fedflower.startup import (
+    CONFIG_MODULE,
+    CONFIG_NAME,
+    EXIT_USAGE,
+    hydra_error_line,
+    quiet_tensorflow_import,
+    set_environment_defaults,
+)
 
-CONFIG_MODULE = "fedflower.conf"
-CONFIG_NAME = "config"
-EXIT_USAGE = 2
+set_environment_defaults()  # before TensorFlow is imported anywhere
+
 SIM_PACKAGES = ("datasets", "flwr_datasets", "sklearn", "matplotlib", "ray")
 """Imported by simulation only: missing in a client-only install (``fedflower[client]``)."""
-
-
-def quiet_tensorflow_import() -> None:
-    """Import TensorFlow with its C++ start-up banner (oneDNN, absl) sent to /dev/null."""
-    if "tensorflow" in sys.modules:
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 
 
 def fail(message: str) -> None:
@@ -71,21 +58,6 @@ def _sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     return [base] + [[*base[:i], value, *base[i + 1 :]] for i, value in others]
 
 
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if missing:
-        group, option = missing.groups()
-        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
-        hint = f"; choose one of: {', '.join(options)}" if options else ""
-        return f"unknown option {option!r} for {group}{hint}"
-    key = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
-    if key:
-        name = key.group(1) or key.group(2)
-        return f"unknown config key {name!r} (to add a new key on purpose: +{name}=...)"
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
-
-
 def _inspects_only(args: argparse.Namespace) -> bool:
     """Whether Hydra only prints something (help, config, info) and runs nothing."""
     return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
@@ -106,7 +78,7 @@ def precheck(argv: Sequence[str]) -> None:
                 for overrides in variants
             ]
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
-        fail(_one_line(exc))
+        fail(hydra_error_line(exc))
     from fedflower.validation import validate
 
     for cfg in configs:
@@ -118,7 +90,7 @@ def precheck(argv: Sequence[str]) -> None:
 
 def list_strategies() -> None:
     """Print the installed strategy plugins."""
-    from fedflower import registry
+    from fedflower.server import registry
 
     infos = registry.available()
     width = max((len(i.name) for i in infos), default=4)
@@ -129,7 +101,7 @@ def list_strategies() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://fedflower.conf", config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
-        from fedflower.run import run
+        from fedflower.experiment import run
     except ModuleNotFoundError as exc:  # a client-only install (`fedflower[client]`)
         if (exc.name or "").split(".")[0] not in SIM_PACKAGES:
             raise

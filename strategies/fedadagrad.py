@@ -10,7 +10,7 @@ the step is :class:`fedflower.aggregation.ServerAdagrad`.
 from flwr.serverapp.strategy import FedAdagrad as FlowerFedAdagrad
 
 from fedflower.aggregation import ServerAdagrad, ServerOptimizer
-from fedflower.server_optim import ServerOptStrategy
+from fedflower.server.optimizer import ServerOptStrategy
 
 
 class FedAdagrad(ServerOptStrategy, FlowerFedAdagrad):

@@ -10,7 +10,7 @@ the step is :class:`fedflower.aggregation.ServerAdam`.
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 
 from fedflower.aggregation import ServerAdam, ServerOptimizer
-from fedflower.server_optim import ServerOptStrategy
+from fedflower.server.optimizer import ServerOptStrategy
 
 
 class FedAdam(ServerOptStrategy, FlowerFedAdam):

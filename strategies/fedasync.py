@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate
+from fedflower.aggregation.staleness import mix
 from fedflower.errors import ConfigError
-from fedflower.staleness import mix
+from fedflower.server.async_strategy import Arrays, AsyncStrategy, ClientUpdate
 
 
 class FedAsync(AsyncStrategy):
@@ -27,7 +27,7 @@ class FedAsync(AsyncStrategy):
     alpha : float
         Mixing weight of a fresh update, in ``(0, 1]``.
     **options
-        The shared asynchronous options of :class:`~fedflower.async_strategy.AsyncStrategy`
+        The shared asynchronous options of :class:`~fedflower.server.async_strategy.AsyncStrategy`
         (staleness, max_staleness, evaluate_every, seed, poll_interval, ...).
     """
 

@@ -6,7 +6,7 @@ model; the server replaces the global model by the mean of their weights, weight
 number of training examples.
 """
 
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server.checked import CheckedFedAvg
 
 
 class FedAvg(CheckedFedAvg):

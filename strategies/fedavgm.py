@@ -9,7 +9,7 @@ model as a pseudo-gradient and applies SGD with heavy-ball momentum to it. With
 from flwr.serverapp.strategy import FedAvgM as FlowerFedAvgM
 
 from fedflower.aggregation import ServerOptimizer, ServerSGD
-from fedflower.server_optim import ServerOptStrategy
+from fedflower.server.optimizer import ServerOptStrategy
 
 
 class FedAvgM(ServerOptStrategy, FlowerFedAvgM):

@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from fedflower import aggregation
-from fedflower.async_strategy import Arrays, AsyncStrategy, ClientUpdate
+from fedflower.aggregation.staleness import FedBuffServer, delta, optimizer_step
 from fedflower.errors import ConfigError
-from fedflower.staleness import FedBuffServer, delta, optimizer_step
+from fedflower.server.async_strategy import Arrays, AsyncStrategy, ClientUpdate
 
 SERVER_OPTIMIZERS: dict[str, type[aggregation.ServerOptimizer]] = {
     "sgd": aggregation.ServerSGD,
@@ -64,7 +64,7 @@ class FedBuff(AsyncStrategy):
         Weight deltas by the clients' numbers of examples (as FedAvg); ``False`` gives the
         paper's plain ``1/K`` mean.
     **options
-        The shared asynchronous options of :class:`~fedflower.async_strategy.AsyncStrategy`
+        The shared asynchronous options of :class:`~fedflower.server.async_strategy.AsyncStrategy`
         (staleness, max_staleness, evaluate_every, seed, poll_interval, ...).
     """
 

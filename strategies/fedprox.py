@@ -8,7 +8,7 @@ averages the results as FedAvg does. Stragglers' partial work is kept (the paper
 
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server.checked import CheckedFedAvg
 
 
 class FedProx(FlowerFedProx, CheckedFedAvg):

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from fedflower import aggregation, keys
 from fedflower.errors import UpdateRejected
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server.checked import CheckedFedAvg
 
 FULL_BATCH = 2**31 - 1
 """Batch size sent for a full-batch step (larger than any client's data)."""

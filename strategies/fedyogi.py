@@ -10,7 +10,7 @@ the step is :class:`fedflower.aggregation.ServerYogi`.
 from flwr.serverapp.strategy import FedYogi as FlowerFedYogi
 
 from fedflower.aggregation import ServerOptimizer, ServerYogi
-from fedflower.server_optim import ServerOptStrategy
+from fedflower.server.optimizer import ServerOptStrategy
 
 
 class FedYogi(ServerOptStrategy, FlowerFedYogi):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedflower import keys
-from fedflower.aggregation import subtract
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
 
@@ -38,7 +38,9 @@ def to_client_app(client_fn: ClientFn) -> ClientApp:
         config = _config(msg)
         weights, num_examples, metrics = client.fit(parameters, config)
         if config.get(keys.RETURN_UPDATE):  # fedsgd: reply with the update w_global - w_local
-            weights = subtract(parameters, weights)
+            weights = [
+                np.subtract(g, w, dtype=g.dtype) for g, w in zip(parameters, weights, strict=True)
+            ]
         content = RecordDict(
             {
                 keys.ARRAYS: ArrayRecord(weights),

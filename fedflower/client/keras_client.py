@@ -16,6 +16,7 @@ from fedflower import keys
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
+from fedflower.models import evaluate
 
 Config = dict[str, Any]
 
@@ -32,17 +33,6 @@ def reset_optimizer(optimizer: keras.optimizers.Optimizer, learning_rate: float 
             var.assign(np.zeros(var.shape, dtype=var.dtype))
     if learning_rate is not None:
         optimizer.learning_rate = float(learning_rate)
-
-
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
-    """``model.evaluate`` on in-memory arrays, fed as a ``tf.data`` pipeline.
-
-    Keras' own array adapter costs about as much per call as evaluating a few thousand rows;
-    a plain sliced dataset avoids it.
-    """
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    result = model.evaluate(data, verbose=0, return_dict=True)
-    return {k: float(v) for k, v in result.items()}
 
 
 class KerasClient:

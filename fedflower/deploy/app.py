@@ -4,7 +4,7 @@
 ``[tool.flwr.app.components]``. Both compose the same Hydra config as the ``fedflower``
 command from the run config's ``overrides`` string (:mod:`fedflower.deploy.config`):
 
-* the ServerApp is the one simulation runs (:func:`fedflower.run.experiment_server_app`):
+* the ServerApp is the one simulation runs (:func:`fedflower.experiment.experiment_server_app`):
   strategy plugin, centralized evaluation, per-round lines, ``metrics.jsonl``,
   ``results.json``, ``history.png`` and ``model.keras`` in the run's output directory;
 * the ClientApp is the same Message-API adapter around :class:`KerasClient`
@@ -25,7 +25,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported below
 os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
 
-from fedflower.cli import quiet_tensorflow_import
+from fedflower.startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner
 
@@ -54,7 +54,7 @@ ModelBuilder = Callable[[tuple[int, ...], int], Any]
 # -- server ----------------------------------------------------------------------------------
 def load_source(cfg: Any) -> TabularSource:
     """The dataset whose held-out test set the server evaluates the global model on."""
-    from fedflower.runtime import instantiate_data
+    from fedflower.components import instantiate_data
 
     return instantiate_data(cfg.dataset, "server's dataset")
 
@@ -66,7 +66,7 @@ server_app = ServerApp()
 def _server_main(grid: Grid, context: Context) -> None:
     """Run the experiment the run config names against the SuperNodes of ``grid``."""
     from fedflower.determinism import seed_everything
-    from fedflower.run import configure_threads, experiment_server_app, validate
+    from fedflower.experiment import configure_threads, experiment_server_app, validate
 
     cfg = experiment_config(context.run_config)
     validate(cfg)
@@ -175,7 +175,7 @@ _model_cache: dict[tuple[Any, ...], Any] = {}
 
 def node_client_fn(context: Context) -> KerasClient:
     """Build the SuperNode's client from the run config (experiment) and node config (data)."""
-    from fedflower.runtime import configure_threads, model_factory
+    from fedflower.components import configure_threads, model_factory
 
     cfg = experiment_config(context.run_config)
     configure_threads(cfg.simulation.tf_threads)

@@ -18,9 +18,8 @@ from omegaconf import DictConfig
 
 from fedflower import keys
 from fedflower.errors import ConfigError
+from fedflower.startup import CONFIG_MODULE, CONFIG_NAME, hydra_error_line
 
-CONFIG_MODULE = "fedflower.conf"
-CONFIG_NAME = "config"
 DEFAULT_OUTPUT_ROOT = Path("outputs") / "deploy"
 
 
@@ -46,10 +45,8 @@ def _compose(overrides: tuple[str, ...]) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
     except Exception as exc:  # Hydra/OmegaConf raise many types; all mean a bad override
-        from fedflower.cli import _one_line
-
         raise ConfigError(
-            f"run config {keys.RUN_OVERRIDES}={' '.join(overrides)!r}: {_one_line(exc)}"
+            f"run config {keys.RUN_OVERRIDES}={' '.join(overrides)!r}: {hydra_error_line(exc)}"
         ) from exc
     return cfg
 

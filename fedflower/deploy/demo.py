@@ -55,7 +55,7 @@ def write_site_files(
 
     from fedflower.deploy.config import compose_config
     from fedflower.deploy.local_data import write_csv
-    from fedflower.run import load_data
+    from fedflower.experiment import load_data
 
     if fmt not in ("csv", "npz"):
         raise ConfigError(f"site file format {fmt!r} is unknown; use csv or npz")

@@ -74,7 +74,7 @@ class ExportReport:
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
-        from fedflower.recorder import human_bytes
+        from fedflower.server.recorder import human_bytes
 
         out = [
             f"wrote {self.tflite_path} ({human_bytes(self.tflite_file_bytes)}, "
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    from fedflower.cli import quiet_tensorflow_import
+    from fedflower.startup import quiet_tensorflow_import
 
     quiet_tensorflow_import()  # no oneDNN/absl start-up banner
     try:

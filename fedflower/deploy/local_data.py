@@ -244,7 +244,7 @@ def node_data(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
 
 
 def _partition(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
-    from fedflower.run import load_data
+    from fedflower.experiment import load_data
 
     pid = int(node_config[keys.PARTITION_ID])
     parts = int(node_config.get(keys.NUM_PARTITIONS, cfg.num_clients))

@@ -4,7 +4,7 @@ A :class:`Clock` tells the server what time it is and lets it wait for replies. 
 
 * :class:`VirtualClockGrid` wraps the simulation's Grid (and meters bytes like
   :class:`~fedflower.engine.metered.MeteredGrid`). Every pushed message gets a virtual
-  duration from a :class:`~fedflower.latency.LatencyModel` (the client's examples, epochs and
+  duration from a :class:`~fedflower.engine.latency.LatencyModel` (the client's examples, epochs and
   the bytes both ways), and a reply becomes visible to ``pull_messages`` only once the virtual
   clock has reached its finish time; ``wait`` advances the clock to the next finish. Results
   therefore depend only on the config and the seed, never on how fast this machine runs the
@@ -28,9 +28,9 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedflower import keys
+from fedflower.engine.latency import LatencyModel
 from fedflower.engine.metered import MeteredGrid, message_nbytes
 from fedflower.errors import ConfigError
-from fedflower.latency import LatencyModel
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class VirtualClockGrid(MeteredGrid):
 
 
 def build_latency(options: Any) -> LatencyModel | None:
-    """The :class:`~fedflower.latency.LatencyModel` a ``latency`` config group describes.
+    """The :class:`~fedflower.engine.latency.LatencyModel` a ``latency`` config group describes.
 
     Returns ``None`` (no virtual clock) for ``latency=none``, i.e. a config without
     ``_target_``.
@@ -278,7 +278,5 @@ def build_latency(options: Any) -> LatencyModel | None:
             raise cause from None
         raise ConfigError(f"cannot build the latency model: {cause}") from exc
     if not isinstance(model, LatencyModel):
-        raise ConfigError(
-            f"latency._target_ must build a fedflower.latency.LatencyModel, got {type(model)}"
-        )
+        raise ConfigError(f"latency._target_ must build a LatencyModel, got {type(model)}")
     return model

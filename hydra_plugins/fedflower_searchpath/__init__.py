@@ -3,7 +3,7 @@
 Hydra imports every module of the ``hydra_plugins`` namespace package when it starts. This one
 adds, after fedflower's own configs, the config package of every installed strategy plugin
 that registers one in the ``fedflower.conf`` entry-point group (see
-:func:`fedflower.registry.config_search_paths`), so ``fedflower strategy=<name>`` finds the
+:func:`fedflower.server.registry.config_search_paths`), so ``fedflower strategy=<name>`` finds the
 plugin's ``conf/strategy/<name>.yaml``. It changes nothing for other Hydra applications.
 """
 
@@ -22,7 +22,7 @@ class FedflowerPluginConfigs(SearchPathPlugin):
         """Add ``pkg://<plugin config package>`` for each plugin (only for fedflower's app)."""
         if not any(element.path == FEDFLOWER_CONF for element in search_path.get_path()):
             return
-        from fedflower.registry import config_search_paths
+        from fedflower.server.registry import config_search_paths
 
         for provider, path in config_search_paths():
             search_path.append(provider=provider, path=path)

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import DictConfig
 
 from fedflower.errors import ConfigError
-from fedflower.run import run
+from fedflower.experiment import run
 
 QUIET = ["output.save_model=false", "output.plots=false"]
 TIMING = {"seconds", "elapsed"}
@@ -87,7 +87,7 @@ def test_sync_rounds_advance_the_virtual_clock_by_their_slowest_client(
     # every round trains the same 3 clients (160 examples, 1 epoch): it lasts as long as the
     # slowest one, 160 * 0.01 * max slowdown plus the transfer of the bytes
     assert times[1] == pytest.approx(2 * times[0], rel=1e-9)
-    from fedflower.latency import LatencyModel, LogNormal
+    from fedflower.engine.latency import LatencyModel, LogNormal
 
     slowest = max(LatencyModel(LogNormal(1.0), seed=0).client_slowdown(n) for n in (1, 2, 3))
     assert times[0] == pytest.approx(160 * 0.01 * slowest, rel=0.01)

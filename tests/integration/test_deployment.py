@@ -31,7 +31,7 @@ from fedflower.deploy.federation import (
     tagged,
 )
 from fedflower.deploy.local_data import read_csv
-from fedflower.run import run
+from fedflower.experiment import run
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="process clean-up reads /proc"

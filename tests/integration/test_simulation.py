@@ -1,4 +1,4 @@
-"""End to end: ``fedflower.run.run`` on the local simulation engine, its outputs, determinism.
+"""End to end: ``experiment.run`` on the local simulation engine, its outputs, determinism.
 
 The tiny federation (3 hospitals x 200 patients, 2 rounds, 300 central test patients) must
 beat ``TINY_ACCURACY``. Measured on this machine: 0.780, 0.803, 0.797, 0.790 for seeds 0-3
@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.keras_client import KerasClient
-from fedflower.run import run
+from fedflower.experiment import run
 
 TINY_ACCURACY = 0.75
 DEFAULT_ACCURACY = 0.85  # issue 3: the default run reaches at least 0.85
@@ -246,7 +246,7 @@ INSTALLED_CHECK = textwrap.dedent(
     import json, sys
     from importlib.resources import files
     import fedflower
-    from fedflower import registry
+    from fedflower.server import registry
     from hydra import compose, initialize_config_module
     with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["strategy=fedavg", "dataset=breast_cancer"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from fedflower.run import run
+from fedflower.experiment import run
 
 STRATEGIES = ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 QUIET = ["output.plots=false"]

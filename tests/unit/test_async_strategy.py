@@ -23,13 +23,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import Strategy
 
-from fedflower import async_strategy, keys
-from fedflower.async_strategy import AsyncStrategy, ClientUpdate
+from fedflower import keys
 from fedflower.engine.clock import VirtualClockGrid, WallClock
+from fedflower.engine.latency import Constant, LatencyModel, LogNormal
 from fedflower.engine.local import LocalGrid
 from fedflower.errors import ConfigError
-from fedflower.latency import Constant, LatencyModel, LogNormal
-from fedflower.server import build_strategy
+from fedflower.server.app import build_strategy, round_extra
+from fedflower.server.async_strategy import AsyncStrategy, ClientUpdate
 
 SHAPES = [(3, 2), (2,)]
 SECONDS = LatencyModel(Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9)
@@ -75,7 +75,7 @@ class Log:
         self.rows: list[dict[str, Any]] = []
 
     def __call__(self, version: int, arrays: ArrayRecord) -> MetricRecord:
-        row = async_strategy.round_extra(self.grid, self.strategy) if self.grid else {}
+        row = round_extra(self.grid, self.strategy) if self.grid else {}
         row.update(version=version, arrays=arrays.to_numpy_ndarrays())
         self.rows.append(row)
         return MetricRecord({"version": version})
@@ -297,7 +297,7 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     def wall_clock(poll_interval: float) -> WallClock:
         return WallClock(poll_interval, time_fn=fake.time, sleep_fn=fake.sleep)
 
-    monkeypatch.setattr(async_strategy, "WallClock", wall_clock)
+    monkeypatch.setattr("fedflower.server.async_strategy.WallClock", wall_clock)
     return fake
 
 

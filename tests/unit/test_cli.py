@@ -42,7 +42,7 @@ EXPECTED: dict[str, str] = {
     "unknown-strategy": "unknown option 'nope' for strategy; choose one of: ",
     "unknown-model": "unknown option 'transformer' for model",
     "zero-clients": "num_clients must be an integer >= 1, got 0",
-    "fraction-above-one": "strategy.fraction_train must be in [0, 1], got 1.5",
+    "fraction-above-one": "strategy.fraction_train must be a number in [0, 1], got 1.5",
     "more-clients-than-patients": "num_clients=1000 but breast_cancer has only 455",
     "unknown-key": "'foo'",
     "malformed-override": "[1,",

@@ -18,10 +18,10 @@ from fedflower.engine.clock import (
     build_latency,
     find_clock,
 )
+from fedflower.engine.latency import Constant, LatencyModel
 from fedflower.engine.local import LocalGrid
 from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import ConfigError
-from fedflower.latency import Constant, LatencyModel
 
 # node n (partition n - 1) has 10 * n examples: with one second per example, 10 n seconds
 SECONDS = LatencyModel(Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9)
@@ -154,14 +154,14 @@ def test_wall_clock_counts_from_creation_and_sleeps_one_poll() -> None:
 
 def test_build_latency_from_config() -> None:
     options = {
-        "_target_": "fedflower.latency.LatencyModel",
-        "slowdown": {"_target_": "fedflower.latency.LogNormal", "sigma": 1.0},
+        "_target_": "fedflower.engine.latency.LatencyModel",
+        "slowdown": {"_target_": "fedflower.engine.latency.LogNormal", "sigma": 1.0},
         "seed": 3,
     }
     model = build_latency(options)
     assert isinstance(model, LatencyModel) and model.seed == 3
     assert build_latency({"enabled": False}) is None
-    bad = {**options, "slowdown": {"_target_": "fedflower.latency.LogNormal", "sigma": -2}}
+    bad = {**options, "slowdown": {"_target_": "fedflower.engine.latency.LogNormal", "sigma": -2}}
     with pytest.raises(ConfigError, match=r"sigma must be a finite number >= 0\.0, got -2"):
         build_latency(bad)
 

@@ -13,13 +13,13 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedflower import registry
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
 from fedflower.engine import BACKENDS
 from fedflower.errors import ConfigError, PluginError
-from fedflower.run import validate
-from fedflower.server import build_strategy
+from fedflower.experiment import validate
+from fedflower.server import registry
+from fedflower.server.app import build_strategy
 
 MakeCfg = Callable[..., DictConfig]
 CONF = files("fedflower.conf")
@@ -221,11 +221,14 @@ def test_the_issue_override_example(make_cfg: MakeCfg) -> None:
         ("num_clients=abc", "num_clients"),
         ("num_clients=2.5", "num_clients"),
         ("num_rounds=0", "num_rounds"),
-        ("strategy.fraction_train=1.5", r"strategy.fraction_train must be in \[0, 1\], got 1.5"),
+        (
+            "strategy.fraction_train=1.5",
+            r"strategy.fraction_train must be a number in \[0, 1\], got 1.5",
+        ),
         ("strategy.fraction_train=-0.1", "fraction_train"),
         ("strategy.fraction_train=abc", "fraction_train"),
         ("strategy.fraction_evaluate=2", "fraction_evaluate"),
-        ("strategy.min_train_nodes=4", r"min_train_nodes=4 .*num_clients=3"),
+        ("strategy.min_train_nodes=4", r"min_train_nodes must be an integer in \[0, 3\], got 4"),
         ("strategy.min_evaluate_nodes=-1", "min_evaluate_nodes"),
         ("strategy.min_available_nodes=10", "min_available_nodes"),
         ("client.local_epochs=0", "local_epochs"),
@@ -269,7 +272,7 @@ def test_bad_overrides_do_not_compose(make_cfg: MakeCfg, overrides: list[str]) -
 @pytest.mark.parametrize("name", ["fedbuff", "fedasync"])
 def test_options_passed_on_to_the_base_are_checked_by_name(name: str) -> None:
     """Plugins that forward ``**options`` to their base still get unknown options rejected."""
-    from fedflower.server import build_strategy
+    from fedflower.server.app import build_strategy
 
     strategy = build_strategy({"name": name, "concurrency": 3, "max_staleness": 4})
     assert strategy.max_staleness == 4

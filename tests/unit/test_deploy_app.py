@@ -20,13 +20,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import DictConfig
 
 from fedflower.client.keras_client import KerasClient
+from fedflower.components import model_factory
 from fedflower.data.source import ClientData
 from fedflower.deploy.app import NodeClient, client_app, num_classes_of, server_app
 from fedflower.deploy.config import experiment_config, output_dir, split_overrides
 from fedflower.engine.local import LocalGrid
 from fedflower.errors import ConfigError, DataError
-from fedflower.run import run
-from fedflower.runtime import model_factory
+from fedflower.experiment import run
 
 COMPARED = ("round", "loss", "accuracy", "fed_loss", "fed_accuracy", "bytes_down", "bytes_up")
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from fedflower.deploy.local_data import load_file, node_data, read_csv, write_csv
 from fedflower.errors import DataError
-from fedflower.run import load_data
+from fedflower.experiment import load_data
 
 
 def table(n: int = 20, f: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

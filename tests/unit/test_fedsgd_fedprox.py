@@ -9,14 +9,15 @@ from fedflower.strategies.fedprox import FedProx
 from fedflower.strategies.fedsgd import FULL_BATCH, FedSGD
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedflower import keys, registry
+from fedflower import keys
 from fedflower.client import KerasClient
 from fedflower.client.app import to_client_app
 from fedflower.data.source import ClientData
 from fedflower.errors import ConfigError
 from fedflower.models import compile_model, logreg
-from fedflower.server import build_strategy
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server import registry
+from fedflower.server.app import build_strategy
+from fedflower.server.checked import CheckedFedAvg
 
 NODES = [1, 2, 3]
 WEIGHTS = [10, 30, 60]

@@ -1,4 +1,4 @@
-"""fedflower.latency: task durations follow the documented formula and are seeded per client."""
+"""engine.latency: task durations follow the documented formula and are seeded per client."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from fedflower.engine.latency import Constant, LatencyModel, LogNormal, Pareto, Uniform
 from fedflower.errors import ConfigError
-from fedflower.latency import Constant, LatencyModel, LogNormal, Pareto, Uniform
 
 
 def test_duration_formula() -> None:

@@ -1,4 +1,4 @@
-"""Strategy discovery via entry points (fedflower.registry); plugin configs on Hydra's path."""
+"""Strategy discovery via entry points (server.registry); plugin configs on Hydra's path."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from fedflower.strategies.fedavg import FedAvg
 from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 from omegaconf import DictConfig
 
-from fedflower import registry
 from fedflower.errors import PluginError
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server import registry
+from fedflower.server.checked import CheckedFedAvg
 from hydra_plugins.fedflower_searchpath import FedflowerPluginConfigs
 
 BUILT_IN = ["fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedsgd", "fedyogi"]
@@ -67,7 +67,7 @@ def test_broken_plugin_warns_and_is_skipped(
 ) -> None:
     fake_eps.add(registry.GROUP, "broken", "no_such_module_for_fedflower:Strategy")
     fake_eps.add(registry.GROUP, "typo", "fedflower.strategies.fedavg:NoSuchClass")
-    with caplog.at_level(logging.WARNING, logger="fedflower.registry"):
+    with caplog.at_level(logging.WARNING, logger="fedflower.server.registry"):
         infos = registry.available()
     names = [i.name for i in infos]
     assert "broken" not in names and "typo" not in names
@@ -102,7 +102,7 @@ def test_duplicate_name_keeps_the_first_and_warns(
     fake_eps: FakeEntryPoints, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_eps.add(registry.GROUP, "fedavg", "fedflower.strategies.fedprox:FedProx")
-    with caplog.at_level(logging.WARNING, logger="fedflower.registry"):
+    with caplog.at_level(logging.WARNING, logger="fedflower.server.registry"):
         assert registry.load("fedavg") is FedAvg
     assert "registered twice" in caplog.text
 
@@ -114,7 +114,7 @@ def test_config_entry_points_become_pkg_search_paths(
     fake_eps.add(registry.CONF_GROUP, "zeta", "zeta_plugin.conf")
     fake_eps.add(registry.CONF_GROUP, "alpha", "alpha_plugin.conf")
     fake_eps.add(registry.CONF_GROUP, "bad", "not a module!")
-    with caplog.at_level(logging.WARNING, logger="fedflower.registry"):
+    with caplog.at_level(logging.WARNING, logger="fedflower.server.registry"):
         paths = registry.config_search_paths()
     assert ("fedflower-plugin:alpha", "pkg://alpha_plugin.conf") in paths
     assert ("fedflower-plugin:zeta", "pkg://zeta_plugin.conf") in paths

@@ -18,11 +18,12 @@ from fedflower.strategies.fedyogi import FedYogi
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
 
-from fedflower import aggregation, keys, registry
+from fedflower import aggregation, keys
 from fedflower.aggregation import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
-from fedflower.errors import ConfigError
-from fedflower.server import build_strategy
-from fedflower.strategy import CheckedFedAvg
+from fedflower.errors import ConfigError, UpdateRejected
+from fedflower.server import registry
+from fedflower.server.app import build_strategy
+from fedflower.server.checked import CheckedFedAvg
 
 SHAPES = [(4, 3), (3,)]
 NODES = [5, 6, 7]
@@ -139,7 +140,7 @@ def test_bad_hyperparameters_are_config_errors(make) -> None:
 
 
 def test_mismatched_target_is_rejected() -> None:
-    with pytest.raises(aggregation.UpdateRejected, match="shape"):
+    with pytest.raises(UpdateRejected, match="shape"):
         ServerAdam().step(arrays(0), [np.zeros((4, 3)), np.zeros(4)])
 
 

@@ -1,4 +1,4 @@
-"""fedflower.staleness: staleness functions, the FedBuff buffer and FedAsync mixing vs NumPy."""
+"""aggregation.staleness: staleness functions, the FedBuff buffer and FedAsync mixing vs NumPy."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from fedflower.aggregation import ServerSGD, weighted_mean
-from fedflower.errors import ConfigError, UpdateRejected
-from fedflower.staleness import (
+from fedflower.aggregation.staleness import (
     Constant,
     FedBuffServer,
     Hinge,
@@ -21,6 +20,7 @@ from fedflower.staleness import (
     mix,
     optimizer_step,
 )
+from fedflower.errors import ConfigError, UpdateRejected
 
 SHAPES = [(3, 4), (4,), (2, 3, 5), ()]
 

@@ -1,4 +1,4 @@
-"""Stragglers (fedflower.stragglers): the seeded plan and the Grid wrapper that applies it."""
+"""Stragglers (engine.stragglers): the seeded plan and the Grid wrapper that applies it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from fedflower.strategies.fedprox import FedProx
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedflower import keys
+from fedflower.engine.stragglers import StragglerGrid, plan_round, straggler_grid
 from fedflower.errors import ConfigError
-from fedflower.stragglers import StragglerGrid, plan_round, straggler_grid
 
 NODES = list(range(101, 111))
 

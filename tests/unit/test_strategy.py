@@ -19,8 +19,9 @@ from flwr.app import (
 )
 from flwr.common.constant import ErrorCode
 
-from fedflower import keys, registry
-from fedflower.strategy import CheckedFedAvg
+from fedflower import keys
+from fedflower.server import registry
+from fedflower.server.checked import CheckedFedAvg
 
 SHAPES = [(5, 3), (3,), (3, 1), (1,)]
 NODES = [11, 12, 13, 14]

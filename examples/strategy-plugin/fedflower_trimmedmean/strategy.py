@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server.checked import CheckedFedAvg
 
 
 class TrimmedMean(CheckedFedAvg):

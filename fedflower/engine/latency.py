@@ -150,7 +150,7 @@ class LatencyModel:
         if slowdown is not None and not isinstance(slowdown, Slowdown):
             raise ConfigError(
                 f"latency: slowdown must be a Slowdown distribution, got {slowdown!r}; "
-                "use e.g. latency.slowdown._target_=fedflower.latency.LogNormal"
+                "use e.g. latency.slowdown._target_=fedflower.engine.latency.LogNormal"
             )
         self.slowdown = slowdown or Constant()
         self.seconds_per_example = _number(

@@ -51,9 +51,9 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedflower import aggregation, keys
+from fedflower.aggregation.staleness import StalenessFn, make_staleness
 from fedflower.engine.clock import Clock, WallClock, find_clock
 from fedflower.errors import ConfigError, UpdateRejected
-from fedflower.staleness import StalenessFn, make_staleness
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class AsyncStrategy(Strategy):
         Clients training at the same time (fewer if fewer nodes are connected).
     staleness : str or mapping
         Staleness function ``s(tau)``: ``constant``, ``polynomial`` or ``hinge``, or a mapping
-        such as ``{"name": "hinge", "a": 10, "b": 4}`` (see :mod:`fedflower.staleness`).
+        such as ``{"name": "hinge", "a": 10, "b": 4}`` (see :mod:`fedflower.aggregation.staleness`).
     max_staleness : int, optional
         Updates staler than this are dropped and counted; ``None`` keeps all.
     evaluate_every : int
@@ -457,7 +457,7 @@ class AsyncStrategy(Strategy):
     def _reset_report(self) -> None:
         self._report = {"version": self.version, "staleness": []}
 
-    def take_report(self) -> dict[str, Any]:
+    def round_report(self) -> dict[str, Any]:
         """Per-version metrics since the last call (for the recorder), then reset them.
 
         Returns ``version``, ``staleness_mean`` and ``staleness_max`` of the updates folded
@@ -479,6 +479,17 @@ class AsyncStrategy(Strategy):
         return report
 
     # -- Flower's Strategy interface ----------------------------------------------------------
+    def run_report(self) -> dict[str, Any]:
+        """Totals for ``results.json``: server versions and the task counts of the whole run."""
+        counts = ("tasks", "folded", "dropped", "failed", "unfinished")
+        return {
+            "async": {
+                "versions": self.version,
+                **{k: self.totals.get(k, 0) for k in counts},
+                "rejected": self.rejected,
+            }
+        }
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -548,36 +559,3 @@ class AsyncStrategy(Strategy):
 
     def _log_settings(self, **settings: Any) -> None:
         log.info("%s: %s", type(self).__name__, " ".join(f"{k}={v!r}" for k, v in settings.items()))
-
-
-def round_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
-    """The extra fields of a metrics row: virtual time and asynchronous statistics.
-
-    ``virtual_time`` is the grid's clock when it has one; asynchronous strategies add their
-    :meth:`AsyncStrategy.take_report`.
-    """
-    extra: dict[str, Any] = {}
-    clock = find_clock(grid)
-    if clock is not None:
-        extra["virtual_time"] = float(clock.now)
-    if isinstance(strategy, AsyncStrategy):
-        extra.update(strategy.take_report())
-    return extra
-
-
-def run_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
-    """Totals for ``results.json``: the final virtual time and the asynchronous counts."""
-    extra: dict[str, Any] = {}
-    clock = find_clock(grid)
-    if clock is not None:
-        extra["virtual_time"] = float(clock.now)
-    if isinstance(strategy, AsyncStrategy):
-        extra["async"] = {
-            "versions": strategy.version,
-            **{
-                k: strategy.totals.get(k, 0)
-                for k in ("tasks", "folded", "dropped", "failed", "unfinished")
-            },
-            "rejected": strategy.rejected,
-        }
-    return extra

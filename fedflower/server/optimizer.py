@@ -3,7 +3,7 @@
 Flower's ``FedAvgM``/``FedAdam``/``FedYogi``/``FedAdagrad`` provide the constructor options
 (``server_learning_rate``, ``server_momentum``, ``eta``, ``beta_1``, ``beta_2``, ``tau``), the
 logged summary and the round plumbing; :class:`ServerOptStrategy` replaces only their
-aggregation: :class:`~fedflower.strategy.CheckedFedAvg` averages the accepted updates and a
+aggregation: :class:`~fedflower.server.checked.CheckedFedAvg` averages the accepted updates and a
 pure-NumPy :class:`~fedflower.aggregation.ServerOptimizer` takes the step (Reddi et al. 2021,
 "Adaptive Federated Optimization", arXiv:2003.00295). A plugin combines them as
 ``class FedAdam(ServerOptStrategy, flwr.serverapp.strategy.FedAdam)``.
@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 
 from fedflower.aggregation import ServerOptimizer
 from fedflower.errors import UpdateRejected
-from fedflower.strategy import CheckedFedAvg
+from fedflower.server.checked import CheckedFedAvg
 
 
 class ServerOptStrategy(CheckedFedAvg):

@@ -1,6 +1,6 @@
 """What every process that trains needs, with light imports: TensorFlow threads, the model.
 
-The simulation (:mod:`fedflower.run`) and a deployed SuperNode
+The simulation (:mod:`fedflower.experiment`) and a deployed SuperNode
 (:mod:`fedflower.deploy.app`) both build their model and limit TensorFlow's threads with
 these functions. Only Keras, TensorFlow and Hydra are imported, so a slim SuperNode install
 (no simulation, dataset or plotting packages) can use them.

@@ -11,17 +11,16 @@ import keras
 from flwr.serverapp import ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from fedflower.async_strategy import run_extra
 from fedflower.client.app import keras_client_fn, to_client_app
+from fedflower.components import configure_threads, instantiate_data, model_factory
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
-from fedflower.recorder import Recorder
-from fedflower.runtime import configure_threads, instantiate_data, model_factory
-from fedflower.server import make_server_app, model_nbytes
+from fedflower.server.app import make_server_app, model_nbytes, run_extra
+from fedflower.server.recorder import Recorder
 from fedflower.validation import validate
 
 log = logging.getLogger(__name__)

@@ -13,16 +13,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedflower import keys, registry
-from fedflower.async_strategy import round_extra
-from fedflower.client.keras_client import evaluate
+from fedflower import keys
 from fedflower.data.source import TabularSource
-from fedflower.engine.clock import VirtualClockGrid
+from fedflower.engine.clock import VirtualClockGrid, find_clock
+from fedflower.engine.latency import LatencyModel
 from fedflower.engine.metered import MeteredGrid
+from fedflower.engine.stragglers import straggler_grid
 from fedflower.errors import ConfigError
-from fedflower.latency import LatencyModel
-from fedflower.recorder import Recorder
-from fedflower.stragglers import straggler_grid
+from fedflower.models import evaluate
+from fedflower.server import registry
+from fedflower.server.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,32 @@ def train_config(client: dict[str, Any]) -> ConfigRecord:
 def model_nbytes(weights: list[np.ndarray]) -> int:
     """Raw size of a model's weights in bytes."""
     return int(sum(w.nbytes for w in weights))
+
+
+def _report(grid: Grid, strategy: Strategy, hook: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    clock = find_clock(grid)
+    if clock is not None:
+        extra["virtual_time"] = float(clock.now)
+    report = getattr(strategy, hook, None)
+    if callable(report):
+        extra.update(report())
+    return extra
+
+
+def round_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
+    """The extra fields of a metrics row: virtual time and the strategy's ``round_report()``.
+
+    A strategy reports its own metrics (asynchronous statistics, privacy budget, ...) by
+    defining ``round_report() -> dict`` (since the last call) and ``run_report() -> dict``
+    (totals for ``results.json``); both are optional.
+    """
+    return _report(grid, strategy, "round_report")
+
+
+def run_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
+    """Totals for ``results.json``: the final virtual time and the strategy's ``run_report()``."""
+    return _report(grid, strategy, "run_report")
 
 
 def make_server_app(

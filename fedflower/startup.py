@@ -1,0 +1,52 @@
+"""What every entry point does first: environment defaults, config names, quiet imports.
+
+The ``fedflower`` command, the deployment tools and a SuperNode's ClientApp import this module
+(not the Hydra command line): it imports nothing heavy itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+CONFIG_MODULE = "fedflower.conf"
+CONFIG_NAME = "config"
+EXIT_USAGE = 2
+
+
+def set_environment_defaults() -> None:
+    """Quiet defaults for TensorFlow's C++ log and flwr-datasets' progress bars (user's wins)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
+    os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
+
+
+def quiet_tensorflow_import() -> None:
+    """Import TensorFlow with its C++ start-up banner (oneDNN, absl) sent to /dev/null."""
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def hydra_error_line(exc: Exception) -> str:
+    """One line from a Hydra/OmegaConf composition error: what is unknown and what exists."""
+    text = str(exc).strip()
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+        hint = f"; choose one of: {', '.join(options)}" if options else ""
+        return f"unknown option {option!r} for {group}{hint}"
+    key = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
+    if key:
+        name = key.group(1) or key.group(2)
+        return f"unknown config key {name!r} (to add a new key on purpose: +{name}=...)"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
