@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedflower import aggregation
 from fedflower.errors import UpdateRejected
+from fedflower.server.replies import unpack_reply
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +40,13 @@ class CheckedFedAvg(FlowerFedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def _unpack(self, reply: Message) -> tuple[list[str], list[np.ndarray], float]:
-        content = reply.content
-        if self.arrayrecord_key not in content.array_records:
-            raise UpdateRejected(f"reply has no {self.arrayrecord_key!r} ArrayRecord")
-        record = content.array_records[self.arrayrecord_key]
-        weights = [
-            m[self.weighted_by_key]
-            for m in content.metric_records.values()
-            if self.weighted_by_key in m
-        ]
-        if len(weights) != 1:
-            raise UpdateRejected(f"reply must carry exactly one {self.weighted_by_key!r} metric")
-        weight = float(weights[0])  # type: ignore[arg-type]
-        if not np.isfinite(weight) or weight < 0:
-            raise UpdateRejected(f"{self.weighted_by_key!r} must be finite and >= 0, got {weight}")
-        names = list(record.keys())
-        if self._reference_names is not None and names != self._reference_names:
-            raise UpdateRejected(
-                f"update's array names {names[:3]}... differ from the model's "
-                f"{self._reference_names[:3]}..."
-            )
-        arrays = record.to_numpy_ndarrays()
-        if self._reference is not None:
-            aggregation.check_update(arrays, self._reference)
-        return names, arrays, weight
+        return unpack_reply(
+            reply,
+            arrayrecord_key=self.arrayrecord_key,
+            weighted_by_key=self.weighted_by_key,
+            names=self._reference_names,
+            reference=self._reference,
+        )
 
     def accepted_updates(
         self, replies: Iterable[Message]
