@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedflower.aggregation.staleness import mix
-from fedflower.errors import ConfigError
+from fedflower.checks import check_number
 from fedflower.server.async_strategy import Arrays, AsyncStrategy, ClientUpdate
 
 
@@ -38,9 +38,7 @@ class FedAsync(AsyncStrategy):
         **options: Any,
     ) -> None:
         super().__init__(concurrency=concurrency, **options)
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
-            raise ConfigError(f"alpha must be a number in (0, 1], got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = float(check_number("alpha", alpha, minimum=0, maximum=1, min_open=True))
 
     def fold(self, update: ClientUpdate) -> Arrays | None:
         """Mix the client's model into the global one with weight ``alpha * s(tau)``."""

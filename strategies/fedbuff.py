@@ -16,6 +16,7 @@ from typing import Any
 
 from fedflower import aggregation
 from fedflower.aggregation.staleness import FedBuffServer, delta, optimizer_step
+from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError
 from fedflower.server.async_strategy import Arrays, AsyncStrategy, ClientUpdate
 
@@ -29,11 +30,9 @@ SERVER_OPTIMIZERS: dict[str, type[aggregation.ServerOptimizer]] = {
 
 def build_server_optimizer(spec: dict[str, Any]) -> aggregation.ServerOptimizer:
     """A server optimizer from ``{"name": sgd|adam|yogi|adagrad, **its parameters}``."""
-    if not isinstance(spec, dict) or spec.get("name") not in SERVER_OPTIMIZERS:
-        raise ConfigError(
-            f"server_optimizer must be null or a mapping with name one of "
-            f"{', '.join(SERVER_OPTIMIZERS)}, got {spec!r}"
-        )
+    if not isinstance(spec, dict):
+        raise ConfigError(f"server_optimizer must be null or a mapping with a name, got {spec!r}")
+    check_choice("server_optimizer.name", spec.get("name"), SERVER_OPTIMIZERS)
     params = {k: v for k, v in spec.items() if k != "name"}
     try:
         return SERVER_OPTIMIZERS[spec["name"]](**params)
@@ -79,15 +78,11 @@ class FedBuff(AsyncStrategy):
         **options: Any,
     ) -> None:
         super().__init__(concurrency=concurrency, **options)
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-            raise ConfigError(f"buffer_size must be an integer >= 1, got {buffer_size!r}")
-        if not isinstance(server_lr, int | float) or not server_lr > 0:
-            raise ConfigError(f"server_lr must be a number > 0, got {server_lr!r}")
-        if not isinstance(server_momentum, int | float) or not 0 <= server_momentum < 1:
-            raise ConfigError(f"server_momentum must be in [0, 1), got {server_momentum!r}")
-        self.buffer_size = buffer_size
-        self.server_lr = float(server_lr)
-        self.server_momentum = float(server_momentum)
+        self.buffer_size = check_number("buffer_size", buffer_size, minimum=1, integer=True)
+        self.server_lr = float(check_number("server_lr", server_lr, minimum=0, min_open=True))
+        self.server_momentum = float(
+            check_number("server_momentum", server_momentum, minimum=0, maximum=1, max_open=True)
+        )
         self.weighted = bool(weighted)
         self.server_optimizer = None if server_optimizer is None else dict(server_optimizer)
         if self.server_optimizer is not None:

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedflower import aggregation, keys
+from fedflower.checks import check_number
 from fedflower.errors import UpdateRejected
 from fedflower.server.checked import CheckedFedAvg
 
@@ -71,7 +72,9 @@ class FedSGD(CheckedFedAvg):
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
-        self.server_learning_rate = aggregation.ServerSGD(server_learning_rate).learning_rate
+        self.server_learning_rate = float(
+            check_number("server_learning_rate", server_learning_rate, minimum=0, min_open=True)
+        )
         self.weighted = bool(weighted)
         self.full_batch = bool(full_batch)
 

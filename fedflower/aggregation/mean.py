@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from fedflower.errors import ConfigError, UpdateRejected
+from fedflower.checks import check_choice
+from fedflower.errors import UpdateRejected
 
 Arrays = list[np.ndarray]
 
@@ -55,11 +56,7 @@ class WeightedMean:
     """
 
     def __init__(self, accumulator: str = "float64") -> None:
-        if accumulator not in ACCUMULATORS:
-            raise ConfigError(
-                f"accumulator must be one of {', '.join(ACCUMULATORS)}, got {accumulator!r}"
-            )
-        self.accumulator = accumulator
+        self.accumulator = check_choice("accumulator", accumulator, ACCUMULATORS)
         self._sums: Arrays | None = None
         self._scratch: Arrays = []
         self._dtypes: list[np.dtype] = []
@@ -123,6 +120,13 @@ class WeightedMean:
                     np.add(out, t, out=out)
         self.total_weight += float(sum(w for _, w in updates))
         self.count += len(updates)
+
+    def reset(self) -> None:
+        """Forget the updates added so far, keeping the accumulator's memory for the next ones."""
+        for acc in self._sums or []:
+            acc.fill(0)
+        self.total_weight = 0.0
+        self.count = 0
 
     def result(self) -> Arrays:
         """Return the weighted mean, cast back to each array's dtype (integers rounded)."""

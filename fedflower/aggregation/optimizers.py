@@ -7,16 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedflower.aggregation.mean import Arrays, _floating
-from fedflower.errors import ConfigError, UpdateRejected
-
-
-def _check_range(name: str, value: float, low: float, high: float | None = None) -> float:
-    value = float(value)
-    ok = np.isfinite(value) and value >= low and (high is None or value < high)
-    if not ok:
-        allowed = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
-    return value
+from fedflower.checks import check_number
+from fedflower.errors import UpdateRejected
 
 
 class ServerOptimizer:
@@ -70,10 +62,12 @@ class ServerSGD(ServerOptimizer):
     """
 
     def __init__(self, learning_rate: float = 1.0, momentum: float = 0.0) -> None:
-        self.learning_rate = _check_range("server learning rate", learning_rate, 0.0)
-        if self.learning_rate == 0.0:
-            raise ConfigError("server learning rate must be > 0, got 0.0")
-        self.momentum = _check_range("server momentum", momentum, 0.0, 1.0)
+        self.learning_rate = float(
+            check_number("server_learning_rate", learning_rate, minimum=0, min_open=True)
+        )
+        self.momentum = float(
+            check_number("server_momentum", momentum, minimum=0, maximum=1, max_open=True)
+        )
         self.m: Arrays | None = None
 
     def step(self, params: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> Arrays:
@@ -116,12 +110,10 @@ class ServerAdaptive(ServerOptimizer):
     def __init__(
         self, eta: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3
     ) -> None:
-        self.eta = _check_range("eta", eta, 0.0)
-        self.beta_1 = _check_range("beta_1", beta_1, 0.0, 1.0)
-        self.beta_2 = _check_range("beta_2", beta_2, 0.0, 1.0)
-        self.tau = _check_range("tau", tau, 0.0)
-        if self.eta == 0.0 or self.tau == 0.0:
-            raise ConfigError(f"eta and tau must be > 0, got eta={eta!r}, tau={tau!r}")
+        self.eta = float(check_number("eta", eta, minimum=0, min_open=True))
+        self.beta_1 = float(check_number("beta_1", beta_1, minimum=0, maximum=1, max_open=True))
+        self.beta_2 = float(check_number("beta_2", beta_2, minimum=0, maximum=1, max_open=True))
+        self.tau = float(check_number("tau", tau, minimum=0, min_open=True))
         self.m: Arrays | None = None
         self.v: Arrays | None = None
 

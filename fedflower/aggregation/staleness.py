@@ -21,7 +21,6 @@ Memory does not grow with the buffer size: one float64 accumulator per layer.
 from __future__ import annotations
 
 import inspect
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -29,7 +28,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedflower.aggregation import ServerOptimizer
+from fedflower.aggregation.mean import WeightedMean
+from fedflower.aggregation.optimizers import ServerOptimizer
+from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError, UpdateRejected
 
 Arrays = list[np.ndarray]
@@ -43,12 +44,8 @@ def _check_tau(tau: int) -> int:
     return int(tau)
 
 
-def _check_param(owner: str, name: str, value: float, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"staleness {owner}: {name} must be a finite number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"staleness {owner}: {name} must be >= {minimum}, got {value!r}")
-    return float(value)
+def _check_param(name: str, value: float) -> float:
+    return float(check_number(f"staleness.{name}", value, minimum=0))
 
 
 class StalenessFn(ABC):
@@ -93,7 +90,7 @@ class Polynomial(StalenessFn):
     name = "polynomial"
 
     def __init__(self, a: float = 0.5) -> None:
-        self.a = _check_param(self.name, "a", a)
+        self.a = _check_param("a", a)
 
     def __call__(self, tau: int) -> float:  # noqa: D102
         return float((_check_tau(tau) + 1.0) ** (-self.a))
@@ -113,8 +110,8 @@ class Hinge(StalenessFn):
     name = "hinge"
 
     def __init__(self, a: float = 10.0, b: float = 4.0) -> None:
-        self.a = _check_param(self.name, "a", a)
-        self.b = _check_param(self.name, "b", b)
+        self.a = _check_param("a", a)
+        self.b = _check_param("b", b)
 
     def __call__(self, tau: int) -> float:  # noqa: D102
         tau = _check_tau(tau)
@@ -152,10 +149,7 @@ def make_staleness(spec: str | Mapping[str, Any] | StalenessFn | None) -> Stalen
         raise ConfigError(
             f"staleness must be a name or a mapping with 'name', got {type(spec).__name__}"
         )
-    if name not in STALENESS_FUNCTIONS:
-        raise ConfigError(
-            f"unknown staleness function {name!r}; choose one of {', '.join(STALENESS_FUNCTIONS)}"
-        )
+    check_choice("staleness.name", name, STALENESS_FUNCTIONS)
     cls = STALENESS_FUNCTIONS[name]
     # parameters of the other functions (left over after switching ``name`` by an override)
     # are ignored; anything else is a typo and fails below
@@ -211,6 +205,9 @@ class StalenessBuffer:
     The mean is normalized by the client weights ``w_i`` alone, so stale updates shrink the
     step instead of only re-weighting it (with ``w_i = 1`` this is FedBuff's ``1/K``
     normalization; with ``w_i`` = examples and constant ``s`` it is FedAvg's weighted mean).
+    The deltas are folded by :class:`~fedflower.aggregation.WeightedMean` (float64, block by
+    block) with weights ``w_i s(tau_i)``; its mean is rescaled by
+    ``sum_i w_i s(tau_i) / sum_i w_i`` (exactly 1 with constant staleness).
 
     Parameters
     ----------
@@ -221,12 +218,9 @@ class StalenessBuffer:
     """
 
     def __init__(self, size: int, staleness: StalenessFn | None = None) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"buffer size must be an integer >= 1, got {size!r}")
-        self.size = size
+        self.size = check_number("buffer_size", size, minimum=1, integer=True)
         self.staleness = staleness or Constant()
-        self._sums: Arrays | None = None
-        self._scratch: Arrays = []
+        self._mean = WeightedMean()
         self.total_weight = 0.0
         self.count = 0
 
@@ -248,34 +242,23 @@ class StalenessBuffer:
         if self.full:
             raise ValueError(f"the buffer already holds {self.size} updates; call take() first")
         factor = float(weight) * self.staleness(staleness)
-        if self._sums is None:
-            self._sums = [np.zeros(np.shape(a), dtype=np.float64) for a in update]
-            self._scratch = [np.empty(np.shape(a), dtype=np.float64) for a in update]
-        elif len(update) != len(self._sums):
-            raise UpdateRejected(
-                f"update has {len(update)} arrays, the buffer's first update had {len(self._sums)}"
-            )
-        for acc, arr in zip(self._sums, update, strict=True):
-            if np.shape(arr) != acc.shape:
-                raise UpdateRejected(
-                    f"update array of shape {np.shape(arr)} does not match {acc.shape}"
-                )
-        for acc, tmp, arr in zip(self._sums, self._scratch, update, strict=True):
-            np.multiply(arr, factor, out=tmp)
-            acc += tmp
+        self._mean.add([np.asarray(a, dtype=np.float64) for a in update], factor)
         self.total_weight += float(weight)
         self.count += 1
         return self.full
 
     def take(self) -> Arrays:
         """Return the buffer's weighted mean delta (float64) and empty the buffer."""
-        if self._sums is None or self.count == 0:
+        if self.count == 0:
             raise ValueError("the buffer is empty")
         if self.total_weight <= 0:
             raise UpdateRejected("the total weight of the buffered updates is zero")
-        mean = [acc / self.total_weight for acc in self._sums]
-        for acc in self._sums:
-            acc.fill(0.0)
+        mean = self._mean.result()
+        scale = self._mean.total_weight / self.total_weight
+        if scale != 1.0:
+            for m in mean:
+                m *= scale
+        self._mean.reset()
         self.total_weight = 0.0
         self.count = 0
         return mean
@@ -294,8 +277,6 @@ class FedBuffServer:
         Down-weighting of stale updates; constant by default.
     server_lr : float
         Server learning rate ``eta_g`` of the default step ``x <- x + eta_g * mean_delta``.
-    max_staleness : int, optional
-        Updates staler than this are dropped (and counted in :attr:`dropped`).
     step : callable, optional
         ``(model, mean_delta) -> new model``, e.g. :func:`optimizer_step` of a server
         optimizer; overrides ``server_lr``.
@@ -317,33 +298,17 @@ class FedBuffServer:
         buffer_size: int,
         staleness: StalenessFn | None = None,
         server_lr: float = 1.0,
-        max_staleness: int | None = None,
         step: Step | None = None,
     ) -> None:
-        if max_staleness is not None and (
-            isinstance(max_staleness, bool)
-            or not isinstance(max_staleness, int)
-            or max_staleness < 0
-        ):
-            raise ConfigError(
-                f"max_staleness must be null or an integer >= 0, got {max_staleness!r}"
-            )
-        if not math.isfinite(server_lr) or server_lr <= 0:
-            raise ConfigError(f"server_lr must be a finite number > 0, got {server_lr!r}")
+        server_lr = check_number("server_lr", server_lr, minimum=0, min_open=True)
         self.model: Arrays = [np.asarray(a) for a in model]
         self.buffer = StalenessBuffer(buffer_size, staleness)
-        self.max_staleness = max_staleness
         self.step = step or partial(apply_delta, server_lr=server_lr)
         self.version = 0
-        self.dropped = 0
 
     def add(self, update: Sequence[np.ndarray], weight: float, staleness: int) -> bool:
         """Fold one client delta; return whether the global model was updated."""
-        staleness = _check_tau(staleness)
-        if self.max_staleness is not None and staleness > self.max_staleness:
-            self.dropped += 1
-            return False
-        if not self.buffer.add(update, weight, staleness):
+        if not self.buffer.add(update, weight, _check_tau(staleness)):
             return False
         self.model = self.step(self.model, self.buffer.take())
         self.version += 1

@@ -21,15 +21,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from fedflower.checks import check_number
 from fedflower.errors import ConfigError
-
-
-def _number(owner: str, name: str, value: float, *, minimum: float, strict: bool) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(f"latency {owner}: {name} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 class Slowdown(ABC):
@@ -54,7 +47,7 @@ class Constant(Slowdown):
     """
 
     def __init__(self, value: float = 1.0) -> None:
-        self.value = _number("constant", "value", value, minimum=0.0, strict=True)
+        self.value = float(check_number("latency.slowdown.value", value, minimum=0, min_open=True))
 
     def sample(self, rng: np.random.Generator) -> float:  # noqa: D102
         return self.value
@@ -70,8 +63,8 @@ class Uniform(Slowdown):
     """
 
     def __init__(self, low: float = 0.5, high: float = 2.0) -> None:
-        self.low = _number("uniform", "low", low, minimum=0.0, strict=True)
-        self.high = _number("uniform", "high", high, minimum=self.low, strict=False)
+        self.low = float(check_number("latency.slowdown.low", low, minimum=0, min_open=True))
+        self.high = float(check_number("latency.slowdown.high", high, minimum=self.low))
 
     def sample(self, rng: np.random.Generator) -> float:  # noqa: D102
         return float(rng.uniform(self.low, self.high))
@@ -90,8 +83,10 @@ class LogNormal(Slowdown):
     """
 
     def __init__(self, sigma: float = 1.0, median: float = 1.0) -> None:
-        self.sigma = _number("lognormal", "sigma", sigma, minimum=0.0, strict=False)
-        self.median = _number("lognormal", "median", median, minimum=0.0, strict=True)
+        self.sigma = float(check_number("latency.slowdown.sigma", sigma, minimum=0))
+        self.median = float(
+            check_number("latency.slowdown.median", median, minimum=0, min_open=True)
+        )
 
     def sample(self, rng: np.random.Generator) -> float:  # noqa: D102
         return float(self.median * math.exp(self.sigma * rng.standard_normal()))
@@ -109,8 +104,10 @@ class Pareto(Slowdown):
     """
 
     def __init__(self, shape: float = 1.5, minimum: float = 1.0) -> None:
-        self.shape = _number("pareto", "shape", shape, minimum=0.0, strict=True)
-        self.minimum = _number("pareto", "minimum", minimum, minimum=0.0, strict=True)
+        self.shape = float(check_number("latency.slowdown.shape", shape, minimum=0, min_open=True))
+        self.minimum = float(
+            check_number("latency.slowdown.minimum", minimum, minimum=0, min_open=True)
+        )
 
     def sample(self, rng: np.random.Generator) -> float:  # noqa: D102
         return float(self.minimum * (1.0 + rng.pareto(self.shape)))
@@ -153,15 +150,15 @@ class LatencyModel:
                 "use e.g. latency.slowdown._target_=fedflower.engine.latency.LogNormal"
             )
         self.slowdown = slowdown or Constant()
-        self.seconds_per_example = _number(
-            "model", "seconds_per_example", seconds_per_example, minimum=0.0, strict=False
+        self.seconds_per_example = float(
+            check_number("latency.seconds_per_example", seconds_per_example, minimum=0)
         )
-        self.eval_cost = _number("model", "eval_cost", eval_cost, minimum=0.0, strict=False)
-        self.bandwidth_mbps = _number(
-            "model", "bandwidth_mbps", bandwidth_mbps, minimum=0.0, strict=True
+        self.eval_cost = float(check_number("latency.eval_cost", eval_cost, minimum=0))
+        self.bandwidth_mbps = float(
+            check_number("latency.bandwidth_mbps", bandwidth_mbps, minimum=0, min_open=True)
         )
-        self.latency_s = _number("model", "latency_s", latency_s, minimum=0.0, strict=False)
-        self.jitter = _number("model", "jitter", jitter, minimum=0.0, strict=False)
+        self.latency_s = float(check_number("latency.latency_s", latency_s, minimum=0))
+        self.jitter = float(check_number("latency.jitter", jitter, minimum=0))
         self.seed = int(seed)
         self._slowdowns: dict[int, float] = {}
 

@@ -24,9 +24,9 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedflower import keys
+from fedflower.checks import check_number
 from fedflower.determinism import derive_seed
 from fedflower.engine.wrapper import GridWrapper
-from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ class StragglerGrid(GridWrapper):
         seed: int,
         config_key: str = keys.CONFIG,
     ) -> None:
-        if not (isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0):
-            raise ConfigError(f"client.straggler_fraction must be in [0, 1], got {fraction!r}")
         super().__init__(grid)
-        self.fraction = float(fraction)
+        self.fraction = float(
+            check_number("client.straggler_fraction", fraction, minimum=0.0, maximum=1.0)
+        )
         self.drop = bool(drop)
         self.seed = int(seed)
         self.config_key = config_key

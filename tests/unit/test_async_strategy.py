@@ -381,9 +381,15 @@ def test_real_threads_real_clock_run_to_completion() -> None:
     [
         ({"name": "fedbuff", "buffer_size": 0}, "buffer_size must be an integer >= 1, got 0"),
         ({"name": "fedbuff", "concurrency": 0}, "concurrency must be an integer >= 1, got 0"),
-        ({"name": "fedbuff", "server_momentum": 1.0}, r"server_momentum must be in \[0, 1\)"),
-        ({"name": "fedbuff", "server_optimizer": {"name": "lamb"}}, "names one of|name one of"),
-        ({"name": "fedbuff", "staleness": "linear"}, "unknown staleness function 'linear'"),
+        (
+            {"name": "fedbuff", "server_momentum": 1.0},
+            r"server_momentum must be a number in \[0, 1\)",
+        ),
+        (
+            {"name": "fedbuff", "server_optimizer": {"name": "lamb"}},
+            "server_optimizer.name must be one of sgd",
+        ),
+        ({"name": "fedbuff", "staleness": "linear"}, "staleness.name must be one of constant"),
         ({"name": "fedasync", "alpha": 0.0}, r"alpha must be a number in \(0, 1\], got 0.0"),
         ({"name": "fedasync", "max_staleness": -1}, "max_staleness must be an integer >= 0"),
         ({"name": "fedbuff", "task_timeout": 0}, "task_timeout must be a number > 0 or null"),

@@ -121,7 +121,7 @@ def test_fedsgd_skips_a_round_whose_updates_weigh_nothing() -> None:
 
 
 def test_fedsgd_rejects_a_bad_server_learning_rate() -> None:
-    with pytest.raises(ConfigError, match="server learning rate"):
+    with pytest.raises(ConfigError, match=r"server_learning_rate must be a number > 0, got -1\.0"):
         build_strategy({"name": "fedsgd", "server_learning_rate": -1.0})
 
 

@@ -66,12 +66,15 @@ def test_jitter_is_seeded_per_task() -> None:
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: LogNormal(sigma=-1), "lognormal: sigma must be a finite number >= 0.0"),
-        (lambda: Uniform(2.0, 1.0), "uniform: high must be a finite number >= 2.0"),
-        (lambda: Pareto(shape=0), "pareto: shape must be a finite number > 0.0"),
-        (lambda: Constant(0), "constant: value must be a finite number > 0.0"),
-        (lambda: LatencyModel(bandwidth_mbps=0), "bandwidth_mbps must be a finite number > 0"),
-        (lambda: LatencyModel(seconds_per_example=float("inf")), "seconds_per_example"),
+        (lambda: LogNormal(sigma=-1), r"latency\.slowdown\.sigma must be a number >= 0, got -1"),
+        (lambda: Uniform(2.0, 1.0), r"latency\.slowdown\.high must be a number >= 2, got 1\.0"),
+        (lambda: Pareto(shape=0), r"latency\.slowdown\.shape must be a number > 0, got 0"),
+        (lambda: Constant(0), r"latency\.slowdown\.value must be a number > 0, got 0"),
+        (lambda: LatencyModel(bandwidth_mbps=0), r"latency\.bandwidth_mbps must be a number > 0"),
+        (
+            lambda: LatencyModel(seconds_per_example=float("inf")),
+            r"latency\.seconds_per_example must be a number >= 0, got inf",
+        ),
         (lambda: LatencyModel(slowdown="lognormal"), "slowdown must be a Slowdown"),  # type: ignore[arg-type]
     ],
 )

@@ -255,5 +255,7 @@ def test_plugins_are_registered_checked_and_built_from_config(name: str) -> None
 
 def test_invalid_options_fail_before_the_first_round() -> None:
     strategy = build_strategy({"name": "fedavgm", "server_momentum": 1.5, **SAMPLING})
-    with pytest.raises(ConfigError, match="server momentum"):
+    with pytest.raises(
+        ConfigError, match=r"server_momentum must be a number in \[0, 1\), got 1\.5"
+    ):
         strategy.configure_train(1, ArrayRecord(arrays(0)), ConfigRecord(), FakeGrid())
