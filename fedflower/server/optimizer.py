@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedflower.aggregation import ServerOptimizer
@@ -49,12 +49,6 @@ class ServerOptStrategy(CheckedFedAvg):
         """Build (and so validate) the optimizer before the first round, then sample."""
         _ = self.optimizer
         return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Checked aggregation (not Flower's FedOpt one), with :meth:`combine` below."""
-        return CheckedFedAvg.aggregate_train(self, server_round, replies)
 
     def combine(self, updates: list[tuple[list[np.ndarray], float]]) -> list[np.ndarray]:
         """One server-optimizer step from the global model towards the updates' mean."""

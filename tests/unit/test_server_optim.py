@@ -248,6 +248,8 @@ def test_fedadam_differs_from_flower_only_by_its_bias_correction_and_keeps_float
 def test_plugins_are_registered_checked_and_built_from_config(name: str) -> None:
     cls = registry.load(name)
     assert issubclass(cls, CheckedFedAvg)
+    # the checked aggregation, not the Flower base's, through the MRO alone
+    assert cls.aggregate_train is CheckedFedAvg.aggregate_train
     strategy = build_strategy({"name": name, **SAMPLING})
     assert isinstance(strategy, cls)
     assert len(run_rounds(strategy, rounds=2)) == 2
