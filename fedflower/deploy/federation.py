@@ -6,13 +6,13 @@ and SuperNode authentication (each node's public key registered with
 ``flwr supernode register`` before it starts). It submits the fedflower app with ``flwr run``
 and streams its output. Every process it starts runs in its own session and is stopped,
 children included, when the federation stops (``with LocalFederation(...) as fed:``), also
-after an error or a timeout.
+after an error or a timeout (:mod:`fedflower.deploy.processes`).
 
 Each process gets its own ``FLWR_HOME`` inside the work directory, so nothing is written to
 the user's ``~/.flwr``; the ``flwr`` CLI's SuperLink connection is written there too (Flower
 1.42 keeps connections in ``$FLWR_HOME/config.toml``, not in ``pyproject.toml``). Flower's
-update check and telemetry are switched off and runtime dependency installation is disabled:
-the only network traffic is to and from 127.0.0.1.
+update check and telemetry are switched off and runtime dependency installation is disabled
+(:mod:`fedflower.deploy.flwr_tools`): the only network traffic is to and from 127.0.0.1.
 """
 
 from __future__ import annotations
