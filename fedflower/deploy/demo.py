@@ -13,7 +13,6 @@ SuperLink (which ``flwr`` starts in the background) and stops that SuperLink aft
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import uuid
@@ -22,14 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedflower import keys
-from fedflower.deploy.federation import (
-    QUIET_ENV,
-    TAG_VARIABLE,
-    LocalFederation,
-    RunHandle,
-    free_port,
-    terminate_tree,
-)
+from fedflower.deploy.federation import LocalFederation, RunHandle
+from fedflower.deploy.flwr_tools import flower_env, free_port, tool, write_run_config
+from fedflower.deploy.processes import terminate_tree
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -156,27 +150,18 @@ def simulate(
     connection and leaves it running; here it gets its own ``FLWR_HOME`` and free ports,
     runtime dependency installation is disabled, and it is stopped when the run ends.
     """
-    import tomli_w
-
     root = (Path(workdir) / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
-    home = root / "flwr-home"
-    home.mkdir(parents=True, exist_ok=True)
     out = root / "run"
     overrides = with_nodes(overrides, num_supernodes)
-    run_config = root / "run-config.toml"
-    run_config.write_text(
-        tomli_w.dumps({keys.RUN_OVERRIDES: " ".join(overrides), keys.RUN_OUTPUT_DIR: str(out)})
-    )
-    env = dict(os.environ)
-    env.update(QUIET_ENV)
-    env["FLWR_HOME"] = str(home)
+    run_config = write_run_config(root / "run-config.toml", overrides, out)
     tag = uuid.uuid4().hex
-    env[TAG_VARIABLE] = tag
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    ports = {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+    }
+    env = flower_env(root / "flwr-home", tag, ports)
     args = [
-        str(Path(sys.executable).parent / "flwr"),
+        tool("flwr"),
         "run",
         str(Path(app_dir).resolve()),
         "--run-config",

@@ -6,13 +6,13 @@ and SuperNode authentication (each node's public key registered with
 ``flwr supernode register`` before it starts). It submits the fedflower app with ``flwr run``
 and streams its output. Every process it starts runs in its own session and is stopped,
 children included, when the federation stops (``with LocalFederation(...) as fed:``), also
-after an error or a timeout.
+after an error or a timeout (:mod:`fedflower.deploy.processes`).
 
 Each process gets its own ``FLWR_HOME`` inside the work directory, so nothing is written to
 the user's ``~/.flwr``; the ``flwr`` CLI's SuperLink connection is written there too (Flower
 1.42 keeps connections in ``$FLWR_HOME/config.toml``, not in ``pyproject.toml``). Flower's
-update check and telemetry are switched off and runtime dependency installation is disabled:
-the only network traffic is to and from 127.0.0.1.
+update check and telemetry are switched off and runtime dependency installation is disabled
+(:mod:`fedflower.deploy.flwr_tools`): the only network traffic is to and from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,12 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,174 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fedflower import keys
+import psutil
+
 from fedflower.deploy.certs import Credentials, make_credentials, make_node_keys
-from fedflower.errors import FedflowerError
+from fedflower.deploy.flwr_tools import (
+    HOST,
+    FederationError,
+    flower_env,
+    format_config,
+    free_port,
+    tool,
+    write_app_dir,
+    write_run_config,
+)
+from fedflower.deploy.processes import process, terminate_tree
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 CONNECTION = "fedflower-local"
-TAG_VARIABLE = "FEDFLOWER_FEDERATION"
-"""Environment variable that marks every process of one local federation (and its children)."""
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    "TQDM_DISABLE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "PYTHONUNBUFFERED": "1",
-    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
-}
-
-
-class FederationError(FedflowerError, RuntimeError):
-    """A process of the local federation failed to start, or a run failed or timed out."""
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def format_config(values: Mapping[str, Any]) -> str:
-    """Render a node/run config as Flower's ``key=value`` string (strings quoted)."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            parts.append(f"{key}={'true' if value else 'false'}")
-        elif isinstance(value, int | float):
-            parts.append(f"{key}={value}")
-        else:
-            text = str(value)
-            if '"' in text:
-                raise FederationError(f"config value {text!r} of {key!r} contains a double quote")
-            parts.append(f'{key}="{text}"')
-    return " ".join(parts)
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name, or ``None``."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _parents() -> dict[int, list[int]]:
-    """Children of every process, from ``/proc`` (empty where it is unavailable)."""
-    parents: dict[int, list[int]] = {}
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return parents
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            fields = _stat(int(entry.name))
-            if fields is not None:
-                parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    return parents
-
-
-def _children(pid: int, parents: dict[int, list[int]] | None = None) -> list[int]:
-    """All descendants of ``pid`` (Linux ``/proc``); empty where ``/proc`` is unavailable."""
-    parents = _parents() if parents is None else parents
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def tagged(tag: str) -> list[int]:
-    """Processes of this user whose environment carries ``TAG_VARIABLE=tag``.
-
-    Every process a federation starts gets the tag, and their children inherit it, so the
-    federation finds them all even after a parent died and they were re-parented.
-    """
-    needle = f"{TAG_VARIABLE}={tag}".encode()
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-Identity = tuple[int, str]
-"""A process as ``(pid, start time)``: a pid the kernel reuses is a different process."""
-
-
-def _identity(pid: int) -> Identity | None:
-    fields = _stat(pid)
-    return None if fields is None else (pid, fields[19])
-
-
-def _running(ident: Identity) -> bool:
-    fields = _stat(ident[0])
-    return fields is not None and fields[19] == ident[1] and fields[0] != "Z"
-
-
-def _signal(pids: Sequence[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def terminate_tree(
-    roots: Sequence[Identity], grace: float = 10.0, tag: str | None = None
-) -> list[Identity]:
-    """Stop processes ``roots``, their descendants and those tagged ``tag``.
-
-    SIGTERM first, SIGKILL to what still runs after ``grace`` seconds; ``grace <= 0`` sends
-    SIGKILL at once (a crash). Processes are tracked by pid and start time, so a pid the
-    kernel hands to another process in the meantime is never signalled. Returns the
-    processes that were stopped.
-    """
-    tracked: dict[Identity, None] = {r: None for r in roots if _running(r)}
-    signalled: set[Identity] = set()
-
-    def scan() -> None:
-        parents = _parents()
-        found = [i[0] for i in tracked if _running(i)] + (tagged(tag) if tag else [])
-        for pid in found:
-            for candidate in (pid, *_children(pid, parents)):
-                ident = _identity(candidate)
-                if ident is not None and _running(ident):
-                    tracked.setdefault(ident, None)
-
-    def signal_new(sig: int) -> None:
-        targets = [i for i in tracked if _running(i) and i not in signalled]
-        signalled.update(targets)
-        _signal([ident[0] for ident in targets], sig)
-
-    def wait(seconds: float, sig: int) -> bool:
-        deadline = time.monotonic() + seconds
-        while True:
-            scan()  # children started meanwhile are caught too
-            if not any(_running(ident) for ident in tracked):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            signal_new(sig)
-            time.sleep(0.1)
-
-    scan()
-    if grace > 0:
-        signal_new(signal.SIGTERM)
-        if wait(grace, signal.SIGTERM):
-            return list(tracked)
-    signalled.clear()
-    signal_new(signal.SIGKILL)
-    wait(5.0, signal.SIGKILL)
-    return list(tracked)
 
 
 @dataclass
@@ -212,7 +58,7 @@ class Managed:
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes] = field(repr=False)
-    identity: Identity = (0, "")
+    handle: psutil.Process | None = None
 
     def log_text(self) -> str:
         """The process's output so far."""
@@ -262,7 +108,7 @@ class LocalFederation:
         self.credentials: Credentials | None = None
         self.superlink: Managed | None = None
         self.supernodes: list[Managed] = []
-        self.stopped: list[Identity] = []
+        self.stopped: list[psutil.Process] = []
         self.tag = uuid.uuid4().hex
         self.cli_home = self.workdir / "flwr-cli"
         self.logs = self.workdir / "logs"
@@ -300,7 +146,7 @@ class LocalFederation:
 
     def stop(self) -> None:
         """Stop every process this federation started, and their children."""
-        self.stopped = terminate_tree([m.identity for m in self.processes], tag=self.tag)
+        self.stopped = terminate_tree([m.handle for m in self.processes if m.handle], tag=self.tag)
         for managed in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 managed.process.wait(timeout=5)
@@ -308,42 +154,25 @@ class LocalFederation:
         self.processes.clear()
 
     # -- processes ---------------------------------------------------------------------------
-    def _env(self, home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(QUIET_ENV)
-        env["FLWR_HOME"] = str(home)
-        env[TAG_VARIABLE] = self.tag
-        home.mkdir(parents=True, exist_ok=True)
-        bindir = str(Path(sys.executable).parent)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-        return env
-
     def _spawn(self, name: str, args: list[str], home: Path) -> Managed:
         log_path = self.logs / f"{name}.log"
         log_file = log_path.open("ab")
-        process = subprocess.Popen(
+        proc = subprocess.Popen(
             args,
             cwd=self.workdir,
-            env=self._env(home),
+            env=flower_env(home, self.tag),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        managed = Managed(name, process, log_path, log_file, _identity(process.pid) or (0, ""))
+        managed = Managed(name, proc, log_path, log_file, process(proc.pid))
         self.processes.append(managed)
         return managed
 
-    def _tool(self, name: str) -> str:
-        path = Path(sys.executable).parent / name
-        found = str(path) if path.exists() else shutil.which(name)
-        if not found:
-            raise FederationError(f"{name} not found: install fedflower (it depends on flwr)")
-        return found
-
     def _start_superlink(self) -> Managed:
         args = [
-            self._tool("flower-superlink"),
+            tool("flower-superlink"),
             "--host",
             HOST,
             "--port",
@@ -369,7 +198,7 @@ class LocalFederation:
     ) -> Managed:
         """Start one SuperNode; ``private_key=None`` starts it without node authentication."""
         args = [
-            self._tool("flower-supernode"),
+            tool("flower-supernode"),
             "--superlink",
             f"{HOST}:{self.port}",
             "--host",
@@ -418,9 +247,9 @@ class LocalFederation:
     def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run the ``flwr`` CLI against this federation's SuperLink."""
         return subprocess.run(
-            [self._tool("flwr"), *args],
+            [tool("flwr"), *args],
             cwd=self.workdir,
-            env=self._env(self.cli_home),
+            env=flower_env(self.cli_home, self.tag),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -488,7 +317,7 @@ class LocalFederation:
     def kill_node(self, index: int) -> None:
         """Kill SuperNode ``index`` and its ClientApp processes at once (SIGKILL), as a crash."""
         node = self.supernodes[index]
-        terminate_tree([node.identity], grace=0.0)
+        terminate_tree([node.handle] if node.handle else [], grace=0.0)
         node.process.wait(timeout=10)
 
     def submit(
@@ -498,17 +327,13 @@ class LocalFederation:
         echo: IO[str] | None = None,
     ) -> RunHandle:
         """Start ``flwr run`` for the fedflower app in the background (see :meth:`run`)."""
-        import tomli_w
-
         runs = self.workdir / "outputs"
         out = Path(output_dir) if output_dir else runs / f"run-{len(list(runs.glob('run-*')))}"
         out = out.resolve()
         out.mkdir(parents=True, exist_ok=True)
-        run_config = {keys.RUN_OVERRIDES: " ".join(overrides), keys.RUN_OUTPUT_DIR: str(out)}
-        config_file = self.workdir / f"run-config-{out.name}.toml"
-        config_file.write_text(tomli_w.dumps(run_config), encoding="utf-8")
+        config_file = write_run_config(self.workdir / f"run-config-{out.name}.toml", overrides, out)
         args = [
-            self._tool("flwr"),
+            tool("flwr"),
             "run",
             str(self.app_dir),
             CONNECTION,
@@ -516,7 +341,8 @@ class LocalFederation:
             str(config_file),
             "--stream",
         ]
-        return RunHandle.start(args, self.workdir, self._env(self.cli_home), out, echo)
+        env = flower_env(self.cli_home, self.tag)
+        return RunHandle.start(args, self.workdir, env, out, echo)
 
     def run(
         self,
@@ -608,9 +434,9 @@ class RunHandle:
 
     def kill(self) -> None:
         """Stop the ``flwr run`` process (the run itself continues on the SuperLink)."""
-        ident = _identity(self.process.pid)
-        if self.process.poll() is None and ident is not None:
-            terminate_tree([ident], grace=0.0)
+        handle = process(self.process.pid)
+        if self.process.poll() is None and handle is not None:
+            terminate_tree([handle], grace=0.0)
         self.process.wait(timeout=10)
 
     def wait(self, timeout: float = 600.0) -> tuple[dict[str, Any], str]:
@@ -632,40 +458,3 @@ class RunHandle:
                 f"output:\n{self.output[-3000:]}"
             )
         return json.loads(results_file.read_text()), self.output
-
-
-APP_PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=69"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "fedflower-app"
-version = "0.1.0"
-description = "fedflower's experiment as a Flower app (the code is the installed fedflower)"
-license = "Apache-2.0"
-dependencies = ["fedflower"]
-
-[tool.flwr.app]
-publisher = "fedflower"
-
-[tool.flwr.app.components]
-serverapp = "fedflower.deploy.app:server_app"
-clientapp = "fedflower.deploy.app:client_app"
-
-[tool.flwr.app.config]
-overrides = ""
-output-dir = ""
-"""
-
-
-def write_app_dir(directory: str | Path) -> Path:
-    """Write a minimal Flower app directory whose components are the installed fedflower's.
-
-    It is what ``flwr run`` needs when fedflower was installed from a wheel rather than run
-    from its source tree (whose own ``pyproject.toml`` declares the same components).
-    """
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "pyproject.toml").write_text(APP_PYPROJECT, encoding="utf-8")
-    return path

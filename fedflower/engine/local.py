@@ -23,6 +23,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower import keys
+from fedflower.engine.wrapper import MessageFactory
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def transmit(message: Message, message_id: str, wire: dict[str, bytes] | None = 
     return received
 
 
-class LocalGrid(Grid):
+class LocalGrid(MessageFactory, Grid):
     """A Grid whose nodes are virtual SuperNodes executed in this process.
 
     Parameters
@@ -82,16 +83,6 @@ class LocalGrid(Grid):
     @property
     def run(self) -> Run:  # noqa: D102
         return self._run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
         return list(self._contexts)

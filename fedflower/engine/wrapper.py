@@ -14,7 +14,21 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 
-class GridWrapper(Grid):
+class MessageFactory:
+    """``Grid.create_message`` as every grid here builds a message: Flower's ``Message``."""
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+
+class GridWrapper(MessageFactory, Grid):
     """Forward every Grid call to ``inner``.
 
     Parameters
@@ -32,16 +46,6 @@ class GridWrapper(Grid):
     @property
     def run(self) -> Run:  # noqa: D102
         return self.inner.run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
         return self.inner.get_node_ids()

@@ -15,26 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
+import psutil
 import pytest
 import tomli
 from omegaconf import DictConfig
 
 from fedflower.deploy.demo import simulate, write_site_files
 from fedflower.deploy.export import export
-from fedflower.deploy.federation import (
-    Identity,
-    LocalFederation,
-    Managed,
-    _children,
-    _identity,
-    _running,
-    tagged,
-)
+from fedflower.deploy.federation import LocalFederation, Managed
 from fedflower.deploy.local_data import read_csv
+from fedflower.deploy.processes import alive, family, tagged
 from fedflower.experiment import run
 
 pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="process clean-up reads /proc"
+    not sys.platform.startswith("linux"), reason="the federation runs on Linux hosts"
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,28 +48,21 @@ def wait_exit(process: Managed, timeout: float) -> int | None:
     return process.process.poll()
 
 
-def our_processes(fed: LocalFederation) -> list[Identity]:
+def our_processes(fed: LocalFederation) -> list[psutil.Process]:
     """Every process of the federation now: started ones, their children, tagged ones."""
-    pids = {m.process.pid for m in fed.processes} | set(tagged(fed.tag))
-    pids |= {c for pid in list(pids) for c in _children(pid)}
-    return [i for i in map(_identity, pids) if i is not None]
+    return family([m.handle for m in fed.processes if m.handle], fed.tag)
 
 
-def assert_all_stopped(fed: LocalFederation, seen: list[Identity]) -> None:
+def assert_all_stopped(fed: LocalFederation, seen: list[psutil.Process]) -> None:
     assert not fed.processes
-    assert not [i for i in seen if _running(i)]
+    assert not [p for p in seen if alive(p)]
     assert not tagged(fed.tag)
 
 
-def _pids() -> list[str]:
-    return [p.name for p in Path("/proc").glob("[0-9]*")]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+def mentioning(text: str) -> list[psutil.Process]:
+    """Running processes whose command line mentions ``text``."""
+    found = psutil.process_iter(["cmdline"])
+    return [p for p in found if alive(p) and text in " ".join(p.info["cmdline"] or [])]
 
 
 def test_unknown_and_unauthenticated_supernodes_are_refused(tmp_path: Path) -> None:
@@ -178,8 +165,7 @@ def test_flwr_run_in_local_simulation_matches_fedflower(
     # (whose numbers it reproduces exactly); the in-process local engine's differ in round-off
     assert results["final"]["accuracy"] == pytest.approx(expected["final"]["accuracy"], abs=0.03)
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.1
-    leftovers = [pid for pid in map(int, _pids()) if str(tmp_path) in _cmdline(pid)]
-    assert not leftovers
+    assert not mentioning(str(tmp_path))
 
 
 def test_tflite_export_matches_keras_on_the_test_set(

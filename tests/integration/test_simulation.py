@@ -172,7 +172,8 @@ def test_a_failing_client_does_not_stop_the_run(
     rows = read_metrics(tmp_path)
     assert [r["round"] for r in rows] == list(range(1, NUM_ROUNDS + 1))
     assert results["rejected_updates"] == NUM_ROUNDS  # client 1's update dropped each round
-    assert results["final"]["accuracy"] > 0.6  # the other two hospitals still trained it
+    # the other two hospitals still trained it: measured 0.777 (0.797, 0.793 for seeds 1-2)
+    assert results["final"]["accuracy"] >= 0.75
     assert (tmp_path / "model.keras").exists()
 
 

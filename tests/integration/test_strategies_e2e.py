@@ -13,7 +13,19 @@ from omegaconf import DictConfig
 
 from fedflower.experiment import run
 
-STRATEGIES = ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+MIN_ACCURACY = {
+    "fedavg": 0.76,
+    "fedprox": 0.72,
+    "fedsgd": 0.73,
+    "fedavgm": 0.71,
+    "fedadam": 0.66,
+    "fedyogi": 0.66,
+    "fedadagrad": 0.63,
+}
+"""Final test accuracy of the tiny federation (seed 0, from 0.427), 0.02 (6 of 300 test
+examples) below the measured 0.780, 0.740, 0.753, 0.733, 0.683, 0.683, 0.657; seeds 1-2 gave
+0.80/0.80, 0.74/0.76, 0.75/0.64, 0.78/0.78, 0.73/0.74, 0.73/0.74, 0.73/0.75."""
+STRATEGIES = list(MIN_ACCURACY)
 QUIET = ["output.plots=false"]
 
 
@@ -30,8 +42,9 @@ def test_strategy_trains_the_tiny_federation(
         overrides += ["num_rounds=4", "client.learning_rate=0.1"]
     results = run(tiny_cfg(*overrides), tmp_path)
     assert results["config"]["strategy"]["name"] == name
-    assert results["final"]["loss"] < results["initial"]["loss"]
-    assert results["final"]["accuracy"] >= 0.6
+    # measured: final loss 0.57-0.74 of the initial 0.86 (seed 0)
+    assert results["final"]["loss"] < 0.78 * results["initial"]["loss"]
+    assert results["final"]["accuracy"] >= MIN_ACCURACY[name]
 
 
 def test_fedsgd_with_one_full_batch_sgd_step_equals_fedavg(

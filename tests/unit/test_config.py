@@ -66,6 +66,35 @@ def to_dict(node: DictConfig) -> dict:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
+def literal_leaves(node: object, prefix: str = "") -> dict[str, object]:
+    """``dotted key -> value`` of every leaf of a yaml file's content that is not an
+    interpolation (``defaults`` aside)."""
+    if isinstance(node, dict):
+        found: dict[str, object] = {}
+        for key, value in node.items():
+            if key != "defaults":
+                found |= literal_leaves(value, f"{prefix}{key}.")
+        return found
+    if isinstance(node, str) and "${" in node:
+        return {}
+    return {prefix.rstrip("."): node}
+
+
+def assert_option_composed(make_cfg: MakeCfg, group: str, option: str) -> None:
+    """``group=option`` puts every literal value of ``conf/<group>/<option>.yaml`` in place."""
+    content = OmegaConf.to_container(
+        OmegaConf.create((CONF / group / f"{option}.yaml").read_text())
+    )
+    leaves = literal_leaves(content)
+    assert leaves, f"{group}/{option}.yaml sets nothing"
+    cfg = make_cfg([f"{group}={option}"])
+    node = cfg if group == "experiment" else cfg[group]  # experiments are _global_ packages
+    for key, value in leaves.items():
+        found = OmegaConf.select(node, key)
+        found = OmegaConf.to_container(found) if OmegaConf.is_config(found) else found
+        assert found == value, f"{group}={option}: {key}"
+
+
 def test_the_issue_groups_exist_and_have_defaults(make_cfg: MakeCfg) -> None:
     cfg = make_cfg()
     for group in GROUPS_IN_DEFAULTS:
@@ -95,6 +124,7 @@ def test_every_option_composes_and_validates(make_cfg: MakeCfg, group: str, opti
     cfg = option_cfg(make_cfg, group, option)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     validate(cfg)
+    assert_option_composed(make_cfg, group, option)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +215,9 @@ def test_every_experiment_composes(make_cfg: MakeCfg, option: str) -> None:
     cfg = make_cfg([f"experiment={option}"])
     OmegaConf.resolve(cfg)
     validate(cfg)
-    build_strategy(to_dict(cfg.strategy))
+    strategy = build_strategy(to_dict(cfg.strategy))
+    assert type(strategy) is registry.load(cfg.strategy.name)
+    assert_option_composed(make_cfg, "experiment", option)
 
 
 def test_quick_experiment_is_small(make_cfg: MakeCfg) -> None:

@@ -66,7 +66,10 @@ def test_fit_returns_new_weights_count_and_metrics(
     assert set(metrics) == {keys.TRAIN_LOSS, keys.TRAIN_ACCURACY}
     assert all(isinstance(v, float) for v in metrics.values())
     assert 0.0 <= metrics[keys.TRAIN_ACCURACY] <= 1.0
-    assert metrics[keys.TRAIN_LOSS] > 0.0
+    model.set_weights(initial)
+    start = model.evaluate(data.x_train, data.y_train, verbose=0, return_dict=True)["loss"]
+    # the last epoch's mean loss (measured: 0.46 of 0.89 at the start, 0.43-0.46 over 3 seeds)
+    assert metrics[keys.TRAIN_LOSS] < 0.6 * start
 
 
 def test_fit_starts_from_the_given_weights_not_the_model_state(
@@ -148,7 +151,8 @@ def test_fit_lowers_the_training_loss(model: keras.Model, initial: list[np.ndarr
     model.set_weights(initial)
     start = model.evaluate(data.x_train, data.y_train, verbose=0, return_dict=True)["loss"]
     assert after < 0.7 * start
-    assert before > 0
+    # and on the validation split (measured: 0.077 of 0.98; 0.015-0.081 over 3 seeds)
+    assert client.evaluate(weights, {keys.BATCH_SIZE: 64})[0] < 0.15 * before
 
 
 # -- evaluate and the loss --------------------------------------------------------------------

@@ -180,14 +180,20 @@ def one_round(
     return record.to_numpy_ndarrays()
 
 
+def round_updates(
+    model: list[np.ndarray], t: int, dtype: type = np.float32
+) -> list[list[np.ndarray]]:
+    """The three clients' models in round ``t``: the global model plus seeded steps."""
+    return [
+        [a + b for a, b in zip(model, arrays(10 * t + i, dtype), strict=True)] for i in range(3)
+    ]
+
+
 def run_rounds(strategy, rounds: int = 3, dtype: type = np.float32) -> list[list[np.ndarray]]:
     model = arrays(100, dtype)
     history = []
     for t in range(1, rounds + 1):
-        updates = [
-            [a + b for a, b in zip(model, arrays(10 * t + i, dtype), strict=True)] for i in range(3)
-        ]
-        model = one_round(strategy, t, model, updates)
+        model = one_round(strategy, t, model, round_updates(model, t, dtype))
         history.append(model)
     return history
 
@@ -250,9 +256,19 @@ def test_plugins_are_registered_checked_and_built_from_config(name: str) -> None
     assert issubclass(cls, CheckedFedAvg)
     # the checked aggregation, not the Flower base's, through the MRO alone
     assert cls.aggregate_train is CheckedFedAvg.aggregate_train
-    strategy = build_strategy({"name": name, **SAMPLING})
+    options = {"server_momentum": 0.9} if name == "fedavgm" else {}  # else it is FedAvg
+    strategy = build_strategy({"name": name, **options, **SAMPLING})
     assert isinstance(strategy, cls)
-    assert len(run_rounds(strategy, rounds=2)) == 2
+    # every round is one step of the plugin's server optimizer towards the weighted mean
+    optimizer, model = strategy.make_optimizer(), arrays(100)
+    fedavg = run_rounds(FedAvg(**SAMPLING), rounds=3)
+    for t, got in enumerate(run_rounds(strategy, rounds=3), start=1):
+        updates = round_updates(model, t)
+        model = optimizer.step(model, aggregation.weighted_mean(zip(updates, WEIGHTS, strict=True)))
+        for g, w in zip(got, model, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    # not FedAvg (though FedAvgM's first step is: its momentum starts at zero)
+    assert max(np.abs(g - f).max() for g, f in zip(model, fedavg[-1], strict=True)) > 1e-2
 
 
 def test_invalid_options_fail_before_the_first_round() -> None:

@@ -1,0 +1,119 @@
+"""Deployment tooling without a federation: the derived app, environments, process trees."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import tomli
+
+from fedflower import keys
+from fedflower.deploy.flwr_tools import (
+    QUIET_ENV,
+    FederationError,
+    app_pyproject,
+    flower_env,
+    format_config,
+    tool,
+    write_app_dir,
+    write_run_config,
+)
+from fedflower.deploy.processes import TAG_VARIABLE, alive, family, tagged, terminate_tree
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_derived_app_declares_what_the_source_pyproject_declares(tmp_path: Path) -> None:
+    source = tomli.loads((REPO / "pyproject.toml").read_text())
+    written = tomli.loads((write_app_dir(tmp_path / "app") / "pyproject.toml").read_text())
+    assert written == app_pyproject()
+    ours, theirs = dict(source["tool"]["flwr"]["app"]), written["tool"]["flwr"]["app"]
+    ours.pop("fab-include")  # the app directory carries no README
+    assert theirs == ours
+    assert set(theirs["config"]) == {keys.RUN_OVERRIDES, keys.RUN_OUTPUT_DIR}
+    project = written["project"]
+    assert project["version"] == source["project"]["version"]
+    assert project["license"] == source["project"]["license"]
+    assert project["dependencies"] == [f"fedflower=={source['project']['version']}"]
+
+
+def test_an_absent_distribution_is_a_one_line_error() -> None:
+    with pytest.raises(FederationError, match="not installed"):
+        app_pyproject("fedflower-no-such-distribution")
+
+
+def test_flower_env_is_quiet_tagged_and_has_its_own_home(tmp_path: Path) -> None:
+    env = flower_env(tmp_path / "home", "t1", {"EXTRA": "1"})
+    assert env["FLWR_HOME"] == str(tmp_path / "home") and (tmp_path / "home").is_dir()
+    assert env[TAG_VARIABLE] == "t1" and env["EXTRA"] == "1"
+    assert all(env[k] == v for k, v in QUIET_ENV.items())
+    assert env["PATH"].startswith(str(Path(sys.executable).parent))
+    assert Path(tool("flwr")).parent == Path(sys.executable).parent
+    with pytest.raises(FederationError, match="not found"):
+        tool("flwr-no-such-command")
+
+
+def test_run_config_and_node_config_strings(tmp_path: Path) -> None:
+    path = write_run_config(tmp_path / "new" / "rc.toml", ["num_rounds=2", "seed=1"], tmp_path)
+    assert tomli.loads(path.read_text()) == {
+        keys.RUN_OVERRIDES: "num_rounds=2 seed=1",
+        keys.RUN_OUTPUT_DIR: str(tmp_path),
+    }
+    text = format_config({"partition-id": 1, "lr": 0.5, "on": True, "path": "a b.csv"})
+    assert text == 'partition-id=1 lr=0.5 on=true path="a b.csv"'
+    with pytest.raises(FederationError, match="double quote"):
+        format_config({"path": 'a"b'})
+
+
+SPAWNER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def start_tree(tag: str) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
+    """A process with one child, both tagged ``tag``; returns the parent and the family."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER], env={TAG_VARIABLE: tag}, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 10
+    while len(family([parent])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc, family([parent])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process environments")
+@pytest.mark.parametrize(
+    ("by", "grace", "code"), [("root", 5.0, -15), ("tag", 0.0, -9)], ids=["sigterm", "sigkill"]
+)
+def test_terminate_tree_stops_the_process_and_its_children(
+    by: str, grace: float, code: int
+) -> None:
+    tag = uuid.uuid4().hex
+    proc, tree = start_tree(tag)
+    assert len(tree) == 2 and set(tagged(tag)) == set(tree)
+    if by == "root":  # the children are found from the root
+        stopped = terminate_tree([tree[0]], grace=grace)
+    else:  # or from the tag alone
+        stopped = terminate_tree([], grace=grace, tag=tag)
+    proc.wait(timeout=10)
+    assert set(stopped) == set(tree)
+    assert not [p for p in tree if alive(p)] and not tagged(tag)
+    assert proc.returncode == code
+
+
+def test_a_finished_process_is_not_alive_and_not_signalled() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    handle = psutil.Process(proc.pid)
+    proc.wait(timeout=10)
+    assert not alive(handle)
+    assert terminate_tree([handle], grace=1.0) == []
