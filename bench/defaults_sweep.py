@@ -6,7 +6,8 @@ Each candidate value runs, in this one process and with the same seed and data, 
 
 * ``hospitals``: the default experiment (10 hospitals, 1000 patients each), 2 and 10 rounds;
 * ``breast_cancer``: 5 IID clients of the Wisconsin data, 5 rounds;
-* ``fedprox_synthetic``: the FedProx paper's Synthetic(1, 1) (30 devices, 10 classes), 10 rounds.
+* ``fedprox_synthetic``: the FedProx paper's Synthetic(1, 1) (30 devices, 10 classes), 10 rounds
+  (only when asked for: ``--tasks "fedprox_synthetic, 10 rounds"``).
 
 Grids follow the papers' own: FedProx (Li et al. 2020, arXiv:1812.06127) tries mu in
 {0.001, 0.01, 0.1, 1}; Reddi et al. 2021 (arXiv:2003.00295) search the server learning rate
@@ -36,17 +37,17 @@ TASKS: dict[str, list[str]] = {
 GRIDS: dict[str, tuple[str, list[float]]] = {
     "fedavg": ("", [0.0]),
     "fedprox": ("proximal_mu", [0.001, 0.01, 0.1, 1.0]),
-    "fedadam": ("eta", [0.01, 0.03, 0.1, 0.3, 1.0]),
-    "fedyogi": ("eta", [0.01, 0.03, 0.1, 0.3, 1.0]),
-    "fedadagrad": ("eta", [0.01, 0.03, 0.1, 0.3, 1.0]),
-    "fedavgm": ("server_momentum", [0.0, 0.5, 0.7, 0.9]),
+    "fedadam": ("eta", [0.01, 0.03, 0.1, 0.3]),
+    "fedyogi": ("eta", [0.01, 0.03, 0.1, 0.3]),
+    "fedadagrad": ("eta", [0.01, 0.03, 0.1, 0.3]),
+    "fedavgm": ("server_momentum", [0.0, 0.9]),
 }
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """The command line (parsed before TensorFlow is imported, so --help is instant)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS)[:3], choices=TASKS)
     parser.add_argument("--strategies", nargs="+", default=list(GRIDS), choices=GRIDS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
