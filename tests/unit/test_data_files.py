@@ -154,3 +154,19 @@ def test_test_fraction_is_checked(tmp_path: Path) -> None:
         load(
             str(patients(tmp_path / "p.csv")), "diagnosis", client_column="site", test_fraction=1.0
         )
+
+
+def test_node_split_follows_the_files_content_not_its_path(tiny_cfg, tmp_path: Path) -> None:
+    from fedflower.deploy.local_data import node_data, write_csv
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    splits = [
+        node_data({"data-path": str(write_csv(tmp_path / folder / "site.csv", x, y))}, tiny_cfg())
+        for folder in ("2026-01-01_10-00-00", "2026-01-02_11-30-00")  # a demo's timestamped dirs
+    ]
+    np.testing.assert_array_equal(splits[0].x_val, splits[1].x_val)
+    other = node_data(
+        {"data-path": str(write_csv(tmp_path / "b.csv", x[::-1], y[::-1]))}, tiny_cfg()
+    )
+    assert not np.array_equal(np.sort(other.x_val[:, 0]), np.sort(splits[0].x_val[:, 0]))
