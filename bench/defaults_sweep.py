@@ -30,8 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 TASKS: dict[str, list[str]] = {
     "hospitals, 2 rounds": ["num_rounds=2"],
-    "hospitals, 10 rounds": ["num_rounds=10"],
     "breast_cancer, 5 rounds": ["dataset=breast_cancer", "num_clients=5", "num_rounds=5"],
+    "hospitals, 10 rounds": ["num_rounds=10"],
     "fedprox_synthetic, 10 rounds": ["experiment=fedprox_synthetic", "num_rounds=10"],
 }
 GRIDS: dict[str, tuple[str, list[float]]] = {

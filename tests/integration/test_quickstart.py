@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-TIMEOUT = 300
+TIMEOUT = 900
 
 
 def quickstart_blocks() -> dict[str, str]:
@@ -110,10 +111,13 @@ def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     blocks = quickstart_blocks()
     runs: dict[str, tuple[Path, list[str]]] = {}
     (command,) = fedflower_commands(blocks["bash"])
+    example = tmp_path_factory.mktemp("example")
+    (example / "make_example.py").write_text(blocks["python"])
+    subprocess.run([sys.executable, "make_example.py"], cwd=example, check=True, timeout=TIMEOUT)
     for name, args in {"quickstart": command, **CASES}.items():
         cwd = tmp_path_factory.mktemp(name)
-        (cwd / "make_example.py").write_text(blocks["python"])
-        subprocess.run([sys.executable, "make_example.py"], cwd=cwd, check=True, timeout=120)
+        for made in ("patients.csv", "my_model.keras"):
+            shutil.copy(example / made, cwd / made)
         (cwd / "myconf" / "dataset").mkdir(parents=True)
         (cwd / "myconf" / "dataset" / "patients.yaml").write_text(CONFIG)
         (cwd / "models.py").write_text(BAD_FACTORIES)
