@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: setup run test test-fast lint bench clean deploy-demo flwr-sim
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "fedflower needs Python >= 3.11 (flwr 1.42, Keras 3.15); '$(PYTHON)' is $$($(PYTHON) -V 2>&1 || echo missing): run make PYTHON=python3.11 (or newer)" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[sim,test,dev]'
+	@echo "installing fedflower and its dependencies into $(VENV) (a few minutes the first time)"
+	$(BIN)/python -m pip install --quiet --quiet -e '.[sim,test,dev]'  # errors only: no setuptools notices
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -44,14 +44,8 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from fedflower.startup import quiet_tensorflow_import
-
-quiet_tensorflow_import()
-
 import numpy as np
 from hydra import compose, initialize_config_module
-
-from fedflower.experiment import run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -103,6 +97,11 @@ def time_to(rows: list[dict[str, Any]], target: float) -> float | None:
 
 
 def run_one(name: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    from fedflower.startup import quiet_tensorflow_import
+
+    quiet_tensorflow_import()  # here, not at import: --help answers without TensorFlow
+    from fedflower.experiment import run
+
     cfg = compose_cfg(overrides)
     t0 = time.perf_counter()
     with redirect_stdout(io.StringIO()):

@@ -32,6 +32,20 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+
+def parse() -> argparse.Namespace:
+    """The command line, parsed before TensorFlow is imported: ``--help`` is instant."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs; best is kept")
+    parser.add_argument("--ray", action="store_true", help="also time Flower's Ray engine")
+    return parser.parse_args()
+
+
+ARGS = parse() if __name__ == "__main__" else None
+
 from fedflower.startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()
@@ -154,13 +168,7 @@ def run_bare(cfg: Any, tf_data: bool = True) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs; best is kept")
-    parser.add_argument("--ray", action="store_true", help="also time Flower's Ray engine")
-    args = parser.parse_args()
+    args = ARGS or parse()
 
     cfg = make_cfg(args.clients, args.rounds, args.epochs, "local")
     configure_threads(cfg.simulation.tf_threads)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from fedflower.errors import FedflowerError
+from fedflower.errors import ConfigError, FedflowerError
 from fedflower.startup import (
     CONFIG_MODULE,
     CONFIG_NAME,
@@ -63,20 +65,47 @@ def _inspects_only(args: argparse.Namespace) -> bool:
     return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
 
 
+@contextmanager
+def _hydra(config_dir: str | None) -> Iterator[None]:
+    """Hydra initialized with the search path ``fedflower`` runs with (and ``--config-dir``)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_config_search_path(f"pkg://{CONFIG_MODULE}")
+    if config_dir is not None:  # where Hydra's own command line puts it
+        folder = Path(config_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise ConfigError(f"--config-dir {config_dir!r} is not a directory")
+        search_path.prepend("command-line", f"file://{folder}", SearchPathQuery("schema"))
+    Hydra.create_main_hydra2(task_name="fedflower", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def precheck(argv: Sequence[str]) -> None:
-    """Compose the config the command line asks for; exit with one line if that fails."""
-    from hydra import compose, initialize_config_module
+    """Compose the config the command line asks for; exit with one line if that fails.
+
+    The config is composed as Hydra will compose it: with ``--config-dir`` and any
+    ``hydra.searchpath`` override, so a user's own config folder is found.
+    """
+    from hydra import compose
 
     args = get_args_parser().parse_args(list(argv))
     if _inspects_only(args):
         return
     try:
         variants = _sweep_variants(args.overrides)
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        with _hydra(args.config_dir):
             configs = [
                 compose(config_name=args.config_name or CONFIG_NAME, overrides=overrides)
                 for overrides in variants
             ]
+    except FedflowerError as exc:
+        fail(str(exc))
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
         fail(hydra_error_line(exc))
     from fedflower.validation import validate

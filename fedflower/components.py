@@ -15,25 +15,32 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def instantiate_data(node: Any, what: str) -> Any:
-    """Instantiate a dataset or partition config; any failure becomes a one-line ``DataError``.
+def _instantiate(node: Any, error: type[Exception], what: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; any failure becomes one line of type ``error``.
 
-    Hydra wraps a target's exceptions in ``InstantiationException``; a ``DataError`` raised by
-    the target itself is passed on unchanged.
+    Hydra wraps a target's exceptions in ``InstantiationException``; a ``FedflowerError``
+    raised by the target itself is passed on unchanged.
     """
     from hydra.utils import instantiate
 
-    from fedflower.errors import DataError
+    from fedflower.errors import FedflowerError
 
     try:
-        return instantiate(node)
-    except DataError:
+        return instantiate(node, **kwargs)
+    except FedflowerError:
         raise
     except Exception as exc:
         cause = exc.__cause__ or exc
-        if isinstance(cause, DataError):
+        if isinstance(cause, FedflowerError):
             raise cause from None
-        raise DataError(f"cannot build the {what}: {cause}") from exc
+        raise error(f"cannot build the {what}: {cause}") from exc
+
+
+def instantiate_data(node: Any, what: str) -> Any:
+    """Instantiate a dataset or partition config; any failure becomes a one-line ``DataError``."""
+    from fedflower.errors import DataError
+
+    return _instantiate(node, DataError, what)
 
 
 def configure_threads(threads: int) -> None:
@@ -49,16 +56,41 @@ def configure_threads(threads: int) -> None:
         log.debug("TensorFlow already initialized; thread settings unchanged")
 
 
+def instantiate_model(node: Any, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """Instantiate a model config for the data; any failure becomes a one-line ``ConfigError``.
+
+    The model must take rows of ``input_shape``; its output is checked when it is compiled.
+    """
+    from fedflower.errors import ConfigError
+    from fedflower.models import check_inputs
+
+    model = _instantiate(
+        node, ConfigError, "model", input_shape=input_shape, num_classes=num_classes
+    )
+    check_inputs(model, input_shape)
+    return model
+
+
 def model_factory(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], Any]:
-    """A function that builds and compiles the model ``cfg`` describes for this data shape."""
+    """A function that builds and compiles the model ``cfg`` describes for this data shape.
+
+    ``cfg.client`` holds the compile options: ``optimizer`` (and ``learning_rate``), ``loss``
+    (``null``: the one the model's output calls for) and extra ``metrics``.
+    """
     from hydra.utils import instantiate
 
     from fedflower.models import compile_model
 
     def build_model() -> Any:
-        model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
+        model = instantiate_model(cfg.model, input_shape, num_classes)
         optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-        steps = cfg.client.get("steps_per_execution", 1)
-        return compile_model(model, optimizer, num_classes, steps_per_execution=steps)
+        return compile_model(
+            model,
+            optimizer,
+            num_classes,
+            steps_per_execution=cfg.client.get("steps_per_execution", 1),
+            loss=cfg.client.get("loss"),
+            metrics=list(cfg.client.get("metrics") or []),
+        )
 
     return build_model

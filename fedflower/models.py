@@ -2,15 +2,26 @@
 
 A factory takes the data's ``input_shape`` and ``num_classes`` (passed at run time) plus its
 own config values and returns an uncompiled ``keras.Model``. Any importable function with that
-signature can be named as ``model._target_``.
+signature can be named as ``model._target_``; a user's own model comes from a saved ``.keras``
+file (:func:`from_file`, ``model=keras_file``) or a function of theirs (:func:`from_factory`,
+``model=python``). :func:`compile_model` then picks the loss from the model's output (one
+sigmoid unit, or one unit per class; probabilities or logits) and checks that it fits the
+data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+
+from fedflower.errors import ConfigError
 
 
 def output_layer(num_classes: int) -> keras.layers.Layer:
@@ -18,13 +29,6 @@ def output_layer(num_classes: int) -> keras.layers.Layer:
     if num_classes == 2:
         return keras.layers.Dense(1, activation="sigmoid", name="output")
     return keras.layers.Dense(num_classes, activation="softmax", name="output")
-
-
-def loss_for(num_classes: int) -> keras.losses.Loss:
-    """Loss matching :func:`output_layer`: the outputs are probabilities, not logits."""
-    if num_classes == 2:
-        return keras.losses.BinaryCrossentropy(from_logits=False)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=False)
 
 
 def mlp(
@@ -35,7 +39,7 @@ def mlp(
 ) -> keras.Model:
     """Multi-layer perceptron: ``Dense(h, activation)`` per hidden layer, then the output layer.
 
-    The default is the seed's model: Dense(128, relu) -> Dense(1, sigmoid).
+    The default is Dense(128, relu) -> Dense(1, sigmoid).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="features")
     x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
@@ -51,23 +55,153 @@ def logreg(input_shape: Sequence[int], num_classes: int) -> keras.Model:
     return keras.Model(inputs, output_layer(num_classes)(x), name="logreg")
 
 
+def from_file(input_shape: Sequence[int], num_classes: int, path: str) -> keras.Model:
+    """A saved Keras model (``.keras``): its architecture and its weights as the initial model.
+
+    ``input_shape`` and ``num_classes`` are checked against the model by :func:`compile_model`.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"model.path must name a saved .keras model file, got {path!r}")
+    try:
+        return keras.models.load_model(file, compile=False)
+    except Exception as exc:  # Keras raises many types for a file it cannot read
+        raise ConfigError(f"model.path {path!r} cannot be loaded as a Keras model: {exc}") from exc
+
+
+def _import(spec: str) -> Callable[..., Any]:
+    """The callable ``module:name`` (a dotted module or a ``.py`` file) names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model.factory must be 'module:function', got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name).expanduser().resolve()
+            loader = importlib.util.spec_from_file_location(file.stem, file)
+            if loader is None or loader.loader is None or not file.is_file():
+                raise FileNotFoundError(f"no such file {module_name!r}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        factory = getattr(module, attr)
+    except Exception as exc:  # the user's module may fail in any way while importing
+        raise ConfigError(
+            f"model.factory {spec!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(factory):
+        raise ConfigError(f"model.factory {spec!r} is not callable")
+    return factory
+
+
+def from_factory(
+    input_shape: Sequence[int],
+    num_classes: int,
+    factory: str,
+    options: Mapping[str, Any] | None = None,
+) -> keras.Model:
+    """The model a user's function ``build(input_shape, num_classes, **options)`` returns.
+
+    Parameters
+    ----------
+    factory : str
+        ``package.module:function`` (importable) or ``path/to/file.py:function``.
+    options : mapping, optional
+        Further keyword arguments of the function.
+    """
+    build = _import(factory)
+    kwargs = dict(options or {})
+    try:
+        inspect.signature(build).bind(tuple(input_shape), num_classes, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"model.factory {factory!r} must accept (input_shape, num_classes"
+            f"{''.join(', ' + k for k in kwargs)}), its signature is "
+            f"{inspect.signature(build)}: {exc}"
+        ) from exc
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    model = build(tuple(input_shape), num_classes, **kwargs)
+    if not isinstance(model, keras.Model):
+        raise ConfigError(
+            f"model.factory {factory!r} must return a keras.Model, got {type(model).__name__}"
+        )
+    return model
+
+
+def check_inputs(model: keras.Model, input_shape: Sequence[int]) -> None:
+    """Raise ``ConfigError`` unless the model takes rows of the data's ``input_shape``."""
+    shape = model.input_shape
+    expected = tuple(shape[1:]) if not isinstance(shape, list) else None
+    if expected is not None and expected != tuple(input_shape):
+        raise ConfigError(
+            f"the model takes inputs of shape {expected} but the data rows have shape "
+            f"{tuple(input_shape)}: build the model for the data's features"
+        )
+
+
+def output_units(model: keras.Model, num_classes: int) -> int:
+    """Units of the model's one output, checked against the data's classes."""
+    shape = model.output_shape
+    if isinstance(shape, list) or len(shape) != 2:
+        raise ConfigError(f"the model must have one output of shape (batch, units), got {shape}")
+    units = int(shape[-1])
+    if units != num_classes and not (units == 1 and num_classes == 2):
+        fits = f"Dense({num_classes}, softmax)" + (" or Dense(1, sigmoid)" * (num_classes == 2))
+        raise ConfigError(
+            f"the model's output has {units} units but the data have {num_classes} classes: "
+            f"end the model with {fits}"
+        )
+    return units
+
+
+def _outputs_logits(model: keras.Model) -> bool:
+    """Whether the last layer outputs raw scores (linear activation) instead of probabilities."""
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    return activation is keras.activations.linear
+
+
 def compile_model(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     num_classes: int,
     steps_per_execution: int = 1,
+    loss: str | None = None,
+    metrics: Sequence[str] = (),
 ) -> keras.Model:
-    """Compile ``model`` with the task's loss and an accuracy metric.
+    """Compile ``model`` with a loss that fits its output, and an accuracy metric.
 
-    ``steps_per_execution`` > 1 runs that many training steps per call of the compiled train
-    function (Keras' own option): much faster for tiny models with small batches.
+    One output unit is a binary task (binary cross-entropy), one unit per class a
+    classification with integer labels (sparse categorical cross-entropy); a last layer
+    without activation outputs logits. ``loss`` (a Keras loss name) replaces that choice;
+    ``metrics`` (Keras metric names) are computed besides accuracy. ``steps_per_execution``
+    > 1 runs that many training steps per call of the compiled train function (Keras' own
+    option): much faster for tiny models with small batches.
     """
-    model.compile(
-        optimizer=optimizer,
-        loss=loss_for(num_classes),
-        metrics=["accuracy"],
-        steps_per_execution=int(steps_per_execution),
+    units = output_units(model, num_classes)
+    logits = _outputs_logits(model)
+    binary = units == 1
+    chosen: Any = (
+        keras.losses.BinaryCrossentropy(from_logits=logits)
+        if binary
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
     )
+    accuracy = (
+        keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if logits else 0.5)
+        if binary
+        else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    )
+    try:
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.get(loss) if loss else chosen,
+            metrics=[accuracy, *(keras.metrics.get(m) for m in metrics)],
+            steps_per_execution=int(steps_per_execution),
+        )
+    except ValueError as exc:  # an unknown loss or metric name
+        raise ConfigError(
+            f"cannot compile the model (client.loss / client.metrics): {exc}"
+        ) from exc
     return model
 
 

@@ -6,9 +6,10 @@ second with one line, before anything heavy is imported.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedflower.checks import check_choice, check_number
+from fedflower.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
@@ -16,6 +17,12 @@ BACKENDS = ("local", "ray")
 
 def validate(cfg: DictConfig) -> None:
     """Check the values a typo or a bad override can break, with one clear message each."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} must be set, got nothing: add {missing[0]}=... to the command line "
+            "(e.g. dataset=csv dataset.path=data.csv, model=keras_file model.path=model.keras)"
+        )
     n = check_number("num_clients", cfg.num_clients, minimum=1, integer=True)
     check_number("num_rounds", cfg.num_rounds, minimum=1, integer=True)
     for key, value in cfg.strategy.items():

@@ -1,12 +1,12 @@
 """FedSGD: clients return their update, the server takes a gradient step with it.
 
-The seed's rule (its sections 3.1 and 4.1): ``theta <- theta - eta * (1/N) * sum_i g_i``.
+The server step on averaged client deltas: ``theta <- theta - eta * (1/N) * sum_i g_i``.
 McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
 AISTATS 2017, arXiv:1602.05629, call this baseline FedSGD. Each client replies with
 ``g_i = w_global - w_local`` instead of its weights: with one full-batch local SGD step at learning
 rate ``lr``, ``g_i = lr * grad F_i(w_global)``. The server applies
 ``w <- w - server_learning_rate * mean_i(g_i)``, the mean weighted by examples (``weighted``) or
-uniform as in the seed's formula. With one local step and ``server_learning_rate=1`` this is
+uniform (the plain ``1/N`` mean). With one local step and ``server_learning_rate=1`` this is
 exactly FedAvg.
 """
 
@@ -30,7 +30,7 @@ MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
 
 
 class FedSGD(CheckedFedAvg):
-    """FedSGD, the seed's rule: clients send updates g_i, the server sets w <- w - eta * mean(g).
+    """FedSGD (server step on averaged client deltas): w <- w - eta * mean(g_i), g_i = w - w_i.
 
     Parameters
     ----------
@@ -38,7 +38,7 @@ class FedSGD(CheckedFedAvg):
         The server's step size ``eta`` (> 0).
     weighted : bool
         Weight each client's update by its number of examples (as FedAvg); ``False`` takes the
-        plain mean ``(1/N) sum_i g_i`` of the seed's formula.
+        plain mean ``(1/N) sum_i g_i``.
     full_batch : bool
         Ask every client for exactly one full-batch step (one local epoch, batch = all its data),
         so ``g_i`` is ``lr`` times its gradient. ``False`` keeps the client settings (then

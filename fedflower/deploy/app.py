@@ -30,7 +30,6 @@ from fedflower.startup import quiet_tensorflow_import
 quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner
 
 import logging
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ from fedflower.client.app import to_client_app
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
-from fedflower.deploy.local_data import node_data
+from fedflower.deploy.local_data import content_id, node_data
 from fedflower.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -161,11 +160,11 @@ class NodeClient(KerasClient):
 
 
 def node_cid(node_config: dict[str, Any], node_id: int) -> int:
-    """A stable id for seeding: the partition id, else a hash of the data path, else the node."""
+    """A stable id for seeding: the partition id, else a hash of the data file, else the node."""
     if keys.PARTITION_ID in node_config:
         return int(node_config[keys.PARTITION_ID])
     if keys.DATA_PATH in node_config:
-        return zlib.crc32(str(node_config[keys.DATA_PATH]).encode())
+        return content_id(str(node_config[keys.DATA_PATH]))
     return int(node_id)
 
 

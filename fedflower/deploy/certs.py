@@ -49,7 +49,7 @@ class Credentials:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:

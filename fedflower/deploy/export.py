@@ -260,7 +260,7 @@ def export(
     except Exception as exc:  # Keras raises several types for a bad file
         raise DataError(f"cannot load {str(path)!r} as a Keras model: {exc}") from exc
     flatbuffer = convert(model, quantize)
-    target = Path(out) if out else path.with_suffix(".tflite")
+    target = (Path(out).expanduser() if out else path.with_suffix(".tflite")).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(flatbuffer)
     weights = model.get_weights()
@@ -313,7 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model", help="the Keras model file, e.g. outputs/<date>/<time>/model.keras"
     )
     parser.add_argument("--to", choices=FORMATS, default="tflite", help="target format")
-    parser.add_argument("--out", help="output file (default: next to the model)")
+    parser.add_argument(
+        "--out",
+        help="output file, relative to the current directory (default: next to the model); "
+        "the report prints its full path",
+    )
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
     parser.add_argument("--data", help="CSV/NPZ test file (default: the run's central test set)")
     parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")

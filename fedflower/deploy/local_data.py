@@ -8,15 +8,21 @@ same client gets in simulation.
 
 File schema
 -----------
+The reader is :mod:`fedflower.data.files`, the one ``dataset=csv|npz`` uses in simulation.
+
 CSV
-    A header row, then one row per example. One column holds the integer class label
-    (``label`` unless the node config sets ``label-column``); every other column is a
-    numeric feature, in the order the model expects. Empty cells, text and NaN/inf values
-    are errors.
+    UTF-8 (with or without a byte-order mark), a header row, then one row per example. One
+    column holds the integer class label (``label`` unless the node config sets
+    ``label-column``); every other column is a numeric feature, in the order the model
+    expects. Empty cells, text and NaN/inf values are errors.
 NPZ
     ``numpy.savez`` archive with ``x`` (float, shape ``(n, *input_shape)``) and ``y``
-    (integer labels, shape ``(n,)``); optionally ``x_val``/``y_val`` as the local validation
-    split (otherwise ``client.val_fraction`` of the rows is held out, seeded).
+    (integer labels of shape ``(n,)`` or one-hot rows); optionally ``x_val``/``y_val`` as the
+    local validation split (otherwise ``client.val_fraction`` of the rows is held out, seeded
+    from the run's seed and the file's content).
+
+Text class names are refused on a node: every node must number the classes alike, so the
+labels are written as integers (``dataset=csv`` numbers text labels in simulation).
 
 Every problem raises :class:`fedflower.errors.DataError` with the file, what was found and
 what is expected, so the node's error reply tells the server operator what to fix.
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from fedflower import keys
+from fedflower.data import files
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
 from fedflower.errors import DataError
@@ -42,100 +49,24 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_COLUMN = "label"
 SUFFIXES = (".csv", ".npz")
-MIN_ROWS = 2
-
-
-def _fail(path: Path, problem: str, fix: str) -> DataError:
-    return DataError(f"local data {str(path)!r}: {problem}; {fix}")
 
 
 def read_csv(path: Path, label_column: str = DEFAULT_LABEL_COLUMN) -> tuple[np.ndarray, np.ndarray]:
-    """Read features and labels from a CSV file with a header row (see the module docstring)."""
+    """Features and raw labels of a CSV file with a header row (see the module docstring)."""
+    x, y = files.columns_xy(path, files.read_csv(path), label_column)
+    return x, files.numbers(path, y, "label column")
+
+
+def content_id(path: str | Path) -> int:
+    """A stable id of a data file from its bytes (CRC-32): the same data, the same seeds.
+
+    Ids derived from the path would change with the directory the file sits in (a demo's
+    timestamped run directory), and with them the validation split and the results.
+    """
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"cannot be read ({exc})", "give a readable UTF-8 CSV file") from exc
-    if not rows:
-        raise _fail(path, "is empty", "write a header row and one row per example")
-    header = [h.strip() for h in rows[0]]
-    if label_column not in header:
-        raise _fail(
-            path,
-            f"has no label column {label_column!r} (columns: {', '.join(header) or 'none'})",
-            f"name the label column {label_column!r} or set --node-config "
-            f"\"{keys.LABEL_COLUMN}='<name>'\"",
-        )
-    if len(header) < 2:
-        raise _fail(path, "has a label column but no feature columns", "add the feature columns")
-    label_at = header.index(label_column)
-    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise _fail(
-                path,
-                f"line {line} has {len(row)} cells but the header has {len(header)} columns",
-                "give every row one value per column",
-            )
-    try:
-        table = np.asarray(body, dtype=np.float64).reshape(len(body), len(header))
-    except ValueError as exc:
-        raise _fail(
-            path, f"has a non-numeric value ({exc})", "use numbers only, one per cell"
-        ) from exc
-    y = table[:, label_at]
-    x = np.delete(table, label_at, axis=1)
-    return x, y
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Read the arrays of an NPZ file (see the module docstring)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as exc:
-        raise _fail(
-            path, f"is not a readable NPZ archive ({exc})", "write it with numpy.savez"
-        ) from exc
-    missing = [name for name in ("x", "y") if name not in arrays]
-    if missing:
-        raise _fail(
-            path,
-            f"has no array {' and '.join(map(repr, missing))} "
-            f"(arrays: {', '.join(arrays) or 'none'})",
-            "save the features as 'x' and the labels as 'y'",
-        )
-    return arrays
-
-
-def _labels(path: Path, y: np.ndarray, part: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise _fail(path, f"{part} labels have shape {y.shape}", "give one integer label per row")
-    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
-        raise _fail(
-            path, f"{part} labels must be non-negative integers", "encode classes as 0, 1, ..."
-        )
-    return y.astype(np.int64)
-
-
-def _features(path: Path, x: np.ndarray, part: str, n: int) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim < 2:
-        raise _fail(
-            path, f"{part} features have shape {x.shape}", "give a 2-D array (rows x features)"
-        )
-    if len(x) != n:
-        raise _fail(
-            path, f"{part} has {len(x)} feature rows but {n} labels", "give one label per row"
-        )
-    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-        raise _fail(
-            path, f"{part} features contain non-numeric, NaN or infinite values", "clean them"
-        )
-    return x.astype(np.float32)
+        return zlib.crc32(Path(path).expanduser().read_bytes())
+    except OSError:
+        return 0  # the loader reports the unreadable file
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> ClientData:
@@ -173,27 +104,21 @@ def load_file(
     DataError
         The file is missing, unreadable or does not follow the schema.
     """
-    path = Path(path).expanduser()
-    if path.suffix.lower() not in SUFFIXES:
-        raise _fail(
-            path, f"has suffix {path.suffix or '(none)'!r}", f"use one of {', '.join(SUFFIXES)}"
-        )
-    if not path.is_file():
-        raise _fail(path, "does not exist on this SuperNode", "check the node's data-path")
+    path = files.check_path(path, SUFFIXES)
     if path.suffix.lower() == ".csv":
-        x_raw, y_raw = read_csv(path, label_column)
+        x_raw, y_raw = files.columns_xy(path, files.read_csv(path), label_column)
         arrays: dict[str, Any] = {"x": x_raw, "y": y_raw}
     else:
-        arrays = read_npz(path)
-    y = _labels(path, arrays["y"], "train")
-    x = _features(path, arrays["x"], "train", len(y))
-    if len(y) < MIN_ROWS:
-        raise _fail(path, f"has {len(y)} examples", f"give at least {MIN_ROWS}")
+        arrays = files.read_npz(path)
+    y = files.label_codes(path, arrays["y"], "train")
+    x = files.features_checked(path, arrays["x"], "train", len(y))
+    if len(y) < files.MIN_ROWS:
+        raise files.fail(path, f"has {len(y)} examples", f"give at least {files.MIN_ROWS}")
     if "x_val" in arrays and "y_val" in arrays:
-        y_val = _labels(path, arrays["y_val"], "validation")
-        x_val = _features(path, arrays["x_val"], "validation", len(y_val))
+        y_val = files.label_codes(path, arrays["y_val"], "validation")
+        x_val = files.features_checked(path, arrays["x_val"], "validation", len(y_val))
         if x_val.shape[1:] != x.shape[1:]:
-            raise _fail(
+            raise files.fail(
                 path,
                 f"x_val rows have shape {x_val.shape[1:]} but x rows {x.shape[1:]}",
                 "give both splits the same features",
@@ -231,7 +156,7 @@ def node_data(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
     if keys.DATA_PATH in node_config:
         label_column = str(node_config.get(keys.LABEL_COLUMN, DEFAULT_LABEL_COLUMN))
         path = str(node_config[keys.DATA_PATH])
-        seed = derive_seed(int(cfg.seed), zlib.crc32(path.encode()))
+        seed = derive_seed(int(cfg.seed), content_id(path))
         return load_file(path, label_column, float(cfg.client.val_fraction), seed)
     if keys.PARTITION_ID in node_config:
         return _partition(node_config, cfg)

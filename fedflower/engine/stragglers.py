@@ -168,4 +168,11 @@ def straggler_grid(grid: Grid, client_options: dict[str, Any], strategy: Any, se
     drop = client_options.get("drop_stragglers")
     if drop is None:
         drop = getattr(strategy, "drops_stragglers", True)
+    if not drop and int(client_options.get("local_epochs", 1)) == 1:
+        log.warning(
+            "client.straggler_fraction=%s does nothing: stragglers keep their work and run a "
+            "random number of epochs in [1, client.local_epochs] = [1, 1]; set "
+            "client.local_epochs >= 2 (the FedProx paper uses 20) or client.drop_stragglers=true",
+            fraction,
+        )
     return StragglerGrid(grid, fraction, bool(drop), seed)

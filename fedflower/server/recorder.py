@@ -177,8 +177,8 @@ class Recorder:
         }
         communication = {
             "model_bytes": model_bytes,
-            "formula": "clients x model bytes x rounds",
-            "formula_bytes": num_clients * model_bytes * len(self.rows),
+            "naive_estimate": "clients x model bytes x rounds",
+            "naive_estimate_bytes": num_clients * model_bytes * len(self.rows),
             "measured_bytes": totals["bytes_down"] + totals["bytes_up"],
         }
         results = {
@@ -205,10 +205,12 @@ class Recorder:
         table.add_row("bytes server -> clients", human_bytes(totals["bytes_down"]))
         table.add_row("bytes clients -> server", human_bytes(totals["bytes_up"]))
         table.add_row("measured total", human_bytes(comm["measured_bytes"]))
-        table.add_row(
-            "seed's formula (clients x model bytes x rounds)",
-            f"{human_bytes(comm['formula_bytes'])} (model {human_bytes(comm['model_bytes'])})",
-        )
+        if "async" not in results:  # asynchronous runs have no rounds of all clients
+            estimate = human_bytes(comm["naive_estimate_bytes"])
+            table.add_row(
+                "naive estimate: clients x model bytes x rounds",
+                f"{estimate} (model {human_bytes(comm['model_bytes'])})",
+            )
         table.add_row("wall time", f"{totals['seconds']:.1f} s")
         if results.get("virtual_time") is not None:
             table.add_row("virtual time (latency model)", f"{results['virtual_time']:.1f} s")
@@ -218,8 +220,9 @@ class Recorder:
                 "client tasks / folded / dropped / failed",
                 f"{a['tasks']} / {a['folded']} / {a['dropped']} / {a['failed']}",
             )
-        table.add_row("outputs", str(self.output_dir))
         self.console.print(table)
+        # outside the table, never wrapped: the whole path on any terminal width or in a pipe
+        self.console.print(f"outputs: {self.output_dir.resolve()}", soft_wrap=True, markup=False)
 
 
 def _extra_text(row: dict[str, Any]) -> str:

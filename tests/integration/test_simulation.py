@@ -289,6 +289,7 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
         timeout=600,
     )
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    assert "BuildBackendWarning" not in build.stdout + build.stderr  # config folders declared
     (wheel,) = dist.glob("fedflower-*.whl")
 
     venv = tmp_path / "venv"

@@ -158,3 +158,9 @@ def test_list_strategies_prints_fedavg(outcomes: dict[str, Outcome]) -> None:
     assert "fedflower.strategies.fedavg:FedAvg" in first["fedavg"]
     assert "arXiv:1602.05629" in res.stdout
     assert set(first) == set(strategy_options())
+
+
+def test_help_shows_the_users_own_data_and_export(outcomes: dict[str, Outcome]) -> None:
+    text = outcomes["help"].stdout
+    assert "fedflower dataset=csv dataset.path=" in text
+    assert "fedflower export " in text

@@ -128,3 +128,19 @@ def test_straggler_grid_chooses_drop_from_config_or_strategy() -> None:
 def test_bad_fraction_is_a_config_error(fraction) -> None:
     with pytest.raises(ConfigError, match="straggler_fraction"):
         StragglerGrid(RecordingGrid(), fraction, drop=True, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "warns"),
+    [
+        ({"local_epochs": 1, "drop_stragglers": False}, True),  # epochs drawn from [1, 1]
+        ({"local_epochs": 1, "drop_stragglers": True}, False),  # dropped: they do something
+        ({"local_epochs": 3, "drop_stragglers": False}, False),
+    ],
+)
+def test_stragglers_that_change_nothing_warn(
+    options: dict, warns: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="fedflower.engine.stragglers"):
+        straggler_grid(RecordingGrid(), {"straggler_fraction": 0.5, **options}, FedAvg(), 0)
+    assert ("does nothing" in caplog.text) is warns

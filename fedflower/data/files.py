@@ -1,0 +1,388 @@
+"""Tabular data from the user's own files: CSV, NPZ or Parquet.
+
+One reader serves the simulation (``dataset=csv|npz|parquet``, :func:`load`) and a deployed
+SuperNode's local file (:mod:`fedflower.deploy.local_data`), so both accept the same schema and
+fail with the same :class:`~fedflower.errors.DataError` messages.
+
+File schema
+-----------
+CSV
+    UTF-8 (a byte-order mark, as spreadsheet programs write, is accepted), a header row, then
+    one row per example. The label column holds integers or text (class names); one-hot
+    labels are several 0/1 columns named together. Every feature cell is a number.
+Parquet
+    The same columns as the CSV (needs ``pyarrow``, part of ``fedflower[sim]``).
+NPZ
+    ``numpy.savez`` archive with ``x`` (numbers, shape ``(n, *input_shape)``) and ``y``
+    (integer or text labels of shape ``(n,)``, or one-hot of shape ``(n, classes)``).
+
+Only :mod:`numpy` and the standard library are imported at module level (Parquet imports
+``pyarrow`` when asked for): a slim SuperNode install reads CSV and NPZ.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fedflower.data.source import TabularSource
+from fedflower.errors import DataError
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+SUFFIXES = (".csv", ".npz", ".parquet")
+MIN_ROWS = 2
+
+
+def fail(path: Path, problem: str, fix: str) -> DataError:
+    """A ``DataError`` naming the file, what is wrong and how to fix it."""
+    return DataError(f"data file {str(path)!r}: {problem}; {fix}")
+
+
+def check_path(path: str | Path, suffixes: Sequence[str] = SUFFIXES) -> Path:
+    """The path as a ``Path`` if it names an existing file with a known suffix."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise fail(path, "is a directory", "give the path of a file inside it")
+    if path.suffix.lower() not in suffixes:
+        raise fail(
+            path, f"has suffix {path.suffix or '(none)'!r}", f"use one of {', '.join(suffixes)}"
+        )
+    if not path.is_file():
+        raise fail(path, "does not exist", "check the path (relative to the working directory)")
+    return path
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a CSV file with a header row, as arrays of text."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise fail(path, f"cannot be read ({exc})", "give a readable UTF-8 CSV file") from exc
+    if not rows:
+        raise fail(path, "is empty", "write a header row and one row per example")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header) or "" in header:
+        raise fail(path, f"has empty or repeated column names {header}", "name every column once")
+    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise fail(
+                path,
+                f"line {line} has {len(row)} cells but the header has {len(header)} columns",
+                "give every row one value per column",
+            )
+    cells = np.asarray(body, dtype=str).reshape(len(body), len(header))
+    return {name: np.char.strip(cells[:, i]) for i, name in enumerate(header)}
+
+
+def read_parquet(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a Parquet file."""
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError as exc:
+        raise fail(path, "needs pyarrow", "pip install 'fedflower[sim]'") from exc
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise fail(path, f"is not a readable Parquet file ({exc})", "write it again") from exc
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an NPZ archive; it must hold ``x`` and ``y``."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+        raise fail(
+            path,
+            f"is not a readable NPZ archive ({type(exc).__name__}: {exc})",
+            "write it with numpy.savez (a truncated copy? copy it again)",
+        ) from exc
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        raise fail(
+            path,
+            f"has no array {' and '.join(map(repr, missing))} "
+            f"(arrays: {', '.join(arrays) or 'none'})",
+            "save the features as 'x' and the labels as 'y'",
+        )
+    return arrays
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a CSV or Parquet file."""
+    return read_parquet(path) if path.suffix.lower() == ".parquet" else read_csv(path)
+
+
+def numbers(path: Path, values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as float64; text that is no number, NaN and infinity are errors."""
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise fail(path, f"{what} has a non-numeric value ({exc})", "use numbers only") from exc
+    if not np.all(np.isfinite(out)):
+        raise fail(path, f"{what} contains NaN, empty or infinite values", "clean them")
+    return out
+
+
+def columns_xy(
+    path: Path,
+    table: dict[str, np.ndarray],
+    label: str | Sequence[str],
+    features: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64, 2-D) and raw labels of a table.
+
+    ``label`` names the label column, or several 0/1 columns of a one-hot label. ``features``
+    picks feature columns in that order; by default every column but the labels and
+    ``exclude`` (e.g. the client column).
+    """
+    labels = [label] if isinstance(label, str) else list(label)
+    for name in [*labels, *(features or []), *exclude]:
+        if name not in table:
+            kind = "label column" if name in labels else "column"
+            raise fail(
+                path,
+                f"has no {kind} {name!r} (columns: {', '.join(table) or 'none'})",
+                "name an existing column (dataset.label, dataset.features, "
+                "dataset.client_column; on a SuperNode the node config's label-column)",
+            )
+    names = list(features) if features else [c for c in table if c not in {*labels, *exclude}]
+    if not names:
+        raise fail(path, "has a label column but no feature columns", "add the feature columns")
+    x = np.stack([numbers(path, table[c], f"column {c!r}") for c in names], axis=1)
+    y = table[labels[0]] if len(labels) == 1 else np.stack([table[c] for c in labels], axis=1)
+    return x, y
+
+
+def _is_text(y: np.ndarray) -> bool:
+    return y.dtype.kind in "USO"
+
+
+def label_codes(
+    path: Path, y: np.ndarray, part: str, classes: Sequence[str] | None = None
+) -> np.ndarray:
+    """Integer class labels from integers, one-hot rows or (with ``classes``) class names.
+
+    Parameters
+    ----------
+    classes : sequence of str, optional
+        Class names in label order; text labels need them (see :func:`class_names`).
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if _is_text(y) and np.any(np.char.strip(y.astype(str)) == ""):
+        raise fail(path, f"{part} has rows without a label", "give every row its label")
+    if _is_text(y) and classes is not None and y.ndim == 1:
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = sorted({str(v) for v in y} - set(index))
+        if unknown:
+            raise fail(path, f"{part} has unknown classes {unknown[:5]}", f"use {list(classes)}")
+        return np.asarray([index[str(v)] for v in y], dtype=np.int64)
+    if _is_text(y):
+        y = _text_integers(path, y, part)
+    if y.ndim == 2:
+        return _one_hot_codes(path, numbers(path, y, f"{part} labels"), part)
+    if y.ndim != 1:
+        raise fail(path, f"{part} labels have shape {y.shape}", "give one integer label per row")
+    values = numbers(path, y, f"{part} labels")
+    if np.any(values != np.round(values)) or np.any(values < 0):
+        raise fail(
+            path, f"{part} labels must be non-negative integers", "encode classes as 0, 1, ..."
+        )
+    return values.astype(np.int64)
+
+
+def _text_integers(path: Path, y: np.ndarray, part: str) -> np.ndarray:
+    """Text labels that are all integers ("0", "1") as numbers, else a DataError."""
+    try:
+        return np.asarray(y, dtype=np.float64)
+    except ValueError:
+        examples = ", ".join(repr(str(v)) for v in np.unique(y)[:3])
+        raise fail(
+            path,
+            f"{part} labels are text ({examples}, ...)",
+            "encode classes as 0, 1, ... (text labels are read by dataset=csv|npz|parquet, "
+            "which numbers the class names in sorted order)",
+        ) from None
+
+
+def _one_hot_codes(path: Path, y: np.ndarray, part: str) -> np.ndarray:
+    if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+        raise fail(
+            path,
+            f"{part} labels have shape {y.shape} but are not one-hot rows",
+            "give one integer label per row, or rows of 0/1 with a single 1",
+        )
+    return np.argmax(y, axis=1).astype(np.int64)
+
+
+def class_names(*labels: np.ndarray) -> list[str] | None:
+    """Sorted class names of text labels (``None`` when the labels are numbers)."""
+    texts = [np.asarray(y) for y in labels if y is not None]
+    if not texts or not all(_is_text(y) and y.ndim == 1 for y in texts):
+        return None
+    names = sorted({str(v) for y in texts for v in y})
+    try:
+        np.asarray(names, dtype=np.float64)
+    except ValueError:
+        return names
+    return None  # numbers written as text: read as integers
+
+
+def features_checked(path: Path, x: np.ndarray, part: str, n: int) -> np.ndarray:
+    """Feature rows as float32, checked: 2-D or more, one per label, finite numbers."""
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise fail(
+            path, f"{part} features have shape {x.shape}", "give a 2-D array (rows x features)"
+        )
+    if len(x) != n:
+        raise fail(
+            path, f"{part} has {len(x)} feature rows but {n} labels", "give one label per row"
+        )
+    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
+        raise fail(
+            path, f"{part} features contain non-numeric, NaN or infinite values", "clean them"
+        )
+    return x.astype(np.float32)
+
+
+def _read(
+    path: str | Path,
+    label: str | Sequence[str],
+    features_: Sequence[str] | None,
+    client_column: str | None,
+    test: bool = False,
+) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Features, raw labels and raw client ids (or ``None``) of one file."""
+    file = check_path(path)
+    if file.suffix.lower() == ".npz":
+        arrays = read_npz(file)
+        if features_:
+            raise fail(file, "is an NPZ archive", "dataset.features picks CSV/Parquet columns")
+        labels = label if isinstance(label, str) else "y"
+        for name in (labels, client_column):
+            if name is not None and name not in arrays and not (test and name == client_column):
+                raise fail(file, f"has no array {name!r} (arrays: {', '.join(arrays)})", "add it")
+        groups = arrays.get(client_column) if client_column else None
+        return file, arrays["x"], arrays[labels], groups
+    table = read_table(file)
+    exclude = [client_column] if client_column and (client_column in table or not test) else []
+    x, y = columns_xy(file, table, label, features_, exclude)
+    return file, x, y, table[client_column] if client_column and exclude else None
+
+
+def _held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, test) row indices holding out ``test_fraction`` of ``n`` rows."""
+    from fedflower.checks import check_number
+
+    check_number(
+        "dataset.test_fraction",
+        test_fraction,
+        minimum=0.0,
+        maximum=1.0,
+        min_open=True,
+        max_open=True,
+    )
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = min(n - 1, max(1, round(n * test_fraction)))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def _num_classes(
+    y: np.ndarray, y_test: np.ndarray, raw: np.ndarray, names: list[str] | None
+) -> int:
+    if names is not None:
+        return max(2, len(names))
+    if np.ndim(raw) == 2 and np.shape(raw)[1] > 1:
+        return int(np.shape(raw)[1])
+    return max(2, int(max(y.max(), y_test.max())) + 1)
+
+
+def standardize(x: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale every feature to zero mean and unit variance with the training rows' statistics.
+
+    The test rows are scaled with the same statistics, so nothing of them leaks into training.
+    A constant feature is only centred.
+    """
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0
+    return ((x - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+
+
+def load(
+    path: str,
+    label: str | Sequence[str] = "label",
+    test_path: str | None = None,
+    test_fraction: float = 0.2,
+    client_column: str | None = None,
+    features: Sequence[str] | None = None,
+    standardize_features: bool = True,
+    seed: int = 0,
+) -> TabularSource:
+    """A user's data file as a dataset: a training pool for the clients and a central test set.
+
+    Parameters
+    ----------
+    path : str
+        The training file (``.csv``, ``.npz`` or ``.parquet``, see the module docstring).
+    label : str or list of str
+        The label column (NPZ: the label array, ``y``), or the 0/1 columns of a one-hot label.
+        Text labels are numbered in sorted order of the class names.
+    test_path : str, optional
+        A file of the same schema as the central test set; otherwise ``test_fraction`` of the
+        rows is held out (seeded).
+    test_fraction : float
+        Share of rows held out as the test set when there is no ``test_path``.
+    client_column : str, optional
+        A column (NPZ: an array) naming each row's client, e.g. its hospital: the dataset then
+        has natural groups, one client per distinct value (``partition=auto|natural``).
+    features : list of str, optional
+        Feature columns in the order the model reads them (default: every other column).
+    standardize_features : bool
+        Scale features with the training pool's mean and standard deviation.
+    seed : int
+        Seed of the held-out split.
+    """
+    file, x_raw, y_raw, g_raw = _read(path, label, features, client_column)
+    if test_path:
+        test_file, xt_raw, yt_raw, _ = _read(test_path, label, features, client_column, test=True)
+        g_train = g_raw
+    else:
+        train, test = _held_out(len(y_raw), test_fraction, seed)
+        test_file, xt_raw, yt_raw = file, x_raw[test], y_raw[test]
+        x_raw, y_raw = x_raw[train], y_raw[train]
+        g_train = None if g_raw is None else np.asarray(g_raw)[train]
+    names = class_names(y_raw, yt_raw)
+    y = label_codes(file, y_raw, "train", names)
+    y_test = label_codes(test_file, yt_raw, "test", names)
+    x = features_checked(file, x_raw, "train", len(y))
+    x_test = features_checked(test_file, xt_raw, "test", len(y_test))
+    if x.shape[1:] != x_test.shape[1:]:
+        raise fail(
+            test_file,
+            f"rows have shape {x_test.shape[1:]}, training rows {x.shape[1:]}",
+            "give both files the same feature columns",
+        )
+    if standardize_features:
+        x, x_test = standardize(x, x_test)
+    groups = None if g_train is None else np.unique(np.asarray(g_train), return_inverse=True)[1]
+    return TabularSource(
+        name=file.stem,
+        x=x,
+        y=y,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=_num_classes(y, y_test, y_raw, names),
+        groups=None if groups is None else groups.astype(np.int64),
+    )

@@ -1,0 +1,27 @@
+"""``fedflower export --out`` with a relative path: written there, reported with its whole path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fedflower.deploy.export import export
+from fedflower.deploy.local_data import write_csv
+
+
+@pytest.mark.slow
+def test_relative_out_is_reported_as_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(0)
+    data = write_csv(tmp_path / "d.csv", rng.normal(size=(20, 3)), rng.integers(0, 2, 20))
+    monkeypatch.chdir(tmp_path)
+    report = export(tmp_path / "m.keras", "exports/m.tflite", data=data)
+    assert report.tflite_path == str(tmp_path / "exports" / "m.tflite")
+    assert (tmp_path / "exports" / "m.tflite").stat().st_size == report.tflite_file_bytes
+    assert f"wrote {tmp_path / 'exports' / 'm.tflite'}" in "\n".join(report.lines())
