@@ -6,11 +6,15 @@ second with one line, before anything heavy is imported.
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig
 
 from fedflower.checks import check_choice, check_number
 
 BACKENDS = ("local", "ray")
+ATTACKS = ("none", "sign_flip", "gaussian", "scale", "label_flip", "lie")
+"""Simulated attacks (see :mod:`fedflower.client.attacks`)."""
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
 
 
@@ -24,6 +28,7 @@ def validate(cfg: DictConfig) -> None:
             check_number(f"strategy.{key}", value, minimum=0.0, maximum=1.0)
         if key.startswith("min_") and key.endswith("_nodes"):
             check_number(f"strategy.{key}", value, minimum=0, maximum=n, integer=True)
+    _check_robust(cfg.strategy, n)
     client = cfg.client
     check_number("client.local_epochs", client.local_epochs, minimum=1, integer=True)
     check_number("client.batch_size", client.batch_size, minimum=1, integer=True)
@@ -31,3 +36,35 @@ def validate(cfg: DictConfig) -> None:
     stragglers = client.get("straggler_fraction", 0.0)
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    _check_attack(cfg.get("attack") or {})
+
+
+def _check_robust(strategy: DictConfig, num_clients: int) -> None:
+    """Options of the robust aggregators (Krum, Multi-Krum, Bulyan, trimmed mean)."""
+    if "num_malicious_nodes" in strategy:
+        check_number(
+            "strategy.num_malicious_nodes",
+            strategy.num_malicious_nodes,
+            minimum=0,
+            maximum=num_clients - 1,
+            integer=True,
+        )
+    if "num_nodes_to_select" in strategy:
+        check_number(
+            "strategy.num_nodes_to_select",
+            strategy.num_nodes_to_select,
+            minimum=1,
+            maximum=num_clients,
+            integer=True,
+        )
+    if "beta" in strategy:
+        check_number("strategy.beta", strategy.beta, minimum=0.0, maximum=0.5, max_open=True)
+
+
+def _check_attack(attack: Any) -> None:
+    """The ``attack`` group's name and parameters."""
+    check_choice("attack.name", attack.get("name", "none"), ATTACKS)
+    check_number("attack.fraction", attack.get("fraction", 0.0), minimum=0.0, maximum=1.0)
+    check_number("attack.magnitude", attack.get("magnitude", 1.0), minimum=0.0)
+    check_number("attack.factor", attack.get("factor", 1.0))
+    check_number("attack.z", attack.get("z"), allow_none=True)
