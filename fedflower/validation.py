@@ -20,6 +20,7 @@ ATTACKS = ("none", "sign_flip", "gaussian", "scale", "label_flip", "lie")
 
 def validate(cfg: DictConfig) -> None:
     """Check the values a typo or a bad override can break, with one clear message each."""
+    check_number("seed", cfg.seed, minimum=0, integer=True)
     n = check_number("num_clients", cfg.num_clients, minimum=1, integer=True)
     check_number("num_rounds", cfg.num_rounds, minimum=1, integer=True)
     for key, value in cfg.strategy.items():
@@ -29,6 +30,7 @@ def validate(cfg: DictConfig) -> None:
         if key.startswith("min_") and key.endswith("_nodes"):
             check_number(f"strategy.{key}", value, minimum=0, maximum=n, integer=True)
     _check_robust(cfg.strategy, n)
+    _check_strategy_numbers(cfg.strategy)
     client = cfg.client
     check_number("client.local_epochs", client.local_epochs, minimum=1, integer=True)
     check_number("client.batch_size", client.batch_size, minimum=1, integer=True)
@@ -37,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
     _check_attack(cfg.get("attack") or {})
+    _check_latency(cfg.get("latency"))
 
 
 def _check_robust(strategy: DictConfig, num_clients: int) -> None:
@@ -68,3 +71,24 @@ def _check_attack(attack: Any) -> None:
     check_number("attack.magnitude", attack.get("magnitude", 1.0), minimum=0.0)
     check_number("attack.factor", attack.get("factor", 1.0))
     check_number("attack.z", attack.get("z"), allow_none=True)
+
+
+def _check_strategy_numbers(strategy: DictConfig) -> None:
+    """Options whose bad value would otherwise fail only once the server runs (or never)."""
+    if "proximal_mu" in strategy:
+        check_number("strategy.proximal_mu", strategy.proximal_mu, minimum=0.0)
+    for key in ("buffer_size", "concurrency", "evaluate_every"):
+        if key in strategy:
+            check_number(f"strategy.{key}", strategy[key], minimum=1, integer=True)
+
+
+def _check_latency(latency: Any) -> None:
+    """Build the latency model once, so that its bad parameters fail before any output.
+
+    Imports Flower (not TensorFlow): about a second, only when a latency model is set.
+    """
+    if latency is None or "_target_" not in latency:
+        return
+    from fedflower.engine.clock import build_latency
+
+    build_latency(latency)

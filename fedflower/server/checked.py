@@ -25,6 +25,18 @@ from fedflower.server.attack_log import AttackLog
 log = logging.getLogger(__name__)
 
 
+def check_names(names: list[str], expected: list[str]) -> None:
+    """Raise ``UpdateRejected`` naming the first array an update lacks, adds or reorders."""
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise UpdateRejected(f"update lacks array {missing[0]!r}")
+    extra = [n for n in names if n not in expected]
+    if extra:
+        raise UpdateRejected(f"update has an array the model lacks: {extra[0]!r}")
+    if names != expected:
+        raise UpdateRejected("update's arrays are in another order than the model's")
+
+
 class CheckedFedAvg(FlowerFedAvg):
     """Flower's FedAvg with checked, order-independent, streamed aggregation."""
 
@@ -74,14 +86,12 @@ class CheckedFedAvg(FlowerFedAvg):
         if not np.isfinite(weight) or weight < 0:
             raise UpdateRejected(f"{self.weighted_by_key!r} must be finite and >= 0, got {weight}")
         names = list(record.keys())
-        if self._reference_names is not None and names != self._reference_names:
-            raise UpdateRejected(
-                f"update's array names {names[:3]}... differ from the model's "
-                f"{self._reference_names[:3]}..."
-            )
+        if self._reference_names is not None:
+            check_names(names, self._reference_names)
         arrays = record.to_numpy_ndarrays()
         if self._reference is not None:
             aggregation.check_update(arrays, self._reference)
+            arrays = aggregation.cast_like(arrays, self._reference)
         return names, arrays, weight
 
     def accepted_updates(

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from fedflower import keys
-from fedflower.aggregation import weighted_mean
+from fedflower.aggregation import cast_like, weighted_mean
 from fedflower.checks import check_number
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checked import CheckedFedAvg
@@ -46,14 +46,6 @@ def selection(
     contents = [RecordDict({keys.ARRAYS: ArrayRecord(arrays)}) for arrays, _ in updates]
     position = {id(c): i for i, c in enumerate(contents)}
     return [position[id(c)] for c in rule(contents, num_malicious, num_select)]
-
-
-def as_dtypes(arrays: Iterable[np.ndarray], reference: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """``arrays`` cast to the reference model's dtypes (a median of integers is a float)."""
-    return [
-        np.asarray(a).astype(np.asarray(r).dtype, copy=False)
-        for a, r in zip(arrays, reference, strict=True)
-    ]
 
 
 class RobustAggregation(CheckedFedAvg):
@@ -112,7 +104,7 @@ class RobustAggregation(CheckedFedAvg):
                 f"got {len(updates)}"
             )
         result = self.robust_combine(updates)
-        return as_dtypes(result, self._reference or updates[0][0])
+        return cast_like(result, self._reference or updates[0][0])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
