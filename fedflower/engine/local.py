@@ -114,10 +114,12 @@ class LocalGrid(Grid):
             if message.metadata.dst_node_id not in self._contexts:
                 raise ValueError(f"no node with id {message.metadata.dst_node_id}")
             self._next_id += 1
-            message_id = f"m{self._next_id}"
+            # fixed width, as Flower's (content-hash) ids: a message's size, and so its
+            # duration on the virtual clock, must not depend on how many came before it
+            message_id = f"m{self._next_id:09d}"
             message.metadata.__dict__["_message_id"] = message_id
             reply = self._execute(transmit(message, message_id, wire))
-            self._replies[message_id] = transmit(reply, f"r{self._next_id}")
+            self._replies[message_id] = transmit(reply, f"r{self._next_id:09d}")
             ids.append(message_id)
         return ids
 

@@ -6,13 +6,18 @@ overrides ``start`` with an event loop instead (FedBuff, Nguyen et al. 2022, arX
 FedAsync, Xie et al. 2019, arXiv:1903.03934):
 
 1. keep ``concurrency`` clients training at once (``grid.push_messages``), each from the newest
-   model, remembering which model version each task started from;
-2. take the next finished task's reply (``grid.pull_messages``), compute its staleness
-   ``tau`` (server versions since it started), drop it if ``tau > max_staleness``, else fold it
-   into the server model through the subclass's :meth:`AsyncStrategy.fold`;
+   model; a :class:`~fedflower.server.tasks.TaskTable` remembers each task's node, start
+   version and deadline;
+2. take the replies of the tasks that finished at the current time (``grid.pull_messages``),
+   and for each compute its staleness ``tau`` (server versions since it started), drop it if
+   ``tau > max_staleness``, else fold it into the server model through the subclass's
+   :meth:`AsyncStrategy.fold`;
 3. when the fold moved the model, bump the version, aggregate the folded updates' train
    metrics and call ``evaluate_fn(version, arrays)`` every ``evaluate_every`` versions;
-4. refill the freed slot at once with the newest model.
+4. once *all* replies of that instant are received, refill the freed slots with the newest
+   model. (Refilling a slot before the other replies of the same instant are folded would
+   start it from a model about to be replaced; with this order FedBuff with ``K`` =
+   ``concurrency`` = all clients and equal client durations is FedAvg in every round.)
 
 ``num_rounds`` counts *server model updates* (versions), not client tasks: FedBuff with buffer
 size ``K`` runs ``K * num_rounds`` accepted client tasks, FedAsync one per update.
@@ -20,20 +25,22 @@ size ``K`` runs ``K * num_rounds`` accepted client tasks, FedAsync one per updat
 What "the next finished task" means comes from a :class:`~fedflower.engine.clock.Clock`: in
 simulation the grid is a :class:`~fedflower.engine.clock.VirtualClockGrid` and replies come in
 order of their virtual finish time (deterministic for a seed); with any other grid (a real
-deployment) replies are folded in arrival order and the wall clock is used, tasks without a
-reply after ``timeout`` seconds are abandoned and their slot refilled, and nodes that connect
-later are given work. A node whose task failed (error reply, malformed update, timeout) gets new
-work only after another node's reply has been accepted, so a client that crashes at once cannot
-spin the loop; when every node has failed since the last accepted reply, the run stops.
+deployment) replies are folded in arrival order and the wall clock is used, and nodes that
+connect later are given work. On both clocks a task without a reply ``task_timeout`` seconds
+after dispatch is abandoned, its slot refilled and its node counted as failed. A node whose
+task failed (error reply, malformed update, timeout) gets new work only after another node's
+reply has been accepted, so a client that crashes at once cannot spin the loop; when every
+node has failed since the last accepted reply, the run stops.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,15 +57,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedflower import aggregation, keys
+from fedflower import keys
 from fedflower.aggregation.staleness import StalenessFn, make_staleness
+from fedflower.checks import check_number
 from fedflower.engine.clock import Clock, WallClock, find_clock
-from fedflower.errors import ConfigError, UpdateRejected
+from fedflower.errors import UpdateRejected
+from fedflower.server.replies import unpack_reply
+from fedflower.server.tasks import Task, TaskTable
 
 log = logging.getLogger(__name__)
 
 Arrays = list[np.ndarray]
 MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
 @dataclass
@@ -93,19 +104,21 @@ class ClientUpdate:
 
 
 @dataclass
-class _Task:
-    node_id: int
-    version: int
-    started: float
+class _Run:
+    """What one call of :meth:`AsyncStrategy.start` works with."""
 
-
-def _int_option(name: str, value: Any, minimum: int, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
-    return value
+    grid: Grid
+    clock: Clock
+    wall: bool
+    table: TaskTable
+    num_rounds: int
+    timeout: float
+    task_timeout: float
+    train_config: ConfigRecord
+    evaluate_fn: EvaluateFn | None
+    result: Result = field(default_factory=Result)
+    folded: list[RecordDict] = field(default_factory=list)
+    idle_since: float | None = None
 
 
 class AsyncStrategy(Strategy):
@@ -126,6 +139,10 @@ class AsyncStrategy(Strategy):
         Seeds which idle nodes are picked for new tasks.
     poll_interval : float
         Seconds between polls of a real grid for replies (deployments only).
+    task_timeout : float, optional
+        Seconds (of the run's clock: virtual in simulation, wall in a deployment) a task may
+        run; past it the task is abandoned, its slot refilled and its node counted as failed
+        (a killed SuperNode). ``None``: the ``timeout`` of :meth:`start` (Flower's 3600 s).
     weighted_by_key : str
         The reply metric holding a client's aggregation weight.
     arrayrecord_key, configrecord_key : str
@@ -143,20 +160,26 @@ class AsyncStrategy(Strategy):
         evaluate_every: int = 1,
         seed: int = 0,
         poll_interval: float = 0.05,
+        task_timeout: float | None = None,
         weighted_by_key: str = keys.NUM_EXAMPLES,
         arrayrecord_key: str = keys.ARRAYS,
         configrecord_key: str = keys.CONFIG,
         train_metrics_aggr_fn: MetricsAggr | None = None,
         evaluate_metrics_aggr_fn: MetricsAggr | None = None,
     ) -> None:
-        self.concurrency = _int_option("concurrency", concurrency, 1)
+        self.concurrency = check_number("concurrency", concurrency, minimum=1, integer=True)
         self.staleness = make_staleness(staleness)
-        self.max_staleness = _int_option("max_staleness", max_staleness, 0, allow_none=True)
-        self.evaluate_every = _int_option("evaluate_every", evaluate_every, 1)
+        self.max_staleness = check_number(
+            "max_staleness", max_staleness, minimum=0, integer=True, allow_none=True
+        )
+        self.evaluate_every = check_number(
+            "evaluate_every", evaluate_every, minimum=1, integer=True
+        )
         self.seed = int(seed)
-        if not poll_interval > 0:
-            raise ConfigError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = check_number("poll_interval", poll_interval, minimum=0, min_open=True)
+        self.task_timeout = check_number(
+            "task_timeout", task_timeout, minimum=0, min_open=True, allow_none=True
+        )
         self.weighted_by_key = weighted_by_key
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
@@ -164,7 +187,7 @@ class AsyncStrategy(Strategy):
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn or aggregate_metricrecords
         self.model: Arrays = []
         self.version = 0
-        self.rejected = 0
+        self.table = TaskTable(self.concurrency, self.seed)
         self.totals: Counter[str] = Counter()
         self._names: list[str] = []
         self._record: ArrayRecord | None = None
@@ -189,7 +212,7 @@ class AsyncStrategy(Strategy):
         timeout: float = 3600,
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
     ) -> Result:
         """Run until the server model has been updated ``num_rounds`` times.
 
@@ -203,8 +226,8 @@ class AsyncStrategy(Strategy):
         num_rounds : int
             Number of server model updates (versions) to make.
         timeout : float
-            Seconds a task may stay without reply before its slot is given to another node
-            (and, with no node connected, how long to wait for one).
+            With no node connected, seconds to wait for one; also a task's deadline when
+            ``task_timeout`` is not set.
         train_config : ConfigRecord, optional
             Sent with every task; ``server-round`` is set to the start version + 1.
         evaluate_config : ConfigRecord, optional
@@ -220,11 +243,34 @@ class AsyncStrategy(Strategy):
         """
         log.info("Starting %s (asynchronous)", type(self).__name__)
         self.summary()
+        t_start = time.time()
+        run = self._begin(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_fn)
+        while self.version < num_rounds:
+            self._dispatch(run)
+            if not run.table:
+                if self._stop_idle(run):
+                    break
+                continue
+            run.idle_since = None
+            replies = list(grid.pull_messages(list(run.table.tasks)))
+            if replies:
+                # every reply of this instant is received before a freed slot is refilled
+                self._receive(run, replies)
+            else:
+                self._expire(run)
+                run.clock.wait(list(run.table.tasks), run.task_timeout)
+        return self._finish(run, t_start)
+
+    def _begin(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int,
+        timeout: float,
+        train_config: ConfigRecord | None,
+        evaluate_fn: EvaluateFn | None,
+    ) -> _Run:
         found = find_clock(grid)
-        wall = found is None
-        clock: Clock = WallClock(self.poll_interval) if found is None else found
-        train_config = ConfigRecord() if train_config is None else train_config
-        result = Result()
         self._names = list(initial_arrays.keys())
         self.model = initial_arrays.to_numpy_ndarrays()
         self._record = initial_arrays
@@ -232,96 +278,105 @@ class AsyncStrategy(Strategy):
         self.totals = Counter()
         self._reset_report()
         self.reset(self.model)
-        rng = np.random.default_rng(self.seed)
-        starts: dict[int, Arrays] = {}
-        refs: Counter[int] = Counter()
-        in_flight: dict[str, _Task] = {}
-        folded: list[RecordDict] = []
-        # nodes whose last task failed wait until another node's reply is accepted
-        resting: set[int] = set()
-        idle_since: float | None = None
-        t_start = time.time()
-
+        self.table = TaskTable(self.concurrency, self.seed)
+        run = _Run(
+            grid=grid,
+            clock=WallClock(self.poll_interval) if found is None else found,
+            wall=found is None,
+            table=self.table,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            task_timeout=timeout if self.task_timeout is None else self.task_timeout,
+            train_config=ConfigRecord() if train_config is None else train_config,
+            evaluate_fn=evaluate_fn,
+        )
         if evaluate_fn is not None:
             res = evaluate_fn(0, initial_arrays)
             if res is not None:
-                result.evaluate_metrics_serverapp[0] = res
+                run.result.evaluate_metrics_serverapp[0] = res
+        return run
 
-        def release(task: _Task) -> None:
-            refs[task.version] -= 1
-            if refs[task.version] <= 0:
-                del refs[task.version]
-                starts.pop(task.version, None)
+    def _dispatch(self, run: _Run) -> None:
+        """Fill the free slots with tasks for random idle nodes, from the newest model."""
+        chosen = run.table.pick(run.grid.get_node_ids())
+        if not chosen:
+            return
+        ids = list(run.grid.push_messages(self._train_messages(chosen, run.train_config)))
+        run.table.dispatch(ids, chosen, self.version, self.model, run.clock.now, run.task_timeout)
+        self.totals["tasks"] += len(ids)
+        self._report["tasks"] = self.totals["tasks"]
 
-        def dispatch() -> None:
-            free = self.concurrency - len(in_flight)
-            if free <= 0:
-                return
-            busy = {t.node_id for t in in_flight.values()}
-            idle = sorted(set(grid.get_node_ids()) - busy - resting)
-            if not idle:
-                return
-            # pick positions, not ids: uint64 node ids do not survive numpy's float conversion
-            picks = rng.choice(len(idle), size=min(free, len(idle)), replace=False)
-            chosen = [int(idle[i]) for i in picks]
-            messages = self._train_messages(chosen, train_config)
-            ids = list(grid.push_messages(messages))
-            now = clock.now
-            starts.setdefault(self.version, self.model)
-            for message_id, node in zip(ids, chosen, strict=True):
-                in_flight[message_id] = _Task(node, self.version, now)
-                refs[self.version] += 1
-            self.totals["tasks"] += len(ids)
-            self._report["tasks"] = self.totals["tasks"]
+    def _stop_idle(self, run: _Run) -> bool:
+        """Nothing in flight and no node to give work to: wait for one, or say why to stop."""
+        if run.table.all_resting(run.grid.get_node_ids()):
+            log.error(
+                "every node failed since the last accepted update; stopping at version %s",
+                self.version,
+            )
+            return True
+        if not run.wall:
+            log.error("no node is available for training; stopping at %s", self.version)
+            return True
+        run.idle_since = run.clock.now if run.idle_since is None else run.idle_since
+        if run.clock.now - run.idle_since > run.timeout:
+            log.error("no node connected for %.0f s; stopping", run.timeout)
+            return True
+        run.clock.wait([], run.timeout)
+        return False
 
-        while self.version < num_rounds:
-            dispatch()
-            if not in_flight:
-                if resting and set(grid.get_node_ids()) <= resting:
-                    log.error(
-                        "every node failed since the last accepted update; stopping at version %s",
-                        self.version,
-                    )
-                    break
-                if not wall:
-                    log.error("no node is available for training; stopping at %s", self.version)
-                    break
-                idle_since = clock.now if idle_since is None else idle_since
-                if clock.now - idle_since > timeout:
-                    log.error("no node connected for %.0f s; stopping", timeout)
-                    break
-                clock.wait([], timeout)
+    def _receive(self, run: _Run, replies: list[Message]) -> None:
+        """Fold the replies in order; stop once the last version is made."""
+        for reply in replies:
+            released = run.table.release(reply.metadata.reply_to_message_id)
+            if released is None:
                 continue
-            idle_since = None
-            replies = list(grid.pull_messages(list(in_flight)))
-            if not replies:
-                if wall:
-                    resting.update(self._expire(in_flight, clock.now, timeout, release))
-                clock.wait(list(in_flight), timeout)
+            task, start = released
+            outcome, update = self._accept(reply, task, start, run.clock.now)
+            self._count(outcome)
+            if outcome in ("failed", "rejected"):
+                run.table.rest(task.node_id)  # retried after another node's reply
                 continue
-            for reply in replies:
-                task = in_flight.pop(reply.metadata.reply_to_message_id, None)
-                if task is None:
-                    continue
-                dropped = self.totals["dropped"]
-                update = self._accept(reply, task, starts)
-                release(task)
-                if update is None and self.totals["dropped"] == dropped:
-                    resting.add(task.node_id)  # failed or malformed: retry it later
-                else:
-                    resting.clear()
-                if update is not None:
-                    folded.append(update.content)
-                    new_model = self.fold(update)
-                    if new_model is not None:
-                        self._advance(new_model, folded, result, evaluate_fn, num_rounds, clock)
-                        folded = []
-                if self.version >= num_rounds:
-                    break
-                dispatch()
+            run.table.wake()
+            if update is None:
+                continue
+            run.folded.append(update.content)
+            new_model = self.fold(update)
+            if new_model is not None:
+                self._advance(run, new_model)
+            if self.version >= run.num_rounds:
+                break
 
-        self.totals["unfinished"] = len(in_flight)
-        result.arrays = self._current_record()
+    def _expire(self, run: _Run) -> None:
+        """Abandon the tasks past their deadline: their slots are free, their nodes failed."""
+        for task in run.table.expire(run.clock.now):
+            log.warning(
+                "node %s gave no reply within %.0f s; giving its slot to another node",
+                task.node_id,
+                task.deadline - task.started,
+            )
+            self._count("failed")
+
+    def _advance(self, run: _Run, new_model: Arrays) -> None:
+        self.model = new_model
+        self._record = None
+        self.version += 1
+        self.totals["updates"] += 1
+        self._report["version"] = self.version
+        log.info("server version %s at t=%.2f s", self.version, run.clock.now)
+        if run.folded:
+            metrics = self.train_metrics_aggr_fn(run.folded, self.weighted_by_key)
+            run.result.train_metrics_clientapp[self.version] = metrics
+            run.folded = []
+        if run.evaluate_fn is not None and (
+            self.version % self.evaluate_every == 0 or self.version >= run.num_rounds
+        ):
+            res = run.evaluate_fn(self.version, self._current_record())
+            if res is not None:
+                run.result.evaluate_metrics_serverapp[self.version] = res
+
+    def _finish(self, run: _Run, t_start: float) -> Result:
+        self.totals["unfinished"] = len(run.table)
+        run.result.arrays = self._current_record()
         log.info(
             "%s finished: %s versions, %s tasks, %s folded, %s dropped, %s failed in %.2f s",
             type(self).__name__,
@@ -332,103 +387,42 @@ class AsyncStrategy(Strategy):
             self.totals["failed"],
             time.time() - t_start,
         )
-        return result
-
-    def _advance(
-        self,
-        new_model: Arrays,
-        folded: list[RecordDict],
-        result: Result,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
-        num_rounds: int,
-        clock: Clock,
-    ) -> None:
-        self.model = new_model
-        self._record = None
-        self.version += 1
-        self.totals["updates"] += 1
-        self._report["version"] = self.version
-        log.info("server version %s at t=%.2f s", self.version, clock.now)
-        if folded:
-            metrics = self.train_metrics_aggr_fn(folded, self.weighted_by_key)
-            result.train_metrics_clientapp[self.version] = metrics
-        if evaluate_fn is not None and (
-            self.version % self.evaluate_every == 0 or self.version >= num_rounds
-        ):
-            res = evaluate_fn(self.version, self._current_record())
-            if res is not None:
-                result.evaluate_metrics_serverapp[self.version] = res
-
-    def _expire(
-        self,
-        in_flight: dict[str, _Task],
-        now: float,
-        timeout: float,
-        release: Callable[[_Task], None],
-    ) -> list[int]:
-        expired = []
-        for message_id, task in list(in_flight.items()):
-            if now - task.started > timeout:
-                log.warning(
-                    "node %s gave no reply within %.0f s; giving its slot to another node",
-                    task.node_id,
-                    timeout,
-                )
-                del in_flight[message_id]
-                release(task)
-                self._count("failed")
-                expired.append(task.node_id)
-        return expired
+        return run.result
 
     def _count(self, what: str, n: int = 1) -> None:
         self.totals[what] += n
         self._report[what] = self._report.get(what, 0) + n
 
     def _accept(
-        self, reply: Message, task: _Task, starts: dict[int, Arrays]
-    ) -> ClientUpdate | None:
-        """Unpack a reply into a :class:`ClientUpdate`, or count why it is not one."""
+        self, reply: Message, task: Task, start: Arrays, now: float
+    ) -> tuple[str, ClientUpdate | None]:
+        """Unpack a reply: ``("folded", update)``, or why not (failed, rejected, dropped)."""
         node = task.node_id
         if reply.has_error():
             log.warning("node %s failed: %s", node, reply.error.reason)
-            self._count("failed")
-            return None
-        start = starts[task.version]
+            return "failed", None
+        if now > task.deadline:
+            log.warning("node %s replied after its deadline; counted as failed", node)
+            return "failed", None
         try:
-            arrays, weight = self._unpack(reply, start)
+            _, arrays, weight = unpack_reply(
+                reply,
+                arrayrecord_key=self.arrayrecord_key,
+                weighted_by_key=self.weighted_by_key,
+                names=self._names,
+                reference=start,
+            )
         except UpdateRejected as exc:
-            self.rejected += 1
-            self._count("rejected")
             log.warning("update from node %s rejected: %s", node, exc)
-            return None
+            return "rejected", None
         tau = self.version - task.version
         if self.max_staleness is not None and tau > self.max_staleness:
             log.info(
                 "dropped an update of node %s: staleness %s > %s", node, tau, self.max_staleness
             )
-            self._count("dropped")
-            return None
-        self._count("folded")
+            return "dropped", None
         self._report["staleness"].append(tau)
-        return ClientUpdate(node, arrays, start, task.version, tau, weight, reply.content)
-
-    def _unpack(self, reply: Message, reference: Arrays) -> tuple[Arrays, float]:
-        content = reply.content
-        if self.arrayrecord_key not in content.array_records:
-            raise UpdateRejected(f"reply has no {self.arrayrecord_key!r} ArrayRecord")
-        weights = [
-            m[self.weighted_by_key]
-            for m in content.metric_records.values()
-            if self.weighted_by_key in m
-        ]
-        if len(weights) != 1:
-            raise UpdateRejected(f"reply must carry exactly one {self.weighted_by_key!r} metric")
-        arrays = content.array_records[self.arrayrecord_key].to_numpy_ndarrays()
-        aggregation.check_update(arrays, reference)
-        weight = float(weights[0])  # type: ignore[arg-type]
-        if not np.isfinite(weight) or weight < 0:
-            raise UpdateRejected(f"{self.weighted_by_key!r} must be finite and >= 0, got {weight}")
-        return arrays, weight
+        return "folded", ClientUpdate(node, arrays, start, task.version, tau, weight, reply.content)
 
     def _current_record(self) -> ArrayRecord:
         if self._record is None:
@@ -486,9 +480,19 @@ class AsyncStrategy(Strategy):
             "async": {
                 "versions": self.version,
                 **{k: self.totals.get(k, 0) for k in counts},
-                "rejected": self.rejected,
+                "rejected": self.totals.get("rejected", 0),
             }
         }
+
+    @property
+    def rejected(self) -> int:
+        """Replies that brought no usable update: failed tasks and malformed updates.
+
+        What ``results.json`` reports as ``rejected_updates``, counted as the synchronous
+        :class:`~fedflower.server.checked.CheckedFedAvg` counts it (a client that raised, a
+        task past its deadline, an update that fails the checks).
+        """
+        return int(self.totals.get("failed", 0) + self.totals.get("rejected", 0))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -520,8 +524,9 @@ class AsyncStrategy(Strategy):
         version, start = self._sync_start
         changed, contents = False, []
         for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
-            task = _Task(reply.metadata.src_node_id, version, 0.0)
-            update = self._accept(reply, task, {version: start})
+            task = Task(reply.metadata.src_node_id, version, 0.0, math.inf)
+            outcome, update = self._accept(reply, task, start, 0.0)
+            self._count(outcome)
             if update is None:
                 continue
             contents.append(update.content)

@@ -21,20 +21,9 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from fedflower import aggregation
 from fedflower.errors import UpdateRejected
 from fedflower.server.attack_log import AttackLog
+from fedflower.server.replies import unpack_reply
 
 log = logging.getLogger(__name__)
-
-
-def check_names(names: list[str], expected: list[str]) -> None:
-    """Raise ``UpdateRejected`` naming the first array an update lacks, adds or reorders."""
-    missing = [n for n in expected if n not in names]
-    if missing:
-        raise UpdateRejected(f"update lacks array {missing[0]!r}")
-    extra = [n for n in names if n not in expected]
-    if extra:
-        raise UpdateRejected(f"update has an array the model lacks: {extra[0]!r}")
-    if names != expected:
-        raise UpdateRejected("update's arrays are in another order than the model's")
 
 
 class CheckedFedAvg(FlowerFedAvg):
@@ -71,28 +60,13 @@ class CheckedFedAvg(FlowerFedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def _unpack(self, reply: Message) -> tuple[list[str], list[np.ndarray], float]:
-        content = reply.content
-        if self.arrayrecord_key not in content.array_records:
-            raise UpdateRejected(f"reply has no {self.arrayrecord_key!r} ArrayRecord")
-        record = content.array_records[self.arrayrecord_key]
-        weights = [
-            m[self.weighted_by_key]
-            for m in content.metric_records.values()
-            if self.weighted_by_key in m
-        ]
-        if len(weights) != 1:
-            raise UpdateRejected(f"reply must carry exactly one {self.weighted_by_key!r} metric")
-        weight = float(weights[0])  # type: ignore[arg-type]
-        if not np.isfinite(weight) or weight < 0:
-            raise UpdateRejected(f"{self.weighted_by_key!r} must be finite and >= 0, got {weight}")
-        names = list(record.keys())
-        if self._reference_names is not None:
-            check_names(names, self._reference_names)
-        arrays = record.to_numpy_ndarrays()
-        if self._reference is not None:
-            aggregation.check_update(arrays, self._reference)
-            arrays = aggregation.cast_like(arrays, self._reference)
-        return names, arrays, weight
+        return unpack_reply(
+            reply,
+            arrayrecord_key=self.arrayrecord_key,
+            weighted_by_key=self.weighted_by_key,
+            names=self._reference_names,
+            reference=self._reference,
+        )
 
     def accepted_updates(
         self, replies: Iterable[Message]

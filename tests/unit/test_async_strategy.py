@@ -104,28 +104,41 @@ def assert_arrays_close(a: Sequence[np.ndarray], b: Sequence[np.ndarray], **tol:
 
 # -- equivalences ----------------------------------------------------------------------------
 def fedavg_round(num_nodes: int) -> list[np.ndarray]:
+    return fedavg_rounds(num_nodes, 1)[-1]
+
+
+def fedavg_rounds(num_nodes: int, rounds: int) -> list[list[np.ndarray]]:
+    """The global model after each of ``rounds`` FedAvg rounds over all nodes."""
     fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=num_nodes)
     grid = LocalGrid(numeric_app(), num_nodes)
-    return fedavg.start(grid, initial(), num_rounds=1).arrays.to_numpy_ndarrays()
+    models: list[list[np.ndarray]] = []
+
+    def keep(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round > 0:
+            models.append(arrays.to_numpy_ndarrays())
+
+    fedavg.start(grid, initial(), num_rounds=rounds, evaluate_fn=keep)
+    return models
 
 
-def test_fedbuff_k_equal_concurrency_equal_n_is_one_fedavg_round() -> None:
-    # equally fast clients: the first K = N arrivals are the first wave, one task per client
-    # (with unequal speeds a fast client may return twice before the slowest one, as it should)
-    n = 4
+def test_fedbuff_k_equal_concurrency_equal_n_is_fedavg_in_every_round() -> None:
+    # equally fast clients: all N replies of a wave arrive at the same virtual time and are
+    # all folded before any slot is refilled, so every wave trains from the newest model
+    # (refilling after each reply would start N - 1 tasks of the next wave from the old one)
+    n, rounds = 4, 4
     equal = LatencyModel(Constant(), seconds_per_example=0.0, latency_s=1.0)
     fedbuff = FedBuff(concurrency=n, buffer_size=n, staleness="constant", server_lr=1.0)
-    log, _ = run(fedbuff, n, num_rounds=1, latency=equal)
-    assert fedbuff.totals["folded"] == n and log.rows[1]["staleness_max"] == 0
-    got = log.result.arrays.to_numpy_ndarrays()  # type: ignore[attr-defined]
-    assert_arrays_close(got, fedavg_round(n))
+    log, _ = run(fedbuff, n, num_rounds=rounds, latency=equal)
+    assert fedbuff.totals["folded"] == n * rounds
+    assert [r["staleness_max"] for r in log.rows[1:]] == [0] * rounds
+    for row, want in zip(log.rows[1:], fedavg_rounds(n, rounds), strict=True):
+        assert_arrays_close(row["arrays"], want)
     # and against the formula: example-weighted mean of 0.5 w + (p + 1)
-    w0 = initial().to_numpy_ndarrays()
     weights = [10 * (p + 1) for p in range(n)]
-    expected = [
-        sum(w * (0.5 * a + p + 1) for p, w in enumerate(weights)) / sum(weights) for a in w0
-    ]
-    assert_arrays_close(got, expected)
+    x = initial().to_numpy_ndarrays()
+    for row in log.rows[1:]:
+        x = [sum(w * (0.5 * a + p + 1) for p, w in enumerate(weights)) / sum(weights) for a in x]
+        assert_arrays_close(row["arrays"], x)
 
 
 def test_fedbuff_in_flowers_synchronous_loop_is_fedavg_too() -> None:
@@ -373,6 +386,8 @@ def test_real_threads_real_clock_run_to_completion() -> None:
         ({"name": "fedbuff", "staleness": "linear"}, "unknown staleness function 'linear'"),
         ({"name": "fedasync", "alpha": 0.0}, r"alpha must be a number in \(0, 1\], got 0.0"),
         ({"name": "fedasync", "max_staleness": -1}, "max_staleness must be an integer >= 0"),
+        ({"name": "fedbuff", "task_timeout": 0}, "task_timeout must be a number > 0 or null"),
+        ({"name": "fedasync", "poll_interval": 0}, "poll_interval must be a number > 0, got 0"),
         ({"name": "fedasync", "buffer_size": 3}, "has no option buffer_size; its options:"),
     ],
 )
