@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
+from fedflower.client.attacks import Attack, attack_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
@@ -67,7 +69,9 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     build_model()  # a model that does not fit the data fails here, before any output is written
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
     (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
-    client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
+    client_app = to_client_app(
+        keras_client_fn(build_model, fed.client, cfg.seed), mods=client_mods(cfg)
+    )
     simulate(
         server_app,
         client_app,
@@ -78,6 +82,13 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
+
+
+def client_mods(cfg: DictConfig) -> list[Mod]:
+    """The Flower client mods the config asks for: a simulated attack when one is set."""
+    options = OmegaConf.to_container(cfg.get("attack") or {"name": "none"}, resolve=True)
+    attack = Attack(**options)  # type: ignore[arg-type]
+    return [attack_mod(attack)] if attack.active else []
 
 
 def experiment_server_app(

@@ -37,3 +37,8 @@ NUM_CLASSES = "num-classes"
 # Run config keys of the Flower app (``[tool.flwr.app.config]``, ``flwr run --run-config``).
 RUN_OVERRIDES = "overrides"
 RUN_OUTPUT_DIR = "output-dir"
+
+# Simulated attacks (simulation only, see fedflower.client.attacks).
+ATTACK = "attack"  # ConfigRecord a malicious client's train reply carries (its attack's name)
+ATTACK_NAME = "name"
+FLIP_LABELS = "attack-flip-labels"  # train config: train on flipped labels (label_flip attack)

@@ -6,6 +6,8 @@ second with one line, before anything heavy is imported.
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.checks import check_choice, check_number
@@ -13,6 +15,8 @@ from fedflower.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
+ATTACKS = ("none", "sign_flip", "gaussian", "scale", "label_flip", "lie")
+"""Simulated attacks (see :mod:`fedflower.client.attacks`)."""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -23,6 +27,7 @@ def validate(cfg: DictConfig) -> None:
             f"{missing[0]} must be set, got nothing: add {missing[0]}=... to the command line "
             "(e.g. dataset=csv dataset.path=data.csv, model=keras_file model.path=model.keras)"
         )
+    check_number("seed", cfg.seed, minimum=0, integer=True)
     n = check_number("num_clients", cfg.num_clients, minimum=1, integer=True)
     check_number("num_rounds", cfg.num_rounds, minimum=1, integer=True)
     for key, value in cfg.strategy.items():
@@ -31,6 +36,8 @@ def validate(cfg: DictConfig) -> None:
             check_number(f"strategy.{key}", value, minimum=0.0, maximum=1.0)
         if key.startswith("min_") and key.endswith("_nodes"):
             check_number(f"strategy.{key}", value, minimum=0, maximum=n, integer=True)
+    _check_robust(cfg.strategy, n)
+    _check_strategy_numbers(cfg.strategy)
     client = cfg.client
     check_number("client.local_epochs", client.local_epochs, minimum=1, integer=True)
     check_number("client.batch_size", client.batch_size, minimum=1, integer=True)
@@ -38,3 +45,57 @@ def validate(cfg: DictConfig) -> None:
     stragglers = client.get("straggler_fraction", 0.0)
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    _check_attack(cfg.get("attack") or {})
+    _check_latency(cfg.get("latency"))
+
+
+def _check_robust(strategy: DictConfig, num_clients: int) -> None:
+    """Options of the robust aggregators (Krum, Multi-Krum, Bulyan, trimmed mean)."""
+    if "num_malicious_nodes" in strategy:
+        check_number(
+            "strategy.num_malicious_nodes",
+            strategy.num_malicious_nodes,
+            minimum=0,
+            maximum=num_clients - 1,
+            integer=True,
+        )
+    if "num_nodes_to_select" in strategy:
+        check_number(
+            "strategy.num_nodes_to_select",
+            strategy.num_nodes_to_select,
+            minimum=1,
+            maximum=num_clients,
+            integer=True,
+        )
+    if "beta" in strategy:
+        check_number("strategy.beta", strategy.beta, minimum=0.0, maximum=0.5, max_open=True)
+
+
+def _check_attack(attack: Any) -> None:
+    """The ``attack`` group's name and parameters."""
+    check_choice("attack.name", attack.get("name", "none"), ATTACKS)
+    check_number("attack.fraction", attack.get("fraction", 0.0), minimum=0.0, maximum=1.0)
+    check_number("attack.magnitude", attack.get("magnitude", 1.0), minimum=0.0)
+    check_number("attack.factor", attack.get("factor", 1.0))
+    check_number("attack.z", attack.get("z"), allow_none=True)
+
+
+def _check_strategy_numbers(strategy: DictConfig) -> None:
+    """Options whose bad value would otherwise fail only once the server runs (or never)."""
+    if "proximal_mu" in strategy:
+        check_number("strategy.proximal_mu", strategy.proximal_mu, minimum=0.0)
+    for key in ("buffer_size", "concurrency", "evaluate_every"):
+        if key in strategy:
+            check_number(f"strategy.{key}", strategy[key], minimum=1, integer=True)
+
+
+def _check_latency(latency: Any) -> None:
+    """Build the latency model once, so that its bad parameters fail before any output.
+
+    Imports Flower (not TensorFlow): about a second, only when a latency model is set.
+    """
+    if latency is None or "_target_" not in latency:
+        return
+    from fedflower.engine.clock import build_latency
+
+    build_latency(latency)

@@ -6,8 +6,11 @@ minimizes ``F_k(w) + mu/2 * ||w - w_global||^2`` (:mod:`fedflower.client.proxima
 averages the results as FedAvg does. Stragglers' partial work is kept (the paper's setting).
 """
 
+from typing import Any
+
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
+from fedflower.checks import check_number
 from fedflower.server.checked import CheckedFedAvg
 
 
@@ -16,3 +19,7 @@ class FedProx(FlowerFedProx, CheckedFedAvg):
 
     drops_stragglers = False
     """Keep the partial work of stragglers (FedAvg drops it), as in the FedProx paper."""
+
+    def __init__(self, proximal_mu: float = 0.0, **options: Any) -> None:
+        check_number("strategy.proximal_mu", proximal_mu, minimum=0.0)
+        super().__init__(proximal_mu=proximal_mu, **options)

@@ -200,6 +200,17 @@ def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
             raise UpdateRejected(f"array {i} contains NaN or infinite values")
 
 
+def cast_like(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> Arrays:
+    """``arrays`` in the reference's dtypes (a float64 update to a float32 model becomes float32).
+
+    Arrays already of the right dtype are returned as they are (no copy).
+    """
+    return [
+        np.asarray(a).astype(np.asarray(r).dtype, copy=False)
+        for a, r in zip(arrays, reference, strict=True)
+    ]
+
+
 def subtract(minuend: Sequence[np.ndarray], subtrahend: Sequence[np.ndarray]) -> Arrays:
     """Layer-wise ``minuend - subtrahend`` in the layers' own dtypes (e.g. a model delta)."""
     if len(minuend) != len(subtrahend):

@@ -65,7 +65,12 @@ class KerasClient:
         """Load weights into the model."""
         self.model.set_weights(parameters)
 
-    def train_dataset(self, batch_size: int, seed: int) -> tf.data.Dataset:
+    def flipped_labels(self) -> np.ndarray:
+        """Training labels ``y -> C - 1 - y`` (the ``label_flip`` attack; C from the model)."""
+        num_classes = max(2, int(self.model.output_shape[-1]))
+        return (num_classes - 1 - self.data.y_train).astype(self.data.y_train.dtype)
+
+    def train_dataset(self, batch_size: int, seed: int, flip: bool = False) -> tf.data.Dataset:
         """The local training data, reshuffled every epoch in an order fixed by ``seed``.
 
         The shuffle seed is the op's own, so a client's batches depend only on the run's seed,
@@ -73,8 +78,9 @@ class KerasClient:
         TensorFlow's global state instead would make Keras retrace its train function.
         """
         n = self.data.num_train
+        y = self.flipped_labels() if flip else self.data.y_train
         return (
-            tf.data.Dataset.from_tensor_slices((self.data.x_train, self.data.y_train))
+            tf.data.Dataset.from_tensor_slices((self.data.x_train, y))
             .shuffle(n, seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size)
         )
@@ -85,7 +91,7 @@ class KerasClient:
         """Train locally from ``parameters`` with the round's settings.
 
         ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`),
-        and ``proximal-mu`` for FedProx.
+        and ``proximal-mu`` for FedProx (``attack-flip-labels``: train on flipped labels).
         Returns the new weights, the number of training examples and the training metrics of
         the last local epoch.
         """
@@ -96,7 +102,9 @@ class KerasClient:
         with proximal(self.model, float(config.get(keys.PROXIMAL_MU, 0.0))):
             history = self.model.fit(
                 self.train_dataset(
-                    int(config.get(keys.BATCH_SIZE, 32)), derive_seed(self.seed, rnd, self.cid)
+                    int(config.get(keys.BATCH_SIZE, 32)),
+                    derive_seed(self.seed, rnd, self.cid),
+                    flip=bool(config.get(keys.FLIP_LABELS, False)),
                 ),
                 epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
                 shuffle=False,  # the dataset shuffles itself, seeded

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -19,6 +20,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedflower import aggregation
 from fedflower.errors import UpdateRejected
+from fedflower.server.attack_log import AttackLog
 from fedflower.server.replies import unpack_reply
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,25 @@ class CheckedFedAvg(FlowerFedAvg):
 
     _reference: list[np.ndarray] | None = None
     _reference_names: list[str] | None = None
+    round_nodes: list[int] = []
+    """Nodes whose updates :meth:`combine` gets this round, in the order it gets them."""
     rejected: int = 0
+    _attack_log: AttackLog | None = None
+
+    @property
+    def attack_log(self) -> AttackLog:
+        """Malicious (attack-flagged) and excluded nodes of the round and the run."""
+        if self._attack_log is None:
+            self._attack_log = AttackLog()
+        return self._attack_log
+
+    def round_report(self) -> dict[str, Any]:
+        """The round's malicious and excluded nodes (see :class:`AttackLog`)."""
+        return self.attack_log.round_report()
+
+    def run_report(self) -> dict[str, Any]:
+        """How many malicious updates arrived and how many were excluded."""
+        return self.attack_log.run_report()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -79,9 +99,12 @@ class CheckedFedAvg(FlowerFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """:meth:`combine` the accepted updates (by default their example-weighted mean)."""
+        replies = list(replies)
+        self.attack_log.start_round(replies)
         accepted = self.accepted_updates(replies)
         if not accepted:
             return None, None
+        self.round_nodes = [reply.metadata.src_node_id for reply, *_ in accepted]
         try:
             new = self.combine([(arrays, w) for _, _, arrays, w in accepted])
         except UpdateRejected as exc:

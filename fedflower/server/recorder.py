@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,8 @@ class Recorder:
         self.initial: dict[str, float] = {}
         self._fed: dict[str, float] = {}
         self._train: dict[str, float] = {}
+        self._eval_dropped = 0
+        self.eval_dropped = 0
         self.console = Console(highlight=False)
         self._progress = Progress(
             TextColumn("[bold]federated training"),
@@ -97,11 +100,25 @@ class Recorder:
         return hook
 
     def evaluate_metrics_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
-        """An ``evaluate_metrics_aggr_fn`` that also remembers the federated evaluation."""
+        """An ``evaluate_metrics_aggr_fn`` that also remembers the federated evaluation.
+
+        A client's evaluation with a NaN or infinite loss or metric is dropped (and counted in
+        the round's ``eval_dropped``), not averaged into ``fed_loss``/``fed_accuracy``.
+        """
         aggr = inner or aggregate_metricrecords
 
         def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-            record = aggr(contents, weight_key)
+            finite = [c for c in contents if all_finite(c)]
+            if len(finite) < len(contents):
+                self._eval_dropped += len(contents) - len(finite)
+                log.warning(
+                    "%d federated evaluation(s) with NaN or infinite values dropped",
+                    len(contents) - len(finite),
+                )
+            if not finite:
+                self._fed = {}
+                return MetricRecord()
+            record = aggr(finite, weight_key)
             self._fed = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
             return record
 
@@ -141,8 +158,11 @@ class Recorder:
             "elapsed": now - self._t0,
             **extra,
         }
+        if self._eval_dropped:
+            row["eval_dropped"] = self._eval_dropped
+            self.eval_dropped += self._eval_dropped
         self._t_round = now
-        self._fed, self._train = {}, {}
+        self._fed, self._train, self._eval_dropped = {}, {}, 0
         self.rows.append(row)
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
@@ -174,6 +194,7 @@ class Recorder:
             "bytes_down": sum(r["bytes_down"] for r in self.rows),
             "bytes_up": sum(r["bytes_up"] for r in self.rows),
             "seconds": time.perf_counter() - self._t0,
+            "eval_dropped": self.eval_dropped,
         }
         communication = {
             "model_bytes": model_bytes,
@@ -223,6 +244,16 @@ class Recorder:
         self.console.print(table)
         # outside the table, never wrapped: the whole path on any terminal width or in a pipe
         self.console.print(f"outputs: {self.output_dir.resolve()}", soft_wrap=True, markup=False)
+
+
+def all_finite(content: RecordDict) -> bool:
+    """Whether every number in the content's metric records is finite."""
+    for record in content.metric_records.values():
+        for value in record.values():
+            values = value if isinstance(value, list) else [value]
+            if not all(math.isfinite(float(v)) for v in values):
+                return False
+    return True
 
 
 def _extra_text(row: dict[str, Any]) -> str:

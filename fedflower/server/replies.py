@@ -42,7 +42,8 @@ def unpack_reply(
         The global model's array names, which the update's must equal (in order).
     reference : list of ndarray, optional
         The global model the update was trained from: shapes must match and values be finite
-        (:func:`fedflower.aggregation.check_update`).
+        (:func:`fedflower.aggregation.check_update`); arrays of another dtype are cast to
+        the reference's (a float64 update must not turn a float32 model into float64).
 
     Returns
     -------
@@ -67,11 +68,22 @@ def unpack_reply(
     if not np.isfinite(weight) or weight < 0:
         raise UpdateRejected(f"{weighted_by_key!r} must be finite and >= 0, got {weight}")
     got = list(record.keys())
-    if names is not None and got != list(names):
-        raise UpdateRejected(
-            f"update's array names {got[:3]}... differ from the model's {list(names)[:3]}..."
-        )
+    if names is not None:
+        check_names(got, list(names))
     arrays = record.to_numpy_ndarrays()
     if reference is not None:
         aggregation.check_update(arrays, reference)
+        arrays = aggregation.cast_like(arrays, reference)
     return got, arrays, weight
+
+
+def check_names(names: list[str], expected: list[str]) -> None:
+    """Raise ``UpdateRejected`` naming the first array an update lacks, adds or reorders."""
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise UpdateRejected(f"update lacks array {missing[0]!r}")
+    extra = [n for n in names if n not in expected]
+    if extra:
+        raise UpdateRejected(f"update has an array the model lacks: {extra[0]!r}")
+    if names != expected:
+        raise UpdateRejected("update's arrays are in another order than the model's")

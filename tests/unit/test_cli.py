@@ -37,7 +37,22 @@ BAD: dict[str, list[str]] = {
     "malformed-override": ["num_clients=[1,"],
     "natural-partition-without-groups": ["partition=natural", "dataset=breast_cancer"],
     "unknown-option-in-sweep": ["-m", "strategy=fedavg,nope"],
+    "seed-not-a-number": ["seed=abc"],
+    "negative-proximal-mu": ["strategy=fedprox", "strategy.proximal_mu=-1"],
+    "zero-buffer": ["strategy=fedbuff", "strategy.buffer_size=0"],
+    "zero-pareto-shape": ["latency=pareto", "latency.slowdown.shape=0"],
+    "too-many-malicious": ["strategy=krum", "strategy.num_malicious_nodes=10"],
+    "attack-fraction-above-one": ["attack=sign_flip", "attack.fraction=2"],
 }
+WRITES_NOTHING = (
+    "seed-not-a-number",
+    "negative-proximal-mu",
+    "zero-buffer",
+    "zero-pareto-shape",
+    "too-many-malicious",
+    "attack-fraction-above-one",
+)
+"""Cases that must fail before any output file (or the run directory) is written."""
 EXPECTED: dict[str, str] = {
     "unknown-strategy": "unknown option 'nope' for strategy; choose one of: ",
     "unknown-model": "unknown option 'transformer' for model",
@@ -48,6 +63,12 @@ EXPECTED: dict[str, str] = {
     "malformed-override": "[1,",
     "natural-partition-without-groups": "cannot split breast_cancer",
     "unknown-option-in-sweep": "unknown option 'nope' for strategy",
+    "seed-not-a-number": "seed must be an integer >= 0, got 'abc'",
+    "negative-proximal-mu": "strategy.proximal_mu must be a number >= 0, got -1",
+    "zero-buffer": "strategy.buffer_size must be an integer >= 1, got 0",
+    "zero-pareto-shape": "shape",
+    "too-many-malicious": "strategy.num_malicious_nodes must be an integer in [0, 9], got 10",
+    "attack-fraction-above-one": "attack.fraction must be a number in [0, 1], got 2",
 }
 OK: dict[str, list[str]] = {
     "help": ["--help"],
@@ -117,6 +138,12 @@ def test_bad_input_starts_no_training(outcomes: dict[str, Outcome]) -> None:
         assert "round" not in res.stdout
         assert not list(res.cwd.rglob("metrics.jsonl")), name
         assert not list(res.cwd.rglob("model.keras")), name
+
+
+@pytest.mark.parametrize("name", WRITES_NOTHING)
+def test_bad_option_fails_before_any_output_file(outcomes: dict[str, Outcome], name: str) -> None:
+    assert outcomes[name].returncode == 2
+    assert not list(outcomes[name].cwd.rglob("*")), name
 
 
 def test_unknown_strategy_lists_every_valid_option(outcomes: dict[str, Outcome]) -> None:

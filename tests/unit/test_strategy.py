@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -269,3 +270,32 @@ def test_fraction_train_samples_that_many_nodes() -> None:
     assert len(ins) == 5
     strategy = FedAvg(fraction_train=0.1, min_train_nodes=3, min_available_nodes=1)
     assert len(instructions(strategy, global_model(), nodes=list(range(1, 11)))) == 3
+
+
+def test_a_missing_array_is_named(
+    strategy: CheckedFedAvg, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = global_model()
+    ins = instructions(strategy, model)
+    reply = make_reply(ins[11], client_update(model, 1), 10)
+    record = reply.content.array_records[keys.ARRAYS]
+    reply.content[keys.ARRAYS] = ArrayRecord({k: v for k, v in record.items() if k != "2"})
+    with caplog.at_level(logging.WARNING):
+        strategy.aggregate_train(1, [reply, make_reply(ins[12], client_update(model, 2), 10)])
+    assert "update lacks array '2'" in caplog.text
+    assert strategy.rejected == 1
+
+
+def test_a_float64_update_is_cast_to_the_models_dtype(strategy: CheckedFedAvg) -> None:
+    model = global_model()
+    ins = instructions(strategy, model)
+    a = client_update(model, 1)
+    b = [x.astype(np.float64) for x in client_update(model, 2)]
+    arrays, _ = strategy.aggregate_train(
+        1, [make_reply(ins[11], a, 10), make_reply(ins[12], b, 30)]
+    )
+    assert arrays is not None and strategy.rejected == 0
+    want = np_weighted_mean([a, [x.astype(np.float32) for x in b]], [10, 30])
+    for g, w in zip(arrays.to_numpy_ndarrays(), want, strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
