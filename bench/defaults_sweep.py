@@ -14,9 +14,13 @@ Grids follow the papers' own: FedProx (Li et al. 2020, arXiv:1812.06127) tries m
 on a log10 grid and use tau = 1e-3. Final central test accuracy per task and value is written
 to ``bench/results/defaults_sweep.{csv,json,md}``.
 
+Results are written after every run; rows already in ``defaults_sweep.json`` are kept and not
+run again (delete the file for a fresh sweep).
+
 Usage::
 
     python bench/defaults_sweep.py                 # the whole sweep (about 10 min, 2 cores)
+    python bench/defaults_sweep.py --tasks "hospitals, 10 rounds" --values fedadam=0.01,0.1
     python bench/defaults_sweep.py --tasks breast_cancer --strategies fedprox   # a part
 """
 
@@ -49,13 +53,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS)[:3], choices=TASKS)
     parser.add_argument("--strategies", nargs="+", default=list(GRIDS), choices=GRIDS)
+    parser.add_argument(
+        "--values",
+        nargs="+",
+        default=[],
+        metavar="STRATEGY=V1,V2",
+        help="run only these values of a strategy's option (e.g. fedadam=0.01,0.1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
 
+def load_rows(out: Path) -> list[dict[str, object]]:
+    """The rows of an earlier sweep's ``defaults_sweep.json`` (kept, not run again)."""
+    import json
+
+    path = out / "defaults_sweep.json"
+    return list(json.loads(path.read_text())) if path.is_file() else []
+
+
 def sweep(args: argparse.Namespace) -> list[dict[str, object]]:
-    """Run every (task, strategy, value) and return one row each."""
+    """Run every (task, strategy, value) not measured yet; write the results after each run."""
     import contextlib
     import io
     import tempfile
@@ -68,13 +87,17 @@ def sweep(args: argparse.Namespace) -> list[dict[str, object]]:
 
     from fedflower.experiment import run
 
-    rows: list[dict[str, object]] = []
+    rows = load_rows(args.out)
+    done = {(r["task"], r["strategy"], r["value"]) for r in rows}
+    only = {k: [float(v) for v in vs.split(",")] for k, vs in (a.split("=") for a in args.values)}
     quiet = ["progress=false", "output.plots=false", "output.save_model=false"]
     with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
         for task, task_overrides in ((t, TASKS[t]) for t in args.tasks):
             for strategy in args.strategies:
                 key, values = GRIDS[strategy]
-                for value in values:
+                for value in only.get(strategy, values):
+                    if (task, strategy, value) in done:
+                        continue
                     option = [f"strategy.{key}={value}"] if key else []
                     overrides = [*task_overrides, f"strategy={strategy}", *option, *quiet]
                     cfg = compose("config", overrides=[*overrides, f"seed={args.seed}"])
@@ -97,6 +120,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, object]]:
                         f"{task:<30} {strategy:<10} {key or '-':>15}={value:<6} {acc:.4f}",
                         flush=True,
                     )
+                    write(rows, args.out)
     return rows
 
 
@@ -124,13 +148,13 @@ def write(rows: list[dict[str, object]], out: Path) -> None:
         cells = [f"{keyed.get((t, strategy, value), float('nan')):.4f}" for t in tasks]
         lines.append(f"| {strategy} | {label} | " + " | ".join(cells) + " |")
     (out / "defaults_sweep.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse, sweep, write."""
     args = parse(sys.argv[1:] if argv is None else argv)
-    write(sweep(args), args.out)
+    sweep(args)
+    print((args.out / "defaults_sweep.md").read_text())
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ CASES: dict[str, list[str]] = {
         "dataset=csv",
         "dataset.path=patients.csv",
         "dataset.label=diagnosis",
+        "dataset.client_column=site",
         "model=python",
         "model.factory=no_such_module:build",
         *FAST,
@@ -141,7 +142,7 @@ def test_quickstart_trains_the_users_csv_and_model(workdirs: dict[str, tuple]) -
     (results_file,) = cwd.glob("outputs/*/*/results.json")
     results = json.loads(results_file.read_text())
     assert results["totals"]["rounds"] == 5
-    assert results["final"]["accuracy"] >= 0.80  # measured 0.8833 (README)
+    assert results["final"]["accuracy"] >= 0.88  # measured 0.9000 (README)
     partition = json.loads((results_file.parent / "partition.json").read_text())
     assert len(partition) == 3  # one client per site
     assert f"outputs: {results_file.parent.resolve()}" in out  # the whole path, unwrapped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.resources import files
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
+from fedflower.deploy.local_data import write_csv
 from fedflower.engine import BACKENDS
 from fedflower.errors import ConfigError, PluginError
 from fedflower.experiment import validate
@@ -36,6 +38,38 @@ def group_options() -> list[tuple[str, str]]:
 
 
 ALL_OPTIONS = group_options()
+USER_FILES: dict[tuple[str, str], list[str]] = {
+    # options that name the user's own files: the files ``user_files`` writes for them
+    ("dataset", "csv"): ["dataset.path=data.csv", "dataset.label=y"],
+    ("dataset", "npz"): ["dataset.path=data.npz"],
+    ("dataset", "parquet"): ["dataset.path=data.parquet", "dataset.label=y"],
+    ("model", "keras_file"): ["model.path=model.keras"],
+    ("model", "python"): ["model.factory=fedflower.models:mlp"],
+}
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a user's data files (40 rows, 7 features, 2 classes) and model."""
+    folder = tmp_path_factory.mktemp("user")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 7)), np.arange(40) % 2
+    write_csv(folder / "data.csv", x, y, label_column="y")
+    np.savez(folder / "data.npz", x=x, y=y)
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = {f"f{i}": x[:, i] for i in range(7)}
+    pq.write_table(pa.table({**columns, "y": y}), folder / "data.parquet")
+    keras.Sequential([keras.Input((7,)), keras.layers.Dense(1, activation="sigmoid")]).save(
+        folder / "model.keras"
+    )
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def user_files(user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(user_dir)  # USER_FILES' relative paths
 
 
 def options_of(group: str) -> list[str]:
@@ -49,7 +83,8 @@ def option_cfg(make_cfg: MakeCfg, group: str, option: str, *extra: str) -> DictC
     """
     if group == "experiment":
         return make_cfg([f"experiment={option}", *extra])
-    overrides = ["num_clients=3", "num_rounds=2", "progress=false", f"{group}={option}", *extra]
+    overrides = ["num_clients=3", "num_rounds=2", "progress=false", f"{group}={option}"]
+    overrides += [*USER_FILES.get((group, option), []), *extra]
     cfg = make_cfg(overrides)
     if "patients_per_hospital" in cfg.dataset:
         cfg = make_cfg(
@@ -160,7 +195,9 @@ def test_every_partition_instantiates_and_splits(
 @pytest.mark.parametrize("num_classes", [2, 3])
 @pytest.mark.parametrize("option", options_of("model"))
 def test_every_model_instantiates(tiny_cfg: MakeCfg, option: str, num_classes: int) -> None:
-    cfg = tiny_cfg(f"model={option}")
+    if option == "keras_file" and num_classes != 2:
+        pytest.skip("a saved model has its own output (tests/unit/test_models.py)")
+    cfg = tiny_cfg(f"model={option}", *USER_FILES.get(("model", option), []))
     model = instantiate(cfg.model, input_shape=(7,), num_classes=num_classes)
     assert isinstance(model, keras.Model)
     out = model(np.zeros((5, 7), np.float32))

@@ -107,7 +107,6 @@ def test_experiment_sets_the_papers_settings(make_cfg: Callable[..., DictConfig]
     assert cfg.client.local_epochs == 20
     assert cfg.client.optimizer._target_ == "keras.optimizers.SGD"
     assert int(cfg.num_clients * cfg.strategy.fraction_train) == 10
-    assert cfg.strategy.proximal_mu == 1.0
     assert cfg.model._target_ == "fedflower.models.logreg"
     source = instantiate(cfg.dataset)
     assert len(np.unique(source.groups)) == 30
