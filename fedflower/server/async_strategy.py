@@ -556,13 +556,15 @@ class AsyncStrategy(Strategy):
     def summary(self) -> None:
         """Log the strategy's settings."""
         log.info(
-            "%s: concurrency=%s staleness=%r max_staleness=%s evaluate_every=%s seed=%s",
+            "%s: concurrency=%s staleness=%r max_staleness=%s evaluate_every=%s seed=%s "
+            "task_timeout=%s",
             type(self).__name__,
             self.concurrency,
             self.staleness,
             self.max_staleness,
             self.evaluate_every,
             self.seed,
+            self.task_timeout,
         )
 
     def _log_settings(self, **settings: Any) -> None:
