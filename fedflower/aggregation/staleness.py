@@ -237,11 +237,9 @@ class StalenessBuffer:
         UpdateRejected
             If the weight is negative or not finite, or the shapes differ from earlier updates.
         """
-        if not np.isfinite(weight) or weight < 0:
-            raise UpdateRejected(f"update weight must be finite and >= 0, got {weight!r}")
         if self.full:
             raise ValueError(f"the buffer already holds {self.size} updates; call take() first")
-        factor = float(weight) * self.staleness(staleness)
+        factor = float(weight) * self.staleness(staleness)  # WeightedMean rejects NaN, < 0, inf
         self._mean.add([np.asarray(a, dtype=np.float64) for a in update], factor)
         self.total_weight += float(weight)
         self.count += 1

@@ -26,11 +26,15 @@ What "the next finished task" means comes from a :class:`~fedflower.engine.clock
 simulation the grid is a :class:`~fedflower.engine.clock.VirtualClockGrid` and replies come in
 order of their virtual finish time (deterministic for a seed); with any other grid (a real
 deployment) replies are folded in arrival order and the wall clock is used, and nodes that
-connect later are given work. On both clocks a task without a reply ``task_timeout`` seconds
-after dispatch is abandoned, its slot refilled and its node counted as failed. A node whose
-task failed (error reply, malformed update, timeout) gets new work only after another node's
-reply has been accepted, so a client that crashes at once cannot spin the loop; when every
-node has failed since the last accepted reply, the run stops.
+connect later are given work. On both clocks a task still without a reply ``task_timeout``
+seconds after dispatch is abandoned (checked at every event: on the virtual clock, when the
+clock next moves), its slot refilled and its node counted as failed, as a killed SuperNode
+would be. A node whose task failed (error reply, malformed update, deadline passed) gets new
+work only after another node's reply has been accepted, so a client that crashes at once
+cannot spin the loop; when every node has failed since the last accepted reply, the run stops.
+Failed tasks and rejected updates together are the strategy's :attr:`AsyncStrategy.rejected`
+(``rejected_updates`` in ``results.json``), as in the synchronous
+:class:`~fedflower.server.checked.CheckedFedAvg`.
 """
 
 from __future__ import annotations
@@ -253,12 +257,11 @@ class AsyncStrategy(Strategy):
                 continue
             run.idle_since = None
             replies = list(grid.pull_messages(list(run.table.tasks)))
-            if replies:
-                # every reply of this instant is received before a freed slot is refilled
-                self._receive(run, replies)
-            else:
-                self._expire(run)
-                run.clock.wait(list(run.table.tasks), run.task_timeout)
+            # every reply of this instant is received before a freed slot is refilled
+            self._receive(run, replies)
+            self._expire(run)
+            if not replies:
+                run.clock.wait(list(run.table.tasks), run.timeout)
         return self._finish(run, t_start)
 
     def _begin(
@@ -553,13 +556,15 @@ class AsyncStrategy(Strategy):
     def summary(self) -> None:
         """Log the strategy's settings."""
         log.info(
-            "%s: concurrency=%s staleness=%r max_staleness=%s evaluate_every=%s seed=%s",
+            "%s: concurrency=%s staleness=%r max_staleness=%s evaluate_every=%s seed=%s "
+            "task_timeout=%s",
             type(self).__name__,
             self.concurrency,
             self.staleness,
             self.max_staleness,
             self.evaluate_every,
             self.seed,
+            self.task_timeout,
         )
 
     def _log_settings(self, **settings: Any) -> None:

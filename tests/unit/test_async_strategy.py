@@ -332,6 +332,53 @@ def test_wall_clock_gives_up_on_a_silent_node_and_feeds_a_late_joiner(fake_time:
     assert 3 in strategy.folded_nodes  # the late joiner got work
 
 
+def test_a_dead_node_loses_its_slot_at_the_task_deadline(fake_time: FakeTime) -> None:
+    # node 1 was killed: it never answers. Node 2 answers after 1 s. Timeline with a 2.5 s
+    # task deadline (polls every 0.5 s): node 1's first task expires at t = 3 (failed, rests),
+    # node 2's reply at t = 4 wakes it and it gets a second task, still running at the end
+    def once(task_timeout: float | None) -> Recording:
+        grid = ArrivalGrid(numeric_app(), 2, fake_time, delay={1: np.inf, 2: 1.0})
+        strategy = Recording(concurrency=2, poll_interval=0.5, task_timeout=task_timeout)
+        strategy.start(grid, initial(), num_rounds=6, timeout=3600)
+        return strategy
+
+    fake_time.now = 0.0
+    timed = once(2.5)
+    assert fake_time.now == pytest.approx(6.0)
+    assert timed.folded_nodes == [2] * 6
+    t = timed.totals
+    assert (t["failed"], t["tasks"], t["unfinished"]) == (1, 8, 1)
+    assert timed.rejected == 1 and timed.run_report()["async"]["failed"] == 1
+    # without a deadline node 1 holds its slot for the whole run (Flower's 3600 s timeout)
+    fake_time.now = 0.0
+    held = once(None)
+    assert held.totals["failed"] == 0 and held.totals["tasks"] == 7
+
+
+def test_a_task_past_its_virtual_deadline_is_failed_and_its_node_rested() -> None:
+    # nodes 1, 2, 3 take 10, 20, 30 virtual s; node 3 can never meet a 25 s deadline: its
+    # reply (t = 30) is counted as failed, not folded; the others fold as usual
+    fedasync = Recording(concurrency=3, staleness="constant", task_timeout=25.0)
+    log, grid = run(fedasync, 3, num_rounds=4)
+    assert fedasync.folded_nodes == [1, 2, 1, 1]
+    assert fedasync.totals["failed"] == 1 and fedasync.rejected == 1
+    assert sum(r.get("failed", 0) for r in log.rows) == 1
+    assert grid.now == pytest.approx(30.0)
+
+
+def test_a_client_exception_is_counted_as_the_synchronous_path_counts_it() -> None:
+    # node 2 raises in every task: FedAvg counts one rejected update per round; FedBuff counts
+    # each failed task per version (round_report), in its totals and in ``rejected``
+    fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=3)
+    fedavg.start(LocalGrid(numeric_app(fail=[1]), 3), initial(), num_rounds=2)
+    assert fedavg.rejected == 2
+    fedbuff = FedBuff(concurrency=3, buffer_size=2)
+    log, _ = run(fedbuff, 3, num_rounds=2, fail=[1])
+    failed = sum(r.get("failed", 0) for r in log.rows)
+    assert failed == fedbuff.totals["failed"] == fedbuff.run_report()["async"]["failed"] > 0
+    assert fedbuff.rejected == failed
+
+
 class ThreadGrid(LocalGrid):
     """Clients run in background threads; replies appear when their thread finishes."""
 
