@@ -24,6 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+import tomli
 from conftest import TINY
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
@@ -248,6 +249,7 @@ INSTALLED_CHECK = textwrap.dedent(
     from importlib.resources import files
     import fedflower
     from fedflower.server import registry
+    from fedflower.deploy.flwr_tools import app_pyproject
     from hydra import compose, initialize_config_module
     with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["strategy=fedavg", "dataset=breast_cancer"])
@@ -259,6 +261,7 @@ INSTALLED_CHECK = textwrap.dedent(
         "strategy": cfg.strategy.name,
         "dataset": cfg.dataset._target_,
         "plugin": registry.load("fedavg").__module__,
+        "app": app_pyproject()["tool"]["flwr"]["app"],
     }))
     """
 )
@@ -329,6 +332,10 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
     assert info["strategy"] == "fedavg"
     assert info["dataset"] == "fedflower.data.breast_cancer.load"
     assert info["plugin"] == "fedflower.strategies.fedavg"
+    # the Flower app fedflower-deploy submits, derived from the wheel's metadata
+    flwr_app = tomli.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert info["app"]["components"] == flwr_app["components"]
+    assert info["app"]["config"] == flwr_app["config"]
 
     help_run = subprocess.run(
         [venv / "bin" / "fedflower", "--help"],
