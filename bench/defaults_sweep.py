@@ -145,7 +145,10 @@ def write(rows: list[dict[str, object]], out: Path) -> None:
         (r["strategy"], r["value"], r["option"]) for r in rows
     ):
         label = f"{option} = {value:g}" if option else "-"
-        cells = [f"{keyed.get((t, strategy, value), float('nan')):.4f}" for t in tasks]
+        cells = [
+            "-" if (t, strategy, value) not in keyed else f"{keyed[(t, strategy, value)]:.4f}"
+            for t in tasks
+        ]
         lines.append(f"| {strategy} | {label} | " + " | ".join(cells) + " |")
     (out / "defaults_sweep.md").write_text("\n".join(lines) + "\n")
 

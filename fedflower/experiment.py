@@ -67,6 +67,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     source, fed = load_data(cfg)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     build_model()  # a model that does not fit the data fails here, before any output is written
+    seed_everything(cfg.seed)  # that model drew initial weights: the run starts from the seed again
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
     (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
     client_app = to_client_app(

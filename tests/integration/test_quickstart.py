@@ -77,6 +77,7 @@ CASES: dict[str, list[str]] = {
         "dataset.path=patients.csv",
         "dataset.label=diagnosis",
         "dataset.client_column=site",
+        "num_clients=3",
         "model=python",
         "model.factory=no_such_module:build",
         *FAST,
