@@ -21,7 +21,8 @@ from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
-from fedflower.server.app import make_server_app, model_nbytes, run_extra
+from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
+from fedflower.server.checkpoint import check_resumable
 from fedflower.server.recorder import Recorder
 from fedflower.validation import validate
 
@@ -64,6 +65,9 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     configure_threads(cfg.simulation.tf_threads)
     seed_everything(cfg.seed)
     out = _output_dir(output_dir)
+    if cfg.get("resume"):
+        out = Path(cfg.resume)  # continue the run where it was written
+        check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     source, fed = load_data(cfg)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     build_model()  # a model that does not fit the data fails here, before any output is written
@@ -132,5 +136,10 @@ def experiment_server_app(
         on_finish=on_finish,
         seed=cfg.seed,
         latency=build_latency(cfg.get("latency")) if virtual_clock else None,
+        checkpoint=CheckpointOptions(
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+            every=int(cfg.get("checkpoint", {}).get("every", 0)),
+            resume=bool(cfg.get("resume")),
+        ),
     )
     return server_app, results

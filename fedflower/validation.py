@@ -1,11 +1,14 @@
-"""Checks of a composed config that need neither TensorFlow nor Flower.
+"""Checks of a composed config that need no TensorFlow.
 
-The CLI runs them right after composing the command line, so a bad value fails in about a
-second with one line, before anything heavy is imported.
+The CLI runs them right after composing the command line, before Hydra creates the run
+directory, so a bad value fails in about a second with one line and writes nothing. Only the
+latency model's check imports Flower (it builds the model, whose classes live in
+``fedflower.engine``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +50,7 @@ def validate(cfg: DictConfig) -> None:
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
     _check_attack(cfg.get("attack") or {})
     _check_latency(cfg.get("latency"))
+    _check_checkpoint(cfg)
 
 
 def _check_robust(strategy: DictConfig, num_clients: int) -> None:
@@ -99,3 +103,13 @@ def _check_latency(latency: Any) -> None:
     from fedflower.engine.clock import build_latency
 
     build_latency(latency)
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    """``checkpoint.every`` and, when resuming, that the run directory has a checkpoint."""
+    check_number(
+        "checkpoint.every", cfg.get("checkpoint", {}).get("every", 0), minimum=0, integer=True
+    )
+    resume = cfg.get("resume")
+    if resume and not (Path(str(resume)) / "checkpoint.npz").is_file():
+        raise ConfigError(f"resume={resume}: no checkpoint.npz there (is it a run directory?)")

@@ -21,6 +21,18 @@ class ServerOptimizer:
     taken from ``target`` unchanged.
     """
 
+    STATE = ("m", "v")
+    """Attributes holding the optimizer's state across rounds (``None`` until first used)."""
+
+    def state_dict(self) -> dict[str, Arrays | None]:
+        """The optimizer's moments, for a checkpoint."""
+        return {k: getattr(self, k) for k in self.STATE if hasattr(self, k)}
+
+    def load_state_dict(self, state: dict[str, Arrays | None]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for key, value in state.items():
+            setattr(self, key, None if value is None else [np.array(a) for a in value])
+
     def step(self, params: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> Arrays:
         """Return the next global model from the current one and the clients' mean model."""
         if len(params) != len(target):

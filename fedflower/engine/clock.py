@@ -158,6 +158,14 @@ class VirtualClockGrid(MeteredGrid):
         """The virtual time in seconds."""
         return self._now
 
+    def state_dict(self) -> dict[str, Any]:
+        """The virtual time and task counter (between rounds no task is in flight)."""
+        return {"now": self._now, "seq": self._seq}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._now, self._seq = float(state["now"]), int(state["seq"])
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send the messages and start their virtual tasks at the current virtual time."""
         messages = list(messages)

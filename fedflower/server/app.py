@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from fedflower import keys
 from fedflower.data.source import TabularSource
@@ -22,6 +23,8 @@ from fedflower.engine.stragglers import straggler_grid
 from fedflower.errors import ConfigError
 from fedflower.models import evaluate
 from fedflower.server import registry
+from fedflower.server.async_strategy import AsyncStrategy
+from fedflower.server.checkpoint import Checkpointer, run_rounds, stateful
 from fedflower.server.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,57 @@ def run_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
     return _report(grid, strategy, "run_report")
 
 
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """How a run checkpoints: every ``every`` rounds (0 = never); ``resume`` from its directory."""
+
+    config: dict[str, Any]
+    every: int = 1
+    resume: bool = False
+
+
+def checkpointer(
+    options: CheckpointOptions | None, strategy: Strategy, recorder: Recorder, grid: Grid
+) -> Checkpointer | None:
+    """The run's :class:`Checkpointer`, or ``None`` (no checkpoint, or an async strategy)."""
+    if options is None or isinstance(strategy, AsyncStrategy):
+        return None
+    objects = stateful(strategy, recorder=recorder, clock=find_clock(grid))
+    return Checkpointer(
+        recorder.output_dir, options.config, options.every, objects, resume=options.resume
+    )
+
+
+def run_strategy(
+    strategy: Strategy,
+    *,
+    grid: Grid,
+    initial_arrays: ArrayRecord,
+    num_rounds: int,
+    checkpointer: Checkpointer | None,
+    **options: Any,
+) -> Result:
+    """``strategy.start``, or with a checkpointer the resumable loop of the same rounds."""
+    if checkpointer is None:
+        return strategy.start(
+            grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, **options
+        )
+    first, arrays = 1, initial_arrays
+    if checkpointer.resume:
+        done, arrays = checkpointer.restore()
+        first = done + 1
+        log.info("resuming after round %s from %s", done, checkpointer.path)
+    return run_rounds(
+        strategy,
+        grid,
+        arrays,
+        first_round=first,
+        num_rounds=num_rounds,
+        after_round=lambda rnd, a: checkpointer.save(rnd, a, last=rnd == num_rounds),
+        **options,
+    )
+
+
 def make_server_app(
     *,
     strategy_options: dict[str, Any],
@@ -130,12 +184,15 @@ def make_server_app(
     on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
     seed: int = 0,
     latency: LatencyModel | None = None,
+    checkpoint: CheckpointOptions | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
     ``seed`` seeds the choice of stragglers (``client.straggler_fraction``). ``latency`` gives
     the run a virtual clock (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation
     only); without it asynchronous strategies use the wall clock, as in a deployment.
+    ``checkpoint`` makes synchronous strategies write ``checkpoint.npz`` in the recorder's
+    directory, and resume from it (see :mod:`fedflower.server.checkpoint`).
     """
     app = ServerApp()
 
@@ -165,13 +222,15 @@ def make_server_app(
             return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
 
         recorder.start()
-        result = strategy.start(
+        result = run_strategy(
+            strategy,
             grid=straggler_grid(metered, client_options, strategy, seed),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
             evaluate_config=ConfigRecord({keys.BATCH_SIZE: 1024}),
             evaluate_fn=evaluate_fn,
+            checkpointer=checkpointer(checkpoint, strategy, recorder, metered),
         )
         if len(result.arrays):
             model.set_weights(result.arrays.to_numpy_ndarrays())

@@ -51,6 +51,19 @@ class CheckedFedAvg(FlowerFedAvg):
         """How many malicious updates arrived and how many were excluded."""
         return self.attack_log.run_report()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Counters that carry over rounds (for a checkpoint)."""
+        log_ = self.attack_log
+        return {
+            "rejected": self.rejected,
+            "malicious": [log_.malicious_updates, log_.malicious_excluded],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.rejected = int(state["rejected"])
+        self.attack_log.malicious_updates, self.attack_log.malicious_excluded = state["malicious"]
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

@@ -12,6 +12,7 @@ pure-NumPy :class:`~fedflower.aggregation.ServerOptimizer` takes the step (Reddi
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
@@ -42,6 +43,15 @@ class ServerOptStrategy(CheckedFedAvg):
         if self._optimizer is None:
             self._optimizer = self.make_optimizer()
         return self._optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checked aggregation's counters and the server optimizer's moments."""
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

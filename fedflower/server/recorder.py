@@ -124,6 +124,23 @@ class Recorder:
 
         return hook
 
+    # -- checkpoint ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The rows recorded so far (for a checkpoint)."""
+        return {"rows": self.rows, "initial": self.initial, "eval_dropped": self.eval_dropped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the rows and write them again as ``metrics.jsonl``'s first lines."""
+        self.rows = list(state["rows"])
+        self.initial = dict(state["initial"])
+        self.eval_dropped = int(state["eval_dropped"])
+        self._metrics_file.seek(0)
+        self._metrics_file.truncate()
+        for row in self.rows:
+            self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
+        self._progress.update(self._task, completed=len(self.rows))
+
     # -- events ------------------------------------------------------------------------------
     def start(self) -> None:
         """Show the progress bar and start the clock."""

@@ -265,3 +265,17 @@ def test_client_app_train_and_evaluate_replies(initial: list[np.ndarray]) -> Non
     loss, _, _ = KerasClient(tiny_model(), datasets[0]).evaluate(arrays, {})
     assert record[keys.EVAL_LOSS] == pytest.approx(loss, rel=1e-6)
     assert len(built) == 1  # the model is built once per process, not per message
+
+
+def test_flip_labels_trains_as_on_data_with_labels_reversed(
+    model: keras.Model, initial: list[np.ndarray]
+) -> None:
+    data = tiny_data()
+    flipped = ClientData(data.x_train, 1 - data.y_train, data.x_val, data.y_val)
+    poisoned, _, _ = KerasClient(model, data, cid=0, seed=0).fit(
+        initial, {**CONFIG, keys.FLIP_LABELS: True}
+    )
+    want, _, _ = KerasClient(model, flipped, cid=0, seed=0).fit(initial, dict(CONFIG))
+    honest, _, _ = KerasClient(model, data, cid=0, seed=0).fit(initial, dict(CONFIG))
+    assert_same(poisoned, want)
+    assert max_change(poisoned, honest) > 1e-3

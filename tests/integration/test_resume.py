@@ -1,0 +1,88 @@
+"""Checkpoint and resume: ``kill -9`` a real run after some round, resume it, and the final
+model and ``metrics.jsonl`` equal those of an uninterrupted run (wall-clock fields aside)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from fedflower.server.checkpoint import FILENAME, load
+
+ROUNDS = 5
+WALL_CLOCK = ("seconds", "elapsed")
+pytestmark = pytest.mark.slow
+
+
+def fedflower(args: list[str], run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedflower", *args, f"hydra.run.dir={run_dir}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def checkpoint_round(run_dir: Path) -> int:
+    path = run_dir / FILENAME
+    return int(load(path)["round"]) if path.is_file() else 0
+
+
+def rows(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy: str) -> None:
+    args = [*TINY, f"num_rounds={ROUNDS}", f"strategy={strategy}", "output.plots=false"]
+    full = fedflower(args, tmp_path / "full")
+    victim = fedflower(args, tmp_path / "victim")
+    deadline = time.monotonic() + 600
+    while checkpoint_round(tmp_path / "victim") < 2 and time.monotonic() < deadline:
+        assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    killed_after = checkpoint_round(tmp_path / "victim")
+    assert 2 <= killed_after < ROUNDS  # else the run was not interrupted
+    resumed = fedflower([*args, f"resume={tmp_path / 'victim'}"], tmp_path / "resume-log")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert full.wait(timeout=600) == 0, full.stderr.read() if full.stderr else ""
+
+    want, got = rows(tmp_path / "full"), rows(tmp_path / "victim")
+    assert len(got) == ROUNDS
+    assert got == want  # every round: losses, accuracies, bytes, virtual time
+    final_full, final_resumed = (
+        load(tmp_path / "full" / FILENAME),
+        load(tmp_path / "victim" / FILENAME),
+    )
+    assert final_full["round"] == final_resumed["round"] == ROUNDS
+    for a, b in zip(final_full["model"], final_resumed["model"], strict=True):
+        np.testing.assert_array_equal(a, b)  # bit-identical global model
+    if strategy == "fedadam":
+        moments = final_resumed["objects"]["strategy0"]["optimizer"]
+        assert moments["m"] is not None and moments["v"] is not None
+
+
+def test_a_checkpoint_from_another_config_is_refused_in_one_line(tmp_path: Path) -> None:
+    args = [*TINY, "num_rounds=1", "output.plots=false", "output.save_model=false"]
+    first = fedflower(args, tmp_path / "run")
+    assert first.wait(timeout=600) == 0
+    other = fedflower([*args, "seed=1", f"resume={tmp_path / 'run'}"], tmp_path / "log")
+    _, err = other.communicate(timeout=600)
+    assert other.returncode == 2
+    assert err.strip().splitlines() == [
+        f"fedflower: error: resume={tmp_path / 'run'}: the checkpoint is from another config: "
+        "seed was 0, now 1"
+    ]

@@ -1,0 +1,73 @@
+"""Checkpoint files: atomic, arrays and JSON round-trip, config check, optimizer state."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedflower.aggregation import ServerAdam
+from fedflower.errors import ConfigError
+from fedflower.server.checkpoint import (
+    FILENAME,
+    check_resumable,
+    load,
+    rng_state,
+    save,
+    set_rng_state,
+)
+
+
+def test_state_round_trips_with_arrays_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    state = {
+        "round": 3,
+        "config": {"seed": 0, "strategy": {"name": "fedavg"}},
+        "model": [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(2, np.int64)],
+        "objects": {"opt": {"m": None, "v": [np.full(3, 0.5)]}, "rows": [{"round": 1}]},
+    }
+    path = tmp_path / FILENAME
+    save(path, state)
+    save(path, state)  # replaces the previous one
+    got = load(path)
+    assert [p.name for p in tmp_path.iterdir()] == [FILENAME]
+    assert got["round"] == 3 and got["config"] == state["config"]
+    assert got["objects"]["opt"]["m"] is None and got["objects"]["rows"] == [{"round": 1}]
+    for a, b in zip(got["model"], state["model"], strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got["objects"]["opt"]["v"][0], np.full(3, 0.5))
+
+
+def test_another_config_is_refused_with_the_first_difference(tmp_path: Path) -> None:
+    config = {"seed": 0, "num_rounds": 5, "strategy": {"name": "fedadam", "eta": 0.1}}
+    save(tmp_path / FILENAME, {"config": config})
+    check_resumable(tmp_path, {**config, "resume": str(tmp_path), "progress": False})
+    with pytest.raises(ConfigError, match=r"another config: strategy.eta was 0.1, now 0.2$"):
+        check_resumable(tmp_path, {**config, "strategy": {"name": "fedadam", "eta": 0.2}})
+    with pytest.raises(ConfigError, match=r"no checkpoint\.npz there"):
+        check_resumable(tmp_path / "elsewhere", config)
+
+
+def test_random_states_are_restored() -> None:
+    state = rng_state()
+    first = (random.random(), np.random.random())
+    set_rng_state(state)
+    assert (random.random(), np.random.random()) == first
+
+
+def test_server_optimizer_moments_survive_a_state_dict_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    x = [rng.standard_normal(4).astype(np.float32)]
+    targets = [[rng.standard_normal(4).astype(np.float32)] for _ in range(4)]
+    straight, restored = ServerAdam(0.1, 0.9, 0.99, 1e-3), ServerAdam(0.1, 0.9, 0.99, 1e-3)
+    a = b = x
+    for t in targets[:2]:
+        a = straight.step(a, t)
+        b = restored.step(b, t)
+    fresh = ServerAdam(0.1, 0.9, 0.99, 1e-3)
+    fresh.load_state_dict(restored.state_dict())
+    for t in targets[2:]:
+        a, b = straight.step(a, t), fresh.step(b, t)
+    np.testing.assert_array_equal(a[0], b[0])
