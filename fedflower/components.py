@@ -53,10 +53,16 @@ def model_factory(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> C
     """A function that builds and compiles the model ``cfg`` describes for this data shape."""
     from hydra.utils import instantiate
 
+    from fedflower.errors import FedflowerError
     from fedflower.models import compile_model
 
     def build_model() -> Any:
-        model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
+        try:
+            model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
+        except Exception as exc:
+            if isinstance(exc.__cause__, FedflowerError):  # e.g. model=cnn on tabular data
+                raise exc.__cause__ from None
+            raise
         optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
         steps = cfg.client.get("steps_per_execution", 1)
         return compile_model(model, optimizer, num_classes, steps_per_execution=steps)

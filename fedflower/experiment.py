@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.components import configure_threads, instantiate_data, model_factory
+from fedflower.data.heterogeneity import write_partition_report
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
@@ -64,7 +64,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     out = _output_dir(output_dir)
     source, fed = load_data(cfg)
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
-    (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
+    print(write_partition_report(fed, out, plot=cfg.output.plots))
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
     simulate(

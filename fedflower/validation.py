@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedflower.checks import check_choice, check_number
+from fedflower.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
@@ -31,3 +32,24 @@ def validate(cfg: DictConfig) -> None:
     stragglers = client.get("straggler_fraction", 0.0)
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    check_text_pairing(cfg)
+
+
+def check_text_pairing(cfg: DictConfig) -> None:
+    """Pair text models and text data.
+
+    A text model (one with a ``vocabulary``) needs a text dataset (one with a
+    ``vocabulary_size``), and a text dataset needs a text model.
+    """
+    text_model = "vocabulary" in cfg.model
+    text_data = "vocabulary_size" in cfg.dataset
+    if text_model and not text_data:
+        raise ConfigError(
+            f"model={cfg.model._target_} reads sentences but dataset={cfg.dataset._target_} "
+            "has none: use a text dataset (dataset=financial_news or dataset=text_hub)"
+        )
+    if text_data and not text_model:
+        raise ConfigError(
+            f"dataset={cfg.dataset._target_} holds sentences but model={cfg.model._target_} "
+            "reads numbers: use model=text"
+        )
