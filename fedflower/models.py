@@ -142,7 +142,7 @@ def text_classifier(
     vocabulary: Sequence[str],
     sequence_length: int = 32,
     embedding_dim: int = 32,
-    encoder: str = "pool",
+    encoder: str = "conv",
     units: int = 32,
 ) -> keras.Model:
     """Sentence classifier: ``TextVectorization`` -> ``Embedding`` -> encoder -> hidden -> output.
@@ -160,9 +160,10 @@ def text_classifier(
         Tokens kept per sentence (padded or cut).
     embedding_dim : int
         Size of the word vectors.
-    encoder : {"pool", "conv", "lstm"}
-        Average of the word vectors (masked: padding does not count), a ``Conv1D`` of ``units``
-        filters of width 3 with global max-pooling, or an ``LSTM`` of ``units``.
+    encoder : {"conv", "pool", "lstm"}
+        A ``Conv1D`` of ``units`` filters of width 3 with global max-pooling (word-pair
+        features such as "costs rose"), the average of the word vectors (masked: padding does
+        not count), or an ``LSTM`` of ``units``.
     units : int
         Filters, LSTM units and units of the ``Dense(relu)`` layer before the output.
     """

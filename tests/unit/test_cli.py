@@ -37,6 +37,8 @@ BAD: dict[str, list[str]] = {
     "malformed-override": ["num_clients=[1,"],
     "natural-partition-without-groups": ["partition=natural", "dataset=breast_cancer"],
     "unknown-option-in-sweep": ["-m", "strategy=fedavg,nope"],
+    "text-model-on-tabular-data": ["model=text"],
+    "image-model-on-tabular-data": ["model=cnn", "num_clients=3"],
 }
 EXPECTED: dict[str, str] = {
     "unknown-strategy": "unknown option 'nope' for strategy; choose one of: ",
@@ -48,6 +50,8 @@ EXPECTED: dict[str, str] = {
     "malformed-override": "[1,",
     "natural-partition-without-groups": "cannot split breast_cancer",
     "unknown-option-in-sweep": "unknown option 'nope' for strategy",
+    "text-model-on-tabular-data": "reads sentences but dataset=fedflower.data.hospitals.load",
+    "image-model-on-tabular-data": "model=cnn needs images (height, width[, channels]), got",
 }
 OK: dict[str, list[str]] = {
     "help": ["--help"],
