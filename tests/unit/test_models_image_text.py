@@ -1,4 +1,4 @@
-"""The image and text models: shapes, bad inputs, and what travels between server and clients."""
+"""The image and text models (cnn, text_classifier): shapes, bad inputs, what travels."""
 
 from __future__ import annotations
 
