@@ -63,9 +63,11 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     seed_everything(cfg.seed)
     out = _output_dir(output_dir)
     source, fed = load_data(cfg)
+    build_model = model_factory(cfg, source.input_shape, source.num_classes)
+    build_model()  # a model that does not fit the data fails here, before any output is written
+    seed_everything(cfg.seed)  # ... and the run's initial weights stay those of its seed alone
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
     print(write_partition_report(fed, out, plot=cfg.output.plots))
-    build_model = model_factory(cfg, source.input_shape, source.num_classes)
     client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
     simulate(
         server_app,
