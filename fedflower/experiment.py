@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
+from fedflower.data.heterogeneity import write_partition_report
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
@@ -73,7 +73,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     build_model()  # a model that does not fit the data fails here, before any output is written
     seed_everything(cfg.seed)  # that model drew initial weights: the run starts from the seed again
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
-    (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
+    print(write_partition_report(fed, out, plot=cfg.output.plots))
     client_app = to_client_app(
         keras_client_fn(build_model, fed.client, cfg.seed), mods=client_mods(cfg)
     )

@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from fedflower.checks import check_choice
 from fedflower.errors import ConfigError
 
 
@@ -216,3 +217,103 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) 
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     result = model.evaluate(data, verbose=0, return_dict=True)
     return {k: float(v) for k, v in result.items()}
+
+
+def cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    filters: Sequence[int] = (16, 32),
+    kernel_size: int = 3,
+    dense_units: int = 64,
+    dropout: float = 0.0,
+) -> keras.Model:
+    """Small convolutional network for images.
+
+    One ``Conv2D(f, kernel_size, relu)`` per entry ``f`` of ``filters``, each followed by 2x2
+    max-pooling while the feature map is at least 2x2, then ``Dense(dense_units, relu)``
+    (with ``dropout`` when > 0) and the output layer. ``input_shape`` is
+    ``(height, width, channels)``; a ``(height, width)`` shape gets one channel.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) not in (2, 3):
+        raise ConfigError(f"model=cnn needs images (height, width[, channels]), got shape {shape}")
+    inputs = keras.Input(shape=shape, name="features")
+    x = keras.layers.Reshape((*shape, 1))(inputs) if len(shape) == 2 else inputs
+    size = min(shape[:2])
+    for i, n in enumerate(filters):
+        conv = keras.layers.Conv2D(
+            int(n), int(kernel_size), padding="same", activation="relu", name=f"conv_{i}"
+        )
+        x = conv(x)
+        if size >= 2:
+            x = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+            size //= 2
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(int(dense_units), activation="relu", name="hidden")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(float(dropout))(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name="cnn")
+
+
+TEXT_ENCODERS = ("pool", "conv", "lstm")
+"""How :func:`text_classifier` turns word vectors into one sentence vector."""
+
+
+def _encode(embedded: keras.KerasTensor, encoder: str, units: int) -> keras.KerasTensor:
+    if encoder == "pool":
+        return keras.layers.GlobalAveragePooling1D(name="pool")(embedded)
+    if encoder == "conv":
+        conv = keras.layers.Conv1D(units, 3, padding="same", activation="relu", name="conv")
+        return keras.layers.GlobalMaxPooling1D(name="pool")(conv(embedded))
+    return keras.layers.LSTM(units, name="lstm")(embedded)
+
+
+def text_classifier(
+    input_shape: Sequence[int],
+    num_classes: int,
+    vocabulary: Sequence[str],
+    sequence_length: int = 32,
+    embedding_dim: int = 32,
+    encoder: str = "conv",
+    units: int = 32,
+) -> keras.Model:
+    """Sentence classifier: ``TextVectorization`` -> ``Embedding`` -> encoder -> hidden -> output.
+
+    The input is one string per example (``input_shape == (1,)``). ``TextVectorization`` maps it
+    to token ids with the fixed ``vocabulary`` given here, so every client and the server build
+    the same lookup. The lookup table is not a weight: ``get_weights()`` holds the embedding,
+    encoder, hidden and output layers only, and only those travel between server and clients.
+
+    Parameters
+    ----------
+    vocabulary : sequence of str
+        The shared vocabulary, most frequent first (without the padding and OOV tokens).
+    sequence_length : int
+        Tokens kept per sentence (padded or cut).
+    embedding_dim : int
+        Size of the word vectors.
+    encoder : {"conv", "pool", "lstm"}
+        A ``Conv1D`` of ``units`` filters of width 3 with global max-pooling (word-pair
+        features such as "costs rose"), the average of the word vectors (masked: padding does
+        not count), or an ``LSTM`` of ``units``.
+    units : int
+        Filters, LSTM units and units of the ``Dense(relu)`` layer before the output.
+    """
+    check_choice("model.encoder", encoder, TEXT_ENCODERS)
+    if tuple(input_shape) != (1,):
+        raise ConfigError(
+            f"model=text needs one string per example, got input shape {tuple(input_shape)}"
+        )
+    vectorize = keras.layers.TextVectorization(
+        vocabulary=list(vocabulary), output_sequence_length=int(sequence_length), name="vectorize"
+    )
+    inputs = keras.Input(shape=(1,), dtype="string", name="text")
+    embedding = keras.layers.Embedding(
+        vectorize.vocabulary_size(),
+        int(embedding_dim),
+        mask_zero=encoder != "conv",
+        name="embedding",
+    )
+    x = _encode(embedding(vectorize(inputs)), encoder, int(units))
+    x = keras.layers.Dense(int(units), activation="relu", name="hidden")(x)
+    return keras.Model(inputs, output_layer(num_classes)(x), name="text_classifier")

@@ -51,6 +51,7 @@ def validate(cfg: DictConfig) -> None:
     _check_attack(cfg.get("attack") or {})
     _check_latency(cfg.get("latency"))
     _check_checkpoint(cfg)
+    check_text_pairing(cfg)
 
 
 def _check_robust(strategy: DictConfig, num_clients: int) -> None:
@@ -113,3 +114,23 @@ def _check_checkpoint(cfg: DictConfig) -> None:
     resume = cfg.get("resume")
     if resume and not (Path(str(resume)) / "checkpoint.npz").is_file():
         raise ConfigError(f"resume={resume}: no checkpoint.npz there (is it a run directory?)")
+
+
+def check_text_pairing(cfg: DictConfig) -> None:
+    """Pair text models and text data.
+
+    A text model (one with a ``vocabulary``) needs a text dataset (one with a
+    ``vocabulary_size``), and a text dataset needs a text model.
+    """
+    text_model = "vocabulary" in cfg.model
+    text_data = "vocabulary_size" in cfg.dataset
+    if text_model and not text_data:
+        raise ConfigError(
+            f"model={cfg.model._target_} reads sentences but dataset={cfg.dataset._target_} "
+            "has none: use a text dataset (dataset=financial_news or dataset=text_hub)"
+        )
+    if text_data and not text_model:
+        raise ConfigError(
+            f"dataset={cfg.dataset._target_} holds sentences but model={cfg.model._target_} "
+            "reads numbers: use model=text"
+        )

@@ -14,8 +14,15 @@ from typing import Any, TypeVar
 
 import datasets
 import numpy as np
-from flwr_datasets.partitioner import IidPartitioner, NaturalIdPartitioner, Partitioner
+from flwr_datasets.partitioner import (
+    ExponentialPartitioner,
+    IidPartitioner,
+    LinearPartitioner,
+    NaturalIdPartitioner,
+    Partitioner,
+)
 
+from fedflower.checks import check_choice
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.errors import DataError
 
@@ -50,6 +57,49 @@ class AutoPartitioner(Partitioner):
     def num_partitions(self) -> int:
         """Number of partitions."""
         return self._inner.num_partitions
+
+    def load_partition(self, partition_id: int) -> datasets.Dataset:
+        """Load one client's rows."""
+        return self._inner.load_partition(partition_id)
+
+
+SIZE_SKEWS = {"linear": LinearPartitioner, "exponential": ExponentialPartitioner}
+"""flwr-datasets partitioners whose client ``i`` gets a share of the rows growing with ``i``."""
+
+
+class SizeSkewPartitioner(Partitioner):
+    """Quantity skew: flwr-datasets' linear or exponential size partitioner on shuffled rows.
+
+    Client ``i`` (0-based) gets a share of the pool proportional to ``i + 1`` (``linear``) or
+    ``exp(i + 1)`` (``exponential``). flwr-datasets' size partitioners cut the rows in their
+    order; the rows are shuffled first so that the sizes differ but not the labels.
+
+    Parameters
+    ----------
+    num_partitions : int
+        Number of clients.
+    skew : {"linear", "exponential"}
+        How the sizes grow with the client id.
+    seed : int
+        Seed of the shuffle.
+    """
+
+    def __init__(self, num_partitions: int, skew: str = "linear", seed: int = 0) -> None:
+        super().__init__()
+        self._num_partitions = num_partitions
+        self._skew = check_choice("partition.skew", skew, tuple(SIZE_SKEWS))
+        self._seed = seed
+
+    @cached_property
+    def _inner(self) -> Partitioner:
+        inner: Partitioner = SIZE_SKEWS[self._skew](self._num_partitions)
+        inner.dataset = self.dataset.shuffle(seed=self._seed)
+        return inner
+
+    @property
+    def num_partitions(self) -> int:
+        """Number of partitions."""
+        return self._num_partitions
 
     def load_partition(self, partition_id: int) -> datasets.Dataset:
         """Load one client's rows."""

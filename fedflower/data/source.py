@@ -16,7 +16,7 @@ def _check_xy(name: str, part: str, x: np.ndarray, y: np.ndarray, num_classes: i
         raise DataError(f"{name}: {part} has {len(x)} feature rows but {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"{name}: {part} split is empty")
-    if not np.all(np.isfinite(x)):
+    if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
         raise DataError(f"{name}: {part} features contain NaN or infinite values")
     if y.min() < 0 or y.max() >= num_classes:
         raise DataError(
@@ -33,7 +33,7 @@ class TabularSource:
     name : str
         Short name used in messages and results.
     x, y : ndarray
-        Training pool: features (float32) and integer class labels.
+        Training pool: features (float32, or str for text) and integer class labels.
     x_test, y_test : ndarray
         Held-out central test set, never seen by a client.
     num_classes : int

@@ -112,7 +112,7 @@ def test_history_png_and_partition_json(tiny_run: tuple) -> None:
     png = (out / "history.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 5000
-    partition = json.loads((out / "partition.json").read_text())
+    partition = json.loads((out / "partition.json").read_text())["clients"]
     assert [p["client"] for p in partition] == list(range(NUM_CLIENTS))
     assert sum(p["train"] + p["val"] for p in partition) == NUM_CLIENTS * 200
     for p in partition:
@@ -193,7 +193,7 @@ def test_breast_cancer_reaches_its_target(tmp_path: Path) -> None:
     cfg = compose_cfg("dataset=breast_cancer", "num_clients=5", "num_rounds=5", "progress=false")
     results = run(cfg, output_dir=tmp_path)
     assert results["final"]["accuracy"] >= BREAST_CANCER_ACCURACY
-    partition = json.loads((tmp_path / "partition.json").read_text())
+    partition = json.loads((tmp_path / "partition.json").read_text())["clients"]
     assert sum(p["train"] + p["val"] for p in partition) == 455  # 569 minus the 20% test split
 
 

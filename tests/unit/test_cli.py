@@ -43,6 +43,8 @@ BAD: dict[str, list[str]] = {
     "zero-pareto-shape": ["latency=pareto", "latency.slowdown.shape=0"],
     "too-many-malicious": ["strategy=krum", "strategy.num_malicious_nodes=10"],
     "attack-fraction-above-one": ["attack=sign_flip", "attack.fraction=2"],
+    "text-model-on-tabular-data": ["model=text"],
+    "image-model-on-tabular-data": ["model=cnn", "num_clients=3"],
 }
 WRITES_NOTHING = (
     "seed-not-a-number",
@@ -69,6 +71,8 @@ EXPECTED: dict[str, str] = {
     "zero-pareto-shape": "shape",
     "too-many-malicious": "strategy.num_malicious_nodes must be an integer in [0, 9], got 10",
     "attack-fraction-above-one": "attack.fraction must be a number in [0, 1], got 2",
+    "text-model-on-tabular-data": "reads sentences but dataset=fedflower.data.hospitals.load",
+    "image-model-on-tabular-data": "model=cnn needs images (height, width[, channels]), got",
 }
 OK: dict[str, list[str]] = {
     "help": ["--help"],

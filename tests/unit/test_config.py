@@ -76,6 +76,16 @@ def options_of(group: str) -> list[str]:
     return [o for g, o in ALL_OPTIONS if g == group]
 
 
+PARTNERS = {
+    ("model", "text"): ["dataset=financial_news"],
+    ("model", "cnn"): ["dataset=digits"],
+    ("dataset", "financial_news"): ["model=text"],
+    ("dataset", "text_hub"): ["model=text"],
+    ("dataset", "digits"): ["model=cnn"],
+}
+"""Options that only make sense together: a text model needs a text dataset and vice versa."""
+
+
 def option_cfg(make_cfg: MakeCfg, group: str, option: str, *extra: str) -> DictConfig:
     """``group=option`` with a tiny federation (dataset overrides only where they exist).
 
@@ -84,7 +94,7 @@ def option_cfg(make_cfg: MakeCfg, group: str, option: str, *extra: str) -> DictC
     if group == "experiment":
         return make_cfg([f"experiment={option}", *extra])
     overrides = ["num_clients=3", "num_rounds=2", "progress=false", f"{group}={option}"]
-    overrides += [*USER_FILES.get((group, option), []), *extra]
+    overrides += [*USER_FILES.get((group, option), []), *PARTNERS.get((group, option), []), *extra]
     cfg = make_cfg(overrides)
     if "patients_per_hospital" in cfg.dataset:
         cfg = make_cfg(
@@ -169,9 +179,18 @@ def hospitals_source() -> TabularSource:
     return hospitals.load(num_hospitals=3, patients_per_hospital=200, test_patients_per_hospital=10)
 
 
+def local_corpus(tmp_path: Path) -> list[str]:
+    """Overrides pointing ``dataset=text_hub`` at a local CSV file instead of the Hub."""
+    path = tmp_path / "news.csv"
+    rows = [f"shares {'rose' if i % 3 else 'fell'} {i},{i % 3 > 0:d}" for i in range(60)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    return ["dataset.path=csv", f"dataset.data_files={path}"]
+
+
 @pytest.mark.parametrize("option", options_of("dataset"))
-def test_every_dataset_instantiates(make_cfg: MakeCfg, option: str) -> None:
-    cfg = option_cfg(make_cfg, "dataset", option)
+def test_every_dataset_instantiates(make_cfg: MakeCfg, option: str, tmp_path: Path) -> None:
+    local = local_corpus(tmp_path) if option == "text_hub" else []
+    cfg = option_cfg(make_cfg, "dataset", option, *local)
     source = instantiate(cfg.dataset)
     assert isinstance(source, TabularSource)
     assert source.num_classes >= 2
@@ -192,15 +211,23 @@ def test_every_partition_instantiates_and_splits(
     assert min(sizes) > 0
 
 
+MODEL_INPUTS: dict[str, np.ndarray] = {
+    "cnn": np.zeros((5, 8, 8, 1), np.float32),
+    "text": np.array([["profit rose"]] * 5, dtype=np.str_),
+}
+"""An input batch per model that does not read a flat feature vector (default: 7 features)."""
+
+
 @pytest.mark.parametrize("num_classes", [2, 3])
 @pytest.mark.parametrize("option", options_of("model"))
-def test_every_model_instantiates(tiny_cfg: MakeCfg, option: str, num_classes: int) -> None:
+def test_every_model_instantiates(make_cfg: MakeCfg, option: str, num_classes: int) -> None:
     if option == "keras_file" and num_classes != 2:
         pytest.skip("a saved model has its own output (tests/unit/test_models.py)")
-    cfg = tiny_cfg(f"model={option}", *USER_FILES.get(("model", option), []))
-    model = instantiate(cfg.model, input_shape=(7,), num_classes=num_classes)
+    cfg = option_cfg(make_cfg, "model", option)
+    batch = MODEL_INPUTS.get(option, np.zeros((5, 7), np.float32))
+    model = instantiate(cfg.model, input_shape=batch.shape[1:], num_classes=num_classes)
     assert isinstance(model, keras.Model)
-    out = model(np.zeros((5, 7), np.float32))
+    out = model(batch)
     probs = np.asarray(out)
     if num_classes == 2:
         assert probs.shape == (5, 1)  # one sigmoid unit
@@ -347,3 +374,27 @@ def test_options_passed_on_to_the_base_are_checked_by_name(name: str) -> None:
     assert strategy.max_staleness == 4
     with pytest.raises(ConfigError, match=r"no option bogus; its options: concurrency, .*stale"):
         build_strategy({"name": name, "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=text"], "model=fedflower.models.text_classifier reads sentences"),
+        (["dataset=financial_news"], "holds sentences but model=fedflower.models.mlp"),
+    ],
+)
+def test_text_model_and_text_data_go_together(
+    make_cfg: MakeCfg, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(overrides))
+
+
+def test_digits_study_sweeps_alpha_over_the_digits_experiment(make_cfg: MakeCfg) -> None:
+    base = make_cfg(["experiment=digits"])
+    study = make_cfg(["experiment=digits_dirichlet", "partition.alpha=0.1"])
+    assert study.partition.alpha == 0.1
+    assert study.partition._target_.endswith("DirichletPartitioner")
+    assert base.partition._target_.endswith("IidPartitioner")
+    for key in ("num_clients", "num_rounds", "client", "model", "dataset"):
+        assert study[key] == base[key]
