@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedflower.checks import check_choice, check_number
+from fedflower.server.tracking import check_tracking
 
 BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
@@ -31,3 +32,4 @@ def validate(cfg: DictConfig) -> None:
     stragglers = client.get("straggler_fraction", 0.0)
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    check_tracking(cfg.get("tracking"))

@@ -10,6 +10,7 @@ run needs no network (``wandb sync`` uploads it later).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,6 +119,23 @@ class WandbSink:
         self._run.finish()
 
 
+def check_tracking(tracking: Mapping[str, Any] | None) -> str:
+    """Check ``cfg.tracking`` without importing a tracker; return the tracker's name.
+
+    Run by :func:`fedflower.validation.validate`, so a bad mode or a missing ``wandb`` package
+    stops the run before TensorFlow is imported.
+    """
+    options = tracking or {}
+    name = check_choice("tracking.name", options.get("name", "none"), TRACKERS)
+    if name == "wandb":
+        check_choice("tracking.mode", options.get("mode", "offline"), WANDB_MODES)
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
+            )
+    return str(name)
+
+
 def build_sinks(
     tracking: Mapping[str, Any] | None, out: Path, config: Mapping[str, Any]
 ) -> list[Sink]:
@@ -133,8 +151,8 @@ def build_sinks(
     config : mapping
         The run's resolved config (given to trackers that store it).
     """
-    options = dict(tracking or {})
-    name = check_choice("tracking.name", options.pop("name", "none"), TRACKERS)
+    name = check_tracking(tracking)
+    options = {k: v for k, v in (tracking or {}).items() if k != "name"}
     sinks: list[Sink] = []
     if options.pop("tensorboard", True):
         sinks.append(TensorBoardSink(out / "tensorboard"))

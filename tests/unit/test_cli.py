@@ -37,6 +37,7 @@ BAD: dict[str, list[str]] = {
     "malformed-override": ["num_clients=[1,"],
     "natural-partition-without-groups": ["partition=natural", "dataset=breast_cancer"],
     "unknown-option-in-sweep": ["-m", "strategy=fedavg,nope"],
+    "bad-wandb-mode": ["tracking=wandb", "tracking.mode=loud"],
 }
 EXPECTED: dict[str, str] = {
     "unknown-strategy": "unknown option 'nope' for strategy; choose one of: ",
@@ -48,6 +49,7 @@ EXPECTED: dict[str, str] = {
     "malformed-override": "[1,",
     "natural-partition-without-groups": "cannot split breast_cancer",
     "unknown-option-in-sweep": "unknown option 'nope' for strategy",
+    "bad-wandb-mode": "tracking.mode must be one of offline, online, disabled, got 'loud'",
 }
 OK: dict[str, list[str]] = {
     "help": ["--help"],

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib.util
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import DictConfig
 
 from fedflower.errors import ConfigError
 from fedflower.server.recorder import Recorder
 from fedflower.server.tracking import TensorBoardSink, build_sinks, scalars
+from fedflower.validation import validate
 
 
 class ListSink:
@@ -78,6 +81,14 @@ def test_unknown_tracker(tmp_path: Path) -> None:
         build_sinks({"name": "mlflow"}, tmp_path, {})
 
 
+def test_bad_wandb_mode_is_caught_by_validation(tiny_cfg: Callable[..., DictConfig]) -> None:
+    cfg = tiny_cfg("tracking=wandb", "tracking.mode=loud")
+    with pytest.raises(
+        ConfigError, match=r"tracking\.mode must be one of offline, online, disabled"
+    ):
+        validate(cfg)
+
+
 def test_wandb_offline_run_is_written_without_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,8 +103,6 @@ def test_wandb_offline_run_is_written_without_network(
 
 
 def test_wandb_missing_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # wandb not installed
     with pytest.raises(ConfigError, match=r"tracking=wandb needs the wandb package"):
         build_sinks({"name": "wandb", "tensorboard": False}, tmp_path, {})
