@@ -89,6 +89,7 @@ def test_bad_wandb_mode_is_caught_by_validation(tiny_cfg: Callable[..., DictConf
         validate(cfg)
 
 
+@pytest.mark.slow  # W&B starts its service process: about 10 s
 def test_wandb_offline_run_is_written_without_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
