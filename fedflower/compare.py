@@ -192,7 +192,8 @@ def _print(table: list[dict[str, Any]]) -> None:
 
     target = table[0]["target_accuracy"]
     out = Table(title=f"fedflower comparison (target test accuracy {target:.4f})")
-    for name in ("config", "seeds", "final accuracy", "final loss", "rounds to target"):
+    out.add_column("config", no_wrap=True)
+    for name in ("seeds", "final accuracy", "final loss", "rounds to target"):
         out.add_column(name)
     out.add_column("seconds to target")
     out.add_column("bytes / run")
@@ -207,7 +208,8 @@ def _print(table: list[dict[str, Any]]) -> None:
             f"{row['seconds_to_target']:.1f}",
             human_bytes(row["bytes_mean"]),
         )
-    Console(highlight=False).print(out)
+    # off a terminal rich assumes 80 columns and would wrap the table: let it take its width
+    Console(highlight=False, width=None if sys.stdout.isatty() else 250).print(out)
 
 
 def compare(

@@ -68,8 +68,10 @@ def test_reach_finds_the_first_round_at_target() -> None:
     assert reach(rows, 0.95) is None
 
 
-def test_strategy_sweep_table(strategy_sweep: Path) -> None:
+def test_strategy_sweep_table(strategy_sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = {row["config"]: row for row in compare(strategy_sweep, target=0.8)}
+    printed = capsys.readouterr().out  # not a terminal: the table must still not wrap
+    assert "strategy=fedprox" in printed and "0.8500 ± 0.0707" in printed
     assert set(table) == {"strategy=fedavg", "strategy=fedprox"}
     avg, prox = table["strategy=fedavg"], table["strategy=fedprox"]
     assert avg["seeds"] == 2 and prox["seeds"] == 2
