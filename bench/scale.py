@@ -22,7 +22,7 @@ reported too, and clients per CPU second is the load-independent figure.
 Usage::
 
     nice python bench/scale.py                                  # 10 ... 100,000 clients
-    nice python bench/scale.py --clients 10 1000 --rounds 3 --no-ray
+    nice python bench/scale.py --clients 10 1000 --rounds 3 --engines local
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 RESULTS = Path(__file__).parent / "results"
-MARK = "SCALE-RESULT "
+MARK, ROUND = "SCALE-RESULT ", "SCALE-ROUND "
 
 
 def overrides(clients: int, sample: int, rounds: int, backend: str) -> list[str]:
@@ -84,6 +85,8 @@ class CpuClock:
 
     def log_round(self, row: Any) -> None:  # noqa: D102
         self.marks.append(tree_cpu())
+        done = {"round": row["round"], "seconds": row["seconds"], "cpu": self.marks[-1]}
+        print(ROUND + json.dumps(done), file=sys.__stdout__, flush=True)  # progress if stopped
 
     def close(self, results: Any) -> None:  # noqa: D102
         pass
@@ -115,7 +118,7 @@ def child(args: list[str]) -> None:
     record = {
         "wall": time.perf_counter() - t0,
         "round_seconds": [r["seconds"] for r in rows],
-        "round_cpu": [b - a for a, b in zip(clock.marks, clock.marks[1:], strict=False)],
+        "round_cpu": [b - a for a, b in pairwise(clock.marks)],
         "accuracy": results["final"]["accuracy"],
     }
     print(MARK + json.dumps(record), flush=True)
@@ -136,18 +139,30 @@ def measure(args: list[str], timeout: float, max_rss_gib: float) -> dict[str, An
     """Run ``args`` in a child process; its record plus peak tree RSS, or why it stopped."""
     cmd = [sys.executable, __file__, "--child", *args]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps, peak, limit = psutil.Process(proc.pid), 0, max_rss_gib * 2**30
-    while proc.poll() is None and time.perf_counter() - t0 < timeout and peak < limit:
-        peak = max(peak, tree_rss(ps))
-        time.sleep(0.2)
-    if proc.poll() is None:
-        for p in [*ps.children(recursive=True), ps]:
-            p.kill()
-        proc.wait()
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        # files, not pipes: a child that logs more than a pipe holds must not block
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True)
+        ps, peak, limit = psutil.Process(proc.pid), 0, max_rss_gib * 2**30
+        while proc.poll() is None and time.perf_counter() - t0 < timeout and peak < limit:
+            peak = max(peak, tree_rss(ps))
+            time.sleep(0.2)
+        stopped = proc.poll() is None
+        if stopped:
+            for p in [*ps.children(recursive=True), ps]:
+                p.kill()
+            proc.wait()
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    if stopped:
         why = f"{timeout:.0f} s" if peak < limit else f"{max_rss_gib:g} GiB"
-        return {"status": f"stopped at {why}", "peak_rss_mib": peak / 2**20}
-    out, err = proc.communicate()
+        done = [json.loads(x[len(ROUND) :]) for x in out.splitlines() if x.startswith(ROUND)]
+        return {
+            "status": f"stopped at {why} after {len(done)} of the rounds",
+            "round_seconds": [d["seconds"] for d in done],
+            "round_cpu": [b["cpu"] - a["cpu"] for a, b in pairwise(done)],
+            "peak_rss_mib": peak / 2**20,
+        }
     lines = [line for line in out.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         tail = (err.strip().splitlines() or ["no output"])[-1]
@@ -181,14 +196,14 @@ def row(engine: str, clients: int, sample: int, rounds: int, rec: dict[str, Any]
     }
 
 
-def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """``bench/results/scale.{csv,json,md}``."""
+def write(rows: list[dict[str, Any]], meta: dict[str, Any], name: str) -> None:
+    """``bench/results/<name>.{csv,json,md}``."""
     RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / "scale.csv").open("w", newline="") as fh:
+    with (RESULTS / f"{name}.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (RESULTS / "scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         f"Machine: {meta['machine']}. {meta['work']}",
         "",
@@ -203,7 +218,7 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             f"| {r['cpu_seconds_per_round']} | {r['clients_per_cpu_second']} "
             f"| {r['peak_rss_mib']:.0f} | {r['status']} |"
         )
-    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -214,11 +229,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--ray-timeout", type=float, default=300.0)
     parser.add_argument("--max-rss-gib", type=float, default=8.0, help="stop a run above this")
-    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--engines", nargs="+", default=["local", "ray"], choices=["local", "ray"])
+    parser.add_argument("--name", default="scale", help="results file name under bench/results")
     args = parser.parse_args()
     rows = []
-    engines = ["local"] if args.no_ray else ["local", "ray"]
-    for engine in engines:
+    for engine in args.engines:
         for n in args.clients:
             timeout = args.timeout if engine == "local" else args.ray_timeout
             rec = measure(overrides(n, args.sample, args.rounds, engine), timeout, args.max_rss_gib)
@@ -233,7 +248,7 @@ def main() -> None:
         "seconds per round leave out the first.",
         "command": "python bench/scale.py " + " ".join(sys.argv[1:]),
     }
-    write(rows, meta)
+    write(rows, meta, args.name)
     for r in rows:
         print(
             f"{r['engine']:>5} {r['clients']:>7} clients: {r['seconds_per_round']:>7} s/round "

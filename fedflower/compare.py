@@ -142,7 +142,7 @@ def summarize(group: Group, target: float) -> dict[str, Any]:
 
 
 def default_target(groups: list[Group]) -> float:
-    """The lowest mean final accuracy of any configuration: every configuration reaches it."""
+    """The lowest mean final accuracy of any configuration: some seed of each one reaches it."""
     means = []
     for group in groups:
         finals = [r.rows[-1]["accuracy"] for r in group.runs if r.rows]

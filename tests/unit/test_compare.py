@@ -99,7 +99,7 @@ def test_two_factor_sweep_from_directory_names(tmp_path: Path) -> None:
         "partition=iid,strategy=fedprox",
     ]
     assert all(r["seeds"] == 3 and r["final_accuracy_std"] == 0.0 for r in table)
-    # default target: the lowest mean final accuracy, so every configuration reaches it
+    # default target: the lowest mean final accuracy (here every seed of each config reaches it)
     assert {r["target_accuracy"] for r in table} == {0.6}
     assert [r["reached"] for r in table] == [3, 3, 3, 3]
     assert [r["rounds_to_target"] for r in table] == [2.0, 2.0, 1.0, 1.0]
