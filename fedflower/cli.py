@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -113,8 +114,21 @@ def precheck(argv: Sequence[str]) -> None:
     for cfg in configs:
         try:
             validate(cfg)
+            check_latency(cfg.get("latency"))
         except FedflowerError as exc:
             fail(str(exc))
+
+
+def check_latency(latency: Any) -> None:
+    """Build the latency model once, so that its bad parameters fail before any output.
+
+    Imports Flower (not TensorFlow): about a second, only when a latency model is set.
+    """
+    if latency is None or "_target_" not in latency:
+        return
+    from fedflower.engine.clock import build_latency
+
+    build_latency(latency)
 
 
 def list_strategies() -> None:

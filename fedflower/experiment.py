@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,17 @@ from fedflower.client.attacks import Attack, attack_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
 from fedflower.data.heterogeneity import write_partition_report
 from fedflower.data.partition import FederatedData
+from fedflower.data.population import HospitalPopulation
 from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
+from fedflower.errors import DataError
 from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
 from fedflower.server.checkpoint import check_resumable
 from fedflower.server.recorder import Recorder
+from fedflower.server.tracking import build_sinks
 from fedflower.validation import validate
 
 log = logging.getLogger(__name__)
@@ -39,9 +43,25 @@ def _output_dir(output_dir: Path | str | None) -> Path:
     return Path.cwd()
 
 
-def load_data(cfg: DictConfig) -> tuple[TabularSource, FederatedData]:
-    """Instantiate the dataset and split it across ``cfg.num_clients`` clients."""
-    source = instantiate_data(cfg.dataset, "dataset")
+def load_federation(cfg: DictConfig) -> tuple[TabularSource, FederatedData | HospitalPopulation]:
+    """The dataset and its clients: a population generates its own, others are partitioned."""
+    data = instantiate_data(cfg.dataset, "dataset")
+    if isinstance(data, HospitalPopulation):
+        return data.source, data
+    return load_data(cfg, data)
+
+
+def load_data(
+    cfg: DictConfig, source: TabularSource | None = None
+) -> tuple[TabularSource, FederatedData]:
+    """Instantiate the dataset (unless given) and split it across ``cfg.num_clients`` clients."""
+    if source is None:
+        source = instantiate_data(cfg.dataset, "dataset")
+    if not isinstance(source, TabularSource):
+        raise DataError(
+            f"dataset {type(source).__name__} generates its clients' data and has no training "
+            "pool to split; this tool needs a dataset such as dataset=hospitals"
+        )
     partitioner = instantiate_data(cfg.partition, "partition")
     fed = FederatedData(
         source, partitioner, cfg.num_clients, val_fraction=cfg.client.val_fraction, seed=cfg.seed
@@ -68,12 +88,15 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     if cfg.get("resume"):
         out = Path(cfg.resume)  # continue the run where it was written
         check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    source, fed = load_data(cfg)
+    source, fed = load_federation(cfg)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     build_model()  # a model that does not fit the data fails here, before any output is written
     seed_everything(cfg.seed)  # that model drew initial weights: the run starts from the seed again
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
-    print(write_partition_report(fed, out, plot=cfg.output.plots))
+    if isinstance(fed, FederatedData):
+        print(write_partition_report(fed, out, plot=cfg.output.plots))
+    else:  # a generated population: its size, not a row per client
+        (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
     client_app = to_client_app(
         keras_client_fn(build_model, fed.client, cfg.seed), mods=client_mods(cfg)
     )
@@ -106,7 +129,9 @@ def experiment_server_app(
     recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
     ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
     """
-    recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    sinks = build_sinks(cfg.get("tracking"), out, config)  # type: ignore[arg-type]
+    recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress, sinks=sinks)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
 
@@ -117,7 +142,7 @@ def experiment_server_app(
             model.save(out / "model.keras")
         results.update(
             recorder.finish(
-                OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+                config,  # type: ignore[arg-type]
                 model_bytes=model_nbytes(model.get_weights()),
                 num_clients=cfg.num_clients,
                 plots=cfg.output.plots,

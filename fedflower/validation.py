@@ -8,6 +8,8 @@ latency model's check imports Flower (it builds the model, whose classes live in
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,6 @@ def validate(cfg: DictConfig) -> None:
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
     _check_attack(cfg.get("attack") or {})
-    _check_latency(cfg.get("latency"))
     _check_checkpoint(cfg)
     check_text_pairing(cfg)
 
@@ -94,18 +95,6 @@ def _check_strategy_numbers(strategy: DictConfig) -> None:
             check_number(f"strategy.{key}", strategy[key], minimum=1, integer=True)
 
 
-def _check_latency(latency: Any) -> None:
-    """Build the latency model once, so that its bad parameters fail before any output.
-
-    Imports Flower (not TensorFlow): about a second, only when a latency model is set.
-    """
-    if latency is None or "_target_" not in latency:
-        return
-    from fedflower.engine.clock import build_latency
-
-    build_latency(latency)
-
-
 def _check_checkpoint(cfg: DictConfig) -> None:
     """``checkpoint.every`` and, when resuming, that the run directory has a checkpoint."""
     check_number(
@@ -134,3 +123,26 @@ def check_text_pairing(cfg: DictConfig) -> None:
             f"dataset={cfg.dataset._target_} holds sentences but model={cfg.model._target_} "
             "reads numbers: use model=text"
         )
+    check_tracking(cfg.get("tracking"))
+
+
+TRACKERS = ("none", "wandb")
+"""Experiment trackers besides TensorBoard (see :mod:`fedflower.server.tracking`)."""
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def check_tracking(tracking: Mapping[str, Any] | None) -> str:
+    """Check ``cfg.tracking`` without importing a tracker; return the tracker's name.
+
+    Run by :func:`fedflower.validation.validate`, so a bad mode or a missing ``wandb`` package
+    stops the run before TensorFlow is imported.
+    """
+    options = tracking or {}
+    name = check_choice("tracking.name", options.get("name", "none"), TRACKERS)
+    if name == "wandb":
+        check_choice("tracking.mode", options.get("mode", "offline"), WANDB_MODES)
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
+            )
+    return str(name)

@@ -31,16 +31,27 @@ def _diagnosis_score(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return linear + interactions
 
 
-def _hospital(
+def risk_weights(rng: np.random.Generator, num_features: int) -> np.ndarray:
+    """The linear part of the disease's risk score (about 60% of the features matter)."""
+    w = rng.normal(0.0, 1.0, num_features) * (rng.random(num_features) < 0.6)
+    return w * (2.0 / max(float(np.linalg.norm(w)), 1e-9))
+
+
+def patients(
     rng: np.random.Generator,
     n: int,
-    centre: np.ndarray,
-    spread: float,
-    offset: np.ndarray,
     w: np.ndarray,
+    case_mix: float,
+    feature_shift: float,
     noise: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    x = centre + spread * rng.standard_normal((n, len(centre)))
+    """Draw one hospital (centre, spread, lab offsets) and ``n`` of its patients."""
+    num_features = len(w)
+    centre = case_mix * rng.standard_normal(num_features)
+    spread = float(rng.uniform(0.8, 1.2))
+    offset = np.zeros(num_features)
+    offset[:NUM_LAB_FEATURES] = feature_shift * rng.standard_normal(NUM_LAB_FEATURES)
+    x = centre + spread * rng.standard_normal((n, num_features))
     score = _diagnosis_score(x, w) + noise * rng.logistic(size=n)
     y = (score > 0).astype(np.int64)
     observed = x + offset
@@ -95,16 +106,11 @@ def load(
             f"hospitals: num_features must be >= {NUM_LAB_FEATURES}, got {num_features}"
         )
     rng = np.random.default_rng(seed)
-    w = rng.normal(0.0, 1.0, num_features) * (rng.random(num_features) < 0.6)
-    w *= 2.0 / max(float(np.linalg.norm(w)), 1e-9)
+    w = risk_weights(rng, num_features)
     xs, ys, gs, xt, yt = [], [], [], [], []
     for h in range(num_hospitals):
-        centre = case_mix * rng.standard_normal(num_features)
-        spread = float(rng.uniform(0.8, 1.2))
-        offset = np.zeros(num_features)
-        offset[:NUM_LAB_FEATURES] = feature_shift * rng.standard_normal(NUM_LAB_FEATURES)
         n = patients_per_hospital + test_patients_per_hospital
-        x, y = _hospital(rng, n, centre, spread, offset, w, label_noise)
+        x, y = patients(rng, n, w, case_mix, feature_shift, label_noise)
         xs.append(x[:patients_per_hospital])
         ys.append(y[:patients_per_hospital])
         gs.append(np.full(patients_per_hospital, h, dtype=np.int64))

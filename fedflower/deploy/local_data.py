@@ -169,7 +169,7 @@ def node_data(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
 
 
 def _partition(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
-    from fedflower.experiment import load_data
+    from fedflower.experiment import load_federation
 
     pid = int(node_config[keys.PARTITION_ID])
     parts = int(node_config.get(keys.NUM_PARTITIONS, cfg.num_clients))
@@ -182,5 +182,5 @@ def _partition(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
         )
     if not 0 <= pid < parts:
         raise DataError(f"node config {keys.PARTITION_ID}={pid} must lie in [0, {parts - 1}]")
-    _, fed = load_data(cfg)
+    _, fed = load_federation(cfg)
     return fed.client(pid)

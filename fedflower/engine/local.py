@@ -6,12 +6,17 @@ side, so clients and server share no Python objects, exactly as over a network. 
 after another in dispatch order, which makes a run deterministic for a given seed, and the Keras
 model is built once for the whole process. This skips Ray's start-up and per-message
 process hops, which dominate small federations (see ``bench/overhead.py``).
+
+A node's ``Context`` is created when a message reaches it and kept only while its ``state``
+holds something (e.g. a client's error-feedback residual), so a federation of 100,000 nodes of
+which 100 are sampled per round costs memory for the sampled ones only (see ``bench/scale.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -59,21 +64,28 @@ class LocalGrid(MessageFactory, Grid):
         The app every node runs.
     num_nodes : int
         Number of virtual SuperNodes; node ``i`` gets ``partition-id = i``.
+    node_configs : sequence of dict, optional
+        One node config per node instead of the partition id and count (e.g. a deployed
+        SuperNode's ``data-path``).
+    run_config : dict, optional
+        The run config every node's context carries.
     """
 
-    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        node_configs: Sequence[dict[str, Any]] | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        if node_configs is not None and len(node_configs) != num_nodes:
+            raise ValueError(f"{len(node_configs)} node configs for {num_nodes} nodes")
         self.client_app = client_app
+        self.num_nodes = num_nodes
+        self.node_configs = node_configs
+        self.run_config = run_config or {}
         self._run = Run.create_empty(RUN_ID)
-        self._contexts = {
-            FIRST_NODE_ID + i: Context(
-                run_id=RUN_ID,
-                node_id=FIRST_NODE_ID + i,
-                node_config={keys.PARTITION_ID: i, keys.NUM_PARTITIONS: num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(num_nodes)
-        }
+        self._contexts: dict[int, Context] = {}  # only nodes whose state is not empty
         self._replies: dict[str, Message] = {}
         self._next_id = 0
 
@@ -85,24 +97,49 @@ class LocalGrid(MessageFactory, Grid):
         return self._run
 
     def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return list(self._contexts)
+        return range(FIRST_NODE_ID, FIRST_NODE_ID + self.num_nodes)
+
+    def context(self, node_id: int) -> Context:
+        """Node ``node_id``'s context: its kept state, or a fresh one (partition ``id - 1``)."""
+        kept = self._contexts.get(node_id)
+        if kept is not None:
+            return kept
+        index = node_id - FIRST_NODE_ID
+        node_config: dict[str, Any] = (
+            {keys.PARTITION_ID: index, keys.NUM_PARTITIONS: self.num_nodes}
+            if self.node_configs is None
+            else dict(self.node_configs[index])
+        )
+        return Context(
+            run_id=RUN_ID,
+            node_id=node_id,
+            node_config=node_config,
+            state=RecordDict(),
+            run_config=dict(self.run_config),
+        )
 
     def _execute(self, received: Message) -> Message:
         node_id = received.metadata.dst_node_id
+        context = self.context(node_id)
         try:
-            return self.client_app(received, self._contexts[node_id])
+            return self.client_app(received, context)
         except Exception as exc:  # a failing client must not stop the server
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("client on node %s failed: %s", node_id, reason)
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
             return Message(error, reply_to=received)
+        finally:
+            if len(context.state):  # the client keeps something across rounds
+                self._contexts[node_id] = context
+            else:
+                self._contexts.pop(node_id, None)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message to its node, run the ClientApp and keep the reply."""
         ids = []
         wire: dict[str, bytes] = {}
         for message in messages:
-            if message.metadata.dst_node_id not in self._contexts:
+            if not 0 <= message.metadata.dst_node_id - FIRST_NODE_ID < self.num_nodes:
                 raise ValueError(f"no node with id {message.metadata.dst_node_id}")
             self._next_id += 1
             # fixed width, as Flower's (content-hash) ids: a message's size, and so its

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from fedflower import keys
+from fedflower.server.tracking import Sink
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,20 @@ class Recorder:
         Planned number of rounds (for the progress bar).
     progress : bool
         Show a progress bar when the console is a terminal.
+    sinks : sequence of Sink
+        Also receive every metrics row and the results (TensorBoard, W&B; see
+        :mod:`fedflower.server.tracking`).
     """
 
-    def __init__(self, output_dir: Path, num_rounds: int, progress: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        num_rounds: int,
+        progress: bool = True,
+        sinks: Sequence[Sink] = (),
+    ) -> None:
         self.output_dir = Path(output_dir)
+        self.sinks = list(sinks)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.num_rounds = num_rounds
         self.rows: list[dict[str, Any]] = []
@@ -183,6 +194,8 @@ class Recorder:
         self.rows.append(row)
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
+        for sink in self.sinks:
+            sink.log_round(row)
         line = (
             f"round {server_round:>3}/{self.num_rounds} | test loss {_fmt(loss)} "
             f"acc {_fmt(accuracy)} | fed loss {_fmt(row['fed_loss'])} "
@@ -228,6 +241,8 @@ class Recorder:
             **extra,
         }
         (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        for sink in self.sinks:
+            sink.close(results)
         if plots and self.rows:
             plot_history(self.rows, self.output_dir / "history.png")
         self._summary(results)

@@ -45,6 +45,7 @@ BAD: dict[str, list[str]] = {
     "attack-fraction-above-one": ["attack=sign_flip", "attack.fraction=2"],
     "text-model-on-tabular-data": ["model=text"],
     "image-model-on-tabular-data": ["model=cnn", "num_clients=3"],
+    "bad-wandb-mode": ["tracking=wandb", "tracking.mode=loud"],
 }
 WRITES_NOTHING = (
     "seed-not-a-number",
@@ -73,6 +74,7 @@ EXPECTED: dict[str, str] = {
     "attack-fraction-above-one": "attack.fraction must be a number in [0, 1], got 2",
     "text-model-on-tabular-data": "reads sentences but dataset=fedflower.data.hospitals.load",
     "image-model-on-tabular-data": "model=cnn needs images (height, width[, channels]), got",
+    "bad-wandb-mode": "tracking.mode must be one of offline, online, disabled, got 'loud'",
 }
 OK: dict[str, list[str]] = {
     "help": ["--help"],

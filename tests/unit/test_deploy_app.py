@@ -109,10 +109,7 @@ def run_app_in_process(
 ) -> dict[str, Any]:
     """The deployment's ServerApp and ClientApp on the in-process LocalGrid."""
     run_config = {"overrides": " ".join(overrides), "output-dir": str(out)}
-    grid = LocalGrid(client_app, len(node_configs))
-    for context, node_config in zip(grid._contexts.values(), node_configs, strict=True):
-        context.run_config = run_config
-        context.node_config = node_config
+    grid = LocalGrid(client_app, len(node_configs), node_configs, run_config)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
     context = Context(
         run_id=1,

@@ -1,0 +1,141 @@
+"""Where a run's per-round metrics go besides ``metrics.jsonl``: TensorBoard, Weights & Biases.
+
+A sink receives every metrics row the :class:`~fedflower.server.recorder.Recorder` writes and
+the run's results at the end. Each row's numeric fields (losses, accuracies, bytes, seconds,
+virtual time, staleness, privacy budget, ... whatever the row holds) become scalars at the
+row's round. TensorBoard event files are written into every run directory (``tensorboard
+--logdir outputs``); ``tracking=wandb`` also logs to Weights & Biases, offline by default, so a
+run needs no network (``wandb sync`` uploads it later).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedflower.checks import check_choice
+from fedflower.errors import ConfigError
+from fedflower.validation import WANDB_MODES, check_tracking
+
+log = logging.getLogger(__name__)
+
+STEP = "round"
+
+
+class Sink(Protocol):
+    """Receives a run's metrics rows as they are recorded, then its results."""
+
+    def log_round(self, row: Mapping[str, Any]) -> None:
+        """Record one metrics row (it has a ``round``)."""
+
+    def close(self, results: Mapping[str, Any]) -> None:
+        """Record the run's results and release the sink's files."""
+
+
+def scalars(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's numeric fields except the round itself (booleans and ``None`` left out)."""
+    return {
+        key: float(value)
+        for key, value in row.items()
+        if key != STEP and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+class TensorBoardSink:
+    """Scalars in TensorBoard event files under ``logdir`` (tensorboard's own writer, no TF).
+
+    Parameters
+    ----------
+    logdir : Path
+        Directory of the event files (the run directory's ``tensorboard/``).
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        from tensorboard.summary import Writer
+
+        self.logdir = Path(logdir)
+        self._writer = Writer(str(self.logdir))
+
+    def log_round(self, row: Mapping[str, Any]) -> None:  # noqa: D102
+        for tag, value in scalars(row).items():
+            self._writer.add_scalar(tag, value, step=int(row[STEP]))
+        self._writer.flush()
+
+    def close(self, results: Mapping[str, Any]) -> None:  # noqa: D102
+        self._writer.close()
+
+
+class WandbSink:
+    """A Weights & Biases run: every row logged at its round, the results as its summary.
+
+    Parameters
+    ----------
+    config : dict
+        The run's resolved config (stored with the W&B run).
+    directory : Path
+        Where W&B keeps its files (the run directory).
+    project : str
+        W&B project name.
+    mode : {"offline", "online", "disabled"}
+        ``offline`` writes locally only (``wandb sync`` uploads later).
+    options : dict
+        Further ``wandb.init`` arguments (``entity``, ``group``, ``name``, ``tags``, ...).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        directory: Path,
+        project: str = "fedflower",
+        mode: str = "offline",
+        **options: Any,
+    ) -> None:
+        check_choice("tracking.mode", mode, WANDB_MODES)
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ConfigError(
+                "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
+            ) from exc
+        self._run = wandb.init(
+            project=project,
+            mode=mode,
+            dir=str(directory),
+            config=dict(config),
+            **options,
+        )
+
+    def log_round(self, row: Mapping[str, Any]) -> None:  # noqa: D102
+        self._run.log(scalars(row), step=int(row[STEP]))
+
+    def close(self, results: Mapping[str, Any]) -> None:  # noqa: D102
+        final = results.get("final") or {}
+        self._run.summary.update({f"final_{k}": v for k, v in final.items() if v is not None})
+        self._run.finish()
+
+
+def build_sinks(
+    tracking: Mapping[str, Any] | None, out: Path, config: Mapping[str, Any]
+) -> list[Sink]:
+    """The sinks ``cfg.tracking`` asks for: TensorBoard (unless switched off) and one tracker.
+
+    Parameters
+    ----------
+    tracking : mapping, optional
+        The ``tracking`` config group: ``name`` (``none`` or ``wandb``), ``tensorboard`` and the
+        tracker's own options.
+    out : Path
+        The run directory.
+    config : mapping
+        The run's resolved config (given to trackers that store it).
+    """
+    name = check_tracking(tracking)
+    options = {k: v for k, v in (tracking or {}).items() if k != "name"}
+    sinks: list[Sink] = []
+    if options.pop("tensorboard", True):
+        sinks.append(TensorBoardSink(out / "tensorboard"))
+    if name == "wandb":
+        sinks.append(WandbSink(config, out, **options))
+    return sinks

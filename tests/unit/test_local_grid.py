@@ -1,0 +1,84 @@
+"""fedflower.engine.local.LocalGrid: contexts exist only while a node runs or keeps state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from fedflower import keys
+from fedflower.engine.local import LocalGrid
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def counting_app(keep_state: set[int]) -> ClientApp:
+    """Replies with its partition id and how often it ran; nodes in ``keep_state`` count."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config[keys.PARTITION_ID])
+        seen = context.state.config_records.get("seen", ConfigRecord({"n": 0}))
+        count = int(seen["n"]) + 1  # type: ignore[call-overload]
+        if pid in keep_state:
+            context.state["seen"] = ConfigRecord({"n": count})
+        metrics = MetricRecord({"pid": pid, "count": count, keys.NUM_EXAMPLES: 1})
+        return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+    return app
+
+
+def message(node: int) -> Message:
+    content = RecordDict({keys.ARRAYS: ArrayRecord([np.zeros(2, dtype=np.float32)])})
+    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def run_round(grid: LocalGrid, nodes: list[int]) -> list[tuple[int, int]]:
+    replies = grid.send_and_receive([message(n) for n in nodes])
+    return [(int(r.content["metrics"]["pid"]), int(r.content["metrics"]["count"])) for r in replies]  # type: ignore[call-overload]
+
+
+def test_a_hundred_thousand_nodes_hold_no_context() -> None:
+    grid = LocalGrid(counting_app(set()), 100_000)
+    assert len(grid.get_node_ids()) == 100_000  # type: ignore[arg-type]
+    assert run_round(grid, [1, 100_000]) == [(0, 1), (99_999, 1)]
+    assert grid._contexts == {}
+
+
+def test_state_survives_rounds_only_for_nodes_that_keep_some() -> None:
+    grid = LocalGrid(counting_app({1}), 5)
+    for expected in (1, 2, 3):
+        assert run_round(grid, [2, 3]) == [(1, expected), (2, 1)]
+    assert list(grid._contexts) == [2]
+
+
+def test_node_configs_and_run_config_reach_the_context() -> None:
+    seen: list[tuple[dict, dict]] = []
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        seen.append((dict(context.node_config), dict(context.run_config)))
+        return Message(
+            RecordDict({keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1})}), reply_to=msg
+        )
+
+    grid = LocalGrid(app, 2, [{"data-path": "a.csv"}, {"data-path": "b.csv"}], {"k": "v"})
+    grid.send_and_receive([message(2)])
+    assert seen == [({"data-path": "b.csv"}, {"k": "v"})]
+
+
+def test_unknown_node_is_refused() -> None:
+    grid = LocalGrid(counting_app(set()), 3)
+    with pytest.raises(ValueError, match="no node with id 4"):
+        grid.push_messages([message(4)])
