@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
@@ -18,7 +18,6 @@ from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
-from fedflower.engine.metered import MeteredGrid
 from fedflower.server.app import make_server_app, model_nbytes, run_extra
 from fedflower.server.recorder import Recorder
 from fedflower.validation import validate
@@ -93,7 +92,7 @@ def experiment_server_app(
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
 
-    def on_finish(model: keras.Model, grid: MeteredGrid, strategy: Any) -> None:
+    def on_finish(model: keras.Model, grid: Grid, strategy: Any) -> None:
         if cfg.output.save_model:
             if not model.optimizer.built:  # the server never trains: build its state so that
                 model.optimizer.build(model.trainable_variables)  # load_model finds it whole
@@ -119,5 +118,6 @@ def experiment_server_app(
         on_finish=on_finish,
         seed=cfg.seed,
         latency=build_latency(cfg.get("latency")) if virtual_clock else None,
+        compression=OmegaConf.to_container(cfg.compression, resolve=True),  # type: ignore[arg-type]
     )
     return server_app, results

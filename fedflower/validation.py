@@ -6,12 +6,29 @@ second with one line, before anything heavy is imported.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from fedflower.aggregation.codecs import codecs_from_options
 from fedflower.checks import check_choice, check_number
+from fedflower.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
+
+UNSOUND_WITH_UPDATE_COMPRESSION = {
+    "privacy": {
+        "dp_client": "clients clip their update before it is encoded; the encoding (and the "
+        "error-feedback residual) can push it past the clipping norm the noise is scaled to",
+        "dp_adaptive": "clients clip their update before it is encoded; the encoding (and the "
+        "error-feedback residual) can push it past the clipping norm the noise is scaled to",
+    },
+    "secagg": {
+        "secaggplus": "secure aggregation sums masked integer vectors; per-client scales, "
+        "supports and residuals of compressed updates do not add up",
+    },
+}
+"""Update compression with these privacy/secagg options is refused (and why); compressing
+the models sent to clients (``compression.down``) is sound with all of them."""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -31,3 +48,22 @@ def validate(cfg: DictConfig) -> None:
     stragglers = client.get("straggler_fraction", 0.0)
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    validate_compression(cfg)
+
+
+def validate_compression(cfg: DictConfig) -> None:
+    """Check the ``compression`` options and refuse unsound privacy/secagg combinations."""
+    options = cfg.get("compression")
+    if options is None:
+        return
+    up, _ = codecs_from_options(OmegaConf.to_container(options, resolve=True))  # type: ignore[arg-type]
+    check_choice("compression.error_feedback", options.get("error_feedback", False), (False, True))
+    if up.name == "none":
+        return
+    for group, unsound in UNSOUND_WITH_UPDATE_COMPRESSION.items():
+        name = cfg.get(group, {}).get("name", "none")
+        if name in unsound:
+            raise ConfigError(
+                f"compression={up.name} cannot be combined with {group}={name}: {unsound[name]}; "
+                f"use compression=none (compression.down may still encode the models)"
+            )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedflower import keys
+from fedflower.client.compression import compression_mod
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
 
@@ -21,15 +23,17 @@ def _config(msg: Message) -> dict:
     return dict(record)
 
 
-def to_client_app(client_fn: ClientFn) -> ClientApp:
+def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
 
     Train replies carry ``arrays`` (the new weights, or the update ``w_global - w_local`` when
     the config asks for ``return-update``) and ``metrics`` (training metrics plus
     ``num-examples``); evaluate replies carry ``metrics`` (``eval_loss``, ``eval_accuracy``,
-    ``num-examples``).
+    ``num-examples``). The :func:`~fedflower.client.compression.compression_mod` comes first
+    (it does nothing unless the server compresses), then ``mods`` in order: they see the
+    decoded model and the reply before it is encoded.
     """
-    app = ClientApp()
+    app = ClientApp(mods=[compression_mod, *mods])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -22,6 +22,7 @@ from fedflower.engine.stragglers import straggler_grid
 from fedflower.errors import ConfigError
 from fedflower.models import evaluate
 from fedflower.server import registry
+from fedflower.server.compression import compressed_grid
 from fedflower.server.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,25 @@ def model_nbytes(weights: list[np.ndarray]) -> int:
     return int(sum(w.nbytes for w in weights))
 
 
+def _wrappers(grid: Grid) -> list[object]:
+    """``grid`` and the grids it wraps (through ``.inner`` attributes)."""
+    chain: list[object] = []
+    node: object = grid
+    while node is not None and len(chain) < 16:
+        chain.append(node)
+        node = getattr(node, "inner", None)
+    return chain
+
+
 def _report(grid: Grid, strategy: Strategy, hook: str) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     clock = find_clock(grid)
     if clock is not None:
         extra["virtual_time"] = float(clock.now)
-    report = getattr(strategy, hook, None)
-    if callable(report):
-        extra.update(report())
+    for source in (*_wrappers(grid), strategy):
+        report = getattr(source, hook, None)
+        if callable(report):
+            extra.update(report())
     return extra
 
 
@@ -109,7 +121,8 @@ def round_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
 
     A strategy reports its own metrics (asynchronous statistics, privacy budget, ...) by
     defining ``round_report() -> dict`` (since the last call) and ``run_report() -> dict``
-    (totals for ``results.json``); both are optional.
+    (totals for ``results.json``); both are optional. Grid wrappers (compression) report
+    the same way.
     """
     return _report(grid, strategy, "round_report")
 
@@ -127,15 +140,18 @@ def make_server_app(
     build_model: Callable[[], keras.Model],
     source: TabularSource,
     recorder: Recorder,
-    on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
+    on_finish: Callable[[keras.Model, Grid, Strategy], None],
     seed: int = 0,
     latency: LatencyModel | None = None,
+    compression: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
     ``seed`` seeds the choice of stragglers (``client.straggler_fraction``). ``latency`` gives
     the run a virtual clock (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation
     only); without it asynchronous strategies use the wall clock, as in a deployment.
+    ``compression`` (the config group's options) encodes models and decodes updates outside
+    the metering, so the bytes counted are the compressed ones.
     """
     app = ServerApp()
 
@@ -143,6 +159,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         # with a latency model, time is virtual (simulation); without, it is the wall clock
         metered = MeteredGrid(grid) if latency is None else VirtualClockGrid(grid, latency)
+        wire = compressed_grid(metered, compression, seed)
         model = build_model()
         strategy = build_strategy(
             strategy_options,
@@ -160,13 +177,13 @@ def make_server_app(
                 float(res["accuracy"]),
                 down,
                 up,
-                **round_extra(metered, strategy),
+                **round_extra(wire, strategy),
             )
             return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
 
         recorder.start()
         result = strategy.start(
-            grid=straggler_grid(metered, client_options, strategy, seed),
+            grid=straggler_grid(wire, client_options, strategy, seed),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
@@ -175,6 +192,6 @@ def make_server_app(
         )
         if len(result.arrays):
             model.set_weights(result.arrays.to_numpy_ndarrays())
-        on_finish(model, metered, strategy)
+        on_finish(model, wire, strategy)
 
     return app

@@ -1,0 +1,153 @@
+"""Compression on Flower's wire: the client mod and the record format both sides share.
+
+When compression is on, every server -> client message that carries a model also carries a
+``ConfigRecord`` named :data:`fedflower.keys.COMPRESSION`: how its model arrays are encoded
+(``down``) and how the client must encode its update (``up`` and the codec's options). The
+:func:`compression_mod` of every ClientApp decodes the model before the client sees it and,
+after training, replaces the reply's weights by the encoded update ``w_local - w_received``
+(or the reply's own update for FedSGD), with error feedback kept in the node's
+``Context.state`` when asked. The server (:mod:`fedflower.server.compression`) decodes replies
+before any strategy checks or folds them. Encoded arrays travel as an ``ArrayRecord`` of the
+codec's parts (:mod:`fedflower.aggregation.codecs`), so metering counts what is really sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedflower import keys
+from fedflower.aggregation.codecs import (
+    Codec,
+    decode_arrays,
+    encode_arrays,
+    encode_with_feedback,
+)
+
+BASE_RECEIVED = "received"
+"""A reply's arrays are its update from the model it received; the server adds its model."""
+BASE_NONE = "none"
+"""A reply's arrays are what the client returned (already an update, e.g. FedSGD's)."""
+
+
+def codec_config(up: Codec, down: str, error_feedback: bool, seed: int = 0) -> ConfigRecord:
+    """The :data:`~fedflower.keys.COMPRESSION` record sent with a model.
+
+    ``seed`` (the run's) seeds the clients' stochastic rounding with the round and node id.
+    """
+    return ConfigRecord(
+        {
+            keys.COMPRESS_UP: up.name,
+            keys.COMPRESS_DOWN: down,
+            keys.COMPRESS_FRACTION: float(up.fraction),
+            keys.COMPRESS_PER_CHANNEL: bool(up.per_channel),
+            keys.COMPRESS_STOCHASTIC: bool(up.stochastic),
+            keys.COMPRESS_MIN_ELEMENTS: int(up.min_elements),
+            keys.COMPRESS_VALUE_DTYPE: up.value_dtype,
+            keys.COMPRESS_FEEDBACK: bool(error_feedback),
+            keys.COMPRESS_SEED: int(seed),
+        }
+    )
+
+
+def codec_from_config(record: Mapping[str, object]) -> Codec:
+    """The update codec a :func:`codec_config` record describes."""
+    return Codec(
+        name=str(record[keys.COMPRESS_UP]),
+        fraction=float(record[keys.COMPRESS_FRACTION]),  # type: ignore[arg-type]
+        per_channel=bool(record[keys.COMPRESS_PER_CHANNEL]),
+        stochastic=bool(record[keys.COMPRESS_STOCHASTIC]),
+        min_elements=int(record[keys.COMPRESS_MIN_ELEMENTS]),  # type: ignore[call-overload]
+        value_dtype=str(record[keys.COMPRESS_VALUE_DTYPE]),
+    )
+
+
+def to_record(flat: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An ``ArrayRecord`` holding the encoded parts as they are."""
+    return ArrayRecord({key: Array(np.ascontiguousarray(a)) for key, a in flat.items()})
+
+
+def from_record(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
+    """Names and decoded arrays of an encoded ``ArrayRecord``."""
+    return decode_arrays({key: array.numpy() for key, array in record.items()})
+
+
+def named_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
+    """A plain ``ArrayRecord`` of named arrays."""
+    return ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(names, arrays, strict=True)})
+
+
+def _residual(context: Context, shapes: list[tuple[int, ...]]) -> list[np.ndarray] | None:
+    record = context.state.array_records.get(keys.COMPRESS_RESIDUAL)
+    if record is None:
+        return None
+    residual = record.to_numpy_ndarrays()
+    return residual if [r.shape for r in residual] == shapes else None
+
+
+def encode_reply(
+    reply: Message,
+    received: list[np.ndarray] | None,
+    spec: ConfigRecord,
+    context: Context,
+    server_round: int,
+) -> None:
+    """Replace the reply's arrays by their encoded update, in place.
+
+    ``received`` is the model the client started from (the reply is then encoded as the
+    update from it), or ``None`` when the reply already is an update (FedSGD).
+    """
+    content = reply.content
+    record = content.array_records[keys.ARRAYS]
+    names, arrays = list(record.keys()), record.to_numpy_ndarrays()
+    base = BASE_NONE if received is None else BASE_RECEIVED
+    if received is not None:
+        arrays = [
+            np.subtract(a, r, dtype=np.float32) for a, r in zip(arrays, received, strict=True)
+        ]
+    codec = codec_from_config(spec)
+    seed = int(spec.get(keys.COMPRESS_SEED, 0))  # type: ignore[arg-type]
+    rng = np.random.default_rng([seed, server_round, context.node_id])
+    if spec[keys.COMPRESS_FEEDBACK]:
+        residual = _residual(context, [a.shape for a in arrays])
+        flat, residual = encode_with_feedback(names, arrays, codec, residual, rng)
+        context.state.array_records[keys.COMPRESS_RESIDUAL] = ArrayRecord(residual)
+    else:
+        flat = encode_arrays(names, arrays, codec, rng)
+    content.array_records[keys.ARRAYS] = to_record(flat)
+    content.config_records[keys.COMPRESSION] = ConfigRecord({keys.COMPRESS_BASE: base})
+
+
+def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: decode the received model, encode the training reply.
+
+    A no-op for messages without a :data:`~fedflower.keys.COMPRESSION` record, so every
+    ClientApp can list it (first, so that other mods see plain weights). Place mods that
+    change the update (clipping, local noise, simulated attacks) after it: they act before
+    the update is encoded.
+    """
+    content = msg.content if msg.has_content() else None
+    if content is None or keys.COMPRESSION not in content.config_records:
+        return call_next(msg, context)
+    spec = content.config_records.pop(keys.COMPRESSION)
+    record = content.array_records.get(keys.ARRAYS)
+    if record is None:
+        return call_next(msg, context)
+    if spec[keys.COMPRESS_DOWN] != "none":
+        names, arrays = from_record(record)
+        content.array_records[keys.ARRAYS] = named_record(names, arrays)
+    else:
+        arrays = record.to_numpy_ndarrays()
+    reply = call_next(msg, context)
+    if (
+        msg.metadata.message_type == MessageType.TRAIN
+        and not reply.has_error()
+        and keys.ARRAYS in reply.content.array_records
+    ):
+        config = content.config_records.get(keys.CONFIG, ConfigRecord())
+        received = None if config.get(keys.RETURN_UPDATE) else arrays
+        encode_reply(reply, received, spec, context, int(config.get(keys.SERVER_ROUND, 0)))  # type: ignore[arg-type]
+    return reply
