@@ -160,25 +160,41 @@ def dequantize(parts: Mapping[str, np.ndarray]) -> np.ndarray:
     return out.reshape(q.shape)
 
 
-def top_k(magnitude: np.ndarray, k: int) -> np.ndarray:
-    """Unsorted positions of the ``k`` largest entries of the 1-D ``magnitude``.
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Unsorted positions of the ``k`` entries of the 1-D ``values`` largest in magnitude.
 
     The threshold is first estimated on a strided sample (a little low, so that slightly more
-    than ``k`` entries pass it), then the exact top ``k`` is chosen among those candidates;
-    with too few candidates it falls back to a full ``argpartition``.
+    than ``k`` entries pass it), the candidates above it are collected block by block (no
+    full-size temporaries), and the exact top ``k`` is chosen among them; with too few
+    candidates it falls back to a full ``argpartition``.
     """
-    n = magnitude.size
+    n = values.size
     if k >= n:
         return np.arange(n)
     if n >= 8 * SAMPLE and k <= n // 4:
-        sample = magnitude[:: n // SAMPLE]
+        sample = np.abs(values[:: n // SAMPLE])
         j = min(sample.size, int(1.25 * k * sample.size / n) + 8)
         threshold = np.partition(sample, sample.size - j)[sample.size - j]
-        candidates = np.flatnonzero(magnitude >= threshold)
+        candidates = _above(values, threshold)
         if candidates.size >= k:
-            mags = magnitude[candidates]
+            mags = np.abs(values[candidates])
             return candidates[np.argpartition(mags, mags.size - k)[mags.size - k :]]
+    magnitude = np.abs(values)
     return np.argpartition(magnitude, n - k)[n - k :]
+
+
+def _above(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Sorted positions where ``|values| >= threshold``, found block by block."""
+    scratch = np.empty(min(values.size, BLOCK), dtype=values.dtype)
+    found = []
+    for start in range(0, values.size, BLOCK):
+        block = values[start : start + BLOCK]
+        mag = scratch[: block.size]
+        np.abs(block, out=mag)
+        hits = np.flatnonzero(mag >= threshold)
+        hits += start
+        found.append(hits)
+    return np.concatenate(found)
 
 
 def sparsify(x: np.ndarray, fraction: float, value_dtype: str = "float32") -> Parts:
@@ -190,19 +206,16 @@ def sparsify(x: np.ndarray, fraction: float, value_dtype: str = "float32") -> Pa
     flat = x.reshape(-1)
     n = flat.size
     k = max(1, int(np.ceil(fraction * n)))
-    keep = top_k(np.abs(flat), k)
+    keep = np.sort(top_k(flat, k))
     parts: Parts = {"shape": np.asarray(x.shape, dtype=np.int64)}
     index_dtype = np.uint16 if n <= 1 << 16 else np.uint32
     if n / 8 < k * np.dtype(index_dtype).itemsize:
         mask = np.zeros(n, dtype=bool)
         mask[keep] = True
         parts["mask"] = np.packbits(mask)
-        values = flat[mask]
     else:
-        keep.sort()
         parts["idx"] = keep.astype(index_dtype)
-        values = flat[keep]
-    parts["val"] = values.astype(value_dtype)
+    parts["val"] = flat[keep].astype(value_dtype)
     return parts
 
 
@@ -212,16 +225,32 @@ def densify(parts: Mapping[str, np.ndarray], values: np.ndarray) -> np.ndarray:
     n = int(np.prod(shape))
     out = np.zeros(n, dtype=np.float32)
     if "mask" in parts:
-        mask = np.unpackbits(parts["mask"], count=n).view(bool)
-        if int(np.count_nonzero(mask)) != values.size:
-            raise UpdateRejected("top-k mask and values differ in length")
-        out[mask] = values
+        idx = np.flatnonzero(np.unpackbits(parts["mask"], count=n).view(bool))
     else:
         idx = parts["idx"]
-        if idx.size != values.size or (idx.size and int(idx.max()) >= n):
-            raise UpdateRejected("top-k indices do not match the values or the shape")
-        out[idx] = values
+        if idx.size and int(idx.max()) >= n:
+            raise UpdateRejected("top-k indices point outside the array")
+    if idx.size != values.size:
+        raise UpdateRejected("top-k positions and values differ in length")
+    out[idx] = values
     return out.reshape(shape)
+
+
+_HALF_TO_SINGLE: list[np.ndarray] = []
+
+
+def widen(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32; float16 through a 65,536-entry table.
+
+    Exact, and several times faster than NumPy's conversion where it is not vectorised.
+    """
+    if x.dtype != np.float16:
+        return np.asarray(x, dtype=np.float32)
+    if not _HALF_TO_SINGLE:
+        _HALF_TO_SINGLE.append(
+            np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+        )
+    return np.take(_HALF_TO_SINGLE[0], x.view(np.uint16))
 
 
 def decode_parts(parts: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -230,9 +259,9 @@ def decode_parts(parts: Mapping[str, np.ndarray]) -> np.ndarray:
         if "raw" in parts:
             return np.asarray(parts["raw"])
         if "f16" in parts:
-            return parts["f16"].astype(np.float32)
+            return widen(parts["f16"])
         if "shape" in parts:
-            values = dequantize(parts) if "q" in parts else parts["val"].astype(np.float32)
+            values = dequantize(parts) if "q" in parts else widen(parts["val"])
             return densify(parts, values.reshape(-1))
         return dequantize(parts)
     except (KeyError, ValueError, TypeError, IndexError) as exc:
