@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedflower import keys
@@ -73,7 +73,11 @@ class CompressedGrid(GridWrapper):
         return to_record(flat)
 
     def _prepare(self, messages: Iterable[Message]) -> list[tuple[Message, list[np.ndarray]]]:
-        """Encode the models in place; return the training messages with the model they carry."""
+        """Give each message carrying a model its own encoded content.
+
+        Strategies may share one content between messages; it is copied, never changed.
+        Returns the training messages with the model they carry.
+        """
         encoded: dict[int, tuple[ArrayRecord, list[np.ndarray]]] = {}
         sent = []
         for message in messages:
@@ -84,8 +88,10 @@ class CompressedGrid(GridWrapper):
             if id(record) not in encoded:  # a broadcast model is encoded once
                 encoded[id(record)] = (self._encode(record), record.to_numpy_ndarrays())
             wire_record, arrays = encoded[id(record)]
-            message.content.array_records[keys.ARRAYS] = wire_record
-            message.content.config_records[keys.COMPRESSION] = self._spec
+            content = RecordDict(dict(message.content.items()))
+            content.array_records[keys.ARRAYS] = wire_record
+            content.config_records[keys.COMPRESSION] = self._spec
+            message.content = content
             self.raw["down"] += raw
             self.wire["down"] += message_nbytes(message)
             if message.metadata.message_type == MessageType.TRAIN:

@@ -189,3 +189,18 @@ def test_unsound_combinations_are_refused(
     else:
         with pytest.raises(ConfigError, match=f"compression={name} cannot be combined"):
             validate_compression(cfg)
+
+
+def test_a_content_shared_by_messages_is_encoded_once_and_left_unchanged() -> None:
+    local = LocalGrid(make_app(), 2)
+    grid = CompressedGrid(MeteredGrid(local), Codec("int8"), Codec("int8", min_elements=1000))
+    shared = train_messages(local, model(), 1)[0].content
+    messages = [Message(shared, node, MessageType.TRAIN) for node in local.get_node_ids()]
+    replies = list(grid.send_and_receive(messages))
+    assert list(shared.array_records[keys.ARRAYS].keys()) == ["a", "b", "c"]
+    assert keys.COMPRESSION not in shared.config_records
+    assert all(keys.ARRAYS in r.content.array_records for r in replies)
+    assert (
+        messages[0].content.array_records[keys.ARRAYS]
+        is messages[1].content.array_records[keys.ARRAYS]
+    )
