@@ -107,11 +107,11 @@ class CompressedGrid(GridWrapper):
         if reply.has_error() or keys.COMPRESSION not in reply.content.config_records:
             return reply
         content = reply.content
+        wire = message_nbytes(reply)
         spec = content.config_records.pop(keys.COMPRESSION)
         record = content.array_records.get(keys.ARRAYS)
         if record is None:
             return reply
-        wire = message_nbytes(reply)
         try:
             names, arrays = from_record(record)
             if spec.get(keys.COMPRESS_BASE) == BASE_RECEIVED:
