@@ -96,11 +96,15 @@ def experiments(args: argparse.Namespace) -> list[dict[str, Any]]:
         label, model_overrides = MODELS[model]
         reference: dict[str, Any] | None = None
         for name, overrides in SETTINGS:
+            if args.settings and name not in args.settings:
+                continue
             t0 = time.perf_counter()
             res = run_one(base + model_overrides + overrides)
             totals = res["totals"]
             row = {
                 "model": label,
+                "clients": args.clients,
+                "rounds": args.rounds,
                 "setting": name,
                 "mb_up": totals["bytes_up"] / 1e6,
                 "mb_down": totals["bytes_down"] / 1e6,
@@ -157,28 +161,32 @@ def codec_speed(repeats: int, size: int = 1 << 20) -> list[dict[str, Any]]:
 def write(
     rows: list[dict[str, Any]], speed: list[dict[str, Any]], args: argparse.Namespace
 ) -> None:
+    """``bench/results/<name>.{json,csv,md,png}``."""
     RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / args.name
     machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
-    conditions = f"hospitals, {args.clients} clients, {args.rounds} rounds, FedAvg, seed 0"
-    (RESULTS / "compression.json").write_text(
+    conditions = "hospitals data, FedAvg, 1 local epoch, seed 0"
+    stem.with_suffix(".json").write_text(
         json.dumps(
             {"machine": machine, "conditions": conditions, "runs": rows, "codecs": speed}, indent=1
         )
         + "\n"
     )
     if rows:
-        with (RESULTS / "compression.csv").open("w", newline="") as f:
+        with stem.with_suffix(".csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     lines = [f"Machine: {machine}. Runs: {conditions}.", ""]
     if rows:
         lines += [
-            "| model | setting | MB up | up ratio | MB down | accuracy | change |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| model | clients x rounds | setting | MB up | up ratio | MB down | accuracy "
+            "| change |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {r['model']} | {r['setting']} | {r['mb_up']:.3f} | {r['ratio_up']:.1f}x | "
+            f"| {r['model']} | {r['clients']} x {r['rounds']} | {r['setting']} "
+            f"| {r['mb_up']:.3f} | {r['ratio_up']:.1f}x | "
             f"{r['mb_down']:.3f} | {r['accuracy']:.4f} | {r['accuracy_change_pp']:+.2f} pp |"
             for r in rows
         ]
@@ -195,9 +203,9 @@ def write(
             f"| {r['ratio']:.1f}x |"
             for r in speed
         ]
-    (RESULTS / "compression.md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if rows:
-        plot(rows, RESULTS / "compression.png")
+        plot(rows, stem.with_suffix(".png"))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -229,7 +237,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=30, help="codec timing: best of")
     parser.add_argument("--no-runs", action="store_true", help="only time the codecs")
+    parser.add_argument("--name", default="compression", help="results file name")
+    parser.add_argument("--settings", nargs="*", default=None, help="only these settings")
+    parser.add_argument(
+        "--merge", nargs="*", default=None, help="only combine these results' json files"
+    )
     args = parser.parse_args()
+    if args.merge is not None:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = [row for part in parts for row in part["runs"]]
+        write(rows, next((p["codecs"] for p in parts if p["codecs"]), []), args)
+        return
     speed = codec_speed(args.repeats)
     rows = [] if args.no_runs else experiments(args)
     write(rows, speed, args)
