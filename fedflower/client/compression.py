@@ -80,6 +80,10 @@ def named_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRec
     return ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(names, arrays, strict=True)})
 
 
+def _floating(array: np.ndarray) -> bool:
+    return bool(np.issubdtype(array.dtype, np.floating))
+
+
 def _residual(context: Context, shapes: list[tuple[int, ...]]) -> list[np.ndarray] | None:
     record = context.state.array_records.get(keys.COMPRESS_RESIDUAL)
     if record is None:
@@ -104,9 +108,10 @@ def encode_reply(
     record = content.array_records[keys.ARRAYS]
     names, arrays = list(record.keys()), record.to_numpy_ndarrays()
     base = BASE_NONE if received is None else BASE_RECEIVED
-    if received is not None:
+    if received is not None:  # non-float arrays (counters, seeds) travel as they are
         arrays = [
-            np.subtract(a, r, dtype=np.float32) for a, r in zip(arrays, received, strict=True)
+            np.subtract(a, r, dtype=np.float32) if _floating(a) else a
+            for a, r in zip(arrays, received, strict=True)
         ]
     codec = codec_from_config(spec)
     seed = int(spec.get(keys.COMPRESS_SEED, 0))  # type: ignore[arg-type]
@@ -136,17 +141,14 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     record = content.array_records.get(keys.ARRAYS)
     if record is None:
         return call_next(msg, context)
+    train = msg.metadata.message_type == MessageType.TRAIN
     if spec[keys.COMPRESS_DOWN] != "none":
         names, arrays = from_record(record)
         content.array_records[keys.ARRAYS] = named_record(names, arrays)
-    else:
+    elif train:
         arrays = record.to_numpy_ndarrays()
     reply = call_next(msg, context)
-    if (
-        msg.metadata.message_type == MessageType.TRAIN
-        and not reply.has_error()
-        and keys.ARRAYS in reply.content.array_records
-    ):
+    if train and not reply.has_error() and keys.ARRAYS in reply.content.array_records:
         config = content.config_records.get(keys.CONFIG, ConfigRecord())
         received = None if config.get(keys.RETURN_UPDATE) else arrays
         encode_reply(reply, received, spec, context, int(config.get(keys.SERVER_ROUND, 0)))  # type: ignore[arg-type]

@@ -171,7 +171,10 @@ def _add(reference: list[np.ndarray] | None, updates: list[np.ndarray]) -> list[
         raise UpdateRejected("reply to a model this server did not send")
     if [np.shape(r) for r in reference] != [np.shape(u) for u in updates]:
         raise UpdateRejected("update's shapes differ from the model sent")
-    return [np.add(r, u, dtype=r.dtype) for r, u in zip(reference, updates, strict=True)]
+    return [
+        np.add(r, u, dtype=r.dtype) if np.issubdtype(r.dtype, np.floating) else u
+        for r, u in zip(reference, updates, strict=True)
+    ]
 
 
 def compressed_grid(grid: Grid, options: dict[str, Any] | None, seed: int = 0) -> Grid:

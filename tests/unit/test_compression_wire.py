@@ -204,3 +204,27 @@ def test_a_content_shared_by_messages_is_encoded_once_and_left_unchanged() -> No
         messages[0].content.array_records[keys.ARRAYS]
         is messages[1].content.array_records[keys.ARRAYS]
     )
+
+
+def test_integer_arrays_travel_as_they_are() -> None:
+    app = ClientApp(mods=[compression_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        w, count = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        arrays = ArrayRecord({"w": Array(w + 1), "count": Array(count + 5)})
+        metrics = MetricRecord({keys.NUM_EXAMPLES: 1})
+        return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=msg)
+
+    local = LocalGrid(app, 1)
+    grid = CompressedGrid(MeteredGrid(local), Codec("int8", min_elements=0), Codec("none"))
+    weights = ArrayRecord(
+        {"w": Array(np.zeros(2000, np.float32)), "count": Array(np.arange(2000, dtype=np.int64))}
+    )
+    config = ConfigRecord({keys.SERVER_ROUND: 1})
+    message = Message(RecordDict({keys.ARRAYS: weights, keys.CONFIG: config}), 1, MessageType.TRAIN)
+    (reply,) = grid.send_and_receive([message])
+    w, count = reply.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+    np.testing.assert_allclose(w, 1.0, atol=1e-6)
+    assert count.dtype == np.int64
+    np.testing.assert_array_equal(count, np.arange(2000) + 5)
