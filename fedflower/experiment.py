@@ -9,7 +9,7 @@ from typing import Any
 
 import keras
 from flwr.clientapp.typing import Mod
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
@@ -22,7 +22,6 @@ from fedflower.data.source import TabularSource
 from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
-from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import DataError
 from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
 from fedflower.server.checkpoint import check_resumable
@@ -135,7 +134,7 @@ def experiment_server_app(
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
 
-    def on_finish(model: keras.Model, grid: MeteredGrid, strategy: Any) -> None:
+    def on_finish(model: keras.Model, grid: Grid, strategy: Any) -> None:
         if cfg.output.save_model:
             if not model.optimizer.built:  # the server never trains: build its state so that
                 model.optimizer.build(model.trainable_variables)  # load_model finds it whole
@@ -166,5 +165,6 @@ def experiment_server_app(
             every=int(cfg.get("checkpoint", {}).get("every", 0)),
             resume=bool(cfg.get("resume")),
         ),
+        compression=OmegaConf.to_container(cfg.compression, resolve=True),  # type: ignore[arg-type]
     )
     return server_app, results

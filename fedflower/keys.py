@@ -42,3 +42,17 @@ RUN_OUTPUT_DIR = "output-dir"
 ATTACK = "attack"  # ConfigRecord a malicious client's train reply carries (its attack's name)
 ATTACK_NAME = "name"
 FLIP_LABELS = "attack-flip-labels"  # train config: train on flipped labels (label_flip attack)
+# Compression (see fedflower.client.compression): a ConfigRecord named COMPRESSION travels with
+# every server -> client message carrying a model when compression is on, and with the replies.
+COMPRESSION = "compression"
+COMPRESS_UP = "up"  # codec of the client's update
+COMPRESS_DOWN = "down"  # codec the message's model arrays are encoded with
+COMPRESS_FRACTION = "fraction"
+COMPRESS_PER_CHANNEL = "per-channel"
+COMPRESS_STOCHASTIC = "stochastic"
+COMPRESS_MIN_ELEMENTS = "min-elements"
+COMPRESS_VALUE_DTYPE = "value-dtype"
+COMPRESS_FEEDBACK = "error-feedback"
+COMPRESS_SEED = "seed"  # the run seed: stochastic rounding is seeded by (seed, round, node)
+COMPRESS_BASE = "base"  # a reply's arrays are the update from the received model ("received")
+COMPRESS_RESIDUAL = "compression-residual"  # error-feedback residual in the client's Context.state

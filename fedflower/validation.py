@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedflower.aggregation.codecs import codecs_from_options
 from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError
 
@@ -22,6 +23,21 @@ BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
 ATTACKS = ("none", "sign_flip", "gaussian", "scale", "label_flip", "lie")
 """Simulated attacks (see :mod:`fedflower.client.attacks`)."""
+
+UNSOUND_WITH_UPDATE_COMPRESSION = {
+    "privacy": {
+        "dp_client": "clients clip their update before it is encoded; the encoding (and the "
+        "error-feedback residual) can push it past the clipping norm the noise is scaled to",
+        "dp_adaptive": "clients clip their update before it is encoded; the encoding (and the "
+        "error-feedback residual) can push it past the clipping norm the noise is scaled to",
+    },
+    "secagg": {
+        "secaggplus": "secure aggregation sums masked integer vectors; per-client scales, "
+        "supports and residuals of compressed updates do not add up",
+    },
+}
+"""Update compression with these privacy/secagg options is refused (and why); compressing
+the models sent to clients (``compression.down``) is sound with all of them."""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -53,6 +69,8 @@ def validate(cfg: DictConfig) -> None:
     _check_attack(cfg.get("attack") or {})
     _check_checkpoint(cfg)
     check_text_pairing(cfg)
+    check_tracking(cfg.get("tracking"))
+    validate_compression(cfg)
 
 
 def _check_robust(strategy: DictConfig, num_clients: int) -> None:
@@ -123,7 +141,6 @@ def check_text_pairing(cfg: DictConfig) -> None:
             f"dataset={cfg.dataset._target_} holds sentences but model={cfg.model._target_} "
             "reads numbers: use model=text"
         )
-    check_tracking(cfg.get("tracking"))
 
 
 TRACKERS = ("none", "wandb")
@@ -146,3 +163,21 @@ def check_tracking(tracking: Mapping[str, Any] | None) -> str:
                 "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
             )
     return str(name)
+
+
+def validate_compression(cfg: DictConfig) -> None:
+    """Check the ``compression`` options and refuse unsound privacy/secagg combinations."""
+    options = cfg.get("compression")
+    if options is None:
+        return
+    up, _ = codecs_from_options(OmegaConf.to_container(options, resolve=True))  # type: ignore[arg-type]
+    check_choice("compression.error_feedback", options.get("error_feedback", False), (False, True))
+    if up.name == "none":
+        return
+    for group, unsound in UNSOUND_WITH_UPDATE_COMPRESSION.items():
+        name = cfg.get(group, {}).get("name", "none")
+        if name in unsound:
+            raise ConfigError(
+                f"compression={up.name} cannot be combined with {group}={name}: {unsound[name]}; "
+                f"use compression=none (compression.down may still encode the models)"
+            )

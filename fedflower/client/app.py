@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedflower import keys
+from fedflower.client.compression import compression_mod
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
 
@@ -22,16 +23,18 @@ def _config(msg: Message) -> dict:
     return dict(record)
 
 
-def to_client_app(client_fn: ClientFn, mods: list[Mod] | None = None) -> ClientApp:
+def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
 
     Train replies carry ``arrays`` (the new weights, or the update ``w_global - w_local`` when
     the config asks for ``return-update``) and ``metrics`` (training metrics plus
     ``num-examples``); evaluate replies carry ``metrics`` (``eval_loss``, ``eval_accuracy``,
-    ``num-examples``). ``mods`` are Flower client mods around both handlers, in order (e.g.
-    a simulated attack, :func:`fedflower.client.attacks.attack_mod`).
+    ``num-examples``). The :func:`~fedflower.client.compression.compression_mod` comes first
+    (it does nothing unless the server compresses), then ``mods`` in order (e.g. a simulated
+    attack, :func:`fedflower.client.attacks.attack_mod`): they see the decoded model and the
+    reply before it is encoded.
     """
-    app = ClientApp(mods=mods)
+    app = ClientApp(mods=[compression_mod, *mods])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -25,6 +25,7 @@ from fedflower.models import evaluate
 from fedflower.server import registry
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, run_rounds, stateful
+from fedflower.server.compression import compressed_grid
 from fedflower.server.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,25 @@ def model_nbytes(weights: list[np.ndarray]) -> int:
     return int(sum(w.nbytes for w in weights))
 
 
+def _wrappers(grid: Grid) -> list[object]:
+    """``grid`` and the grids it wraps (through ``.inner`` attributes)."""
+    chain: list[object] = []
+    node: object = grid
+    while node is not None and len(chain) < 16:
+        chain.append(node)
+        node = getattr(node, "inner", None)
+    return chain
+
+
 def _report(grid: Grid, strategy: Strategy, hook: str) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     clock = find_clock(grid)
     if clock is not None:
         extra["virtual_time"] = float(clock.now)
-    report = getattr(strategy, hook, None)
-    if callable(report):
-        extra.update(report())
+    for source in (*_wrappers(grid), strategy):
+        report = getattr(source, hook, None)
+        if callable(report):
+            extra.update(report())
     return extra
 
 
@@ -112,7 +124,8 @@ def round_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
 
     A strategy reports its own metrics (asynchronous statistics, privacy budget, ...) by
     defining ``round_report() -> dict`` (since the last call) and ``run_report() -> dict``
-    (totals for ``results.json``); both are optional.
+    (totals for ``results.json``); both are optional. Grid wrappers (compression) report
+    the same way.
     """
     return _report(grid, strategy, "round_report")
 
@@ -181,10 +194,11 @@ def make_server_app(
     build_model: Callable[[], keras.Model],
     source: TabularSource,
     recorder: Recorder,
-    on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
+    on_finish: Callable[[keras.Model, Grid, Strategy], None],
     seed: int = 0,
     latency: LatencyModel | None = None,
     checkpoint: CheckpointOptions | None = None,
+    compression: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
@@ -193,6 +207,8 @@ def make_server_app(
     only); without it asynchronous strategies use the wall clock, as in a deployment.
     ``checkpoint`` makes synchronous strategies write ``checkpoint.npz`` in the recorder's
     directory, and resume from it (see :mod:`fedflower.server.checkpoint`).
+    ``compression`` (the config group's options) encodes models and decodes updates outside
+    the metering, so the bytes counted are the compressed ones.
     """
     app = ServerApp()
 
@@ -200,6 +216,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         # with a latency model, time is virtual (simulation); without, it is the wall clock
         metered = MeteredGrid(grid) if latency is None else VirtualClockGrid(grid, latency)
+        wire = compressed_grid(metered, compression, seed)
         model = build_model()
         strategy = build_strategy(
             strategy_options,
@@ -217,14 +234,14 @@ def make_server_app(
                 float(res["accuracy"]),
                 down,
                 up,
-                **round_extra(metered, strategy),
+                **round_extra(wire, strategy),
             )
             return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
 
         recorder.start()
         result = run_strategy(
             strategy,
-            grid=straggler_grid(metered, client_options, strategy, seed),
+            grid=straggler_grid(wire, client_options, strategy, seed),
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
@@ -234,6 +251,6 @@ def make_server_app(
         )
         if len(result.arrays):
             model.set_weights(result.arrays.to_numpy_ndarrays())
-        on_finish(model, metered, strategy)
+        on_finish(model, wire, strategy)
 
     return app

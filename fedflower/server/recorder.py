@@ -273,6 +273,12 @@ class Recorder:
                 "client tasks / folded / dropped / failed",
                 f"{a['tasks']} / {a['folded']} / {a['dropped']} / {a['failed']}",
             )
+        if results.get("compression_up") or results.get("compression_down"):
+            table.add_row(
+                "compression up / down (bytes uncompressed / sent)",
+                f"{_ratio(results.get('compression_up'))} / "
+                f"{_ratio(results.get('compression_down'))}",
+            )
         self.console.print(table)
         # outside the table, never wrapped: the whole path on any terminal width or in a pipe
         self.console.print(f"outputs: {self.output_dir.resolve()}", soft_wrap=True, markup=False)
@@ -288,6 +294,10 @@ def all_finite(content: RecordDict) -> bool:
     return True
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
 def _extra_text(row: dict[str, Any]) -> str:
     """The per-line suffix for virtual time and asynchronous statistics, when present."""
     text = ""
@@ -295,6 +305,9 @@ def _extra_text(row: dict[str, Any]) -> str:
         text += f" | t={row['virtual_time']:.1f}s"
     if row.get("staleness_mean") is not None:
         text += f" | staleness {row['staleness_mean']:.1f} (max {row['staleness_max']})"
+    if row.get("compression_up") is not None or row.get("compression_down") is not None:
+        up, down = row.get("compression_up"), row.get("compression_down")
+        text += f" | compression up {_ratio(up)} down {_ratio(down)}"
     if row.get("dropped"):
         text += f" | dropped {row['dropped']}"
     if row.get("failed"):

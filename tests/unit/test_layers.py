@@ -14,15 +14,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = frozenset({"base"})
-BELOW_SERVER = BASE | {"aggregation", "data", "models", "engine", "client"}
+BELOW_SERVER = BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "client"}
 ALLOWED: dict[str, frozenset[str]] = {
     "base": BASE,
+    "validation": BASE | {"aggregation"},  # compression options are checked by their codecs
+    "wire": BASE | {"aggregation"},
     "aggregation": BASE | {"aggregation"},
     "data": BASE | {"data"},
     "models": BASE,
-    "engine": BASE | {"engine"},
-    "client": BASE | {"data", "models", "client"},
-    "server": BASE | {"aggregation", "data", "models", "engine", "server"},
+    "engine": BASE | {"validation", "engine"},
+    "client": BASE | {"validation", "aggregation", "wire", "data", "models", "client"},
+    "server": BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "server"},
     "strategies": BASE | {"aggregation", "server"},
     "components": BASE | {"data", "models"},
     "experiment": BELOW_SERVER | {"server", "components"},
@@ -38,7 +40,7 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
-    "fedflower.validation": "base",  # config checks that import neither TensorFlow nor Flower
+    "fedflower.validation": "validation",  # config checks: neither TensorFlow nor Flower
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
@@ -50,6 +52,8 @@ PARTS = {
     "fedflower.experiment": "experiment",
     "fedflower.deploy": "deploy",
     "fedflower.cli": "cli",
+    "fedflower.compare": "cli",  # fedflower-compare: reads multirun directories
+    "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }
 """Module or package -> its part (the longest matching prefix wins)."""

@@ -1,0 +1,257 @@
+"""Bytes and accuracy of update compression, and the codecs' speed.
+
+Part 1 runs the same federated experiment (hospitals data, FedAvg, same seed) with every
+compression setting, on the default MLP (Dense(128), ~2.8k parameters) and on a bigger one
+(Dense(1024) x 2, ~1.07M parameters), and reports the bytes sent up and down (metered on
+Flower's wire), their ratio to no compression, and the final test accuracy.
+
+Part 2 times each codec's encode and decode of a 1M-element float32 update on one core
+(best of ``--repeats``; the machine may be shared, so the best run is the one least disturbed).
+
+Results go to ``bench/results/compression.{csv,json,md}`` and ``compression.png``
+(accuracy vs MB sent up).
+
+    python bench/compression.py                  # 10 clients x 10 rounds, both models
+    python bench/compression.py --rounds 3 --models small --quick-codecs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+from fedflower.aggregation.codecs import Codec, decode_parts
+
+RESULTS = Path(__file__).parent / "results"
+SETTINGS: list[tuple[str, list[str]]] = [
+    ("none", ["compression=none"]),
+    ("fp16", ["compression=fp16"]),
+    ("int8", ["compression=int8"]),
+    ("topk 10% + EF", ["compression=topk", "compression.fraction=0.1"]),
+    (
+        "topk 10%, no EF",
+        ["compression=topk", "compression.fraction=0.1", "compression.error_feedback=false"],
+    ),
+    ("topk 1% + EF", ["compression=topk", "compression.fraction=0.01"]),
+    (
+        "topk 1%, no EF",
+        ["compression=topk", "compression.fraction=0.01", "compression.error_feedback=false"],
+    ),
+    ("topk_int8 10% + EF", ["compression=topk_int8", "compression.fraction=0.1"]),
+    ("int8 up + int8 down", ["compression=int8", "compression.down=int8"]),
+]
+MODELS = {
+    "small": ("MLP 20-128-1 (2.8k params)", []),
+    "1M": ("MLP 20-1024-1024-1 (1.07M params)", ["model.hidden_units=[1024,1024]"]),
+}
+CODECS = [
+    Codec("fp16", min_elements=0),
+    Codec("int8", min_elements=0),
+    Codec("int8", per_channel=True, min_elements=0),
+    Codec("int8", stochastic=True, min_elements=0),
+    Codec("topk", fraction=0.1, min_elements=0),
+    Codec("topk", fraction=0.01, min_elements=0),
+    Codec("topk_int8", fraction=0.1, min_elements=0),
+]
+
+
+def make_cfg(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_one(overrides: list[str]) -> dict[str, Any]:
+    from fedflower.experiment import run
+
+    with tempfile.TemporaryDirectory() as out, redirect_stdout(io.StringIO()):
+        results = run(make_cfg(overrides), output_dir=out)
+    return results
+
+
+def experiments(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    base = [
+        f"num_clients={args.clients}",
+        f"num_rounds={args.rounds}",
+        "progress=false",
+        "output.plots=false",
+        "output.save_model=false",
+    ]
+    for model in args.models:
+        label, model_overrides = MODELS[model]
+        reference: dict[str, Any] | None = None
+        for name, overrides in SETTINGS:
+            if args.settings and name not in args.settings:
+                continue
+            t0 = time.perf_counter()
+            res = run_one(base + model_overrides + overrides)
+            totals = res["totals"]
+            row = {
+                "model": label,
+                "clients": args.clients,
+                "rounds": args.rounds,
+                "setting": name,
+                "mb_up": totals["bytes_up"] / 1e6,
+                "mb_down": totals["bytes_down"] / 1e6,
+                "accuracy": res["final"]["accuracy"],
+                "seconds": time.perf_counter() - t0,
+            }
+            reference = reference or row
+            row["ratio_up"] = reference["mb_up"] / row["mb_up"]
+            row["ratio_down"] = reference["mb_down"] / row["mb_down"]
+            row["accuracy_change_pp"] = 100 * (row["accuracy"] - reference["accuracy"])
+            rows.append(row)
+            print(
+                f"{label:<36} {name:<20} up {row['mb_up']:9.3f} MB ({row['ratio_up']:5.1f}x) "
+                f"down {row['mb_down']:9.3f} MB ({row['ratio_down']:4.1f}x) "
+                f"acc {row['accuracy']:.4f} ({row['accuracy_change_pp']:+.2f} pp)",
+                flush=True,
+            )
+    return rows
+
+
+def codec_speed(repeats: int, size: int = 1 << 20) -> list[dict[str, Any]]:
+    """GB/s of float32 input encoded and decoded, best of ``repeats``, one core."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((size // 1024, 1024), dtype=np.float32)
+    rows = []
+    for codec in CODECS:
+        enc = dec = np.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            parts = codec.encode(x, rng)
+            enc = min(enc, time.perf_counter() - t)
+            t = time.perf_counter()
+            decode_parts(parts)
+            dec = min(dec, time.perf_counter() - t)
+        sent = sum(p.nbytes for p in parts.values())
+        name = codec.name + (" per-channel" if codec.per_channel else "")
+        name += " stochastic" if codec.stochastic else ""
+        name += f" {codec.fraction:.0%}" if codec.sparse else ""
+        row = {
+            "codec": name,
+            "encode_gb_s": x.nbytes / enc / 1e9,
+            "decode_gb_s": x.nbytes / dec / 1e9,
+            "ratio": x.nbytes / sent,
+        }
+        rows.append(row)
+        print(
+            f"{name:<24} encode {row['encode_gb_s']:5.2f} GB/s  decode {row['decode_gb_s']:5.2f} "
+            f"GB/s  {row['ratio']:5.1f}x smaller",
+            flush=True,
+        )
+    return rows
+
+
+def write(
+    rows: list[dict[str, Any]], speed: list[dict[str, Any]], args: argparse.Namespace
+) -> None:
+    """``bench/results/<name>.{json,csv,md,png}``."""
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / args.name
+    machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
+    conditions = "hospitals data, FedAvg, 1 local epoch, seed 0"
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {"machine": machine, "conditions": conditions, "runs": rows, "codecs": speed}, indent=1
+        )
+        + "\n"
+    )
+    if rows:
+        with stem.with_suffix(".csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    lines = [f"Machine: {machine}. Runs: {conditions}.", ""]
+    if rows:
+        lines += [
+            "| model | clients x rounds | setting | MB up | up ratio | MB down | accuracy "
+            "| change |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['clients']} x {r['rounds']} | {r['setting']} "
+            f"| {r['mb_up']:.3f} | {r['ratio_up']:.1f}x | "
+            f"{r['mb_down']:.3f} | {r['accuracy']:.4f} | {r['accuracy_change_pp']:+.2f} pp |"
+            for r in rows
+        ]
+    if speed:
+        lines += [
+            "",
+            f"Codec speed, 1M float32 elements, one core, best of {args.repeats}:",
+            "",
+            "| codec | encode GB/s | decode GB/s | size ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['codec']} | {r['encode_gb_s']:.2f} | {r['decode_gb_s']:.2f} "
+            f"| {r['ratio']:.1f}x |"
+            for r in speed
+        ]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    if rows:
+        plot(rows, stem.with_suffix(".png"))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for r in (r for r in rows if r["model"] == model):
+            ax.scatter(r["mb_up"], r["accuracy"])
+            ax.annotate(r["setting"], (r["mb_up"], r["accuracy"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("MB sent up (clients -> server), whole run")
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=30, help="codec timing: best of")
+    parser.add_argument("--no-runs", action="store_true", help="only time the codecs")
+    parser.add_argument("--name", default="compression", help="results file name")
+    parser.add_argument("--settings", nargs="*", default=None, help="only these settings")
+    parser.add_argument(
+        "--merge", nargs="*", default=None, help="only combine these results' json files"
+    )
+    args = parser.parse_args()
+    if args.merge is not None:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = [row for part in parts for row in part["runs"]]
+        write(rows, next((p["codecs"] for p in parts if p["codecs"]), []), args)
+        return
+    speed = codec_speed(args.repeats)
+    rows = [] if args.no_runs else experiments(args)
+    write(rows, speed, args)
+
+
+if __name__ == "__main__":
+    main()
