@@ -12,6 +12,7 @@ from flwr.serverapp import ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
+from fedflower.client.privacy import privacy_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
@@ -20,6 +21,7 @@ from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
 from fedflower.engine.metered import MeteredGrid
 from fedflower.server.app import make_server_app, model_nbytes, run_extra
+from fedflower.server.privacy import make_private
 from fedflower.server.recorder import Recorder
 from fedflower.validation import validate
 
@@ -66,7 +68,11 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
     (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
-    client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed))
+    privacy = OmegaConf.to_container(cfg.privacy, resolve=True)
+    client_app = to_client_app(
+        keras_client_fn(build_model, fed.client, cfg.seed),
+        mods=[privacy_mod(lambda _: privacy)],  # type: ignore[arg-type,return-value]
+    )
     simulate(
         server_app,
         client_app,
@@ -119,5 +125,12 @@ def experiment_server_app(
         on_finish=on_finish,
         seed=cfg.seed,
         latency=build_latency(cfg.get("latency")) if virtual_clock else None,
+        wrap_strategy=lambda strategy: make_private(
+            strategy,
+            OmegaConf.to_container(cfg.privacy, resolve=True),  # type: ignore[arg-type]
+            cfg.num_clients,
+            cfg.seed,
+            secagg=OmegaConf.to_container(cfg.secagg, resolve=True),  # type: ignore[arg-type]
+        ),
     )
     return server_app, results

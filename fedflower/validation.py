@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from fedflower.checks import check_choice, check_number
+from fedflower.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 """Simulation backends (see :func:`fedflower.engine.simulate`)."""
@@ -31,3 +32,68 @@ def validate(cfg: DictConfig) -> None:
     stragglers = client.get("straggler_fraction", 0.0)
     check_number("client.straggler_fraction", stragglers, minimum=0.0, maximum=1.0)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    if "privacy" in cfg:
+        validate_privacy(cfg)
+
+
+PRIVACY_MODES = ("none", "dp_client", "dp_server", "dp_adaptive", "local_dp")
+"""The ``privacy`` config group's options (see :mod:`fedflower.server.privacy`)."""
+
+ASYNC_STRATEGIES = ("fedbuff", "fedasync")
+"""Built-in strategies without synchronous rounds: no per-round sampling to account."""
+
+
+def _positive(key: str, value: object, allow_none: bool = False) -> None:
+    check_number(key, value, minimum=0.0, min_open=True, allow_none=allow_none)
+
+
+def validate_privacy(cfg: DictConfig) -> None:
+    """Check the ``privacy`` group; refuse it with strategies it does not compose with."""
+    p = cfg.privacy
+    name = check_choice("privacy.name", p.name, PRIVACY_MODES)
+    if name == "none":
+        return
+    if cfg.strategy.name in ASYNC_STRATEGIES:
+        raise ConfigError(
+            f"privacy={name} needs synchronous rounds; strategy={cfg.strategy.name} folds "
+            "updates as they arrive, with no round sample to clip, noise and account "
+            "(see README, Privacy): use a synchronous strategy or privacy=none"
+        )
+    check_number(
+        "privacy.target_delta",
+        p.target_delta,
+        minimum=0.0,
+        maximum=1.0,
+        min_open=True,
+        max_open=True,
+    )
+    _positive("privacy.max_epsilon", p.get("max_epsilon"), allow_none=True)
+    if (
+        check_choice("privacy.sampling", p.get("sampling", "fixed"), ("fixed", "poisson"))
+        == "poisson"
+    ):
+        check_number(
+            "privacy.sampling_rate", p.sampling_rate, minimum=0.0, maximum=1.0, min_open=True
+        )
+    _positive("privacy.weight_cap", p.get("weight_cap"), allow_none=True)
+    if name == "local_dp":
+        _positive("privacy.local_epsilon", p.local_epsilon)
+        check_number(
+            "privacy.local_delta",
+            p.local_delta,
+            minimum=0.0,
+            maximum=1.0,
+            min_open=True,
+            max_open=True,
+        )
+    else:
+        _positive("privacy.noise_multiplier", p.noise_multiplier)
+    if name == "dp_adaptive":
+        _positive("privacy.initial_clipping_norm", p.initial_clipping_norm)
+        check_number(
+            "privacy.target_clipped_quantile", p.target_clipped_quantile, minimum=0.0, maximum=1.0
+        )
+        _positive("privacy.clip_norm_lr", p.clip_norm_lr)
+        _positive("privacy.clipped_count_stddev", p.get("clipped_count_stddev"), allow_none=True)
+    else:
+        _positive("privacy.clipping_norm", p.clipping_norm)

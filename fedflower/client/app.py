@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedflower import keys
 from fedflower.client.keras_client import KerasClient
@@ -21,15 +22,15 @@ def _config(msg: Message) -> dict:
     return dict(record)
 
 
-def to_client_app(client_fn: ClientFn) -> ClientApp:
+def to_client_app(client_fn: ClientFn, mods: list[Mod] | None = None) -> ClientApp:
     """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
 
     Train replies carry ``arrays`` (the new weights, or the update ``w_global - w_local`` when
     the config asks for ``return-update``) and ``metrics`` (training metrics plus
     ``num-examples``); evaluate replies carry ``metrics`` (``eval_loss``, ``eval_accuracy``,
-    ``num-examples``).
+    ``num-examples``). ``mods`` are Flower mods applied to every message, in order.
     """
-    app = ClientApp()
+    app = ClientApp(mods=mods)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -130,12 +130,14 @@ def make_server_app(
     on_finish: Callable[[keras.Model, MeteredGrid, Strategy], None],
     seed: int = 0,
     latency: LatencyModel | None = None,
+    wrap_strategy: Callable[[Strategy], Strategy] | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
     ``seed`` seeds the choice of stragglers (``client.straggler_fraction``). ``latency`` gives
     the run a virtual clock (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation
     only); without it asynchronous strategies use the wall clock, as in a deployment.
+    ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
     """
     app = ServerApp()
 
@@ -149,6 +151,8 @@ def make_server_app(
             train_metrics_aggr_fn=recorder.train_metrics_hook(),
             evaluate_metrics_aggr_fn=recorder.evaluate_metrics_hook(),
         )
+        if wrap_strategy is not None:
+            strategy = wrap_strategy(strategy)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.set_weights(arrays.to_numpy_ndarrays())

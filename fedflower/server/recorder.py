@@ -218,6 +218,14 @@ class Recorder:
                 "client tasks / folded / dropped / failed",
                 f"{a['tasks']} / {a['folded']} / {a['dropped']} / {a['failed']}",
             )
+        if "privacy" in results:
+            p = results["privacy"]
+            stop = p.get("stopped_for_budget_after")
+            table.add_row(
+                f"privacy ({p['mode']}, {p['adjacency'].split(',')[0]})",
+                f"epsilon {p['epsilon']:.3f} at delta {p['delta']:.0e}"
+                + (f"; budget stop after round {stop}" if stop else ""),
+            )
         table.add_row("outputs", str(self.output_dir))
         self.console.print(table)
 
@@ -233,6 +241,8 @@ def _extra_text(row: dict[str, Any]) -> str:
         text += f" | dropped {row['dropped']}"
     if row.get("failed"):
         text += f" | failed {row['failed']}"
+    if row.get("epsilon") is not None:
+        text += f" | eps {row['epsilon']:.3f} (delta {row['delta']:.0e})"
     return text
 
 
