@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.privacy import privacy_mod
+from fedflower.client.secagg import secagg_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
 from fedflower.data.partition import FederatedData
 from fedflower.data.source import TabularSource
@@ -69,9 +70,10 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     privacy = OmegaConf.to_container(cfg.privacy, resolve=True)
+    secagg = OmegaConf.to_container(cfg.secagg, resolve=True)
     client_app = to_client_app(
         keras_client_fn(build_model, fed.client, cfg.seed),
-        mods=[privacy_mod(lambda _: privacy)],  # type: ignore[arg-type,return-value]
+        mods=[secagg_mod(lambda _: secagg), privacy_mod(lambda _: privacy)],  # type: ignore[arg-type,return-value]
     )
     simulate(
         server_app,

@@ -34,6 +34,8 @@ def validate(cfg: DictConfig) -> None:
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
     if "privacy" in cfg:
         validate_privacy(cfg)
+    if "secagg" in cfg:
+        validate_secagg(cfg)
 
 
 PRIVACY_MODES = ("none", "dp_client", "dp_server", "dp_adaptive", "local_dp")
@@ -97,3 +99,32 @@ def validate_privacy(cfg: DictConfig) -> None:
         _positive("privacy.clipped_count_stddev", p.get("clipped_count_stddev"), allow_none=True)
     else:
         _positive("privacy.clipping_norm", p.clipping_norm)
+
+
+SECAGG_MODES = ("none", "secaggplus")
+"""The ``secagg`` config group's options (see :mod:`fedflower.server.secagg`)."""
+
+
+def validate_secagg(cfg: DictConfig) -> None:
+    """Check the ``secagg`` group and refuse the combinations SecAgg+ cannot serve."""
+    name = check_choice("secagg.name", cfg.secagg.name, SECAGG_MODES)
+    if name == "none":
+        return
+    privacy = cfg.get("privacy", {}).get("name", "none")
+    if privacy not in ("none", "dp_client"):
+        raise ConfigError(
+            f"secagg={name} cannot run with privacy={privacy}: the server sees only the sum, "
+            "so it cannot clip or check single updates (use privacy=dp_client or none)"
+        )
+    if privacy == "dp_client" and cfg.privacy.get("weight_cap") is not None:
+        raise ConfigError(
+            "secagg with privacy=dp_client sums unweighted updates: set privacy.weight_cap=null"
+        )
+    if cfg.strategy.name in ASYNC_STRATEGIES:
+        raise ConfigError(
+            f"secagg={name} needs synchronous rounds; strategy={cfg.strategy.name} has none"
+        )
+    if cfg.get("compression", {}).get("name", "none") != "none":
+        raise ConfigError(f"secagg={name} cannot run with compression: SecAgg+ quantizes itself")
+    check_number("secagg.clipping_range", cfg.secagg.clipping_range, minimum=0.0, min_open=True)
+    check_number("secagg.max_weight", cfg.secagg.max_weight, minimum=0.0, min_open=True)
