@@ -101,6 +101,9 @@ def validate_privacy(cfg: DictConfig) -> None:
         _positive("privacy.clipping_norm", p.clipping_norm)
 
 
+SECURE_PRIVACY = ("none", "dp_client")
+"""Privacy modes that compose with SecAgg+: the server must not need to see single updates."""
+
 SECAGG_MODES = ("none", "secaggplus")
 """The ``secagg`` config group's options (see :mod:`fedflower.server.secagg`)."""
 
@@ -111,10 +114,10 @@ def validate_secagg(cfg: DictConfig) -> None:
     if name == "none":
         return
     privacy = cfg.get("privacy", {}).get("name", "none")
-    if privacy not in ("none", "dp_client"):
+    if privacy not in SECURE_PRIVACY:
         raise ConfigError(
             f"secagg={name} cannot run with privacy={privacy}: the server sees only the sum, "
-            "so it cannot clip or check single updates (use privacy=dp_client or none)"
+            f"so it cannot clip or check single updates (use privacy={' or '.join(SECURE_PRIVACY)})"
         )
     if privacy == "dp_client" and cfg.privacy.get("weight_cap") is not None:
         raise ConfigError(

@@ -54,6 +54,7 @@ from fedflower.aggregation.privacy import (
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checked import CheckedFedAvg
 from fedflower.server.secagg import SecureResult, SecureRound
+from fedflower.validation import SECURE_PRIVACY
 
 log = logging.getLogger(__name__)
 
@@ -435,10 +436,6 @@ def _expected_sample(strategy: CheckedFedAvg, num_clients: int) -> int:
     return max(int(num_clients * strategy.fraction_train), strategy.min_train_nodes, 1)
 
 
-SECURE_MODES = ("none", "dp_client")
-"""Privacy modes that compose with SecAgg+: the server must not need to see single updates."""
-
-
 def make_private(
     strategy: Strategy,
     options: dict[str, Any],
@@ -465,10 +462,10 @@ def make_private(
             f"privacy={name} and secure aggregation need a synchronous strategy (rounds to "
             f"sample and account); {type(strategy).__name__} is not one"
         )
-    if secure is not None and name not in SECURE_MODES:
+    if secure is not None and name not in SECURE_PRIVACY:
         raise ConfigError(
             f"privacy={name} cannot run with secagg: the server would need each update "
-            f"(privacy modes with SecAgg+: {', '.join(SECURE_MODES)})"
+            f"(privacy modes with SecAgg+: {', '.join(SECURE_PRIVACY)})"
         )
     if name == "none":
         plain = SecureAggregationOnly(strategy)
