@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
+from fedflower.client.privacy import privacy_mod
+from fedflower.client.secagg import secagg_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
 from fedflower.data.heterogeneity import write_partition_report
 from fedflower.data.partition import FederatedData
@@ -25,6 +27,7 @@ from fedflower.engine.clock import build_latency
 from fedflower.errors import DataError
 from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
 from fedflower.server.checkpoint import check_resumable
+from fedflower.server.privacy import make_private
 from fedflower.server.recorder import Recorder
 from fedflower.server.tracking import build_sinks
 from fedflower.validation import validate
@@ -112,10 +115,17 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
 
 
 def client_mods(cfg: DictConfig) -> list[Mod]:
-    """The Flower client mods the config asks for: a simulated attack when one is set."""
+    """The Flower client mods the config asks for, outermost first.
+
+    Secure aggregation masks what differential privacy clipped (and noised), which is the reply
+    a simulated attacker made: a reply passes the mods from the last to the first.
+    """
+    privacy = OmegaConf.to_container(cfg.privacy, resolve=True)
+    secagg = OmegaConf.to_container(cfg.secagg, resolve=True)
+    mods = [secagg_mod(lambda _: secagg), privacy_mod(lambda _: privacy)]  # type: ignore[arg-type,return-value]
     options = OmegaConf.to_container(cfg.get("attack") or {"name": "none"}, resolve=True)
     attack = Attack(**options)  # type: ignore[arg-type]
-    return [attack_mod(attack)] if attack.active else []
+    return [*mods, attack_mod(attack)] if attack.active else mods
 
 
 def experiment_server_app(
@@ -166,5 +176,12 @@ def experiment_server_app(
             resume=bool(cfg.get("resume")),
         ),
         compression=OmegaConf.to_container(cfg.compression, resolve=True),  # type: ignore[arg-type]
+        wrap_strategy=lambda strategy: make_private(
+            strategy,
+            OmegaConf.to_container(cfg.privacy, resolve=True),  # type: ignore[arg-type]
+            cfg.num_clients,
+            cfg.seed,
+            secagg=OmegaConf.to_container(cfg.secagg, resolve=True),  # type: ignore[arg-type]
+        ),
     )
     return server_app, results

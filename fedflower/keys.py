@@ -24,6 +24,7 @@ LEARNING_RATE = "lr"
 PROXIMAL_MU = "proximal-mu"
 RETURN_UPDATE = "return-update"  # reply with the update ``w_global - w_local`` (fedsgd)
 STRAGGLER = "straggler"  # this client was made a straggler this round (fewer local epochs)
+UNIT_WEIGHT = "unit-weight"  # under SecAgg+: report weight 1 (the secure sum is then unweighted)
 
 # Node config keys (Flower's simulation engine sets these for every virtual SuperNode).
 PARTITION_ID = "partition-id"

@@ -71,6 +71,10 @@ def validate(cfg: DictConfig) -> None:
     check_text_pairing(cfg)
     check_tracking(cfg.get("tracking"))
     validate_compression(cfg)
+    if "privacy" in cfg:
+        validate_privacy(cfg)
+    if "secagg" in cfg:
+        validate_secagg(cfg)
 
 
 def _check_robust(strategy: DictConfig, num_clients: int) -> None:
@@ -181,3 +185,98 @@ def validate_compression(cfg: DictConfig) -> None:
                 f"compression={up.name} cannot be combined with {group}={name}: {unsound[name]}; "
                 f"use compression=none (compression.down may still encode the models)"
             )
+
+
+PRIVACY_MODES = ("none", "dp_client", "dp_server", "dp_adaptive", "local_dp")
+"""The ``privacy`` config group's options (see :mod:`fedflower.server.privacy`)."""
+
+ASYNC_STRATEGIES = ("fedbuff", "fedasync")
+"""Built-in strategies without synchronous rounds: no per-round sampling to account."""
+
+
+def _positive(key: str, value: object, allow_none: bool = False) -> None:
+    check_number(key, value, minimum=0.0, min_open=True, allow_none=allow_none)
+
+
+def validate_privacy(cfg: DictConfig) -> None:
+    """Check the ``privacy`` group; refuse it with strategies it does not compose with."""
+    p = cfg.privacy
+    name = check_choice("privacy.name", p.name, PRIVACY_MODES)
+    if name == "none":
+        return
+    if cfg.strategy.name in ASYNC_STRATEGIES:
+        raise ConfigError(
+            f"privacy={name} needs synchronous rounds; strategy={cfg.strategy.name} folds "
+            "updates as they arrive, with no round sample to clip, noise and account "
+            "(see README, Privacy): use a synchronous strategy or privacy=none"
+        )
+    check_number(
+        "privacy.target_delta",
+        p.target_delta,
+        minimum=0.0,
+        maximum=1.0,
+        min_open=True,
+        max_open=True,
+    )
+    _positive("privacy.max_epsilon", p.get("max_epsilon"), allow_none=True)
+    if (
+        check_choice("privacy.sampling", p.get("sampling", "fixed"), ("fixed", "poisson"))
+        == "poisson"
+    ):
+        check_number(
+            "privacy.sampling_rate", p.sampling_rate, minimum=0.0, maximum=1.0, min_open=True
+        )
+    _positive("privacy.weight_cap", p.get("weight_cap"), allow_none=True)
+    if name == "local_dp":
+        _positive("privacy.local_epsilon", p.local_epsilon)
+        check_number(
+            "privacy.local_delta",
+            p.local_delta,
+            minimum=0.0,
+            maximum=1.0,
+            min_open=True,
+            max_open=True,
+        )
+    else:
+        _positive("privacy.noise_multiplier", p.noise_multiplier)
+    if name == "dp_adaptive":
+        _positive("privacy.initial_clipping_norm", p.initial_clipping_norm)
+        check_number(
+            "privacy.target_clipped_quantile", p.target_clipped_quantile, minimum=0.0, maximum=1.0
+        )
+        _positive("privacy.clip_norm_lr", p.clip_norm_lr)
+        _positive("privacy.clipped_count_stddev", p.get("clipped_count_stddev"), allow_none=True)
+    else:
+        _positive("privacy.clipping_norm", p.clipping_norm)
+
+
+SECURE_PRIVACY = ("none", "dp_client")
+"""Privacy modes that compose with SecAgg+: the server must not need to see single updates."""
+
+SECAGG_MODES = ("none", "secaggplus")
+"""The ``secagg`` config group's options (see :mod:`fedflower.server.secagg`)."""
+
+
+def validate_secagg(cfg: DictConfig) -> None:
+    """Check the ``secagg`` group and refuse the combinations SecAgg+ cannot serve."""
+    name = check_choice("secagg.name", cfg.secagg.name, SECAGG_MODES)
+    if name == "none":
+        return
+    privacy = cfg.get("privacy", {}).get("name", "none")
+    if privacy not in SECURE_PRIVACY:
+        raise ConfigError(
+            f"secagg={name} cannot run with privacy={privacy}: the server sees only the sum, "
+            f"so it cannot clip or check single updates (use privacy={' or '.join(SECURE_PRIVACY)})"
+        )
+    if privacy == "dp_client" and cfg.privacy.get("weight_cap") is not None:
+        raise ConfigError(
+            "secagg with privacy=dp_client sums unweighted updates: set privacy.weight_cap=null"
+        )
+    if cfg.strategy.name in ASYNC_STRATEGIES:
+        raise ConfigError(
+            f"secagg={name} needs synchronous rounds; strategy={cfg.strategy.name} has none"
+        )
+    if cfg.get("compression", {}).get("name", "none") != "none":
+        raise ConfigError(f"secagg={name} cannot run with compression: SecAgg+ quantizes itself")
+    check_number("secagg.clipping_range", cfg.secagg.clipping_range, minimum=0.0, min_open=True)
+    check_number("secagg.max_weight", cfg.secagg.max_weight, minimum=0.0, min_open=True)

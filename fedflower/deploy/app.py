@@ -40,6 +40,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedflower import keys
 from fedflower.client.app import to_client_app
 from fedflower.client.keras_client import KerasClient
+from fedflower.client.privacy import privacy_mod
+from fedflower.client.secagg import secagg_mod
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
 from fedflower.deploy.local_data import content_id, node_data
@@ -201,4 +203,22 @@ def node_client_fn(context: Context) -> KerasClient:
     )
 
 
-client_app = to_client_app(node_client_fn)
+def run_group(group: str) -> Callable[[Context], dict[str, Any]]:
+    """The run's ``group`` config group (``privacy``, ``secagg``) from a SuperNode's context."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def options(context: Context) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+        if overrides not in cache:
+            cfg = experiment_config(context.run_config)
+            cache[overrides] = OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[assignment]
+        return cache[overrides]
+
+    return options
+
+
+client_app = to_client_app(
+    node_client_fn, mods=[secagg_mod(run_group("secagg")), privacy_mod(run_group("privacy"))]
+)

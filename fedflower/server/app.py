@@ -199,6 +199,7 @@ def make_server_app(
     latency: LatencyModel | None = None,
     checkpoint: CheckpointOptions | None = None,
     compression: dict[str, Any] | None = None,
+    wrap_strategy: Callable[[Strategy], Strategy] | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
@@ -209,6 +210,7 @@ def make_server_app(
     directory, and resume from it (see :mod:`fedflower.server.checkpoint`).
     ``compression`` (the config group's options) encodes models and decodes updates outside
     the metering, so the bytes counted are the compressed ones.
+    ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
     """
     app = ServerApp()
 
@@ -223,6 +225,8 @@ def make_server_app(
             train_metrics_aggr_fn=recorder.train_metrics_hook(),
             evaluate_metrics_aggr_fn=recorder.evaluate_metrics_hook(),
         )
+        if wrap_strategy is not None:
+            strategy = wrap_strategy(strategy)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.set_weights(arrays.to_numpy_ndarrays())

@@ -279,6 +279,14 @@ class Recorder:
                 f"{_ratio(results.get('compression_up'))} / "
                 f"{_ratio(results.get('compression_down'))}",
             )
+        if "privacy" in results:
+            p = results["privacy"]
+            stop = p.get("stopped_for_budget_after")
+            table.add_row(
+                f"privacy ({p['mode']}, {p['adjacency'].split(',')[0]})",
+                f"epsilon {p['epsilon']:.3f} at delta {p['delta']:.0e}"
+                + (f"; budget stop after round {stop}" if stop else ""),
+            )
         self.console.print(table)
         # outside the table, never wrapped: the whole path on any terminal width or in a pipe
         self.console.print(f"outputs: {self.output_dir.resolve()}", soft_wrap=True, markup=False)
@@ -312,6 +320,8 @@ def _extra_text(row: dict[str, Any]) -> str:
         text += f" | dropped {row['dropped']}"
     if row.get("failed"):
         text += f" | failed {row['failed']}"
+    if row.get("epsilon") is not None:
+        text += f" | eps {row['epsilon']:.3f} (delta {row['delta']:.0e})"
     return text
 
 

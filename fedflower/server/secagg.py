@@ -1,0 +1,151 @@
+"""Secure aggregation: Flower's SecAgg+ protocol driven from a Message-API strategy.
+
+SecAgg+ (Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS
+2020, eprint 2020/704; Bonawitz et al., arXiv:1611.04482) lets the server learn only the sum of
+the clients' quantized, masked vectors. Flower 1.42 ships it only in its legacy workflow API
+(``flwr.server.workflow.SecAggPlusWorkflow``, run by ``DefaultWorkflow`` with a legacy
+``flwr.server.strategy.Strategy``). :class:`SecureRound` runs that unchanged workflow for one
+round of a Message-API strategy: a small legacy strategy hands it the train messages the
+strategy configured (as ``FitIns``) and receives the unmasked weighted mean. The four message
+exchanges of the protocol (setup, share keys, collect masked vectors, unmask) go through the
+same grid as any round, so metering counts their bytes. No cryptography is written here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy as LegacyStrategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from fedflower import keys
+
+log = logging.getLogger(__name__)
+
+SECAGG_OPTIONS = (
+    "num_shares",
+    "reconstruction_threshold",
+    "max_weight",
+    "clipping_range",
+    "quantization_range",
+    "modulus_range",
+)
+"""Options of Flower's ``SecAggPlusWorkflow`` the ``secagg`` config group sets."""
+
+
+class SecureResult:
+    """What one SecAgg+ round reveals: the weighted mean and the clients' metrics."""
+
+    def __init__(self, mean: list[np.ndarray], contents: list[RecordDict]) -> None:
+        self.mean = mean
+        self.contents = contents
+
+    @property
+    def count(self) -> int:
+        """Number of clients whose masked vectors were summed."""
+        return len(self.contents)
+
+
+class _Instructions(LegacyStrategy):
+    """A legacy strategy that hands the workflow fixed FitIns and keeps what it aggregated."""
+
+    def __init__(self, fitins: list[tuple[ClientProxy, FitIns]]) -> None:
+        self.fitins = fitins
+        self.result: SecureResult | None = None
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        return self.fitins
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        if not results:
+            return None, {}
+        mean = parameters_to_ndarrays(results[0][1].parameters)  # every result holds the sum
+        contents = [
+            RecordDict({keys.METRICS: MetricRecord({**res.metrics})})  # type: ignore[dict-item]
+            for _, res in results
+        ]
+        self.result = SecureResult(mean, contents)
+        return None, {}
+
+    def configure_evaluate(self, *args: Any) -> list[Any]:
+        return []
+
+    def aggregate_evaluate(self, *args: Any) -> tuple[None, dict[str, Any]]:
+        return None, {}
+
+    def evaluate(self, *args: Any) -> None:
+        return None
+
+
+class SecureRound:
+    """One training round through Flower's ``SecAggPlusWorkflow``.
+
+    Parameters
+    ----------
+    options : dict
+        ``SecAggPlusWorkflow``'s options (:data:`SECAGG_OPTIONS`).
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.workflow = SecAggPlusWorkflow(
+            **{k: options[k] for k in SECAGG_OPTIONS if k in options}
+        )
+        self.quantization_step = 2 * self.workflow.clipping_range / self.workflow.quantization_range
+
+    def run(
+        self, grid: Grid, messages: list[Message], server_round: int, arrays: ArrayRecord
+    ) -> SecureResult | None:
+        """Send ``messages``' instructions through SecAgg+; the unmasked mean, or ``None``."""
+        run_id = grid.run.run_id if hasattr(grid, "run") else 0
+        fitins = []
+        for message in messages:
+            config = message.content.config_records.get(keys.CONFIG, ConfigRecord())
+            weights = message.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+            proxy = GridClientProxy(message.metadata.dst_node_id, grid, run_id)
+            settings: dict[str, Any] = dict(config.items())
+            fitins.append((proxy, FitIns(ndarrays_to_parameters(weights), settings)))
+        if len(fitins) < 2:
+            log.warning(
+                "round %s: SecAgg+ needs 2 or more clients, got %d", server_round, len(fitins)
+            )
+            return None
+        strategy = _Instructions(fitins)  # type: ignore[arg-type]
+        state = RecordDict(
+            {
+                MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),
+                MAIN_PARAMS_RECORD: arrays,
+            }
+        )
+        context = LegacyContext(
+            Context(run_id=run_id, node_id=0, node_config={}, state=state, run_config={}),
+            strategy=strategy,
+        )
+        self.workflow(grid, context)
+        return strategy.result
