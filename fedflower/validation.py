@@ -191,6 +191,8 @@ PRIVACY_MODES = ("none", "dp_client", "dp_server", "dp_adaptive", "local_dp")
 """The ``privacy`` config group's options (see :mod:`fedflower.server.privacy`)."""
 
 ASYNC_STRATEGIES = ("fedbuff", "fedasync")
+ROBUST_STRATEGIES = ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
+"""Built-in strategies that select or trim single updates: DP hands them only the noised mean."""
 """Built-in strategies without synchronous rounds: no per-round sampling to account."""
 
 
@@ -204,6 +206,12 @@ def validate_privacy(cfg: DictConfig) -> None:
     name = check_choice("privacy.name", p.name, PRIVACY_MODES)
     if name == "none":
         return
+    if cfg.strategy.name in ROBUST_STRATEGIES:
+        raise ConfigError(
+            f"privacy={name} cannot run with strategy={cfg.strategy.name}: the privacy wrapper "
+            "hands the strategy the one noised mean of the clipped updates, so a robust rule "
+            "would have nothing to select or trim; use strategy=fedavg or privacy=none"
+        )
     if cfg.strategy.name in ASYNC_STRATEGIES:
         raise ConfigError(
             f"privacy={name} needs synchronous rounds; strategy={cfg.strategy.name} folds "

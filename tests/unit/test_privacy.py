@@ -231,6 +231,12 @@ def test_local_dp_noise_multiplier_and_report() -> None:
     assert report["mode"] == "local_dp" and report["sampling_rate"] == 1.0
 
 
+@pytest.mark.parametrize("strategy", ["krum", "fedmedian"])
+def test_robust_strategy_refused(tiny_cfg: Callable[..., DictConfig], strategy: str) -> None:
+    with pytest.raises(ConfigError, match=f"cannot run with strategy={strategy}"):
+        validate(tiny_cfg(f"strategy={strategy}", "privacy=dp_client"))
+
+
 def test_asynchronous_strategy_refused(tiny_cfg: Callable[..., DictConfig]) -> None:
     with pytest.raises(ConfigError, match="synchronous"):
         validate(tiny_cfg("strategy=fedbuff", "privacy=dp_client"))
