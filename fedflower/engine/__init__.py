@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flwr.clientapp import ClientApp
@@ -12,6 +14,28 @@ from fedflower.errors import ConfigError
 from fedflower.validation import BACKENDS
 
 log = logging.getLogger(__name__)
+
+
+class _NoRunSimulationNotice(logging.Filter):
+    """Drops Flower's notice that ``run_simulation`` is deprecated.
+
+    fedflower calls it for ``simulation=ray``; the user cannot act on the notice (``flwr run``
+    is offered separately: ``make flwr-sim``).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+@contextmanager
+def quiet_flower_notices() -> Iterator[None]:
+    """Run a block with Flower's ``run_simulation`` deprecation notice filtered out."""
+    flower, notice = logging.getLogger("flwr"), _NoRunSimulationNotice()
+    flower.addFilter(notice)
+    try:
+        yield
+    finally:
+        flower.removeFilter(notice)
 
 
 def simulate(
@@ -42,11 +66,12 @@ def simulate(
     elif backend == "ray":
         from flwr.simulation import run_simulation
 
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_nodes,
-            backend_config=backend_config or {},
-        )
+        with quiet_flower_notices():
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_nodes,
+                backend_config=backend_config or {},
+            )
     else:
         raise ConfigError(f"simulation.backend={backend!r} is unknown; use one of {BACKENDS}")
