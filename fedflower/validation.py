@@ -88,12 +88,9 @@ def _check_robust(strategy: DictConfig, num_clients: int) -> None:
             integer=True,
         )
     if "num_nodes_to_select" in strategy:
+        # more than the updates received averages them all (as Flower's Multi-Krum)
         check_number(
-            "strategy.num_nodes_to_select",
-            strategy.num_nodes_to_select,
-            minimum=1,
-            maximum=num_clients,
-            integer=True,
+            "strategy.num_nodes_to_select", strategy.num_nodes_to_select, minimum=1, integer=True
         )
     if "beta" in strategy:
         check_number("strategy.beta", strategy.beta, minimum=0.0, maximum=0.5, max_open=True)
