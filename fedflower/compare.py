@@ -165,6 +165,7 @@ def plot(groups: list[Group], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for group in groups:
@@ -175,6 +176,7 @@ def plot(groups: list[Group], path: Path) -> None:
         acc = np.array([[row["accuracy"] for row in r.rows[:length]] for r in group.runs])
         (line,) = ax.plot(rounds, acc.mean(axis=0), label=f"{group.label} ({len(acc)} seeds)")
         ax.fill_between(rounds, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
