@@ -165,7 +165,14 @@ def run_strategy(
     checkpointer: Checkpointer | None,
     **options: Any,
 ) -> Result:
-    """``strategy.start``, or with a checkpointer the resumable loop of the same rounds."""
+    """``strategy.start``, or with a checkpointer the resumable loop of the same rounds.
+
+    A strategy that may stop early (a privacy budget) says how many rounds it will run through
+    ``affordable_rounds(num_rounds) -> int``.
+    """
+    affordable = getattr(strategy, "affordable_rounds", None)
+    if callable(affordable):
+        num_rounds = affordable(num_rounds)
     if checkpointer is None:
         return strategy.start(
             grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, **options

@@ -25,7 +25,7 @@ here the noise uses the norm the round was clipped with.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,6 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-from flwr.serverapp.strategy.result import Result
 from flwr.supercore.differential_privacy import (
     adaptive_clip_inputs_inplace,
     add_gaussian_noise_inplace,
@@ -110,6 +109,25 @@ class PrivateRelease:
         if poisson:  # every node gets a message; each keeps it with probability q
             self.strategy.fraction_train = 1.0
             self.strategy.min_train_nodes = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep: the accountant, epsilon, clipping norm, sampling RNG."""
+        return {
+            "accountant": None if self.budget is None else self.budget.state_dict(),
+            "epsilon": self.epsilon,
+            "clipping_norm": float(self.clipping_norm),
+            "rng": self.rng.bit_generator.state,
+            "budget_stop": self.budget_stop,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run)."""
+        if self.budget is not None and state["accountant"] is not None:
+            self.budget.load_state_dict(state["accountant"])
+        self.epsilon = float(state["epsilon"])
+        self.clipping_norm = float(state["clipping_norm"])
+        self.rng.bit_generator.state = state["rng"]
+        self.budget_stop = state["budget_stop"]
 
     @property
     def drops_stragglers(self) -> bool:
@@ -229,39 +247,32 @@ class PrivateRelease:
         return mean
 
     # -- budget and reports ------------------------------------------------------------------
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-    ) -> Result:
-        """Run at most the rounds whose epsilon stays within ``max_epsilon``."""
-        rounds = num_rounds
-        if self.max_epsilon is not None and self.budget is not None:
-            rounds = self.budget.affordable_rounds(self.max_epsilon, num_rounds)
-            if rounds == 0:
-                raise ConfigError(
-                    f"privacy.max_epsilon {self.max_epsilon:g} is below one round's epsilon "
-                    f"{self.budget.epsilon(1):.3g}; raise it or the noise multiplier"
-                )
-            if rounds < num_rounds:
-                self.budget_stop = rounds
-                log.warning(
-                    "privacy budget: max_epsilon=%g allows %d of %d rounds (epsilon %.3f); "
-                    "the run stops after round %d",
-                    self.max_epsilon,
-                    rounds,
-                    num_rounds,
-                    self.budget.epsilon(rounds),
-                    rounds,
-                )
-        return super().start(  # type: ignore[misc]
-            grid, initial_arrays, rounds, timeout, train_config, evaluate_config, evaluate_fn
-        )
+    def affordable_rounds(self, num_rounds: int) -> int:
+        """How many of ``num_rounds`` keep epsilon within ``max_epsilon`` (all without a budget).
+
+        The server app runs only these rounds (:func:`fedflower.server.app.run_strategy`), so a
+        run stops cleanly, with its outputs, before it would exceed the budget.
+        """
+        if self.max_epsilon is None or self.budget is None:
+            return num_rounds
+        rounds = self.budget.affordable_rounds(self.max_epsilon, num_rounds)
+        if rounds == 0:
+            raise ConfigError(
+                f"privacy.max_epsilon {self.max_epsilon:g} is below one round's epsilon "
+                f"{self.budget.epsilon(1):.3g}; raise it or the noise multiplier"
+            )
+        if rounds < num_rounds:
+            self.budget_stop = rounds
+            log.warning(
+                "privacy budget: max_epsilon=%g allows %d of %d rounds (epsilon %.3f); "
+                "the run stops after round %d",
+                self.max_epsilon,
+                rounds,
+                num_rounds,
+                self.budget.epsilon(rounds),
+                rounds,
+            )
+        return rounds
 
     def round_report(self) -> dict[str, Any]:
         """Epsilon spent so far (at ``target_delta``) and the round's clipping norm."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import dp_accounting
@@ -270,3 +271,16 @@ def test_round_report_has_epsilon() -> None:
     row = wrapped.round_report()  # type: ignore[attr-defined]
     assert row["epsilon"] == pytest.approx(independent_epsilon(1.0, 1.0, 1, 1e-5), rel=2e-3)
     assert row["delta"] == 1e-5 and row["sampled"] == len(NODES)
+
+
+def test_state_dict_restores_epsilon_and_sampling() -> None:
+    """A resumed DP run continues the accountant and the sampling RNG where they were."""
+    wrapped = make_private(FedAvg(), options(), len(NODES), 0)
+    _, replies = replies_for(wrapped, global_model(), random_updates(0.1), [10] * len(NODES))
+    wrapped.aggregate_train(1, replies)
+    state = json.loads(json.dumps(wrapped.state_dict()))  # type: ignore[attr-defined]
+    resumed = make_private(FedAvg(), options(), len(NODES), 0)
+    resumed.load_state_dict(state)  # type: ignore[attr-defined]
+    assert resumed.epsilon == wrapped.epsilon > 0  # type: ignore[attr-defined]
+    assert resumed.budget.epsilon(3) == wrapped.budget.epsilon(3)  # type: ignore[attr-defined]
+    assert resumed.rng.random() == wrapped.rng.random()  # type: ignore[attr-defined]
