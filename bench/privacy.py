@@ -34,6 +34,22 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+
+def parse() -> argparse.Namespace:
+    """The command line, parsed before TensorFlow is imported: ``--help`` is instant."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    p.add_argument("--rates", type=float, nargs="+", default=[0.02, 0.1])
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=5, help="cross-device rounds")
+    p.add_argument("--silo-rounds", type=int, default=5, help="cross-silo rounds")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--no-secagg", action="store_true", help="skip the SecAgg+ cost runs")
+    return p.parse_args()
+
+
+ARGS = parse() if __name__ == "__main__" else None
+
 from fedflower.startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()
@@ -185,15 +201,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     """Run the benchmark and write ``bench/results/privacy.{csv,json,md,png}``."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0, 2.0])
-    p.add_argument("--rates", type=float, nargs="+", default=[0.02, 0.1])
-    p.add_argument("--clients", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=5, help="cross-device rounds")
-    p.add_argument("--silo-rounds", type=int, default=5, help="cross-silo rounds")
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--no-secagg", action="store_true", help="skip the SecAgg+ cost runs")
-    args = p.parse_args()
+    args = ARGS or parse()
     RESULTS.mkdir(exist_ok=True)
     rows = cross_silo(args) + cross_device(args)
     cost = [] if args.no_secagg else secagg_cost(args)

@@ -37,6 +37,27 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+RESULTS = Path(__file__).resolve().parent / "results"
+AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+ATTACKS = ("none", "sign_flip", "gaussian", "lie")
+FRACTIONS = (0.2, 0.4, 0.1)  # run in this order; the table sorts them
+
+
+def parse() -> argparse.Namespace:
+    """The command line, parsed before TensorFlow is imported: ``--help`` is instant."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS))
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
+    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+ARGS = parse() if __name__ == "__main__" else None
+
 from fedflower.startup import quiet_tensorflow_import
 
 quiet_tensorflow_import()
@@ -45,11 +66,6 @@ import numpy as np
 from hydra import compose, initialize_config_module
 
 from fedflower.experiment import run
-
-RESULTS = Path(__file__).resolve().parent / "results"
-AGGREGATORS = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
-ATTACKS = ("none", "sign_flip", "gaussian", "lie")
-FRACTIONS = (0.2, 0.4, 0.1)  # run in this order; the table sorts them
 
 
 def aggregator_overrides(name: str, fraction: float, clients: int) -> tuple[list[str], str]:
@@ -143,15 +159,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS))
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
-    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = ARGS or parse()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()

@@ -321,7 +321,8 @@ def _extra_text(row: dict[str, Any]) -> str:
     if row.get("failed"):
         text += f" | failed {row['failed']}"
     if row.get("epsilon") is not None:
-        text += f" | eps {row['epsilon']:.3f} (delta {row['delta']:.0e})"
+        delta = row.get("delta")
+        text += f" | eps {row['epsilon']:.3f}" + ("" if delta is None else f" (delta {delta:.0e})")
     return text
 
 

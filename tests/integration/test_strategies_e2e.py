@@ -15,16 +15,28 @@ from fedflower.experiment import run
 
 MIN_ACCURACY = {
     "fedavg": 0.76,
-    "fedprox": 0.72,
+    "fedprox": 0.76,
     "fedsgd": 0.73,
     "fedavgm": 0.71,
-    "fedadam": 0.66,
-    "fedyogi": 0.66,
-    "fedadagrad": 0.63,
+    "fedadam": 0.77,
+    "fedyogi": 0.77,
+    "fedadagrad": 0.67,
 }
 """Final test accuracy of the tiny federation (seed 0, from 0.427), 0.02 (6 of 300 test
-examples) below the measured 0.780, 0.740, 0.753, 0.733, 0.683, 0.683, 0.657; seeds 1-2 gave
-0.80/0.80, 0.74/0.76, 0.75/0.64, 0.78/0.78, 0.73/0.74, 0.73/0.74, 0.73/0.75."""
+examples) below the measured 0.780, 0.783, 0.753, 0.733, 0.793, 0.793, 0.690 (the defaults:
+FedProx mu 0.01, server-optimizer eta 0.1); seeds 1-2 gave 0.80/0.80, 0.80/0.80, 0.75/0.64,
+0.78/0.78, 0.81/0.82, 0.81/0.82, 0.64/0.68."""
+MAX_LOSS_RATIO = {
+    "fedavg": 0.62,
+    "fedprox": 0.62,
+    "fedsgd": 0.65,
+    "fedavgm": 0.77,
+    "fedadam": 0.69,
+    "fedyogi": 0.69,
+    "fedadagrad": 0.84,
+}
+"""Final / initial test loss, 0.05 above the measured 0.572, 0.573, 0.605, 0.721, 0.640, 0.640,
+0.796 (seed 0)."""
 STRATEGIES = list(MIN_ACCURACY)
 QUIET = ["output.plots=false"]
 
@@ -42,8 +54,7 @@ def test_strategy_trains_the_tiny_federation(
         overrides += ["num_rounds=4", "client.learning_rate=0.1"]
     results = run(tiny_cfg(*overrides), tmp_path)
     assert results["config"]["strategy"]["name"] == name
-    # measured: final loss 0.57-0.74 of the initial 0.86 (seed 0)
-    assert results["final"]["loss"] < 0.78 * results["initial"]["loss"]
+    assert results["final"]["loss"] < MAX_LOSS_RATIO[name] * results["initial"]["loss"]
     assert results["final"]["accuracy"] >= MIN_ACCURACY[name]
 
 

@@ -121,7 +121,7 @@ def literal_leaves(node: object, prefix: str = "") -> dict[str, object]:
             if key != "defaults":
                 found |= literal_leaves(value, f"{prefix}{key}.")
         return found
-    if isinstance(node, str) and "${" in node:
+    if isinstance(node, str) and ("${" in node or node == "???"):  # interpolation, or mandatory
         return {}
     return {prefix.rstrip("."): node}
 
@@ -167,6 +167,8 @@ def test_default_is_the_seeds_experiment(make_cfg: MakeCfg) -> None:
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_every_option_composes_and_validates(make_cfg: MakeCfg, group: str, option: str) -> None:
+    if (group, option) == ("tracking", "wandb"):
+        pytest.importorskip("wandb")  # without it, validation refuses tracking=wandb (tested)
     cfg = option_cfg(make_cfg, group, option)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     validate(cfg)
