@@ -145,7 +145,7 @@ def test_quickstart_trains_the_users_csv_and_model(workdirs: dict[str, tuple]) -
     assert results["totals"]["rounds"] == 5
     assert results["final"]["accuracy"] >= 0.88  # measured 0.9000 (README)
     partition = json.loads((results_file.parent / "partition.json").read_text())
-    assert len(partition) == 3  # one client per site
+    assert partition["num_clients"] == len(partition["clients"]) == 3  # one client per site
     assert f"outputs: {results_file.parent.resolve()}" in out  # the whole path, unwrapped
 
 
