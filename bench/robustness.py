@@ -203,7 +203,9 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) 
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds}
+    # the output folder is where the files are, not part of the result (no machine paths)
+    settings = {k: str(v) for k, v in vars(args).items() if k != "out"}
+    meta = {"args": settings, "seconds": seconds}
     (args.out / "robustness.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     (args.out / "robustness.md").write_text(markdown(rows, args, seconds))
     heatmap(rows, args, args.out / "robustness.png")
