@@ -2,11 +2,17 @@
 
 For every (K, P) it times ``fedflower.aggregation`` three ways and reports GB/s of update data
 read (K * P * 4 bytes / seconds), next to the bandwidth of a NumPy memory copy (``np.copyto``,
-bytes copied per second) measured in the same run:
+bytes copied per second) measured right before:
 
-* ``stream``: ``WeightedMean.add`` once per client, then ``result`` (float64 accumulator);
-* ``mean``: ``weighted_mean`` (what the strategies call), 8 updates per pass (float64);
-* ``native``: ``weighted_mean(..., accumulator="native")``, float32 sums.
+* ``stream``: ``WeightedMean.add`` once per client, then ``result`` (default: float32 sums);
+* ``mean``: ``weighted_mean`` (what the strategies call, the default), 8 updates per pass;
+* ``float64``: ``weighted_mean(..., accumulator="float64")``, float64 sums (order-exact).
+
+``err`` is the default's error against the float64 sums on the same data: the largest
+absolute difference divided by the largest absolute value of the mean (max-norm relative).
+Times are the CPU time of this single-threaded process (``time.process_time``), best of 3 or
+more, for the copy as for the aggregation: other jobs on a shared machine then disturb the
+ratio less than wall time would (they still compete for memory bandwidth).
 
 It also measures, with ``tracemalloc``, the peak memory the aggregation allocates: it must
 not grow with K (updates are streamed into one accumulator, never stacked).
@@ -17,20 +23,30 @@ from the CPU caches.
 
     python bench/aggregation.py            # K = 10, 100, 1000 x P = 1e4 .. 1e7 (a few minutes)
     python bench/aggregation.py --quick    # a smaller grid
+
+The table and the summary lines go to ``bench/results/aggregation.{csv,json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import platform
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedflower.aggregation import WeightedMean, weighted_mean
 
 GB = 1e9
+RESULTS = Path(__file__).resolve().parent / "results"
+clock = time.process_time
 POOL_BYTES = 256 * 2**20  # distinct update data, larger than the CPU caches
 MAX_ELEMENTS = 2e9  # skip (K, P) pairs that would read more than 8 GB
 
@@ -42,9 +58,9 @@ def memcpy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 10) -> float:
     np.copyto(dst, src)  # touch the pages once
     best = float("inf")
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return nbytes / best / GB
 
 
@@ -82,7 +98,7 @@ def stream(pool: list[list[np.ndarray]], k: int) -> list[np.ndarray]:
 METHODS: dict[str, Method] = {
     "stream": stream,
     "mean": lambda pool, k: weighted_mean(updates(pool, k)),
-    "native": lambda pool, k: weighted_mean(updates(pool, k), accumulator="native"),
+    "float64": lambda pool, k: weighted_mean(updates(pool, k), accumulator="float64"),
 }
 
 
@@ -90,9 +106,9 @@ def best_seconds(method: Method, pool: list[list[np.ndarray]], k: int, budget: f
     """Best wall time of ``method(pool, k)`` over 3 or more runs (more within ``budget`` s)."""
     best, spent, runs = float("inf"), 0.0, 0
     while runs < 3 or (spent < budget and runs < 20):
-        t = time.perf_counter()
+        t = clock()
         method(pool, k)
-        dt = time.perf_counter() - t
+        dt = clock() - t
         best, spent, runs = min(best, dt), spent + dt, runs + 1
     return best
 
@@ -107,6 +123,83 @@ def peak_bytes(method: Method, pool: list[list[np.ndarray]], k: int) -> int:
     return peak
 
 
+def relative_error(pool: list[list[np.ndarray]], k: int) -> float:
+    """Max-norm relative error of the default mean against the float64 sums (before their cast
+    to float32, so the float32 arithmetic's own error is measured).
+    """
+    got = weighted_mean(updates(pool, k))
+    acc = WeightedMean("float64")
+    for arrays, weight in updates(pool, k):
+        acc.add(arrays, weight)
+    assert acc._sums is not None
+    exact = [s / acc.total_weight for s in acc._sums]
+    top = max(float(np.max(np.abs(e))) for e in exact)
+    diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, exact, strict=True))
+    return diff / top
+
+
+def measure_row(pool: list[list[np.ndarray]], k: int, p: int, budget: float) -> dict[str, Any]:
+    """One (K, P) row: copy bandwidth, each method's GB/s and share of it, peak memory, error."""
+    copy = memcpy_bandwidth()
+    row: dict[str, Any] = {"K": k, "P": p, "copy_gb_s": round(copy, 3)}
+    for name, method in METHODS.items():
+        rate = k * p * 4 / best_seconds(method, pool, k, budget) / GB
+        row[f"{name}_gb_s"] = round(rate, 3)
+        row[f"{name}_pct"] = round(100 * rate / copy, 1)
+    row["peak_mib"] = round(peak_bytes(METHODS["mean"], pool, k) / 2**20, 2)
+    row["acc_mib"] = round(p * 4 / 2**20, 2)
+    row["err"] = float(f"{relative_error(pool, k):.3g}")
+    return row
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """The summary lines: per method, the share of the copy bandwidth for P >= 1e6."""
+    lines = []
+    for name in METHODS:
+        values = [r[f"{name}_pct"] for r in rows if r["P"] >= 10**6]
+        if values:
+            lines.append(
+                f"{name:>7}, P >= 1e6 (updates read from RAM): median {np.median(values):.0f}% "
+                f"(range {min(values):.0f}% .. {max(values):.0f}%) of the copy bandwidth"
+            )
+    errors = [r["err"] for r in rows]
+    if errors:
+        lines.append(
+            f"   mean vs float64 sums: max-norm relative error {max(errors):.2g} "
+            f"(median {np.median(errors):.2g})"
+        )
+    return lines
+
+
+def write(rows: list[dict[str, Any]], lines: list[str]) -> None:
+    """``bench/results/aggregation.{csv,json,md}``."""
+    RESULTS.mkdir(exist_ok=True)
+    machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
+    stem = RESULTS / "aggregation"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"machine": machine, "rows": rows, "summary": lines}, indent=1) + "\n"
+    )
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = [
+        f"Machine: {machine}. CPU time, best of 3 or more; GB/s of update data read "
+        "(% of the np.copyto bandwidth measured right before).",
+        "",
+        "| K x P | copy GB/s | `stream` | `mean` (default) | `float64` | peak MiB | err |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {r['K']} x {r['P']:.0e} | {r['copy_gb_s']:.2f} "
+        + "".join(f"| {r[m + '_gb_s']:.2f} ({r[m + '_pct']:.0f} %) " for m in METHODS)
+        + f"| {r['peak_mib']:.2f} | {r['err']:.1e} |"
+        for r in rows
+    ]
+    md += ["", "```", *lines, "```"]
+    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="K = 10, 100 and P = 1e4 .. 1e6")
@@ -115,39 +208,32 @@ def main() -> None:
     ks = [10, 100] if args.quick else [10, 100, 1000]
     ps = [10**4, 10**5, 10**6] if args.quick else [10**4, 10**5, 10**6, 10**7]
 
-    print("GB/s of update data read (K * P * 4 bytes / s) and its % of the np.copyto bandwidth")
-    print("(128 MiB, bytes copied per second) measured right before each row; peak = memory")
-    print("allocated by `mean` (tracemalloc); acc = one float64 accumulator\n")
+    print("GB/s of update data read (K * P * 4 bytes / CPU s) and its % of the np.copyto")
+    print("bandwidth (128 MiB, bytes copied per CPU s) measured right before each row;")
+    print("peak = memory allocated by `mean` (tracemalloc); acc = its float32 accumulator;")
+    print("err = `mean` vs float64 sums, max-norm relative\n")
     head = "".join(f"{m:>15}" for m in METHODS)
-    print(f"{'K':>5} {'P':>7} {'copy':>6}{head} {'peak MiB':>9} {'acc MiB':>8}")
-    ratios: dict[str, list[float]] = {m: [] for m in METHODS}
+    print(f"{'K':>5} {'P':>7} {'copy':>6}{head} {'peak MiB':>9} {'acc MiB':>8} {'err':>8}")
+    rows = []
     for p in ps:
         pool = make_pool(p, max(ks))
         for k in ks:
             if k * p > MAX_ELEMENTS:
                 continue
-            copy = memcpy_bandwidth()
-            cells = []
-            for name, method in METHODS.items():
-                seconds = best_seconds(method, pool, k, args.budget)
-                rate = k * p * 4 / seconds / GB
-                if p >= 10**6:
-                    ratios[name].append(rate / copy)
-                cells.append(f"{rate:>6.2f} ({100 * rate / copy:>3.0f}%)")
-            peak = peak_bytes(METHODS["mean"], pool, k)
+            row = measure_row(pool, k, p, args.budget)
+            rows.append(row)
+            cells = "".join(
+                f"{row[m + '_gb_s']:>6.2f} ({row[m + '_pct']:>3.0f}%)".rjust(15) for m in METHODS
+            )
             print(
-                f"{k:>5} {p:>7.0e} {copy:>6.2f}"
-                + "".join(f"{c:>15}" for c in cells)
-                + f" {peak / 2**20:>9.2f} {p * 8 / 2**20:>8.2f}"
+                f"{k:>5} {p:>7.0e} {row['copy_gb_s']:>6.2f}{cells} {row['peak_mib']:>9.2f} "
+                f"{row['acc_mib']:>8.2f} {row['err']:>8.1e}",
+                flush=True,
             )
         print()
-    for name, values in ratios.items():
-        if values:
-            median, low, high = (100 * f(values) for f in (np.median, min, max))
-            print(
-                f"{name:>6}, P >= 1e6 (updates read from RAM): median {median:.0f}% "
-                f"(range {low:.0f}% .. {high:.0f}%) of the copy bandwidth"
-            )
+    lines = summary(rows)
+    print("\n".join(lines))
+    write(rows, lines)
 
 
 if __name__ == "__main__":

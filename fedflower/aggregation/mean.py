@@ -1,8 +1,8 @@
 """Aggregation math in pure NumPy: no Flower, no TensorFlow.
 
 Every strategy folds client updates through these functions, so the math is written and
-tested once. Updates are streamed into one accumulator per layer (float64 by default),
-block by block: memory does not grow with the number of clients.
+tested once. Updates are streamed into one accumulator per layer (in the layer's float type by
+default, float64 on request), block by block: memory does not grow with the number of clients.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ CHUNK = 1 << 15
 GROUP = 8
 """Updates folded per pass over the accumulator by :func:`weighted_mean` and ``add_many``."""
 
-ACCUMULATORS = ("float64", "native")
+ACCUMULATORS = ("native", "float64")
 
 
 def _blocks(n: int) -> Iterable[slice]:
@@ -39,12 +39,15 @@ class WeightedMean:
 
     Parameters
     ----------
-    accumulator : {"float64", "native"}
-        ``float64`` (default) multiplies and sums in float64: float32 products are exact and
-        the float32 result does not depend on the order of the updates. ``native`` keeps
-        float32 (and float16) updates in float32, about twice as fast on large models
-        (see ``bench/aggregation.py``) with float32 rounding (relative error ~1e-7 * sqrt(K)).
-        Integer layers always accumulate in float64.
+    accumulator : {"native", "float64"}
+        ``native`` (default) sums float32 (and float16) layers in float32, float64 layers in
+        float64: about twice as fast as float64 sums on large models and half the memory
+        (``bench/aggregation.py``), with float32 rounding (relative error about 1e-7 *
+        sqrt(K); the bench states the measured error). Its result depends on the order the
+        updates are folded in, so callers fold in a fixed order (the strategies sort replies
+        by node id). ``float64`` multiplies and sums in float64: float32 products are exact
+        and the float32 result does not depend on the order of the updates. Integer layers
+        always accumulate in float64.
 
     Examples
     --------
@@ -55,7 +58,7 @@ class WeightedMean:
     [2.5, 4.5]
     """
 
-    def __init__(self, accumulator: str = "float64") -> None:
+    def __init__(self, accumulator: str = "native") -> None:
         self.accumulator = check_choice("accumulator", accumulator, ACCUMULATORS)
         self._sums: Arrays | None = None
         self._scratch: Arrays = []
@@ -86,7 +89,7 @@ class WeightedMean:
     def _start(self, arrays: Sequence[np.ndarray]) -> None:
         self._dtypes = [np.asarray(a).dtype for a in arrays]
         self._sums = [
-            np.zeros(np.shape(a), dtype=self._acc_dtype(d))
+            np.empty(np.shape(a), dtype=self._acc_dtype(d))
             for a, d in zip(arrays, self._dtypes, strict=True)
         ]
         self._scratch = [np.empty(min(acc.size, CHUNK), dtype=acc.dtype) for acc in self._sums]
@@ -113,29 +116,33 @@ class WeightedMean:
             flat = acc.reshape(-1)
             xs = [(np.asarray(arrays[i]).reshape(-1), acc.dtype.type(w)) for arrays, w in updates]
             for block in _blocks(flat.size):
-                out = flat[block]
-                t = tmp[: out.size]
-                for x, w in xs:
-                    np.multiply(x[block], w, out=t, dtype=acc.dtype)
-                    np.add(out, t, out=out)
+                _fold_block(flat[block], tmp, [(x[block], w) for x, w in xs], self.count == 0)
         self.total_weight += float(sum(w for _, w in updates))
         self.count += len(updates)
 
     def reset(self) -> None:
         """Forget the updates added so far, keeping the accumulator's memory for the next ones."""
-        for acc in self._sums or []:
-            acc.fill(0)
         self.total_weight = 0.0
-        self.count = 0
+        self.count = 0  # the next update overwrites the accumulator
 
-    def result(self) -> Arrays:
-        """Return the weighted mean, cast back to each array's dtype (integers rounded)."""
-        if self._sums is None:
+    def result(self, consume: bool = False) -> Arrays:
+        """Return the weighted mean, cast back to each array's dtype (integers rounded).
+
+        With ``consume=True`` a layer whose accumulator already has the layer's dtype (float32
+        layers, by default) is divided in place and handed out: no new memory, one pass less,
+        and the accumulator is then gone (the object must not be used again).
+        """
+        if self._sums is None or self.count == 0:
             raise ValueError("no update was added")
         if self.total_weight <= 0:
             raise UpdateRejected("the total weight of the updates is zero")
         out = []
         for acc, tmp, dtype in zip(self._sums, self._scratch, self._dtypes, strict=True):
+            if acc.dtype == dtype:
+                mean = acc if consume else np.empty_like(acc)
+                np.divide(acc, acc.dtype.type(self.total_weight), out=mean)
+                out.append(mean)
+                continue
             mean = np.empty(acc.shape, dtype=dtype)
             flat, target = acc.reshape(-1), mean.reshape(-1)
             for block in _blocks(flat.size):
@@ -145,11 +152,26 @@ class WeightedMean:
                     np.rint(t, out=t)
                 target[block] = t
             out.append(mean)
+        if consume:
+            self._sums = None
         return out
 
 
+def _fold_block(
+    out: np.ndarray, tmp: np.ndarray, xs: Sequence[tuple[np.ndarray, np.generic]], first: bool
+) -> None:
+    """``out (+)= sum_k w_k x_k`` for one block; ``first`` overwrites ``out`` (a fresh sum)."""
+    t = tmp[: out.size]
+    for j, (x, w) in enumerate(xs):
+        if first and j == 0:
+            np.multiply(x, w, out=out, dtype=out.dtype)
+        else:
+            np.multiply(x, w, out=t, dtype=out.dtype)
+            np.add(out, t, out=out)
+
+
 def weighted_mean(
-    updates: Iterable[tuple[Sequence[np.ndarray], float]], accumulator: str = "float64"
+    updates: Iterable[tuple[Sequence[np.ndarray], float]], accumulator: str = "native"
 ) -> Arrays:
     """Weighted mean of ``(arrays, weight)`` pairs, layer by layer.
 
@@ -160,8 +182,9 @@ def weighted_mean(
     ----------
     updates : iterable of (list of ndarray, float)
         Each client's arrays and its weight (e.g. its number of training examples).
-    accumulator : {"float64", "native"}
-        Precision of the sums (see :class:`WeightedMean`).
+    accumulator : {"native", "float64"}
+        Precision of the sums (see :class:`WeightedMean`); the result depends on the order
+        of ``updates`` unless it is ``float64``.
 
     Returns
     -------
@@ -176,7 +199,7 @@ def weighted_mean(
             acc.add_many(group)
             group = []
     acc.add_many(group)
-    return acc.result()
+    return acc.result(consume=True)
 
 
 def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> None:

@@ -1,4 +1,4 @@
-"""Blocked, grouped folding in fedflower.aggregation: large layers, native sums, memory."""
+"""Blocked, grouped folding in fedflower.aggregation: large layers, both accumulators, memory."""
 
 from __future__ import annotations
 
@@ -91,10 +91,23 @@ def peak(k: int, pool: list[list[np.ndarray]]) -> int:
     return top
 
 
+def test_float64_accumulator_memory() -> None:
+    pool = updates(3)
+    model_bytes = sum(a.nbytes for a in pool[0])
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    weighted_mean(((u, 1.0) for u in pool), accumulator="float64")
+    _, top = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # one float64 accumulator (2x the float32 model) + the float32 result + block scratch
+    assert 3 * model_bytes <= top < 3 * model_bytes + 2 * CHUNK * 8 + 8192
+
+
 def test_memory_does_not_grow_with_the_number_of_clients() -> None:
     pool = updates(3)
     model_bytes = sum(a.nbytes for a in pool[0])
     small, large = peak(4, pool), peak(200, pool)
-    # one float64 accumulator (2x the float32 model) + the float32 result + block scratch
-    assert small < 3 * model_bytes + 2 * CHUNK * 8 + 8192
+    # one float32 accumulator (the default sums float32 layers in float32) + the float32
+    # result + one block of scratch per layer
+    assert small < 2 * model_bytes + 2 * CHUNK * 4 + 8192
     assert large < small + 64 * 1024
