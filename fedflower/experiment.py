@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
+from fedflower.client.keras_client import reset_optimizer
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
@@ -92,9 +94,17 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     source, fed = load_federation(cfg)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
-    build_model()  # a model that does not fit the data fails here, before any output is written
-    seed_everything(cfg.seed)  # that model drew initial weights: the run starts from the seed again
-    server_app, results = experiment_server_app(cfg, out, source, virtual_clock=True)
+    seed_everything(cfg.seed)  # the global model's initial weights come from the seed
+    model = build_model()  # a model that does not fit the data fails here, before any output
+    if cfg.simulation.backend == "local":
+        # one process: the server and every virtual client use this one model (each loads the
+        # weights it is given first), so Keras builds and traces its functions once
+        build_model = lambda: model  # noqa: E731
+    else:
+        seed_everything(cfg.seed)  # the server's own model draws the same initial weights
+    server_app, results = experiment_server_app(
+        cfg, out, source, virtual_clock=True, build_model=build_model
+    )
     if isinstance(fed, FederatedData):
         print(write_partition_report(fed, out, plot=cfg.output.plots))
     else:  # a generated population: its size, not a row per client
@@ -129,7 +139,11 @@ def client_mods(cfg: DictConfig) -> list[Mod]:
 
 
 def experiment_server_app(
-    cfg: DictConfig, out: Path, source: TabularSource, virtual_clock: bool = False
+    cfg: DictConfig,
+    out: Path,
+    source: TabularSource,
+    virtual_clock: bool = False,
+    build_model: Callable[[], keras.Model] | None = None,
 ) -> tuple[ServerApp, dict[str, Any]]:
     """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
 
@@ -137,17 +151,21 @@ def experiment_server_app(
     strategy from ``cfg.strategy``, centralized evaluation on ``source``'s test set, the
     recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
     ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
+    ``build_model`` gives the server its model (default: built from ``cfg.model``).
     """
     config = OmegaConf.to_container(cfg, resolve=True)
     sinks = build_sinks(cfg.get("tracking"), out, config)  # type: ignore[arg-type]
     recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress, sinks=sinks)
-    build_model = model_factory(cfg, source.input_shape, source.num_classes)
+    if build_model is None:
+        build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
 
     def on_finish(model: keras.Model, grid: Grid, strategy: Any) -> None:
         if cfg.output.save_model:
             if not model.optimizer.built:  # the server never trains: build its state so that
                 model.optimizer.build(model.trainable_variables)  # load_model finds it whole
+            else:  # a model shared with the in-process clients: no client's optimizer state
+                reset_optimizer(model.optimizer, None)
             model.save(out / "model.keras")
         results.update(
             recorder.finish(

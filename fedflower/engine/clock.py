@@ -29,7 +29,7 @@ from flwr.serverapp import Grid
 
 from fedflower import keys
 from fedflower.engine.latency import LatencyModel
-from fedflower.engine.metered import MeteredGrid, message_nbytes
+from fedflower.engine.metered import MeteredGrid, crossing_nbytes
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,9 @@ class VirtualClockGrid(MeteredGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send the messages and start their virtual tasks at the current virtual time."""
         messages = list(messages)
-        sizes = [message_nbytes(m) for m in messages]
-        self.bytes_down += sum(sizes)
         ids = list(self.inner.push_messages(messages))
+        sizes = [crossing_nbytes(self.inner, m) for m in messages]
+        self.bytes_down += sum(sizes)
         for message_id, message, size in zip(ids, messages, sizes, strict=True):
             self._seq += 1
             self._tasks[message_id] = _Task(
@@ -208,7 +208,7 @@ class VirtualClockGrid(MeteredGrid):
                 if task is None or task.reply is not None:
                     continue
                 task.reply = reply
-                task.bytes_up = message_nbytes(reply)
+                task.bytes_up = crossing_nbytes(self.inner, reply)
                 task.finish = task.start + self._duration(task, reply)
             missing = [i for i in missing if self._tasks[i].reply is None]
             if not missing or not block:

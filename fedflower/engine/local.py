@@ -22,7 +22,10 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -36,22 +39,32 @@ RUN_ID = 1
 FIRST_NODE_ID = 1
 
 
-def transmit(message: Message, message_id: str, wire: dict[str, bytes] | None = None) -> Message:
+def transmit(
+    message: Message,
+    message_id: str,
+    wire: dict[str, bytes] | None = None,
+    sizes: dict[str, int] | None = None,
+) -> Message:
     """Serialize ``message`` to its wire objects and build the received copy from them.
 
     ``wire`` caches serialized objects by object id across the messages of one push: Flower's
     objects are content-addressed, so the global model broadcast to every node is serialized
-    once (as a SuperLink stores it once), and every node still inflates its own copy.
+    once (as a SuperLink stores it once), and every node still inflates its own copy. The
+    number of bytes serialized goes to ``sizes[message_id]`` (what metering counts).
     """
     wire = {} if wire is None else wire
-    objects = get_all_nested_objects(message)
-    for oid, obj in objects.items():
-        if oid not in wire:
-            wire[oid] = obj.deflate()
-    contents = {oid: wire[oid] for oid in objects}
-    received = inflate_object_from_contents(message.object_id, contents)
+    with no_object_id_recompute():  # each object's id (a hash of its bytes) computed once
+        objects = get_all_nested_objects(message)
+        for oid, obj in objects.items():
+            if oid not in wire:
+                wire[oid] = obj.deflate()
+        received = inflate_object_from_contents(
+            message.object_id, {oid: wire[oid] for oid in objects}
+        )
     assert isinstance(received, Message)
     received.metadata.__dict__["_message_id"] = message_id
+    if sizes is not None:
+        sizes[message_id] = sum(len(wire[oid]) for oid in objects)
     return received
 
 
@@ -87,6 +100,7 @@ class LocalGrid(MessageFactory, Grid):
         self._run = Run.create_empty(RUN_ID)
         self._contexts: dict[int, Context] = {}  # only nodes whose state is not empty
         self._replies: dict[str, Message] = {}
+        self._sizes: dict[str, int] = {}  # serialized bytes by message id, until metered
         self._next_id = 0
 
     def set_run(self, run: Run) -> None:  # noqa: D102
@@ -146,10 +160,14 @@ class LocalGrid(MessageFactory, Grid):
             # duration on the virtual clock, must not depend on how many came before it
             message_id = f"m{self._next_id:09d}"
             message.metadata.__dict__["_message_id"] = message_id
-            reply = self._execute(transmit(message, message_id, wire))
-            self._replies[message_id] = transmit(reply, f"r{self._next_id:09d}")
+            reply = self._execute(transmit(message, message_id, wire, self._sizes))
+            self._replies[message_id] = transmit(reply, f"r{self._next_id:09d}", None, self._sizes)
             ids.append(message_id)
         return ids
+
+    def wire_nbytes(self, message_id: str) -> int | None:
+        """The bytes a message pushed or a reply pulled took on the wire (asked once)."""
+        return self._sizes.pop(message_id, None)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Return (and forget) the replies to ``message_ids`` that exist."""

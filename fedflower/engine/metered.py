@@ -34,6 +34,17 @@ def message_nbytes(message: Message) -> int:
     return total
 
 
+def crossing_nbytes(grid: Grid, message: Message) -> int:
+    """Serialized size of a message that just crossed ``grid`` (pushed to it or pulled from it).
+
+    A grid that serialized the message itself (the in-process engine's ``wire_nbytes``) tells
+    the size of the bytes it sent, so the message is not serialized a second time to be metered.
+    """
+    recorded = getattr(grid, "wire_nbytes", None)
+    size = None if recorded is None else recorded(message.metadata.message_id)
+    return message_nbytes(message) if size is None else int(size)
+
+
 class MeteredGrid(GridWrapper):
     """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
 
@@ -56,19 +67,20 @@ class MeteredGrid(GridWrapper):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         messages = list(messages)
-        self.bytes_down += sum(message_nbytes(m) for m in messages)
-        return self.inner.push_messages(messages)
+        ids = list(self.inner.push_messages(messages))
+        self.bytes_down += sum(crossing_nbytes(self.inner, m) for m in messages)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         replies = list(self.inner.pull_messages(message_ids))
-        self.bytes_up += sum(message_nbytes(m) for m in replies)
+        self.bytes_up += sum(crossing_nbytes(self.inner, m) for m in replies)
         return replies
 
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        self.bytes_down += sum(message_nbytes(m) for m in messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.bytes_up += sum(message_nbytes(m) for m in replies)
+        self.bytes_down += sum(crossing_nbytes(self.inner, m) for m in messages)
+        self.bytes_up += sum(crossing_nbytes(self.inner, m) for m in replies)
         return replies

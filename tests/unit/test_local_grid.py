@@ -82,3 +82,25 @@ def test_unknown_node_is_refused() -> None:
     grid = LocalGrid(counting_app(set()), 3)
     with pytest.raises(ValueError, match="no node with id 4"):
         grid.push_messages([message(4)])
+
+
+def test_metering_counts_the_bytes_the_engine_serialized_once() -> None:
+    from fedflower.engine import metered
+    from fedflower.engine.metered import MeteredGrid, message_nbytes
+
+    grid = LocalGrid(counting_app(set()), 3)
+    meter = MeteredGrid(grid)
+    sent = [message(n) for n in (1, 2, 3)]
+    replies = list(meter.send_and_receive(sent))
+    # the sizes the engine recorded while serializing are the serialized sizes, and asked once
+    assert meter.bytes_down == sum(message_nbytes(m) for m in sent)
+    assert meter.bytes_up == sum(message_nbytes(r) for r in replies)
+    assert grid._sizes == {}
+    calls = []
+    original = metered.message_nbytes
+    metered.message_nbytes = lambda m: calls.append(m) or original(m)  # type: ignore[assignment,func-returns-value]
+    try:
+        meter.send_and_receive([message(1)])
+    finally:
+        metered.message_nbytes = original  # type: ignore[assignment]
+    assert calls == []  # nothing serialized a second time to be metered
