@@ -276,6 +276,9 @@ def run_plain_flower(cfg: Any) -> dict[str, float]:
     from flwr.simulation import run_simulation
     from omegaconf import OmegaConf
 
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # as fedflower runs it: no per-round log
     t0 = time.perf_counter()
     server_app, client_app = plain_flower_apps(cfg)
     with redirect_stdout(io.StringIO()):
