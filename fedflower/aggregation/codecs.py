@@ -21,6 +21,7 @@ al., arXiv:1809.07599; Karimireddy et al., arXiv:1901.09847) is :func:`encode_wi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,11 @@ SEP = "::"
 
 BLOCK = 1 << 15
 """Elements per block in the quantization loops: a block's scratch stays in the CPU cache."""
+SCAN_BLOCK = 1 << 17
+"""Elements per block of the top-k candidate scan (fewer Python steps; scratch still in L2)."""
 LEVELS = 255
+DENSE_NONZERO_FROM = 33
+"""Masks more than 1 / 33 (3 %) true are padded by :func:`positions_of` (below: not worth it)."""
 SAMPLE = 1 << 14
 """Magnitudes sampled to estimate the top-k threshold (DGC's hierarchical selection)."""
 SAMPLE_SIGMAS = 4.0
@@ -228,11 +233,18 @@ def _sampled_threshold(values: np.ndarray, k: int) -> float:
     n = values.size
     p = k / n
     j = min(SAMPLE, int(SAMPLE * p + SAMPLE_SIGMAS * np.sqrt(SAMPLE * p * (1 - p))) + 1)
+    sample = np.abs(values[_sample_positions(n)])
+    return float(np.partition(sample, SAMPLE - j)[SAMPLE - j])
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_positions(n: int) -> np.ndarray:
+    """One random position in each of :data:`SAMPLE` equal strata of ``range(n)`` (read-only)."""
     stride = n // SAMPLE
     positions = np.random.default_rng(SAMPLE_SEED).integers(0, stride, SAMPLE)
     positions += np.arange(0, SAMPLE * stride, stride)
-    sample = np.abs(values[positions])
-    return float(np.partition(sample, SAMPLE - j)[SAMPLE - j])
+    positions.flags.writeable = False
+    return positions
 
 
 def _above(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -240,15 +252,15 @@ def _above(values: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray
 
     Block by block: each block's magnitudes, comparison and gather stay in the CPU cache.
     """
-    scratch = np.empty(min(values.size, BLOCK), dtype=values.dtype)
+    scratch = np.empty(min(values.size, SCAN_BLOCK), dtype=values.dtype)
     below = np.empty(scratch.size, dtype=bool)
     positions, entries = [], []
-    for start in range(0, values.size, BLOCK):
-        block = values[start : start + BLOCK]
+    for start in range(0, values.size, SCAN_BLOCK):
+        block = values[start : start + SCAN_BLOCK]
         mag, low = scratch[: block.size], below[: block.size]
         np.abs(block, out=mag)
         np.less(mag, threshold, out=low)
-        hits = np.flatnonzero(np.logical_not(low, out=low))
+        hits = positions_of(np.logical_not(low, out=low))
         entries.append(block[hits])
         hits += start
         positions.append(hits)
@@ -267,8 +279,26 @@ def _exact(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     keep = ~(mags <= kth)  # larger, or NaN
     ties = np.flatnonzero(mags == kth)[: k - int(np.count_nonzero(keep))]
     keep[ties] = True
-    positions = np.flatnonzero(keep)
+    positions = positions_of(keep)
     return positions, values[positions]
+
+
+def positions_of(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` of a 1-D boolean ``mask``, at a cost that does not jump with density.
+
+    NumPy's ``nonzero`` takes a branching loop when at most 10 % of the entries are true,
+    which mispredicts at 3-10 % and then costs up to 2.5x its branch-free loop (measured with
+    NumPy 2.4 on x86-64: 2.9 ms vs 1.1 ms for 1e6 entries at 10 %). Such masks are copied
+    with enough true entries appended past their end to cross 10 %, and those are cut off.
+    """
+    n = mask.size
+    count = int(np.count_nonzero(mask))
+    if count <= n // DENSE_NONZERO_FROM or count > n // 10:
+        return np.flatnonzero(mask)
+    padded = np.empty(n + int((n / 10 - count) / 0.9) + 64, dtype=bool)
+    padded[:n] = mask
+    padded[n:] = True
+    return np.flatnonzero(padded)[:count]
 
 
 def sparsify(x: np.ndarray, fraction: float, value_dtype: str = "float32") -> Parts:
@@ -299,7 +329,7 @@ def densify(parts: Mapping[str, np.ndarray], values: np.ndarray) -> np.ndarray:
     n = int(np.prod(shape))
     out = np.zeros(n, dtype=np.float32)
     if "mask" in parts:
-        idx = np.flatnonzero(np.unpackbits(parts["mask"], count=n).view(bool))
+        idx = positions_of(np.unpackbits(parts["mask"], count=n).view(bool))
     else:
         idx = parts["idx"]
         if idx.size and int(idx.max()) >= n:

@@ -167,6 +167,15 @@ def test_top_k_is_deterministic() -> None:
     assert all(np.array_equal(first[part], again[part]) for part in first)
 
 
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.05, 0.0999, 0.1, 0.1001, 1.0])
+@pytest.mark.parametrize("n", [0, 1, 77, 100_000])
+def test_positions_of_equals_flatnonzero(density: float, n: int) -> None:
+    mask = np.random.default_rng(n).random(n) < density
+    if n == 100_000 and density == 0.1:
+        mask[:] = np.arange(n) % 10 == 3  # exactly 10 %
+    assert np.array_equal(codecs.positions_of(mask), np.flatnonzero(mask))
+
+
 def test_topk_int8_quantizes_the_kept_values() -> None:
     x = np.random.default_rng(3).standard_normal(10_000).astype(np.float32)
     parts = Codec("topk_int8", fraction=0.1, min_elements=0).encode(x)
