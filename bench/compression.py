@@ -157,6 +157,27 @@ def codec_speed(repeats: int, sizes: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def profile_codecs(repeats: int, size: int, names: list[str]) -> str:
+    """Profile (cProfile) of encoding and decoding with the named codecs: where time goes."""
+    import cProfile
+    import pstats
+
+    x = np.random.default_rng(0).standard_normal((size // 1000, 1000), dtype=np.float32)
+    rng = np.random.default_rng(1)
+    report = io.StringIO()
+    for codec in CODECS:
+        if codec_name(codec) not in names:
+            continue
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(repeats):
+            decode_parts(codec.encode(x, rng))
+        profiler.disable()
+        report.write(f"\n## {codec_name(codec)}: {repeats} x encode + decode of {size:,}\n")
+        pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(12)
+    return report.getvalue()
+
+
 def copy_speed(x: np.ndarray, repeats: int) -> float:
     """GB/s of ``np.copyto`` of ``x`` into a fresh array (best of ``repeats``)."""
     best = np.inf
@@ -179,11 +200,8 @@ def time_codec(
         t = time.perf_counter()
         decode_parts(parts)
         dec.append(time.perf_counter() - t)
-    name = codec.name + (" per-channel" if codec.per_channel else "")
-    name += " stochastic" if codec.stochastic else ""
-    name += f" {codec.fraction:.0%}" if codec.sparse else ""
     return {
-        "codec": name,
+        "codec": codec_name(codec),
         "elements": x.size,
         "encode_gb_s": x.nbytes / min(enc) / 1e9,
         "encode_median_gb_s": x.nbytes / float(np.median(enc)) / 1e9,
@@ -191,6 +209,12 @@ def time_codec(
         "decode_median_gb_s": x.nbytes / float(np.median(dec)) / 1e9,
         "ratio": x.nbytes / sum(p.nbytes for p in parts.values()),
     }
+
+
+def codec_name(codec: Codec) -> str:
+    name = codec.name + (" per-channel" if codec.per_channel else "")
+    name += " stochastic" if codec.stochastic else ""
+    return name + (f" {codec.fraction:.0%}" if codec.sparse else "")
 
 
 def machine() -> str:
@@ -310,6 +334,12 @@ def main() -> None:
         "--sizes", nargs="+", type=int, default=[10**6, 10**7], help="codec timing: elements"
     )
     parser.add_argument("--speed-name", default="codec_speed", help="codec speed file name")
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        default=None,
+        help="only profile these codecs ('topk 10%%', ...) on 1e6 elements (-> *_profile.txt)",
+    )
     parser.add_argument("--name", default="compression", help="results file name")
     parser.add_argument("--settings", nargs="*", default=None, help="only these settings")
     parser.add_argument(
@@ -320,6 +350,11 @@ def main() -> None:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
         rows = [row for part in parts for row in part["runs"]]
         write(rows, next((p["codecs"] for p in parts if p["codecs"]), []), args)
+        return
+    if args.profile:
+        text = profile_codecs(args.repeats, 10**6, args.profile)
+        print(text)
+        (RESULTS / f"{args.speed_name}_profile.txt").write_text(text)
         return
     speed = codec_speed(args.repeats, args.sizes)
     write_speed(speed, args)
