@@ -340,21 +340,14 @@ def densify(parts: Mapping[str, np.ndarray], values: np.ndarray) -> np.ndarray:
     return out.reshape(shape)
 
 
-_HALF_TO_SINGLE: list[np.ndarray] = []
-
-
 def widen(x: np.ndarray) -> np.ndarray:
-    """``x`` as float32; float16 through a 65,536-entry table.
+    """``x`` as float32 (exact from float16).
 
-    Exact, and several times faster than NumPy's conversion where it is not vectorised.
+    NumPy's own conversion: vectorised for float16 on current CPUs, it beat a 65,536-entry
+    lookup table here (1.35 vs 1.62 ms for 1e6 entries, 20 vs 33 ms for 1e7, whose table
+    indices alone took 80 MB).
     """
-    if x.dtype != np.float16:
-        return np.asarray(x, dtype=np.float32)
-    if not _HALF_TO_SINGLE:
-        _HALF_TO_SINGLE.append(
-            np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-        )
-    return np.take(_HALF_TO_SINGLE[0], x.view(np.uint16))
+    return np.asarray(x, dtype=np.float32)
 
 
 def decode_parts(parts: Mapping[str, np.ndarray]) -> np.ndarray:
