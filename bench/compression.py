@@ -251,6 +251,7 @@ def write_speed(speed: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "threads": {v: os.environ.get(v) for v in THREAD_VARIABLES},
         "repeats": args.repeats,
         "goal_gb_s": GOAL_GB_S,
+        "load_average": os.getloadavg(),
         "codecs": speed,
     }
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
@@ -258,7 +259,9 @@ def write_speed(speed: list[dict[str, Any]], args: argparse.Namespace) -> None:
         writer = csv.DictWriter(f, fieldnames=list(speed[0]))
         writer.writeheader()
         writer.writerows(speed)
-    lines = [f"Machine: {machine()}.", "", *speed_table(speed, args.repeats)]
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = [f"Machine: {machine()}; load average {load} (1/5/15 min) when done.", ""]
+    lines += speed_table(speed, args.repeats)
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
