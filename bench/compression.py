@@ -174,7 +174,7 @@ def profile_codecs(repeats: int, size: int, names: list[str]) -> str:
             decode_parts(codec.encode(x, rng))
         profiler.disable()
         report.write(f"\n## {codec_name(codec)}: {repeats} x encode + decode of {size:,}\n")
-        pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(12)
+        pstats.Stats(profiler, stream=report).strip_dirs().sort_stats("tottime").print_stats(12)
     return report.getvalue()
 
 
