@@ -51,6 +51,27 @@ def test_int8_stochastic_rounding_is_unbiased_and_within_one_step(x: np.ndarray)
     assert np.all(np.abs(draws.mean(axis=0) - x) < step * 0.125 + 1e-7)
 
 
+@pytest.mark.parametrize("fraction", [0.001, 0.1, 0.5, 0.9, 0.999])
+def test_int8_stochastic_rounds_up_with_the_fractional_part_as_probability(fraction: float) -> None:
+    """``t = 100 + fraction`` steps above ``lo``: rounded up with probability ``fraction``."""
+    n = 200_000
+    x = np.full(n, 100 + fraction, dtype=np.float64)
+    x[:2] = 0.0, 255.0  # lo = 0, step = 1
+    q = Codec("int8", stochastic=True, min_elements=0).encode(
+        x.astype(np.float32), np.random.default_rng(9)
+    )["q"][2:]
+    assert set(np.unique(q).tolist()) <= {100, 101}
+    sigma = np.sqrt(fraction * (1 - fraction) / n)
+    assert abs(np.mean(q == 101) - fraction) < 5 * sigma + 2.0**-16
+
+
+def test_int8_stochastic_rounding_is_reproducible_from_the_generator(x: np.ndarray) -> None:
+    codec = Codec("int8", stochastic=True, min_elements=0)
+    first = codec.encode(x, np.random.default_rng(10))["q"]
+    assert np.array_equal(first, codec.encode(x, np.random.default_rng(10))["q"])
+    assert not np.array_equal(first, codec.encode(x, np.random.default_rng(11))["q"])
+
+
 def test_constant_tensor_is_exact() -> None:
     x = np.full((50, 50), 0.25, dtype=np.float32)
     assert np.array_equal(decode_parts(Codec("int8", min_elements=0).encode(x)), x)
@@ -80,6 +101,79 @@ def test_top_k_sampled_threshold_matches_full_partition(k: int) -> None:
     got = np.sort(codecs.top_k(-magnitude, k))
     want = np.sort(np.argpartition(magnitude, magnitude.size - k)[magnitude.size - k :])
     assert np.array_equal(got, want)
+
+
+def _reference_top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Sorted positions of the k largest magnitudes: NaN first, ties to the lowest positions."""
+    mags = np.abs(values.astype(np.float64))
+    order = np.lexsort((np.arange(values.size), -np.nan_to_num(mags, nan=0.0), ~np.isnan(mags)))
+    return np.sort(order[:k])
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("ties", np.random.default_rng(6).integers(-20, 21, 300_000).astype(np.float32)),
+        ("all equal", np.full(200_000, -0.5, dtype=np.float32)),
+        ("mostly zero", np.where(np.arange(200_000) % 50 == 0, 1.0, 0.0).astype(np.float32)),
+        ("nan and inf", np.r_[np.full(10, np.nan), np.full(5, -np.inf), np.ones(150_000)]),
+        ("tiny", np.array([0.5, -2.0, 2.0, 0.0, -0.5], dtype=np.float32)),
+    ],
+)
+@pytest.mark.parametrize("fraction", [1e-4, 0.01, 0.1, 0.25, 0.6])
+def test_top_k_is_exact_with_ties_to_the_lowest_positions(
+    name: str, values: np.ndarray, fraction: float
+) -> None:
+    k = max(1, int(np.ceil(fraction * values.size)))
+    got, entries = codecs.select(values, k)
+    assert got.size == k and np.all(np.diff(got) > 0)
+    assert np.array_equal(got, _reference_top_k(values, k)), name
+    assert np.array_equal(entries, values[got], equal_nan=True)
+
+
+@pytest.mark.parametrize("k", [0, 5, 6, 1000])
+def test_top_k_of_k_at_least_size_keeps_everything(k: int) -> None:
+    values = np.array([3.0, -1.0, 0.0, 2.0, -5.0], dtype=np.float32)
+    assert codecs.top_k(values, k).tolist() == list(range(min(k, values.size)))
+    parts = Codec("topk", fraction=1.0, value_dtype="float32", min_elements=0).encode(values)
+    assert np.array_equal(decode_parts(parts), values)
+
+
+def test_top_k_reads_few_candidates_beyond_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampled threshold leaves ~k candidates, even when each column has its own scale.
+
+    A fixed stride of 1000 would sample one column of this 1000 x 1000 matrix only.
+    """
+    scales = np.geomspace(1e-3, 1.0, 1000, dtype=np.float32)
+    x = (np.random.default_rng(7).standard_normal((1000, 1000)) * scales).astype(np.float32)
+    seen: list[int] = []
+    exact = codecs._exact
+
+    def spy(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(values.size)
+        return exact(values, k)
+
+    monkeypatch.setattr(codecs, "_exact", spy)
+    for fraction, bound in ((0.1, 1.15), (0.01, 1.45)):
+        k = int(fraction * x.size)
+        assert np.array_equal(codecs.top_k(x.reshape(-1), k), _reference_top_k(x.reshape(-1), k))
+        assert k <= seen[-1] <= bound * k
+
+
+def test_top_k_is_deterministic() -> None:
+    x = np.random.default_rng(8).standard_normal(400_000).astype(np.float32)
+    first = Codec("topk", fraction=0.05, min_elements=0).encode(x)
+    again = Codec("topk", fraction=0.05, min_elements=0).encode(x.copy())
+    assert all(np.array_equal(first[part], again[part]) for part in first)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.05, 0.0999, 0.1, 0.1001, 1.0])
+@pytest.mark.parametrize("n", [0, 1, 77, 100_000])
+def test_positions_of_equals_flatnonzero(density: float, n: int) -> None:
+    mask = np.random.default_rng(n).random(n) < density
+    if n == 100_000 and density == 0.1:
+        mask[:] = np.arange(n) % 10 == 3  # exactly 10 %
+    assert np.array_equal(codecs.positions_of(mask), np.flatnonzero(mask))
 
 
 def test_topk_int8_quantizes_the_kept_values() -> None:
