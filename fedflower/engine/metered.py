@@ -8,8 +8,9 @@ strategy, synchronous or asynchronous, is metered the same way without knowing a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -34,6 +35,11 @@ def message_nbytes(message: Message) -> int:
     return total
 
 
+def _is_training_task(message: Message) -> bool:
+    meta, content = message.metadata, message.content
+    return meta.message_type.startswith(MessageType.TRAIN) and bool(content.array_records)
+
+
 class MeteredGrid(GridWrapper):
     """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
 
@@ -47,6 +53,24 @@ class MeteredGrid(GridWrapper):
         super().__init__(grid)
         self.bytes_down = 0
         self.bytes_up = 0
+        self.train_tasks = 0
+
+    def count_down(self, messages: list[Message]) -> list[int]:
+        """Count the messages' bytes (and the training tasks among them); return their sizes.
+
+        A training task is a train message that carries a model: the several exchanges of
+        SecAgg+ in one round carry it once per client.
+        """
+        sizes = [message_nbytes(m) for m in messages]
+        self.bytes_down += sum(sizes)
+        self.train_tasks += sum(1 for m in messages if _is_training_task(m))
+        return sizes
+
+    def round_report(self) -> dict[str, Any]:
+        """``train_clients``: how many clients were sent a model to train since the last call."""
+        report = {"train_clients": self.train_tasks}
+        self.train_tasks = 0
+        return report
 
     def take(self) -> tuple[int, int]:
         """Return ``(bytes_down, bytes_up)`` since the last call and reset the counters."""
@@ -56,7 +80,7 @@ class MeteredGrid(GridWrapper):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         messages = list(messages)
-        self.bytes_down += sum(message_nbytes(m) for m in messages)
+        self.count_down(messages)
         return self.inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
@@ -68,7 +92,7 @@ class MeteredGrid(GridWrapper):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        self.bytes_down += sum(message_nbytes(m) for m in messages)
+        self.count_down(messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         self.bytes_up += sum(message_nbytes(m) for m in replies)
         return replies
