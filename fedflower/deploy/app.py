@@ -25,9 +25,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported below
 os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
 
-from fedflower.startup import quiet_tensorflow_import
+from fedflower.startup import quiet_library_notices, quiet_tensorflow_import
 
 quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner
+quiet_library_notices()  # Flower's simulation process imported its engine before this module
 
 import logging
 from collections.abc import Callable
