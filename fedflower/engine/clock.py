@@ -169,7 +169,9 @@ class VirtualClockGrid(MeteredGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send the messages and start their virtual tasks at the current virtual time."""
         messages = list(messages)
-        sizes = self.count_down(messages)
+        self.count_tasks(messages)
+        sizes = [message_nbytes(m) for m in messages]
+        self.bytes_down += sum(sizes)
         ids = list(self.inner.push_messages(messages))
         for message_id, message, size in zip(ids, messages, sizes, strict=True):
             self._seq += 1

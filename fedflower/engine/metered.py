@@ -55,16 +55,13 @@ class MeteredGrid(GridWrapper):
         self.bytes_up = 0
         self.train_tasks = 0
 
-    def count_down(self, messages: list[Message]) -> list[int]:
-        """Count the messages' bytes (and the training tasks among them); return their sizes.
+    def count_tasks(self, messages: list[Message]) -> None:
+        """Count the training tasks among messages sent to the clients.
 
         A training task is a train message that carries a model: the several exchanges of
         SecAgg+ in one round carry it once per client.
         """
-        sizes = [message_nbytes(m) for m in messages]
-        self.bytes_down += sum(sizes)
         self.train_tasks += sum(1 for m in messages if _is_training_task(m))
-        return sizes
 
     def round_report(self) -> dict[str, Any]:
         """``train_clients``: how many clients were sent a model to train since the last call."""
@@ -80,7 +77,8 @@ class MeteredGrid(GridWrapper):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         messages = list(messages)
-        self.count_down(messages)
+        self.count_tasks(messages)
+        self.bytes_down += sum(message_nbytes(m) for m in messages)
         return self.inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
@@ -92,7 +90,8 @@ class MeteredGrid(GridWrapper):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        self.count_down(messages)
+        self.count_tasks(messages)
+        self.bytes_down += sum(message_nbytes(m) for m in messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         self.bytes_up += sum(message_nbytes(m) for m in replies)
         return replies
