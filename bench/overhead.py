@@ -273,10 +273,10 @@ def plain_flower_apps(cfg: Any) -> tuple[Any, Any]:
 
 def run_plain_flower(cfg: Any) -> dict[str, float]:
     """Wall time and final accuracy of the plain Flower app on the Ray engine."""
+    import logging
+
     from flwr.simulation import run_simulation
     from omegaconf import OmegaConf
-
-    import logging
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # as fedflower runs it: no per-round log
     t0 = time.perf_counter()

@@ -21,6 +21,33 @@ def set_environment_defaults() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
 
 
+LIBRARY_NOTICES = (
+    # Ray's notice about a future default for GPU visibility (clients here use no GPU)
+    ("ignore", "", FutureWarning, r"ray\._private\.worker"),
+    # Keras converting TensorFlow variables with NumPy 2 (keras/src/backend/tensorflow/core.py)
+    ("ignore", "__array__ implementation doesn't accept a copy keyword", DeprecationWarning, ""),
+)
+"""Warnings of the libraries fedflower runs on that no user action can address:
+``(action, message, category, module)`` as :func:`warnings.filterwarnings` takes them."""
+
+RAY_NOTICES_ENV = "ignore::FutureWarning:ray._private.worker"
+"""The Ray notice of :data:`LIBRARY_NOTICES` for ``PYTHONWARNINGS`` (processes fedflower
+starts but whose Python it does not run, such as Flower's simulation process)."""
+
+
+def quiet_library_notices() -> None:
+    """Hide :data:`LIBRARY_NOTICES` (the user's own warnings and every other one stay).
+
+    Call it after importing Flower's simulation engine: that import lets every
+    ``DeprecationWarning`` through once (``flwr.simulation.ray_transport.utils``), and filters
+    added later take precedence.
+    """
+    import warnings
+
+    for action, message, category, module in LIBRARY_NOTICES:
+        warnings.filterwarnings(action, message, category, module)  # type: ignore[arg-type]
+
+
 def quiet_tensorflow_import() -> None:
     """Import TensorFlow with its C++ start-up banner (oneDNN, absl) sent to /dev/null."""
     if "tensorflow" in sys.modules:

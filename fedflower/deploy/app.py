@@ -25,11 +25,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported below
 os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
 
-from fedflower.startup import quiet_tensorflow_import
+from fedflower.startup import quiet_library_notices, quiet_tensorflow_import
 
 quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner
+quiet_library_notices()  # Flower's simulation process imported its engine before this module
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +47,7 @@ from fedflower.client.secagg import secagg_mod
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
 from fedflower.deploy.local_data import content_id, node_data
-from fedflower.errors import DataError
+from fedflower.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,33 @@ def load_source(cfg: Any) -> TabularSource:
     return instantiate_data(cfg.dataset, "server's dataset")
 
 
+SIMULATED_NODES_WAIT = 10.0
+"""Seconds a ServerApp in Flower's simulation waits for its virtual SuperNodes to register."""
+
+
+def check_simulated_nodes(grid: Grid, num_clients: int, wait: float = SIMULATED_NODES_WAIT) -> None:
+    """In Flower's simulation, fail at once when there are fewer SuperNodes than clients.
+
+    All virtual SuperNodes exist from the start there (``--federation-config
+    num-supernodes=N``; Flower's default is 2), so the strategy would wait for the missing
+    ones forever. A deployment's SuperNodes may still connect: it is left to wait.
+    """
+    from flwr.superlink.grid import InMemoryGrid
+
+    if not isinstance(grid, InMemoryGrid):
+        return
+    deadline = time.monotonic() + wait
+    while (nodes := len(list(grid.get_node_ids()))) < num_clients and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if nodes < num_clients:
+        raise ConfigError(
+            f"Flower's simulation runs {nodes} SuperNodes but the experiment has "
+            f"num_clients={num_clients}: give it as many, flwr run . --stream "
+            f'--federation-config "num-supernodes={num_clients}", or fewer clients, '
+            f"--run-config \"{keys.RUN_OVERRIDES}='num_clients={nodes}'\""
+        )
+
+
 server_app = ServerApp()
 
 
@@ -71,6 +100,7 @@ def _server_main(grid: Grid, context: Context) -> None:
 
     cfg = experiment_config(context.run_config)
     validate(cfg)
+    check_simulated_nodes(grid, int(cfg.num_clients))
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
     configure_threads(cfg.simulation.tf_threads)
     seed_everything(cfg.seed)

@@ -7,14 +7,19 @@ SuperNode per site on 127.0.0.1 with TLS and node authentication
 ``flwr run`` with the per-round lines streamed, and stops every process it started.
 
 :func:`simulate` runs the same app with ``flwr run <app>`` against Flower's local simulation
-SuperLink (which ``flwr`` starts in the background) and stops that SuperLink afterwards.
+SuperLink (started here, as ``flwr`` would start it but with time to come up on a loaded
+machine) and stops that SuperLink afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +27,17 @@ from typing import IO, Any
 
 from fedflower import keys
 from fedflower.deploy.federation import LocalFederation, RunHandle
-from fedflower.deploy.flwr_tools import flower_env, free_port, tool, write_run_config
+from fedflower.deploy.flwr_tools import (
+    HOST,
+    FederationError,
+    flower_env,
+    free_port,
+    tool,
+    write_run_config,
+)
 from fedflower.deploy.processes import terminate_tree
 from fedflower.errors import ConfigError
+from fedflower.startup import RAY_NOTICES_ENV
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +149,73 @@ def demo(
     return results
 
 
+SIMULATION_SUPERLINK_TIMEOUT = 180.0
+"""Seconds the local simulation SuperLink may take to come up (``flwr run`` itself gives it
+15 s, too little on a loaded machine)."""
+
+
+class SuperLinkNotStarted(FederationError):
+    """The local simulation SuperLink did not come up in time (no run was submitted)."""
+
+
+def simulation_env(home: Path, tag: str) -> dict[str, str]:
+    """The environment of ``flwr run`` and its local SuperLink: free ports, quiet logs.
+
+    Flower logs only errors (unless ``FLWR_LOG_LEVEL`` is set): its own notices (the changed
+    default federation size, how to resize it) are not about the user's run; Ray's notice of
+    :data:`~fedflower.startup.RAY_NOTICES_ENV` is hidden in Flower's simulation process.
+    """
+    warnings_ = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), RAY_NOTICES_ENV) if w)
+    extra = {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "FLWR_LOG_LEVEL": os.environ.get("FLWR_LOG_LEVEL", "ERROR"),
+        "PYTHONWARNINGS": warnings_,
+    }
+    env = flower_env(home, tag, extra)
+    # the connection flwr would otherwise create, announcing it ("configuration not found")
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n',
+        encoding="utf-8",
+    )
+    return env
+
+
+def start_simulation_superlink(
+    env: dict[str, str], log_path: Path, timeout: float = SIMULATION_SUPERLINK_TIMEOUT
+) -> None:
+    """Start the local simulation SuperLink ``flwr run`` would start, and wait until it serves.
+
+    The command is the one of ``flwr.cli.local_superlink`` (flwr 1.42): a SuperLink in
+    simulation mode on the ports of ``env``, with its state in ``$FLWR_HOME/local-superlink``.
+    ``flwr run`` then finds it running and submits to it. Raises :class:`SuperLinkNotStarted`
+    when it exits or does not answer its health check within ``timeout`` seconds.
+    """
+    state = Path(env["FLWR_HOME"]) / "local-superlink"
+    state.mkdir(parents=True, exist_ok=True)
+    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    args = [tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess"]
+    args += ["--control-api-address", f"{HOST}:{env['FLWR_LOCAL_CONTROL_API_PORT']}"]
+    args += ["--host", HOST, "--port", port, "--database", str(state / "state.db")]
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        health = f"http://{HOST}:{port}/health"
+        with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.5)
+    state_ = f"exited with code {proc.returncode}" if proc.poll() is not None else "no answer"
+    raise SuperLinkNotStarted(
+        f"the local simulation SuperLink did not come up within {timeout:.0f} s ({state_}); "
+        f"its log: {log_path}"
+    )
+
+
 def simulate(
     app_dir: str | Path,
     overrides: Sequence[str] = (),
@@ -143,36 +223,29 @@ def simulate(
     workdir: str | Path = "outputs/flwr-simulation",
     timeout: float = 1800.0,
     echo: IO[str] | None = None,
+    startup_timeout: float = SIMULATION_SUPERLINK_TIMEOUT,
 ) -> dict[str, Any]:
-    """``flwr run <app_dir>`` in Flower's local simulation, then stop its background SuperLink.
+    """``flwr run <app_dir>`` in Flower's local simulation, then stop its SuperLink.
 
-    ``flwr`` 1.42 starts a local SuperLink (simulation runtime) for the ``:local:``
-    connection and leaves it running; here it gets its own ``FLWR_HOME`` and free ports,
-    runtime dependency installation is disabled, and it is stopped when the run ends.
+    The local simulation SuperLink (the one ``flwr`` 1.42 starts for its ``:local:``
+    connection and leaves running) is started here first, with its own ``FLWR_HOME``, free
+    ports and up to ``startup_timeout`` seconds to come up; runtime dependency installation
+    is disabled; Ray workers' output stays in Ray's log files (``log_to_driver`` off, as
+    ``simulation=ray`` does); everything is stopped when the run ends.
     """
     root = (Path(workdir) / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out = root / "run"
     overrides = with_nodes(overrides, num_supernodes)
     run_config = write_run_config(root / "run-config.toml", overrides, out)
     tag = uuid.uuid4().hex
-    ports = {
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-    }
-    env = flower_env(root / "flwr-home", tag, ports)
-    args = [
-        tool("flwr"),
-        "run",
-        str(Path(app_dir).resolve()),
-        "--run-config",
-        str(run_config),
-        "--federation-config",
-        f"num-supernodes={num_supernodes}",
-        "--stream",
-    ]
-    handle = RunHandle.start(args, root, env, out, sys.stdout if echo is None else echo)
+    env = simulation_env(root / "flwr-home", tag)
+    federation = f"num-supernodes={num_supernodes} init-args-log-to-driver=false"
+    args = [tool("flwr"), "run", str(Path(app_dir).resolve()), "--run-config", str(run_config)]
+    args += ["--federation-config", federation, "--stream"]
     try:
+        start_simulation_superlink(env, root / "superlink.log", startup_timeout)
+        handle = RunHandle.start(args, root, env, out, sys.stdout if echo is None else echo)
         results, _ = handle.wait(timeout)
     finally:
-        terminate_tree([], tag=tag)  # the local SuperLink flwr left running, and its children
+        terminate_tree([], tag=tag)  # the SuperLink, its simulation process and Ray workers
     return results

@@ -66,6 +66,9 @@ def simulate(
     elif backend == "ray":
         from flwr.simulation import run_simulation
 
+        from fedflower.startup import quiet_library_notices
+
+        quiet_library_notices()  # after the import, which lets DeprecationWarnings through
         with quiet_flower_notices():
             run_simulation(
                 server_app=server_app,

@@ -169,6 +169,7 @@ class VirtualClockGrid(MeteredGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send the messages and start their virtual tasks at the current virtual time."""
         messages = list(messages)
+        self.count_tasks(messages)
         ids = list(self.inner.push_messages(messages))
         sizes = [crossing_nbytes(self.inner, m) for m in messages]
         self.bytes_down += sum(sizes)

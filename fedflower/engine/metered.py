@@ -8,8 +8,9 @@ strategy, synchronous or asynchronous, is metered the same way without knowing a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -45,6 +46,11 @@ def crossing_nbytes(grid: Grid, message: Message) -> int:
     return message_nbytes(message) if size is None else int(size)
 
 
+def _is_training_task(message: Message) -> bool:
+    meta, content = message.metadata, message.content
+    return meta.message_type.startswith(MessageType.TRAIN) and bool(content.array_records)
+
+
 class MeteredGrid(GridWrapper):
     """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
 
@@ -58,6 +64,21 @@ class MeteredGrid(GridWrapper):
         super().__init__(grid)
         self.bytes_down = 0
         self.bytes_up = 0
+        self.train_tasks = 0
+
+    def count_tasks(self, messages: list[Message]) -> None:
+        """Count the training tasks among messages sent to the clients.
+
+        A training task is a train message that carries a model: the several exchanges of
+        SecAgg+ in one round carry it once per client.
+        """
+        self.train_tasks += sum(1 for m in messages if _is_training_task(m))
+
+    def round_report(self) -> dict[str, Any]:
+        """``train_clients``: how many clients were sent a model to train since the last call."""
+        report = {"train_clients": self.train_tasks}
+        self.train_tasks = 0
+        return report
 
     def take(self) -> tuple[int, int]:
         """Return ``(bytes_down, bytes_up)`` since the last call and reset the counters."""
@@ -67,6 +88,7 @@ class MeteredGrid(GridWrapper):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         messages = list(messages)
+        self.count_tasks(messages)
         ids = list(self.inner.push_messages(messages))
         self.bytes_down += sum(crossing_nbytes(self.inner, m) for m in messages)
         return ids
@@ -80,6 +102,7 @@ class MeteredGrid(GridWrapper):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
+        self.count_tasks(messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         self.bytes_down += sum(crossing_nbytes(self.inner, m) for m in messages)
         self.bytes_up += sum(crossing_nbytes(self.inner, m) for m in replies)

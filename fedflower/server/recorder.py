@@ -226,12 +226,8 @@ class Recorder:
             "seconds": time.perf_counter() - self._t0,
             "eval_dropped": self.eval_dropped,
         }
-        communication = {
-            "model_bytes": model_bytes,
-            "naive_estimate": "clients x model bytes x rounds",
-            "naive_estimate_bytes": num_clients * model_bytes * len(self.rows),
-            "measured_bytes": totals["bytes_down"] + totals["bytes_up"],
-        }
+        communication = naive_estimate(self.rows, model_bytes, num_clients)
+        communication["measured_bytes"] = totals["bytes_down"] + totals["bytes_up"]
         results = {
             "config": config,
             "initial": self.initial,
@@ -259,10 +255,12 @@ class Recorder:
         table.add_row("bytes clients -> server", human_bytes(totals["bytes_up"]))
         table.add_row("measured total", human_bytes(comm["measured_bytes"]))
         if "async" not in results:  # asynchronous runs have no rounds of all clients
-            estimate = human_bytes(comm["naive_estimate_bytes"])
+            per_round = comm["clients_per_round"]
+            clients = f"{per_round:.0f}" if float(per_round).is_integer() else f"{per_round:.1f}"
+            table.add_row("clients trained per round", f"{clients} of {comm['num_clients']}")
+            table.add_row("model bytes", human_bytes(comm["model_bytes"]))
             table.add_row(
-                "naive estimate: clients x model bytes x rounds",
-                f"{estimate} (model {human_bytes(comm['model_bytes'])})",
+                f"naive estimate: {NAIVE_ESTIMATE}", human_bytes(comm["naive_estimate_bytes"])
             )
         table.add_row("wall time", f"{totals['seconds']:.1f} s")
         if results.get("virtual_time") is not None:
@@ -290,6 +288,30 @@ class Recorder:
         self.console.print(table)
         # outside the table, never wrapped: the whole path on any terminal width or in a pipe
         self.console.print(f"outputs: {self.output_dir.resolve()}", soft_wrap=True, markup=False)
+
+
+NAIVE_ESTIMATE = "clients x model bytes x rounds"
+"""What the naive traffic estimate counts: one model download per client trained, every round
+(the clients trained per round: with sampling fewer than the federation's)."""
+
+
+def naive_estimate(
+    rows: Sequence[dict[str, Any]], model_bytes: int, num_clients: int
+) -> dict[str, Any]:
+    """The naive traffic estimate of ``results.json``'s ``communication``.
+
+    The clients per round are those sent a model to train (the rows' ``train_clients``, which
+    the metering grid reports): with sampling (``fraction_train < 1``, a population of
+    clients) fewer than ``num_clients``. Rows without the field count ``num_clients``.
+    """
+    trained = sum(int(r.get("train_clients", num_clients)) for r in rows)
+    return {
+        "model_bytes": model_bytes,
+        "naive_estimate": NAIVE_ESTIMATE,
+        "naive_estimate_bytes": trained * model_bytes,
+        "num_clients": num_clients,
+        "clients_per_round": trained / len(rows) if rows else 0.0,
+    }
 
 
 def all_finite(content: RecordDict) -> bool:

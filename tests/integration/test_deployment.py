@@ -20,7 +20,7 @@ import pytest
 import tomli
 from omegaconf import DictConfig
 
-from fedflower.deploy.demo import simulate, write_site_files
+from fedflower.deploy.demo import SuperLinkNotStarted, simulate, write_site_files
 from fedflower.deploy.export import export
 from fedflower.deploy.federation import LocalFederation, Managed
 from fedflower.deploy.local_data import read_csv
@@ -155,7 +155,10 @@ def test_flwr_run_in_local_simulation_matches_fedflower(
 ) -> None:
     overrides = ["num_rounds=2", *SMALL]
     flwr_table = tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]
-    results = simulate(REPO, overrides, num_supernodes=3, workdir=tmp_path, timeout=600)
+    try:
+        results = simulate(REPO, overrides, num_supernodes=3, workdir=tmp_path, timeout=600)
+    except SuperLinkNotStarted as exc:  # a loaded machine; a failed run is not skipped
+        pytest.skip(f"Flower's local SuperLink did not start: {exc}")
     # flwr run migrates and comments out [tool.flwr.federations]; ours has none to rewrite
     assert tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"] == flwr_table
     assert "federations" not in flwr_table

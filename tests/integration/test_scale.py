@@ -38,6 +38,10 @@ def test_ten_thousand_clients_with_sampling(tmp_path: Path) -> None:
         assert SAMPLED * model_bytes < row["bytes_down"] < SAMPLED * (model_bytes + 4096)
         assert SAMPLED * model_bytes < row["bytes_up"] < SAMPLED * (model_bytes + 4096)
         assert row["fed_accuracy"] is None
+        assert row["train_clients"] == SAMPLED
+    # the naive estimate counts the sampled clients, not the population
+    assert results["communication"]["clients_per_round"] == SAMPLED
+    assert results["communication"]["naive_estimate_bytes"] == SAMPLED * model_bytes * ROUNDS
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.1
     summary = json.loads((tmp_path / "partition.json").read_text())
     assert summary["clients"] == CLIENTS

@@ -17,12 +17,19 @@ from conftest import TINY
 from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.grid import InMemoryGrid
 from omegaconf import DictConfig
 
 from fedflower.client.keras_client import KerasClient
 from fedflower.components import model_factory
 from fedflower.data.source import ClientData
-from fedflower.deploy.app import NodeClient, client_app, num_classes_of, server_app
+from fedflower.deploy.app import (
+    NodeClient,
+    check_simulated_nodes,
+    client_app,
+    num_classes_of,
+    server_app,
+)
 from fedflower.deploy.config import experiment_config, output_dir, split_overrides
 from fedflower.engine.local import LocalGrid
 from fedflower.errors import ConfigError, DataError
@@ -188,6 +195,7 @@ sys.meta_path.insert(0, Block())
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from flwr.superlink.grid import InMemoryGrid
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
 from fedflower.deploy.app import client_app
 from fedflower.deploy.local_data import write_csv
@@ -253,3 +261,24 @@ def test_fedflower_command_on_a_client_only_install_says_what_to_install(tmp_pat
     )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "pip install 'fedflower[sim]'" in res.stderr and "Traceback" not in res.stderr
+
+
+class SimulatedGrid(InMemoryGrid):
+    """Flower's simulation grid with ``nodes`` registered SuperNodes (no state behind it)."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = list(range(1, nodes + 1))
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_too_few_simulated_supernodes_fail_at_once_with_the_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        check_simulated_nodes(SimulatedGrid(2), num_clients=10, wait=0.0)
+    message = str(err.value)
+    assert "runs 2 SuperNodes" in message and "num_clients=10" in message
+    assert '--federation-config "num-supernodes=10"' in message
+    assert "overrides='num_clients=2'" in message
+    check_simulated_nodes(SimulatedGrid(3), num_clients=3, wait=0.0)  # enough: no error
+    check_simulated_nodes(LocalGrid(client_app, 2), num_clients=10, wait=0.0)  # not Flower's

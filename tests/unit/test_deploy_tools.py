@@ -117,3 +117,43 @@ def test_a_finished_process_is_not_alive_and_not_signalled() -> None:
     proc.wait(timeout=10)
     assert not alive(handle)
     assert terminate_tree([handle], grace=1.0) == []
+
+
+def test_simulation_env_is_quiet_and_has_a_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedflower.deploy.demo import simulation_env
+    from fedflower.startup import RAY_NOTICES_ENV
+
+    monkeypatch.delenv("FLWR_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("PYTHONWARNINGS", "error::UserWarning")
+    env = simulation_env(tmp_path / "home", "t1")
+    assert env["FLWR_LOG_LEVEL"] == "ERROR"  # Flower's own notices are not the user's business
+    assert env["PYTHONWARNINGS"] == f"error::UserWarning,{RAY_NOTICES_ENV}"  # the user's kept
+    ports = {env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"], env["FLWR_LOCAL_CONTROL_API_PORT"]}
+    assert len(ports) == 2 and "39091" not in ports  # never the shared default ports
+    config = tomli.loads((tmp_path / "home" / "config.toml").read_text())
+    assert config["superlink"] == {"default": "local", "local": {"address": ":local:"}}
+    monkeypatch.setenv("FLWR_LOG_LEVEL", "DEBUG")
+    assert simulation_env(tmp_path / "home", "t1")["FLWR_LOG_LEVEL"] == "DEBUG"
+
+
+def test_a_superlink_that_does_not_come_up_is_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedflower.deploy import demo
+
+    env = demo.simulation_env(tmp_path / "home", uuid.uuid4().hex)
+    monkeypatch.setattr(demo, "tool", lambda name: "false")  # exits at once, code 1
+    with pytest.raises(demo.SuperLinkNotStarted, match="exited with code 1"):
+        demo.start_simulation_superlink(env, tmp_path / "superlink.log", timeout=30)
+    sleeper = tmp_path / "sleeper"
+    sleeper.write_text("#!/bin/sh\nexec sleep 30\n")
+    sleeper.chmod(0o755)
+    monkeypatch.setattr(demo, "tool", lambda name: str(sleeper))  # runs, never answers
+    t0 = time.monotonic()
+    with pytest.raises(demo.SuperLinkNotStarted, match=r"within 1 s \(no answer\)"):
+        demo.start_simulation_superlink(env, tmp_path / "superlink.log", timeout=1)
+    assert time.monotonic() - t0 < 10
+    terminate_tree([], tag=env[TAG_VARIABLE])
+    assert not tagged(env[TAG_VARIABLE])
