@@ -186,9 +186,13 @@ class Checkpointer:
         self.objects = dict(objects)
         self.resume = resume
 
+    def due(self, server_round: int, previous: int) -> bool:
+        """Whether a multiple of ``every`` lies in ``(previous, server_round]``."""
+        return self.every > 0 and server_round // self.every > previous // self.every
+
     def save(self, server_round: int, arrays: ArrayRecord, last: bool = False) -> None:
-        """Checkpoint after ``server_round`` if it is due."""
-        if self.every <= 0 or not (last or server_round % self.every == 0):
+        """Checkpoint after ``server_round`` if it is due (or it is the ``last``)."""
+        if self.every <= 0 or not (last or self.due(server_round, server_round - 1)):
             return
         state = {
             "round": server_round,
