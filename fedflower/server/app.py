@@ -160,12 +160,13 @@ def checkpointer(
     flight ran on real nodes and cannot be re-issued identically, and the compression and
     straggler wrappers keep state of their own. Resuming such a run is refused in one line.
     """
-    if options is None or (options.every <= 0 and not options.resume):
+    if options is None:
         return None
     if isinstance(strategy, AsyncStrategy) and not isinstance(grid, VirtualClockGrid):
         if options.resume:
             raise ConfigError(f"resume: {ASYNC_UNCHECKPOINTED}; this run cannot be resumed")
-        log.warning("%s: this run writes no checkpoint", ASYNC_UNCHECKPOINTED)
+        if options.every > 0:
+            log.warning("%s: this run writes no checkpoint", ASYNC_UNCHECKPOINTED)
         return None
     objects = stateful(strategy, recorder=recorder, clock=find_clock(grid))
     return Checkpointer(
