@@ -11,12 +11,20 @@ Each robust aggregator is told the number of malicious clients ``f = round(fract
 (``num_malicious_nodes``; Multi-Krum averages ``n - f``; the trimmed mean cuts ``beta =
 fraction``, at most 0.45). Bulyan's guarantee needs ``n >= 4f + 3``: with 20 clients it is
 given ``f = min(f, 4)``, and the table marks those cells. Without an attack (``none``) the
-fraction only sets the aggregators' ``f``. Writes ``bench/results/robustness.{csv,json,md}``
-and the heatmap ``robustness.png``.
+fraction only sets the aggregators' ``f``; FedAvg and the median take no ``f``, so their
+``none`` cells are one run each, reused for every fraction. Writes
+``bench/results/robustness.{csv,json,md}`` and the heatmap ``robustness.png``.
+
+Cost, measured on this 2-core machine at load average ~4: a run is about 1.2 s of set-up and
+evaluation plus 1.1 s per round (20 Keras ``fit`` calls of ~55 ms, mostly Keras and tf.data
+per-call overhead, not arithmetic), 5.7 s for 4 rounds; the 67 distinct runs of the default
+table, one after another in this process (one TensorFlow thread), take about 7 minutes. Two
+worker processes were slower here (each pays its own TensorFlow start and first traces, and
+the cores are shared), so there are none.
 
 Usage::
 
-    nice python bench/robustness.py                      # the full table (about 10 min, 2 cores)
+    nice python bench/robustness.py                      # the full table (about 5-10 min)
     nice python bench/robustness.py --rounds 2 --fractions 0.2 --attacks none lie  # smoke
 """
 
@@ -96,6 +104,7 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         "strategy.fraction_evaluate=0.0",
         "client.steps_per_execution=8",
         "client.learning_rate=0.05",
+        "simulation.tf_threads=1",
         "progress=false",
         "output.plots=false",
         "output.save_model=false",
@@ -108,6 +117,38 @@ def run_cell(overrides: list[str], out: Path) -> dict[str, Any]:
     with redirect_stdout(io.StringIO()):
         results = run(cfg, out)
     return results
+
+
+def measure(overrides: list[str]) -> dict[str, Any]:
+    """One run's final accuracy and loss, attack totals and seconds."""
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_cell(overrides, Path(tmp) / "run")
+    totals = results.get("attack", {})
+    return {
+        "accuracy": results["final"]["accuracy"],
+        "loss": results["final"]["loss"],
+        "malicious_updates": totals.get("malicious_updates", 0),
+        "malicious_excluded": totals.get("malicious_excluded", 0),
+        "seconds": time.perf_counter() - t,
+    }
+
+
+Cell = tuple[str, str, float, tuple[str, ...], str]
+
+
+def cells(args: argparse.Namespace) -> list[Cell]:
+    """(aggregator, attack, fraction, overrides, note) of every table cell, in run order."""
+    out = []
+    for fraction in args.fractions:
+        for attack in args.attacks:
+            for name in args.aggregators:
+                strategy, note = aggregator_overrides(name, fraction, args.clients)
+                overrides = [*base_overrides(args), *strategy, f"attack={attack}"]
+                if attack != "none":
+                    overrides.append(f"attack.fraction={fraction}")
+                out.append((name, attack, fraction, tuple(overrides), note))
+    return out
 
 
 def heatmap(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
@@ -152,7 +193,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: floa
         f"Final central test accuracy after {args.rounds} rounds, {args.clients} clients, "
         f"seed {args.seed}; * Bulyan limited to f = {(args.clients - 3) // 4} (needs n >= 4f+3); "
         "- not measured. "
-        f"{len(rows)} runs in {seconds / 60:.1f} min on {platform.machine()} "
+        f"{len(rows)} cells ({runs_of(cells(args))} runs) in "
+        f"{seconds / 60:.1f} min on {platform.machine()} "
         f"({os.cpu_count()} cores, shared with other jobs)."
     )
     return "\n".join(lines) + "\n"
@@ -163,38 +205,28 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for fraction in args.fractions:
-            for attack in args.attacks:
-                for name in args.aggregators:
-                    strategy, note = aggregator_overrides(name, fraction, args.clients)
-                    overrides = [*base_overrides(args), *strategy, f"attack={attack}"]
-                    if attack != "none":
-                        overrides.append(f"attack.fraction={fraction}")
-                    t = time.perf_counter()
-                    results = run_cell(overrides, Path(tmp) / f"{name}-{attack}-{fraction}")
-                    totals = results.get("attack", {})
-                    row = {
-                        "aggregator": name,
-                        "attack": attack,
-                        "fraction": fraction,
-                        "accuracy": results["final"]["accuracy"],
-                        "loss": results["final"]["loss"],
-                        "malicious_updates": totals.get("malicious_updates", 0),
-                        "malicious_excluded": totals.get("malicious_excluded", 0),
-                        "note": note,
-                        "seconds": time.perf_counter() - t,
-                    }
-                    rows.append(row)
-                    write(rows, args, time.perf_counter() - t0)
-                    print(
-                        f"{name:<14} {attack:<10} {fraction:<4} acc {row['accuracy']:.4f} "
-                        f"excluded {row['malicious_excluded']}/{row['malicious_updates']} "
-                        f"{row['seconds']:.1f}s {note}",
-                        flush=True,
-                    )
+    table = cells(args)
+    measured: dict[tuple[str, ...], dict[str, Any]] = {}  # equal override lists run once
+    for name, attack, fraction, overrides, note in table:
+        if overrides not in measured:
+            measured[overrides] = measure(list(overrides))
+        result = measured[overrides]
+        row = {"aggregator": name, "attack": attack, "fraction": fraction, **result, "note": note}
+        rows.append(row)
+        write(rows, args, time.perf_counter() - t0)
+        print(
+            f"{name:<14} {attack:<10} {fraction:<4} acc {row['accuracy']:.4f} "
+            f"excluded {row['malicious_excluded']}/{row['malicious_updates']} "
+            f"{row['seconds']:.1f}s {note}",
+            flush=True,
+        )
     seconds = time.perf_counter() - t0
-    print(f"\n{len(rows)} runs in {seconds:.0f} s; results in {args.out}")
+    print(f"\n{len(rows)} cells, {runs_of(table)} runs in {seconds:.0f} s; results in {args.out}")
+
+
+def runs_of(table: list[Cell]) -> int:
+    """Distinct runs behind the table's cells."""
+    return len({cell[3] for cell in table})
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> None:

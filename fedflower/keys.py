@@ -57,3 +57,6 @@ COMPRESS_FEEDBACK = "error-feedback"
 COMPRESS_SEED = "seed"  # the run seed: stochastic rounding is seeded by (seed, round, node)
 COMPRESS_BASE = "base"  # a reply's arrays are the update from the received model ("received")
 COMPRESS_RESIDUAL = "compression-residual"  # error-feedback residual in the client's Context.state
+
+# Node config key of a deployed SuperNode in a run with ``attack.in_deployment=true``.
+MALICIOUS = "malicious"  # true: the node runs the run's attack; false: it never does

@@ -103,6 +103,15 @@ def _check_attack(attack: Any) -> None:
     check_number("attack.magnitude", attack.get("magnitude", 1.0), minimum=0.0)
     check_number("attack.factor", attack.get("factor", 1.0))
     check_number("attack.z", attack.get("z"), allow_none=True)
+    in_deployment = check_choice(
+        "attack.in_deployment", attack.get("in_deployment", False), (False, True)
+    )
+    if in_deployment and attack.get("name") == "lie":
+        raise ConfigError(
+            "attack=lie cannot run in a deployment (attack.in_deployment=true): its colluders "
+            "share their honest updates in one process; use sign_flip, gaussian, scale or "
+            "label_flip, which a node makes alone"
+        )
 
 
 def _check_strategy_numbers(strategy: DictConfig) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedflower import aggregation
-from fedflower.aggregation.staleness import FedBuffServer, delta, optimizer_step
+from fedflower.aggregation.staleness import FedBuffServer, delta
 from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError
 from fedflower.server.async_strategy import Arrays, AsyncStrategy, ClientUpdate
@@ -94,14 +94,26 @@ class FedBuff(AsyncStrategy):
         self._server = self._make_server(model)
 
     def _make_server(self, model: Arrays) -> FedBuffServer:
-        step = None
+        optimizer = None
         if self.server_optimizer is not None:
-            step = optimizer_step(build_server_optimizer(self.server_optimizer))
+            optimizer = build_server_optimizer(self.server_optimizer)
         elif self.server_momentum > 0:
-            step = optimizer_step(aggregation.ServerSGD(self.server_lr, self.server_momentum))
+            optimizer = aggregation.ServerSGD(self.server_lr, self.server_momentum)
         return FedBuffServer(
-            model, self.buffer_size, self.staleness, server_lr=self.server_lr, step=step
+            model, self.buffer_size, self.staleness, server_lr=self.server_lr, optimizer=optimizer
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shared asynchronous state and the FedBuff server's (buffer, optimizer moments)."""
+        server = None if self._server is None else self._server.state_dict()
+        return {**super().state_dict(), "server": server}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        if state["server"] is not None:
+            self._server = self._make_server(self.model)
+            self._server.load_state_dict(state["server"])
 
     def fold(self, update: ClientUpdate) -> Arrays | None:
         """Buffer the client's staleness-weighted delta; apply the buffer when it is full."""

@@ -8,6 +8,7 @@ default, float64 on request), block by block: memory does not grow with the numb
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,6 +120,24 @@ class WeightedMean:
                 _fold_block(flat[block], tmp, [(x[block], w) for x, w in xs], self.count == 0)
         self.total_weight += float(sum(w for _, w in updates))
         self.count += len(updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums, dtypes, total weight and count (for a checkpoint)."""
+        return {
+            "sums": None if self._sums is None else [np.array(a) for a in self._sums],
+            "dtypes": [d.str for d in self._dtypes],
+            "total_weight": self.total_weight,
+            "count": self.count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        sums = state["sums"]
+        self._sums = None if sums is None else [np.array(a) for a in sums]
+        self._dtypes = [np.dtype(d) for d in state["dtypes"]]
+        self._scratch = [np.empty(min(a.size, CHUNK), dtype=a.dtype) for a in self._sums or []]
+        self.total_weight = float(state["total_weight"])
+        self.count = int(state["count"])
 
     def reset(self) -> None:
         """Forget the updates added so far, keeping the accumulator's memory for the next ones."""

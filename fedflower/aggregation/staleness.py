@@ -261,6 +261,20 @@ class StalenessBuffer:
         self.count = 0
         return mean
 
+    def state_dict(self) -> dict[str, Any]:
+        """The pending weighted sum, its client weight and count (for a checkpoint)."""
+        return {
+            "mean": self._mean.state_dict(),
+            "total_weight": self.total_weight,
+            "count": self.count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._mean.load_state_dict(state["mean"])
+        self.total_weight = float(state["total_weight"])
+        self.count = int(state["count"])
+
 
 class FedBuffServer:
     """FedBuff's server state: the global model, its version and the update buffer.
@@ -278,6 +292,9 @@ class FedBuffServer:
     step : callable, optional
         ``(model, mean_delta) -> new model``, e.g. :func:`optimizer_step` of a server
         optimizer; overrides ``server_lr``.
+    optimizer : ServerOptimizer, optional
+        A server optimizer on the buffer's mean delta (:func:`optimizer_step`); overrides
+        ``server_lr`` and ``step``, and its moments are part of :meth:`state_dict`.
 
     Examples
     --------
@@ -297,12 +314,33 @@ class FedBuffServer:
         staleness: StalenessFn | None = None,
         server_lr: float = 1.0,
         step: Step | None = None,
+        optimizer: ServerOptimizer | None = None,
     ) -> None:
         server_lr = check_number("server_lr", server_lr, minimum=0, min_open=True)
         self.model: Arrays = [np.asarray(a) for a in model]
         self.buffer = StalenessBuffer(buffer_size, staleness)
+        self.optimizer = optimizer
+        if optimizer is not None:
+            step = optimizer_step(optimizer)
         self.step = step or partial(apply_delta, server_lr=server_lr)
         self.version = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, version, buffer and server-optimizer moments (for a checkpoint)."""
+        return {
+            "model": [np.array(a) for a in self.model],
+            "version": self.version,
+            "buffer": self.buffer.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.model = [np.array(a) for a in state["model"]]
+        self.version = int(state["version"])
+        self.buffer.load_state_dict(state["buffer"])
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
 
     def add(self, update: Sequence[np.ndarray], weight: float, staleness: int) -> bool:
         """Fold one client delta; return whether the global model was updated."""

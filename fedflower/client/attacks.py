@@ -1,7 +1,10 @@
-"""Simulated Byzantine clients as a Flower client mod (simulation only).
+"""Simulated Byzantine clients as a Flower client mod.
 
-:func:`attack_mod` returns a mod for ``ClientApp(mods=[...])``. A share ``fraction`` of the
-partitions, chosen by the seed, is malicious; on a training message a malicious client trains
+:func:`attack_mod` returns a mod for ``ClientApp(mods=[...])``. In simulation a share
+``fraction`` of the partitions, chosen by the seed, is malicious; a deployment applies the mod
+only when its run asks for it (``attack.in_deployment=true``) and then lets each SuperNode's
+node config say whether it is malicious (see :mod:`fedflower.deploy.app`). On a training
+message a malicious client trains
 honestly, then replaces its update ``delta = w_local - w_global`` by the attack's and tags its
 reply with an ``attack`` ConfigRecord (the server only records the tag, see
 :mod:`fedflower.server.attack_log`). Attacks:
@@ -48,6 +51,7 @@ class Attack:
     factor: float = 10.0
     z: float | None = None
     seed: int = 0
+    in_deployment: bool = False
 
     @property
     def active(self) -> bool:
@@ -111,17 +115,35 @@ def _replace_update(msg: Message, reply: Message, new_delta: Callable[[Arrays], 
     )
 
 
-def attack_mod(attack: Attack) -> Mod:
-    """A client mod that makes the seed-chosen share of partitions run ``attack``."""
+Role = Callable[[Context], int | None]
+"""``role(context)``: the node's id for seeding its attack if it is malicious, else ``None``."""
+
+
+def seeded_role(attack: Attack) -> Role:
+    """Malicious: the node's partition, if among :func:`malicious_partitions` (simulation)."""
+
+    def role(context: Context) -> int | None:
+        pid = int(context.node_config[keys.PARTITION_ID])
+        n = int(context.node_config[keys.NUM_PARTITIONS])
+        return pid if pid in malicious_partitions(n, attack.fraction, attack.seed) else None
+
+    return role
+
+
+def attack_mod(attack: Attack, role: Role | None = None) -> Mod:
+    """A client mod that makes the malicious nodes run ``attack``.
+
+    ``role`` says which nodes are malicious (default :func:`seeded_role`: the seed-chosen
+    share of partitions).
+    """
     colluders = Colluders()
+    role = role or seeded_role(attack)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, context)
-        pid = int(context.node_config[keys.PARTITION_ID])
-        n = int(context.node_config[keys.NUM_PARTITIONS])
-        bad = malicious_partitions(n, attack.fraction, attack.seed)
-        if pid not in bad:
+        pid = role(context)
+        if pid is None:
             return call_next(msg, context)
         if attack.name == "label_flip":
             msg.content.config_records[keys.CONFIG][keys.FLIP_LABELS] = True
@@ -131,7 +153,8 @@ def attack_mod(attack: Attack) -> Mod:
         server_round = msg.content.config_records[keys.CONFIG].get(keys.SERVER_ROUND, 0)
         rng = np.random.default_rng(derive_seed(attack.seed, int(server_round), pid))  # type: ignore[arg-type]
         if attack.name == "lie":
-            z = lie_z(n, len(bad)) if attack.z is None else attack.z
+            n = int(context.node_config[keys.NUM_PARTITIONS])
+            z = lie_z(n, round(attack.fraction * n)) if attack.z is None else attack.z
             _replace_update(msg, reply, lambda delta: colluders.lie(pid, delta, z))
         elif attack.name != "label_flip":
             _replace_update(msg, reply, lambda delta: poison(attack, delta, rng))

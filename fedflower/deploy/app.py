@@ -12,6 +12,9 @@ command from the run config's ``overrides`` string (:mod:`fedflower.deploy.confi
   (:mod:`fedflower.deploy.local_data`). Bad or missing data raises
   :class:`~fedflower.errors.DataError`, which Flower sends back as the node's error reply;
   the server logs it in one line and aggregates the other nodes' updates.
+* attacks (a red-team exercise) run only when the run asks for them with
+  ``attack=<name> attack.in_deployment=true`` in its overrides; then the SuperNodes whose node
+  config says ``malicious=true`` attack (:func:`node_role`), never by default.
 
 Federated averaging: McMahan et al., "Communication-Efficient Learning of Deep Networks from
 Decentralized Data", AISTATS 2017, arXiv:1602.05629.
@@ -36,11 +39,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
 
 from fedflower import keys
 from fedflower.client.app import to_client_app
+from fedflower.client.attacks import Attack, Role, attack_mod, seeded_role
 from fedflower.client.keras_client import KerasClient
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
@@ -249,6 +254,54 @@ def run_group(group: str) -> Callable[[Context], dict[str, Any]]:
     return options
 
 
+def node_role(attack: Attack) -> Role:
+    """Which SuperNodes run ``attack`` in a deployment that asked for it.
+
+    The node config's ``malicious`` decides (``true``: this node attacks; ``false``: it never
+    does). A node without it but with a partition id and count (a partitioned deployment such
+    as ``make deploy-demo``) attacks if its partition is among the seed-chosen
+    ``attack.fraction``, as in simulation; any other node is honest. A malicious node seeds
+    its attack by :func:`node_cid`.
+    """
+    seeded = seeded_role(attack)
+
+    def role(context: Context) -> int | None:
+        config = dict(context.node_config)
+        flag = config.get(keys.MALICIOUS)
+        if flag is None:
+            partitioned = keys.PARTITION_ID in config and keys.NUM_PARTITIONS in config
+            return seeded(context) if partitioned else None
+        if str(flag).strip().lower() not in ("true", "1", "yes"):
+            return None
+        return node_cid(config, context.node_id)
+
+    return role
+
+
+def deployed_attack_mod(options: Callable[[Context], dict[str, Any]]) -> Mod:
+    """The run's ``attack`` group as a client mod, applied only with ``attack.in_deployment``.
+
+    Without ``attack.in_deployment=true`` in the run's overrides every reply passes untouched
+    (whatever ``attack=`` says); with it, the nodes :func:`node_role` names run the attack.
+    """
+    mods: dict[Attack, Mod] = {}
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        attack = Attack(**options(context))
+        if not (attack.active and attack.in_deployment):
+            return call_next(msg, context)
+        if attack not in mods:
+            mods[attack] = attack_mod(attack, node_role(attack))
+        return mods[attack](msg, context, call_next)
+
+    return mod
+
+
 client_app = to_client_app(
-    node_client_fn, mods=[secagg_mod(run_group("secagg")), privacy_mod(run_group("privacy"))]
+    node_client_fn,
+    mods=[
+        secagg_mod(run_group("secagg")),
+        privacy_mod(run_group("privacy")),
+        deployed_attack_mod(run_group("attack")),
+    ],
 )

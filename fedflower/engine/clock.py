@@ -152,6 +152,8 @@ class VirtualClockGrid(MeteredGrid):
         self._now = 0.0
         self._seq = 0
         self._tasks: dict[str, _Task] = {}
+        self._resumed: dict[str, tuple[float, int]] = {}
+        self._replay: list[tuple[float, int]] = []
 
     @property
     def now(self) -> float:
@@ -159,28 +161,57 @@ class VirtualClockGrid(MeteredGrid):
         return self._now
 
     def state_dict(self) -> dict[str, Any]:
-        """The virtual time and task counter (between rounds no task is in flight)."""
-        return {"now": self._now, "seq": self._seq}
+        """The virtual time, task counter, bytes not yet taken, and the tasks still in flight.
+
+        A task in flight is kept as its start time and sequence number (which seeds its
+        jitter), by message id: a resumed run pushes it again through :meth:`replay`.
+        """
+        return {
+            "now": self._now,
+            "seq": self._seq,
+            "bytes": [self.bytes_down, self.bytes_up],
+            "train_tasks": self.train_tasks,
+            "tasks": {i: [t.start, t.seq] for i, t in self._tasks.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self._now, self._seq = float(state["now"]), int(state["seq"])
+        self.bytes_down, self.bytes_up = (int(b) for b in state.get("bytes", (0, 0)))
+        self.train_tasks = int(state.get("train_tasks", 0))
+        tasks = state.get("tasks", {})
+        self._resumed = {i: (float(start), int(seq)) for i, (start, seq) in tasks.items()}
+
+    def replay(self, message_ids: Sequence[str]) -> None:
+        """Make the next pushed messages the tasks ``message_ids`` of the restored state.
+
+        After :meth:`load_state_dict`, a resumed run pushes the messages of the tasks that
+        were in flight again, in this order; each gets its task's start time and sequence
+        number back (so the same duration and finish time) and is not metered again (its
+        bytes were counted when it was first sent).
+        """
+        self._replay.extend(self._resumed.pop(i) for i in message_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send the messages and start their virtual tasks at the current virtual time."""
         messages = list(messages)
-        self.count_tasks(messages)
+        replayed = min(len(self._replay), len(messages))  # tasks in flight, counted before
+        self.count_tasks(messages[replayed:])
         ids = list(self.inner.push_messages(messages))
         sizes = [crossing_nbytes(self.inner, m) for m in messages]
-        self.bytes_down += sum(sizes)
         for message_id, message, size in zip(ids, messages, sizes, strict=True):
-            self._seq += 1
+            if self._replay:  # a task in flight at the checkpoint, pushed again
+                start, seq = self._replay.pop(0)
+            else:
+                self._seq += 1
+                start, seq = self._now, self._seq
+                self.bytes_down += size
             self._tasks[message_id] = _Task(
-                seq=self._seq,
+                seq=seq,
                 message_id=message_id,
                 message=message,
                 node=message.metadata.dst_node_id,
-                start=self._now,
+                start=start,
                 train=message.metadata.message_type.startswith(MessageType.TRAIN),
                 epochs=_epochs(message),
                 bytes_down=size,

@@ -144,11 +144,29 @@ class CheckpointOptions:
     resume: bool = False
 
 
+ASYNC_UNCHECKPOINTED = (
+    "an asynchronous run is checkpointed only in simulation, on the virtual clock (a latency "
+    "model), without compression or stragglers"
+)
+
+
 def checkpointer(
     options: CheckpointOptions | None, strategy: Strategy, recorder: Recorder, grid: Grid
 ) -> Checkpointer | None:
-    """The run's :class:`Checkpointer`, or ``None`` (no checkpoint, or an async strategy)."""
-    if options is None or isinstance(strategy, AsyncStrategy):
+    """The run's :class:`Checkpointer`, or ``None`` (no checkpoint).
+
+    ``grid`` is the one the strategy talks to. An asynchronous strategy is checkpointed only
+    when that grid is the virtual clock itself: on the wall clock (a deployment) its tasks in
+    flight ran on real nodes and cannot be re-issued identically, and the compression and
+    straggler wrappers keep state of their own. Resuming such a run is refused in one line.
+    """
+    if options is None:
+        return None
+    if isinstance(strategy, AsyncStrategy) and not isinstance(grid, VirtualClockGrid):
+        if options.resume:
+            raise ConfigError(f"resume: {ASYNC_UNCHECKPOINTED}; this run cannot be resumed")
+        if options.every > 0:
+            log.warning("%s: this run writes no checkpoint", ASYNC_UNCHECKPOINTED)
         return None
     objects = stateful(strategy, recorder=recorder, clock=find_clock(grid))
     return Checkpointer(
@@ -176,6 +194,14 @@ def run_strategy(
     if checkpointer is None:
         return strategy.start(
             grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, **options
+        )
+    if isinstance(strategy, AsyncStrategy):
+        return strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            checkpoint=checkpointer,
+            **options,
         )
     first, arrays = 1, initial_arrays
     if checkpointer.resume:
@@ -213,8 +239,9 @@ def make_server_app(
     ``seed`` seeds the choice of stragglers (``client.straggler_fraction``). ``latency`` gives
     the run a virtual clock (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation
     only); without it asynchronous strategies use the wall clock, as in a deployment.
-    ``checkpoint`` makes synchronous strategies write ``checkpoint.npz`` in the recorder's
-    directory, and resume from it (see :mod:`fedflower.server.checkpoint`).
+    ``checkpoint`` makes the strategy write ``checkpoint.npz`` in the recorder's directory,
+    and resume from it (see :mod:`fedflower.server.checkpoint`; asynchronous strategies on
+    the virtual clock only, see :func:`checkpointer`).
     ``compression`` (the config group's options) encodes models and decodes updates outside
     the metering, so the bytes counted are the compressed ones.
     ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
@@ -250,15 +277,16 @@ def make_server_app(
             return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
 
         recorder.start()
+        strategy_grid = straggler_grid(wire, client_options, strategy, seed)
         result = run_strategy(
             strategy,
-            grid=straggler_grid(wire, client_options, strategy, seed),
+            grid=strategy_grid,
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
             evaluate_config=ConfigRecord({keys.BATCH_SIZE: 1024}),
             evaluate_fn=evaluate_fn,
-            checkpointer=checkpointer(checkpoint, strategy, recorder, metered),
+            checkpointer=checkpointer(checkpoint, strategy, recorder, strategy_grid),
         )
         if len(result.arrays):
             model.set_weights(result.arrays.to_numpy_ndarrays())

@@ -64,8 +64,9 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from fedflower import keys
 from fedflower.aggregation.staleness import StalenessFn, make_staleness
 from fedflower.checks import check_number
-from fedflower.engine.clock import Clock, WallClock, find_clock
-from fedflower.errors import UpdateRejected
+from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock, find_clock
+from fedflower.errors import ConfigError, UpdateRejected
+from fedflower.server.checkpoint import Checkpointer
 from fedflower.server.replies import unpack_reply
 from fedflower.server.tasks import Task, TaskTable
 
@@ -120,8 +121,9 @@ class _Run:
     task_timeout: float
     train_config: ConfigRecord
     evaluate_fn: EvaluateFn | None
+    checkpoint: Checkpointer | None = None
+    saved: int = 0
     result: Result = field(default_factory=Result)
-    folded: list[RecordDict] = field(default_factory=list)
     idle_since: float | None = None
 
 
@@ -198,6 +200,7 @@ class AsyncStrategy(Strategy):
         self._report: dict[str, Any] = {}
         self._reset_report()
         self._sync_start: tuple[int, Arrays] | None = None
+        self._folded: list[RecordDict] = []
 
     # -- what subclasses implement ------------------------------------------------------------
     def reset(self, model: Arrays) -> None:
@@ -217,6 +220,7 @@ class AsyncStrategy(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
+        checkpoint: Checkpointer | None = None,
     ) -> Result:
         """Run until the server model has been updated ``num_rounds`` times.
 
@@ -239,6 +243,10 @@ class AsyncStrategy(Strategy):
         evaluate_fn : callable, optional
             ``evaluate_fn(version, arrays)``: called for version 0 and every
             ``evaluate_every`` versions after it.
+        checkpoint : Checkpointer, optional
+            Writes the run's state every ``checkpoint.every`` versions, between two events of
+            the loop (virtual clock only); with ``checkpoint.resume`` the run continues from
+            the checkpoint instead of version 0 (see :meth:`state_dict`).
 
         Returns
         -------
@@ -249,6 +257,12 @@ class AsyncStrategy(Strategy):
         self.summary()
         t_start = time.time()
         run = self._begin(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_fn)
+        if checkpoint is not None:
+            self._attach(run, checkpoint)
+        if evaluate_fn is not None and not run.saved:  # version 0, unless resumed
+            res = evaluate_fn(0, initial_arrays)
+            if res is not None:
+                run.result.evaluate_metrics_serverapp[0] = res
         while self.version < num_rounds:
             self._dispatch(run)
             if not run.table:
@@ -262,6 +276,8 @@ class AsyncStrategy(Strategy):
             self._expire(run)
             if not replies:
                 run.clock.wait(list(run.table.tasks), run.timeout)
+            self._save(run)
+        self._save(run, last=True)
         return self._finish(run, t_start)
 
     def _begin(
@@ -279,6 +295,7 @@ class AsyncStrategy(Strategy):
         self._record = initial_arrays
         self.version = 0
         self.totals = Counter()
+        self._folded = []
         self._reset_report()
         self.reset(self.model)
         self.table = TaskTable(self.concurrency, self.seed)
@@ -293,11 +310,40 @@ class AsyncStrategy(Strategy):
             train_config=ConfigRecord() if train_config is None else train_config,
             evaluate_fn=evaluate_fn,
         )
-        if evaluate_fn is not None:
-            res = evaluate_fn(0, initial_arrays)
-            if res is not None:
-                run.result.evaluate_metrics_serverapp[0] = res
         return run
+
+    def _attach(self, run: _Run, checkpoint: Checkpointer) -> None:
+        """Checkpoint the run; when resuming, load the state and re-issue the tasks in flight."""
+        if not isinstance(run.clock, VirtualClockGrid):
+            raise ConfigError(
+                "an asynchronous run is checkpointed and resumed only in simulation, on the "
+                "virtual clock (latency model) with the strategy talking to it directly"
+            )
+        run.checkpoint = checkpoint
+        if not checkpoint.resume:
+            return
+        run.saved, _ = checkpoint.restore()
+        self._record = None
+        moved = list(run.table.tasks.items())  # in dispatch order
+        messages = [
+            m
+            for _, task in moved
+            for m in self._train_messages(
+                [task.node_id], run.train_config, task.version, run.table.models[task.version]
+            )
+        ]
+        run.clock.replay([i for i, _ in moved])
+        ids = list(run.grid.push_messages(messages))
+        run.table.rename(dict(zip([i for i, _ in moved], ids, strict=True)))
+        log.info("resumed after server version %s; %s tasks re-issued", run.saved, len(ids))
+
+    def _save(self, run: _Run, last: bool = False) -> None:
+        """Write a checkpoint when a multiple of ``checkpoint.every`` versions was passed."""
+        if run.checkpoint is None or run.saved == self.version:
+            return
+        if last or run.checkpoint.due(self.version, run.saved):
+            run.checkpoint.save(self.version, self._current_record(), last=True)
+            run.saved = self.version
 
     def _dispatch(self, run: _Run) -> None:
         """Fill the free slots with tasks for random idle nodes, from the newest model."""
@@ -342,7 +388,7 @@ class AsyncStrategy(Strategy):
             run.table.wake()
             if update is None:
                 continue
-            run.folded.append(update.content)
+            self._folded.append(update.content)
             new_model = self.fold(update)
             if new_model is not None:
                 self._advance(run, new_model)
@@ -366,10 +412,10 @@ class AsyncStrategy(Strategy):
         self.totals["updates"] += 1
         self._report["version"] = self.version
         log.info("server version %s at t=%.2f s", self.version, run.clock.now)
-        if run.folded:
-            metrics = self.train_metrics_aggr_fn(run.folded, self.weighted_by_key)
+        if self._folded:
+            metrics = self.train_metrics_aggr_fn(self._folded, self.weighted_by_key)
             run.result.train_metrics_clientapp[self.version] = metrics
-            run.folded = []
+            self._folded = []
         if run.evaluate_fn is not None and (
             self.version % self.evaluate_every == 0 or self.version >= run.num_rounds
         ):
@@ -429,26 +475,74 @@ class AsyncStrategy(Strategy):
 
     def _current_record(self) -> ArrayRecord:
         if self._record is None:
-            self._record = ArrayRecord(
-                {k: Array(np.asarray(a)) for k, a in zip(self._names, self.model, strict=True)}
-            )
+            self._record = self._record_of(self.model)
         return self._record
 
-    def _train_messages(self, node_ids: list[int], train_config: ConfigRecord) -> list[Message]:
-        config = ConfigRecord(dict(train_config))
-        config[keys.SERVER_ROUND] = self.version + 1
-        content = RecordDict(
-            {self.arrayrecord_key: self._current_record(), self.configrecord_key: config}
+    def _record_of(self, model: Arrays) -> ArrayRecord:
+        return ArrayRecord(
+            {k: Array(np.asarray(a)) for k, a in zip(self._names, model, strict=True)}
         )
+
+    def _train_messages(
+        self,
+        node_ids: list[int],
+        train_config: ConfigRecord,
+        version: int | None = None,
+        model: Arrays | None = None,
+    ) -> list[Message]:
+        """Train tasks for ``node_ids`` from ``model`` (``version``; default: the newest)."""
+        version = self.version if version is None else version
+        record = self._current_record() if model is None else self._record_of(model)
+        config = ConfigRecord(dict(train_config))
+        config[keys.SERVER_ROUND] = version + 1
+        content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
         return [
             Message(
                 content=content,
                 dst_node_id=node,
                 message_type=MessageType.TRAIN,
-                group_id=str(self.version + 1),
+                group_id=str(version + 1),
             )
             for node in node_ids
         ]
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The server state between two events of the loop, as plain data (for a checkpoint).
+
+        The global model and its version, the run's counters and the per-version report
+        accumulated so far, the metric records of the updates folded since the last version
+        (FedBuff's partly filled buffer), and the task table: each task in flight with its
+        node, start version, dispatch time and deadline, the start models those tasks still
+        reference, the resting nodes and the state of the generator that picks nodes.
+        Subclasses add their own server state (FedBuff: the buffer and optimizer moments).
+        """
+        return {
+            "names": list(self._names),
+            "model": [np.array(a) for a in self.model],
+            "version": self.version,
+            "totals": dict(self.totals),
+            "report": dict(self._report),
+            "folded": [
+                {name: dict(record) for name, record in content.metric_records.items()}
+                for content in self._folded
+            ],
+            "table": self.table.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._names = list(state["names"])
+        self.model = [np.array(a) for a in state["model"]]
+        self._record = None
+        self.version = int(state["version"])
+        self.totals = Counter(state["totals"])
+        self._report = dict(state["report"])
+        self._folded = [
+            RecordDict({name: MetricRecord(record) for name, record in content.items()})
+            for content in state["folded"]
+        ]
+        self.table.load_state_dict(state["table"])
 
     # -- reporting ----------------------------------------------------------------------------
     def _reset_report(self) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoint and resume of a synchronous run.
+"""Checkpoint and resume of a run.
 
 Flower 1.42's ``Strategy.start`` has no start round and keeps no state, so synchronous
 strategies run :func:`run_rounds` instead: the same calls in the same order as
@@ -17,6 +17,11 @@ rewrites ``metrics.jsonl`` up to the checkpoint's round and continues with the n
 the final model and metrics equal those of an uninterrupted run (wall-clock fields aside).
 A checkpoint written under another config is refused with the first differing key.
 Arrays are stored as NumPy arrays, everything else as JSON (no pickles).
+
+Asynchronous strategies (FedBuff, FedAsync) use the same :class:`Checkpointer` from their
+event loop (:meth:`fedflower.server.async_strategy.AsyncStrategy.start`): every
+``checkpoint.every`` server versions, between two events, with the task table and the virtual
+clock's tasks in flight, which a resumed run re-issues with their original start times.
 """
 
 from __future__ import annotations
@@ -186,9 +191,13 @@ class Checkpointer:
         self.objects = dict(objects)
         self.resume = resume
 
+    def due(self, server_round: int, previous: int) -> bool:
+        """Whether a multiple of ``every`` lies in ``(previous, server_round]``."""
+        return self.every > 0 and server_round // self.every > previous // self.every
+
     def save(self, server_round: int, arrays: ArrayRecord, last: bool = False) -> None:
-        """Checkpoint after ``server_round`` if it is due."""
-        if self.every <= 0 or not (last or server_round % self.every == 0):
+        """Checkpoint after ``server_round`` if it is due (or it is the ``last``)."""
+        if self.every <= 0 or not (last or self.due(server_round, server_round - 1)):
             return
         state = {
             "round": server_round,

@@ -141,6 +141,10 @@ class TaskTable:
         """Whether every connected node failed since the last accepted reply."""
         return bool(self.resting) and set(node_ids) <= self.resting
 
+    def rename(self, message_ids: dict[str, str]) -> None:
+        """Key the tasks by new message ids (``old -> new``), e.g. after re-issuing them."""
+        self.tasks = {message_ids.get(i, i): t for i, t in self.tasks.items()}
+
     def state_dict(self) -> dict[str, Any]:
         """The table as plain data (lists, dicts, numbers, arrays) for a checkpoint."""
         return {

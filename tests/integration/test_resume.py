@@ -43,9 +43,11 @@ def rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
-def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy: str) -> None:
-    args = [*TINY, f"num_rounds={ROUNDS}", f"strategy={strategy}", "output.plots=false"]
+def kill_and_resume(tmp_path: Path, args: list[str], rounds: int) -> tuple[dict, dict]:
+    """Run ``args`` whole, and killed (SIGKILL) after round (version) 2 or later then resumed.
+
+    Returns the final checkpoint of the resumed run and the one it resumed from.
+    """
     full = fedflower(args, tmp_path / "full")
     victim = fedflower(args, tmp_path / "victim")
     deadline = time.monotonic() + 600
@@ -54,25 +56,68 @@ def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy
         time.sleep(0.02)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    killed_after = checkpoint_round(tmp_path / "victim")
-    assert 2 <= killed_after < ROUNDS  # else the run was not interrupted
+    killed = load(tmp_path / "victim" / FILENAME)
+    assert 2 <= killed["round"] < rounds  # else the run was not interrupted
     resumed = fedflower([*args, f"resume={tmp_path / 'victim'}"], tmp_path / "resume-log")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read() if resumed.stderr else ""
     assert full.wait(timeout=600) == 0, full.stderr.read() if full.stderr else ""
 
     want, got = rows(tmp_path / "full"), rows(tmp_path / "victim")
-    assert len(got) == ROUNDS
+    assert len(got) == rounds
     assert got == want  # every round: losses, accuracies, bytes, virtual time
     final_full, final_resumed = (
         load(tmp_path / "full" / FILENAME),
         load(tmp_path / "victim" / FILENAME),
     )
-    assert final_full["round"] == final_resumed["round"] == ROUNDS
+    assert final_full["round"] == final_resumed["round"] == rounds
     for a, b in zip(final_full["model"], final_resumed["model"], strict=True):
         np.testing.assert_array_equal(a, b)  # bit-identical global model
+    return final_resumed, killed
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy: str) -> None:
+    args = [*TINY, f"num_rounds={ROUNDS}", f"strategy={strategy}", "output.plots=false"]
+    final_resumed, _ = kill_and_resume(tmp_path, args, ROUNDS)
     if strategy == "fedadam":
         moments = final_resumed["objects"]["strategy0"]["optimizer"]
         assert moments["m"] is not None and moments["v"] is not None
+
+
+ASYNC_VERSIONS = 10
+ASYNC = {
+    # K < concurrency: tasks are in flight at every checkpoint; server momentum has moments
+    "fedbuff": [
+        "strategy=fedbuff",
+        "strategy.buffer_size=2",
+        "strategy.server_momentum=0.5",
+    ],
+    "fedasync": ["strategy=fedasync"],
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(ASYNC))
+def test_async_resume_after_kill_equals_the_uninterrupted_run(
+    tmp_path: Path, strategy: str
+) -> None:
+    args = [
+        *TINY,
+        "num_clients=4",
+        f"num_rounds={ASYNC_VERSIONS}",
+        *ASYNC[strategy],
+        "strategy.concurrency=3",
+        "latency=lognormal",
+        "latency.jitter=0.5",
+        "output.plots=false",
+    ]
+    final, killed = kill_and_resume(tmp_path, args, ASYNC_VERSIONS)
+    assert final["objects"]["strategy0"]["version"] == ASYNC_VERSIONS
+    state = killed["objects"]["strategy0"]
+    assert state["version"] == killed["round"]
+    # tasks were in flight at the checkpoint: the resumed run re-issued them
+    in_flight = state["table"]["tasks"]
+    assert len(in_flight) >= 1
+    assert set(in_flight) <= set(killed["objects"]["clock"]["tasks"])
 
 
 def test_a_checkpoint_from_another_config_is_refused_in_one_line(tmp_path: Path) -> None:

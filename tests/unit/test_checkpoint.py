@@ -71,3 +71,26 @@ def test_server_optimizer_moments_survive_a_state_dict_round_trip() -> None:
     for t in targets[2:]:
         a, b = straight.step(a, t), fresh.step(b, t)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_an_async_run_off_the_virtual_clock_writes_none_and_refuses_to_resume(
+    tmp_path: Path,
+) -> None:
+    from flwr.clientapp import ClientApp
+
+    from fedflower.engine.clock import VirtualClockGrid
+    from fedflower.engine.latency import LatencyModel
+    from fedflower.engine.local import LocalGrid
+    from fedflower.engine.metered import MeteredGrid
+    from fedflower.server.app import CheckpointOptions, checkpointer
+    from fedflower.server.recorder import Recorder
+    from strategies.fedbuff import FedBuff
+
+    recorder = Recorder(tmp_path, 2, progress=False)
+    local = LocalGrid(ClientApp(), 2)
+    wall, virtual = MeteredGrid(local), VirtualClockGrid(local, LatencyModel())
+    write, resume = CheckpointOptions({}, every=1), CheckpointOptions({}, every=1, resume=True)
+    assert checkpointer(write, FedBuff(), recorder, wall) is None
+    assert checkpointer(write, FedBuff(), recorder, virtual) is not None
+    with pytest.raises(ConfigError, match=r"^resume: an asynchronous run is checkpointed only"):
+        checkpointer(resume, FedBuff(), recorder, wall)

@@ -177,3 +177,30 @@ def test_every_latency_option_builds(make_cfg: Callable[..., DictConfig], option
     slowdowns = [model.client_slowdown(n) for n in range(1, 50)]
     assert min(slowdowns) > 0
     assert (len(set(slowdowns)) == 1) == (option == "constant")
+
+
+def test_a_restored_clock_replays_tasks_in_flight_with_their_times_unmetered() -> None:
+    """Tasks pushed again after a restore finish when they would have, bytes counted once."""
+    jittered = LatencyModel(
+        Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9, jitter=0.5
+    )
+    grid = VirtualClockGrid(LocalGrid(echo_app(), 3), jittered)
+    first = list(grid.push_messages([train_message(1), train_message(3)]))
+    grid.wait(first)
+    (done,) = grid.pull_messages(first)
+    (second,) = grid.push_messages([train_message(2)])
+    in_flight = [i for i in (*first, second) if i != done.metadata.reply_to_message_id]
+    state = grid.state_dict()
+    assert state["bytes"][0] > 0 and set(state["tasks"]) >= set(in_flight)
+    finish = {i: grid.finish_time(i) for i in in_flight}
+
+    restored = VirtualClockGrid(LocalGrid(echo_app(), 3), jittered)
+    restored.load_state_dict(state)
+    restored.replay(in_flight)
+    nodes = {first[1]: 3, second: 2}
+    again = list(restored.push_messages([train_message(nodes[i]) for i in in_flight]))
+    assert restored.bytes_down == state["bytes"][0]  # not metered a second time
+    assert [restored.finish_time(i) for i in again] == [finish[i] for i in in_flight]
+    (new,) = restored.push_messages([train_message(1)])  # a new task continues the count
+    assert restored._tasks[new].seq == state["seq"] + 1
+    assert restored.bytes_down > state["bytes"][0]

@@ -282,3 +282,61 @@ def test_too_few_simulated_supernodes_fail_at_once_with_the_fix() -> None:
     assert "overrides='num_clients=2'" in message
     check_simulated_nodes(SimulatedGrid(3), num_clients=3, wait=0.0)  # enough: no error
     check_simulated_nodes(LocalGrid(client_app, 2), num_clients=10, wait=0.0)  # not Flower's
+
+
+def deployed_train_replies(
+    weights: list[np.ndarray], extra: list[str], nodes: list[dict[str, Any]]
+) -> list[RecordDict]:
+    """One training task from ``weights`` per node through the deployed ClientApp."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+
+    from fedflower import keys
+
+    overrides = [*TINY, *extra]
+    run_config = {"overrides": " ".join(overrides), "output-dir": "unused"}
+    grid = LocalGrid(client_app, len(nodes), nodes, run_config)
+    config = ConfigRecord({keys.LOCAL_EPOCHS: 1, keys.BATCH_SIZE: 32, keys.SERVER_ROUND: 1})
+    content = RecordDict({keys.ARRAYS: ArrayRecord(weights), keys.CONFIG: config})
+    messages = [
+        Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+        for node in grid.get_node_ids()
+    ]
+    replies = sorted(grid.send_and_receive(messages), key=lambda r: r.metadata.src_node_id)
+    assert not any(r.has_error() for r in replies)
+    return [r.content for r in replies]
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_deployed_client_attacks_only_when_the_run_asks_and_the_node_is_malicious(
+    tiny_cfg: Callable[..., DictConfig],
+) -> None:
+    from fedflower import keys
+
+    # a red team's node, a node that says it is honest, a partitioned node of the seed's share
+    nodes: list[dict[str, Any]] = [
+        {"partition-id": 0, "num-partitions": 3, keys.MALICIOUS: True},
+        {"partition-id": 1, "num-partitions": 3, keys.MALICIOUS: False},
+        {"partition-id": 2, "num-partitions": 3},
+    ]
+    attack = ["attack=sign_flip", "attack.fraction=1.0"]  # every partition in the seed's share
+    weights = global_weights(tiny_cfg, 20)
+    honest = deployed_train_replies(weights, attack, nodes)
+    attacked = deployed_train_replies(weights, [*attack, "attack.in_deployment=true"], nodes)
+    assert not any(keys.ATTACK in c for c in honest)  # asked for no deployment attack: none
+    assert [keys.ATTACK in c for c in attacked] == [True, False, True]
+    for before, after, is_attacked in zip(honest, attacked, [True, False, True], strict=True):
+        w = before.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        got = after.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        for g, h, a in zip(weights, w, got, strict=True):
+            want = g - (h - g) if is_attacked else h  # sign flip: -delta
+            np.testing.assert_allclose(a, want, rtol=1e-6, atol=1e-6)
+        assert is_attacked == any(not np.array_equal(h, a) for h, a in zip(w, got, strict=True))
+
+
+def test_lie_is_refused_in_a_deployment(tiny_cfg: Callable[..., DictConfig]) -> None:
+    from fedflower.validation import validate
+
+    with pytest.raises(ConfigError, match="attack=lie cannot run in a deployment"):
+        validate(tiny_cfg("attack=lie", "attack.in_deployment=true"))
+    with pytest.raises(ConfigError, match=r"attack\.in_deployment must be one of False, True"):
+        validate(tiny_cfg("attack=sign_flip", "attack.in_deployment=maybe"))

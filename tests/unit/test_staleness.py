@@ -260,3 +260,22 @@ def test_mix_keeps_dtypes_and_checks_inputs() -> None:
         mix(x, x, 1.5)
     with pytest.raises(UpdateRejected, match="does not match"):
         mix(x, [np.ones(3)], 0.5)
+
+
+def test_fedbuff_server_state_round_trip_mid_buffer_continues_bit_identically() -> None:
+    """Checkpointed with a half-full buffer and momentum: the copy goes on like the original."""
+    rng = np.random.default_rng(5)
+    model = arrays(rng)
+    updates = [arrays(rng) for _ in range(7)]
+    original = FedBuffServer(model, 3, Polynomial(0.5), optimizer=ServerSGD(1.0, 0.9))
+    for i, u in enumerate(updates[:4]):  # one version, then one update pending
+        original.add(u, 1.0 + i, i % 2)
+    state = original.state_dict()
+    assert state["buffer"]["count"] == 1 and state["optimizer"]["m"] is not None
+    copy = FedBuffServer(model, 3, Polynomial(0.5), optimizer=ServerSGD(1.0, 0.9))
+    copy.load_state_dict(state)
+    for i, u in enumerate(updates[4:]):
+        assert original.add(u, 2.0 + i, i) == copy.add(u, 2.0 + i, i)
+    assert original.version == copy.version == 2
+    for a, b in zip(original.model, copy.model, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -65,3 +65,12 @@ def test_state_dict_round_trip_continues_the_same_node_choices() -> None:
     table.release("a")
     restored.release("a")
     assert table.pick(range(1, 9)) == restored.pick(range(1, 9))
+
+
+def test_rename_keys_the_tasks_by_their_new_message_ids() -> None:
+    table = TaskTable(concurrency=2, seed=0)
+    table.dispatch(["a", "b"], [1, 2], version=0, model=model(0), now=1.0, timeout=5.0)
+    table.rename({"a": "x", "b": "y"})
+    assert list(table.tasks) == ["x", "y"]
+    task, start = table.release("y")  # type: ignore[misc]
+    assert task.node_id == 2 and start[0].tolist() == [0.0, 0.0]
