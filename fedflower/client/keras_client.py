@@ -16,7 +16,7 @@ from fedflower import keys
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
-from fedflower.models import evaluate
+from fedflower.models import evaluate, row_dataset
 
 Config = dict[str, Any]
 
@@ -80,7 +80,7 @@ class KerasClient:
         n = self.data.num_train
         y = self.flipped_labels() if flip else self.data.y_train
         return (
-            tf.data.Dataset.from_tensor_slices((self.data.x_train, y))
+            row_dataset(self.data.x_train, y)
             .shuffle(n, seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size)
         )
