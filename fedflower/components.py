@@ -75,13 +75,16 @@ def model_factory(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> C
     """A function that builds and compiles the model ``cfg`` describes for this data shape.
 
     ``cfg.client`` holds the compile options: ``optimizer`` (and ``learning_rate``), ``loss``
-    (``null``: the one the model's output calls for) and extra ``metrics``.
+    (``null``: the one the model's output calls for) and extra ``metrics``. Building the first
+    model in a process limits TensorFlow to ``cfg.simulation.tf_threads`` threads (Ray workers).
     """
     from hydra.utils import instantiate
 
     from fedflower.models import compile_model
 
     def build_model() -> Any:
+        # first in a worker process (simulation=ray): its TensorFlow gets the configured threads
+        configure_threads(int((cfg.get("simulation") or {}).get("tf_threads", 0)))
         model = instantiate_model(cfg.model, input_shape, num_classes)
         optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
         return compile_model(
