@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 
 import keras
@@ -71,7 +72,7 @@ def keras_client_fn(
     seed: int,
     client_cls: type[KerasClient] = KerasClient,
 ) -> ClientFn:
-    """A ``client_fn`` that builds and compiles the model once per worker process and reuses it.
+    """A ``client_fn`` that builds and compiles the model once per process and reuses it.
 
     Parameters
     ----------
@@ -84,12 +85,29 @@ def keras_client_fn(
     client_cls : type
         The client class to instantiate (a :class:`KerasClient` subclass).
     """
-    models: list[keras.Model] = []
+    token = uuid.uuid4().hex  # names this federation's model in every process its clients run in
 
     def client_fn(context: Context) -> KerasClient:
-        if not models:
-            models.append(build_model())
         cid = int(context.node_config[keys.PARTITION_ID])
-        return client_cls(models[0], client_data(cid), cid=cid, seed=seed)
+        model = process_model(token, build_model)
+        return client_cls(model, client_data(cid), cid=cid, seed=seed)
 
     return client_fn
+
+
+_PROCESS_MODEL: dict[str, keras.Model] = {}
+
+
+def process_model(token: str, build_model: Callable[[], keras.Model]) -> keras.Model:
+    """The model of federation ``token`` in this process, built on first use.
+
+    Flower's Ray engine ships the ClientApp (and the ``client_fn`` closure) with every message,
+    so a model kept in the closure would be rebuilt, and its functions traced again, for
+    every message; this module's dictionary stays in the worker process. One federation's
+    model at a time is kept.
+    """
+    model = _PROCESS_MODEL.get(token)
+    if model is None:
+        _PROCESS_MODEL.clear()
+        model = _PROCESS_MODEL[token] = build_model()
+    return model
