@@ -279,3 +279,25 @@ def test_flip_labels_trains_as_on_data_with_labels_reversed(
     honest, _, _ = KerasClient(model, data, cid=0, seed=0).fit(initial, dict(CONFIG))
     assert_same(poisoned, want)
     assert max_change(poisoned, honest) > 1e-3
+
+
+def test_process_model_is_built_once_per_federation_and_process() -> None:
+    import pickle
+
+    from fedflower.client import app
+
+    built: list[int] = []
+
+    def build() -> object:
+        built.append(1)
+        return object()
+
+    first = app.process_model("fed-a", build)
+    assert app.process_model("fed-a", build) is first and len(built) == 1
+    # what Flower's Ray engine does with every message: the closure arrives as a new copy,
+    # the process keeps the model
+    again = pickle.loads(pickle.dumps("fed-a"))
+    assert app.process_model(again, build) is first and len(built) == 1
+    other = app.process_model("fed-b", build)
+    assert other is not first and len(built) == 2
+    assert list(app._PROCESS_MODEL) == ["fed-b"]  # one federation's model at a time
