@@ -281,23 +281,26 @@ def test_flip_labels_trains_as_on_data_with_labels_reversed(
     assert max_change(poisoned, honest) > 1e-3
 
 
-def test_process_model_is_built_once_per_federation_and_process() -> None:
-    import pickle
+def test_a_shipped_client_fn_reuses_the_process_model() -> None:
+    # Flower's Ray engine sends the ClientApp, closure included, with every message
+    # (cloudpickle): each arrives as a new copy, and the model must still be built once
+    cloudpickle = pytest.importorskip("cloudpickle")
 
     from fedflower.client import app
 
-    built: list[int] = []
+    def build() -> keras.Model:  # each shipped copy carries its own copy of this function
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
 
-    def build() -> object:
-        built.append(1)
-        return object()
-
-    first = app.process_model("fed-a", build)
-    assert app.process_model("fed-a", build) is first and len(built) == 1
-    # what Flower's Ray engine does with every message: the closure arrives as a new copy,
-    # the process keeps the model
-    again = pickle.loads(pickle.dumps("fed-a"))
-    assert app.process_model(again, build) is first and len(built) == 1
-    other = app.process_model("fed-b", build)
-    assert other is not first and len(built) == 2
-    assert list(app._PROCESS_MODEL) == ["fed-b"]  # one federation's model at a time
+    data = ClientData(
+        np.zeros((4, 2), np.float32), np.zeros(4), np.zeros((0, 2), np.float32), np.zeros(0)
+    )
+    client_fn = app.keras_client_fn(build, lambda cid: data, seed=0)
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+    )
+    models = [cloudpickle.loads(cloudpickle.dumps(client_fn))(context).model for _ in range(3)]
+    assert models[0] is models[1] is models[2]  # built once, by the first copy
+    # another federation in the same process gets its own model, the first one is let go
+    other = app.keras_client_fn(build, lambda cid: data, seed=0)(context).model
+    assert other is not models[0]
+    assert len(app._PROCESS_MODEL) == 1
