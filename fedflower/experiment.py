@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
 from fedflower.client.keras_client import reset_optimizer
+from fedflower.client.local_only import local_only, wants_local_baseline
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
@@ -29,6 +30,7 @@ from fedflower.engine.clock import build_latency
 from fedflower.errors import DataError
 from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
 from fedflower.server.checkpoint import check_resumable
+from fedflower.server.per_client import PerClientLog
 from fedflower.server.privacy import make_private
 from fedflower.server.recorder import Recorder
 from fedflower.server.tracking import build_sinks
@@ -85,6 +87,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
+    baseline = wants_local_baseline(cfg.get("baseline"))
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
     configure_threads(cfg.simulation.tf_threads)
     seed_everything(cfg.seed)
@@ -102,8 +105,11 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         build_model = lambda: model  # noqa: E731
     else:
         seed_everything(cfg.seed)  # the server's own model draws the same initial weights
+    per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
+    if baseline and not cfg.get("resume"):
+        local_baseline(cfg, model, fed, per_client)
     server_app, results = experiment_server_app(
-        cfg, out, source, virtual_clock=True, build_model=build_model
+        cfg, out, source, virtual_clock=True, build_model=build_model, per_client=per_client
     )
     if isinstance(fed, FederatedData):
         print(write_partition_report(fed, out, plot=cfg.output.plots))
@@ -122,6 +128,24 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
+
+
+def local_baseline(
+    cfg: DictConfig,
+    model: keras.Model,
+    fed: FederatedData | HospitalPopulation,
+    per_client: PerClientLog,
+) -> None:
+    """``baseline=local``: each site trained alone, its evaluation as ``model = local`` rows.
+
+    The global RNGs are seeded again afterwards, so the federated run starts as without it.
+    """
+    log.info("baseline=local: training each of %d sites alone", cfg.num_clients)
+    options = OmegaConf.to_container(cfg.client, resolve=True)
+    sites = local_only(model, fed.client, cfg.num_clients, options, cfg.num_rounds, cfg.seed)  # type: ignore[arg-type]
+    for cid, metrics in sites:
+        per_client.add_local(cfg.num_rounds, str(cid), metrics)
+    seed_everything(cfg.seed)
 
 
 def client_mods(cfg: DictConfig) -> list[Mod]:
@@ -144,6 +168,7 @@ def experiment_server_app(
     source: TabularSource,
     virtual_clock: bool = False,
     build_model: Callable[[], keras.Model] | None = None,
+    per_client: PerClientLog | None = None,
 ) -> tuple[ServerApp, dict[str, Any]]:
     """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
 
@@ -152,10 +177,13 @@ def experiment_server_app(
     recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
     ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
     ``build_model`` gives the server its model (default: built from ``cfg.model``).
+    ``per_client`` receives the clients' evaluations (default: a new ``per_client.jsonl``).
     """
     config = OmegaConf.to_container(cfg, resolve=True)
     sinks = build_sinks(cfg.get("tracking"), out, config)  # type: ignore[arg-type]
     recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress, sinks=sinks)
+    if per_client is None:
+        per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
     if build_model is None:
         build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
@@ -201,5 +229,6 @@ def experiment_server_app(
             cfg.seed,
             secagg=OmegaConf.to_container(cfg.secagg, resolve=True),  # type: ignore[arg-type]
         ),
+        per_client=per_client,
     )
     return server_app, results

@@ -15,6 +15,7 @@ from fedflower import keys
 from fedflower.client.compression import compression_mod
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
+from fedflower.sites import site_name
 
 ClientFn = Callable[[Context], KerasClient]
 
@@ -59,9 +60,14 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
-        loss, num_examples, metrics = client.evaluate(parameters, _config(msg))
+        config = _config(msg)
+        loss, num_examples, metrics = client.evaluate(parameters, config)
         record = MetricRecord({keys.EVAL_LOSS: loss, **metrics, keys.NUM_EXAMPLES: num_examples})
-        return Message(RecordDict({keys.METRICS: record}), reply_to=msg)
+        content = RecordDict({keys.METRICS: record})
+        if config.get(keys.REPORT_CLIENT):  # the server cannot tell nodes apart by their ids
+            name = site_name(context.node_config, context.node_id)
+            content[keys.CLIENT_INFO] = ConfigRecord({keys.CLIENT_NAME: name})
+        return Message(content, reply_to=msg)
 
     return app
 

@@ -119,10 +119,15 @@ class KerasClient:
     def evaluate(
         self, parameters: list[np.ndarray], config: Config
     ) -> tuple[float, int, dict[str, float]]:
-        """Evaluate ``parameters`` on the local validation split (the training split if empty)."""
+        """Evaluate ``parameters`` on the local validation split (the training split if empty).
+
+        Returns the loss, the number of examples and ``eval_<metric>`` for accuracy and every
+        metric the model is compiled with (``client.metrics``).
+        """
         self.set_parameters(parameters)
         x, y = self.data.x_val, self.data.y_val
         if len(y) == 0:
             x, y = self.data.x_train, self.data.y_train
         result = evaluate(self.model, x, y, int(config.get(keys.BATCH_SIZE, 256)))
-        return float(result["loss"]), len(y), {keys.EVAL_ACCURACY: float(result["accuracy"])}
+        metrics = {f"eval_{k}": float(v) for k, v in result.items() if k != "loss"}
+        return float(result["loss"]), len(y), metrics

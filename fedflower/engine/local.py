@@ -32,6 +32,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower import keys
 from fedflower.engine.wrapper import MessageFactory
+from fedflower.sites import site_name
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,10 @@ class LocalGrid(MessageFactory, Grid):
             state=RecordDict(),
             run_config=dict(self.run_config),
         )
+
+    def node_name(self, node_id: int) -> str:
+        """Node ``node_id``'s name in per-client results (see :mod:`fedflower.sites`)."""
+        return site_name(self.context(node_id).node_config, node_id)
 
     def _execute(self, received: Message) -> Message:
         node_id = received.metadata.dst_node_id

@@ -26,6 +26,7 @@ from fedflower.server import registry
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, run_rounds, stateful
 from fedflower.server.compression import compressed_grid
+from fedflower.server.per_client import PerClientGrid, PerClientLog
 from fedflower.server.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,11 @@ ASYNC_UNCHECKPOINTED = (
 
 
 def checkpointer(
-    options: CheckpointOptions | None, strategy: Strategy, recorder: Recorder, grid: Grid
+    options: CheckpointOptions | None,
+    strategy: Strategy,
+    recorder: Recorder,
+    grid: Grid,
+    per_client: PerClientLog | None = None,
 ) -> Checkpointer | None:
     """The run's :class:`Checkpointer`, or ``None`` (no checkpoint).
 
@@ -168,7 +173,7 @@ def checkpointer(
         if options.every > 0:
             log.warning("%s: this run writes no checkpoint", ASYNC_UNCHECKPOINTED)
         return None
-    objects = stateful(strategy, recorder=recorder, clock=find_clock(grid))
+    objects = stateful(strategy, recorder=recorder, clock=find_clock(grid), per_client=per_client)
     return Checkpointer(
         recorder.output_dir, options.config, options.every, objects, resume=options.resume
     )
@@ -233,6 +238,7 @@ def make_server_app(
     checkpoint: CheckpointOptions | None = None,
     compression: dict[str, Any] | None = None,
     wrap_strategy: Callable[[Strategy], Strategy] | None = None,
+    per_client: PerClientLog | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
@@ -245,6 +251,7 @@ def make_server_app(
     ``compression`` (the config group's options) encodes models and decodes updates outside
     the metering, so the bytes counted are the compressed ones.
     ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
+    ``per_client`` receives every client's federated evaluation (synchronous strategies).
     """
     app = ServerApp()
 
@@ -261,6 +268,8 @@ def make_server_app(
         )
         if wrap_strategy is not None:
             strategy = wrap_strategy(strategy)
+        if per_client is not None and not isinstance(strategy, AsyncStrategy):
+            wire = PerClientGrid(wire, per_client)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.set_weights(arrays.to_numpy_ndarrays())
@@ -286,7 +295,9 @@ def make_server_app(
             train_config=train_config(client_options),
             evaluate_config=ConfigRecord({keys.BATCH_SIZE: 1024}),
             evaluate_fn=evaluate_fn,
-            checkpointer=checkpointer(checkpoint, strategy, recorder, strategy_grid),
+            checkpointer=checkpointer(
+                checkpoint, strategy, recorder, strategy_grid, per_client=per_client
+            ),
         )
         if len(result.arrays):
             model.set_weights(result.arrays.to_numpy_ndarrays())

@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from fedflower import keys
+from fedflower.server.per_client import per_client_lines
 from fedflower.server.tracking import Sink
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,8 @@ class Recorder:
                 f"naive estimate: {NAIVE_ESTIMATE}", human_bytes(comm["naive_estimate_bytes"])
             )
         table.add_row("wall time", f"{totals['seconds']:.1f} s")
+        for label, value in per_client_lines(results.get("per_client")):
+            table.add_row(label, value)
         if results.get("virtual_time") is not None:
             table.add_row("virtual time (latency model)", f"{results['virtual_time']:.1f} s")
         if "async" in results:
