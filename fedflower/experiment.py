@@ -17,6 +17,7 @@ from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
 from fedflower.client.keras_client import reset_optimizer
 from fedflower.client.local_only import local_only, wants_local_baseline
+from fedflower.client.personalization import Personalization, local_indices, personalization_mod
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
 from fedflower.components import configure_threads, instantiate_data, model_factory
@@ -88,6 +89,10 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     """
     validate(cfg)
     baseline = wants_local_baseline(cfg.get("baseline"))
+    personal: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
+        cfg.get("personalization") or {"name": "none"}, resolve=True
+    )
+    Personalization(**personal)  # a bad option fails here, within a second
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
     configure_threads(cfg.simulation.tf_threads)
     seed_everything(cfg.seed)
@@ -115,9 +120,9 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         print(write_partition_report(fed, out, plot=cfg.output.plots))
     else:  # a generated population: its size, not a row per client
         (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
-    client_app = to_client_app(
-        keras_client_fn(build_model, fed.client, cfg.seed), mods=client_mods(cfg)
-    )
+    indices = local_indices(model, Personalization(**personal))  # the same on every node
+    mods = [*client_mods(cfg), personalization_mod(lambda _: personal, lambda *_: indices)]
+    client_app = to_client_app(keras_client_fn(build_model, fed.client, cfg.seed), mods=mods)
     simulate(
         server_app,
         client_app,

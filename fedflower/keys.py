@@ -70,3 +70,5 @@ CLIENT_NAME = "name"
 MODEL_GLOBAL = "global"
 MODEL_PERSONAL = "personal"
 MODEL_LOCAL = "local"
+PERSONAL_STATE = "personal-model"  # Context.state ArrayRecord: local layers or Ditto's model
+START = "start"  # ArrayRecord of a train task: start from these weights (proximal to ARRAYS)

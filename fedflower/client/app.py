@@ -43,7 +43,9 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
         config = _config(msg)
-        weights, num_examples, metrics = client.fit(parameters, config)
+        start = msg.content.array_records.get(keys.START)  # Ditto's personal model
+        extra = {} if start is None else {"start": start.to_numpy_ndarrays()}
+        weights, num_examples, metrics = client.fit(parameters, config, **extra)
         if config.get(keys.RETURN_UPDATE):  # fedsgd: reply with the update w_global - w_local
             weights = [
                 np.subtract(g, w, dtype=g.dtype) for g, w in zip(parameters, weights, strict=True)

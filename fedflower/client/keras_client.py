@@ -86,20 +86,26 @@ class KerasClient:
         )
 
     def fit(
-        self, parameters: list[np.ndarray], config: Config
+        self,
+        parameters: list[np.ndarray],
+        config: Config,
+        start: list[np.ndarray] | None = None,
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train locally from ``parameters`` with the round's settings.
 
         ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`),
         and ``proximal-mu`` for FedProx (``attack-flip-labels``: train on flipped labels).
-        Returns the new weights, the number of training examples and the training metrics of
-        the last local epoch.
+        ``start`` (Ditto's personal model) is trained instead of ``parameters``, which stay
+        the proximal term's anchor. Returns the new weights, the number of training examples
+        and the training metrics of the last local epoch.
         """
         self.set_parameters(parameters)
         reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
         # FedProx: mu/2 * ||w - w_global||^2 joins the loss while mu > 0 (see client.proximal).
         with proximal(self.model, float(config.get(keys.PROXIMAL_MU, 0.0))):
+            if start is not None:
+                self.set_parameters(start)
             history = self.model.fit(
                 self.train_dataset(
                     int(config.get(keys.BATCH_SIZE, 32)),

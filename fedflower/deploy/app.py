@@ -47,6 +47,7 @@ from fedflower import keys
 from fedflower.client.app import to_client_app
 from fedflower.client.attacks import Attack, Role, attack_mod, seeded_role
 from fedflower.client.keras_client import KerasClient
+from fedflower.client.personalization import Personalization, local_indices, personalization_mod
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
 from fedflower.data.source import ClientData, TabularSource
@@ -238,6 +239,15 @@ def node_client_fn(context: Context) -> KerasClient:
     )
 
 
+def node_indices(
+    context: Context, settings: Personalization, arrays: list[np.ndarray]
+) -> list[int]:
+    """The local layers' weights in this node's model (built from the received arrays)."""
+    client = node_client_fn(context)
+    client.set_parameters(arrays)
+    return local_indices(client.model, settings)
+
+
 def run_group(group: str) -> Callable[[Context], dict[str, Any]]:
     """The run's ``group`` config group (``privacy``, ``secagg``) from a SuperNode's context."""
     cache: dict[str, dict[str, Any]] = {}
@@ -303,5 +313,6 @@ client_app = to_client_app(
         secagg_mod(run_group("secagg")),
         privacy_mod(run_group("privacy")),
         deployed_attack_mod(run_group("attack")),
+        personalization_mod(run_group("personalization"), node_indices),
     ],
 )

@@ -173,7 +173,13 @@ def checkpointer(
         if options.every > 0:
             log.warning("%s: this run writes no checkpoint", ASYNC_UNCHECKPOINTED)
         return None
-    objects = stateful(strategy, recorder=recorder, clock=find_clock(grid), per_client=per_client)
+    objects = stateful(
+        strategy,
+        recorder=recorder,
+        clock=find_clock(grid),
+        per_client=per_client,
+        nodes=_wrappers(grid)[-1],  # the engine: the clients' Context.state, when it holds it
+    )
     return Checkpointer(
         recorder.output_dir, options.config, options.every, objects, resume=options.resume
     )

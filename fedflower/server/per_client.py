@@ -110,7 +110,12 @@ class PerClientLog:
         self._file.flush()
 
     def add_local(self, server_round: int, client: str, metrics: Mapping[str, Any]) -> None:
-        """Write a local-only model's evaluation of ``client`` and keep its accuracy."""
+        """Write a local-only model's evaluation of ``client`` and keep its accuracy.
+
+        ``metrics`` are those of an evaluate reply (``eval_loss``, ``eval_accuracy``, ...).
+        """
+        local = _prefix(keys.MODEL_LOCAL)
+        metrics = {(local + k if k.startswith("eval_") else k): v for k, v in metrics.items()}
         for row in model_rows(server_round, client, metrics):
             self.local[client] = float(row.get("accuracy", float("nan")))
             self._file.write(json.dumps(row) + "\n")

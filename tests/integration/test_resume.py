@@ -62,9 +62,12 @@ def kill_and_resume(tmp_path: Path, args: list[str], rounds: int) -> tuple[dict,
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read() if resumed.stderr else ""
     assert full.wait(timeout=600) == 0, full.stderr.read() if full.stderr else ""
 
-    want, got = rows(tmp_path / "full"), rows(tmp_path / "victim")
+    victim_dir = tmp_path / "victim"
+    want, got = rows(tmp_path / "full"), rows(victim_dir)
     assert len(got) == rounds
     assert got == want  # every round: losses, accuracies, bytes, virtual time
+    per_client = [(d / "per_client.jsonl").read_text() for d in (tmp_path / "full", victim_dir)]
+    assert per_client[0] == per_client[1]  # every client's evaluation, every round
     final_full, final_resumed = (
         load(tmp_path / "full" / FILENAME),
         load(tmp_path / "victim" / FILENAME),

@@ -78,6 +78,7 @@ def test_log_streams_rows_and_keeps_only_the_last_round(tmp_path: Path) -> None:
     assert {r["round"] for r in log.final} == {2}
     log.add_local(2, "0", evaluation(0.95))
     log.add_local(2, "1", evaluation(0.5))
+    assert read_rows(tmp_path)[-1]["model"] == "local"
     block = log.run_report()["per_client"]
     assert block["round"] == 2
     assert [(s["client"], s["gain"]) for s in block["sites"]] == [
