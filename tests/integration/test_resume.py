@@ -87,6 +87,16 @@ def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy
         assert moments["m"] is not None and moments["v"] is not None
 
 
+@pytest.mark.parametrize("method", ["fedper", "ditto"])
+def test_resume_with_personal_models_equals_the_uninterrupted_run(
+    tmp_path: Path, method: str
+) -> None:
+    args = [*TINY, f"num_rounds={ROUNDS}", f"personalization={method}", "output.plots=false"]
+    final_resumed, killed = kill_and_resume(tmp_path, args, ROUNDS)
+    assert len(killed["objects"]["nodes"]) == 3  # every site's personal model was checkpointed
+    assert len(final_resumed["objects"]["nodes"]) == 3
+
+
 ASYNC_VERSIONS = 10
 ASYNC = {
     # K < concurrency: tasks are in flight at every checkpoint; server momentum has moments
