@@ -149,9 +149,8 @@ def write(table: dict[str, dict[str, dict]], argv: list[str]) -> None:
     """``bench/results/personalization.{json,md}``."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "personalization.json").write_text(json.dumps(table, indent=1) + "\n")
-    command = "python bench/personalization.py " + " ".join(
-        f"'{a}'" if " " in a else a for a in argv
-    )
+    quoted = " ".join(f"'{a}'" if " " in a else a for a in argv)
+    command = f"python bench/personalization.py {quoted}"
     (RESULTS / "personalization.md").write_text(markdown(table, command.strip()))
 
 
