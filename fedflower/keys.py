@@ -72,3 +72,9 @@ MODEL_PERSONAL = "personal"
 MODEL_LOCAL = "local"
 PERSONAL_STATE = "personal-model"  # Context.state ArrayRecord: local layers or Ditto's model
 START = "start"  # ArrayRecord of a train task: start from these weights (proximal to ARRAYS)
+# FedDyn (see fedflower.client.dynamic).
+FEDDYN_ALPHA = "feddyn-alpha"  # train config: alpha of FedDyn's dynamic regularizer
+FEDDYN_STATE = "feddyn-gradient"  # Context.state ArrayRecord: the client's g_i
+LINEAR = "linear"  # ArrayRecord of a train task: coefficients of the linear term -<g, w>
+FINETUNE_CONFIG = "finetune-config"  # Context.state ConfigRecord: the last train settings
+FINETUNE_EPOCHS = "finetune-epochs"  # evaluate config: fine-tune this many epochs first

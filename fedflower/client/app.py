@@ -13,6 +13,7 @@ from flwr.clientapp.typing import Mod
 
 from fedflower import keys
 from fedflower.client.compression import compression_mod
+from fedflower.client.dynamic import feddyn_mod
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
 from fedflower.sites import site_name
@@ -34,17 +35,21 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     ``num-examples``). The :func:`~fedflower.client.compression.compression_mod` comes first
     (it does nothing unless the server compresses), then ``mods`` in order (e.g. a simulated
     attack, :func:`fedflower.client.attacks.attack_mod`): they see the decoded model and the
-    reply before it is encoded.
+    reply before it is encoded. FedDyn's state (:func:`~fedflower.client.dynamic.feddyn_mod`,
+    idle unless the server asks for it) is innermost.
     """
-    app = ClientApp(mods=[compression_mod, *mods])
+    app = ClientApp(mods=[compression_mod, *mods, feddyn_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
         config = _config(msg)
-        start = msg.content.array_records.get(keys.START)  # Ditto's personal model
-        extra = {} if start is None else {"start": start.to_numpy_ndarrays()}
+        extra = {  # Ditto's personal model, FedDyn's linear term
+            name: record.to_numpy_ndarrays()
+            for name, key in (("start", keys.START), ("linear", keys.LINEAR))
+            if (record := msg.content.array_records.get(key)) is not None
+        }
         weights, num_examples, metrics = client.fit(parameters, config, **extra)
         if config.get(keys.RETURN_UPDATE):  # fedsgd: reply with the update w_global - w_local
             weights = [
@@ -63,6 +68,9 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
         config = _config(msg)
+        epochs = config.get(keys.FINETUNE_EPOCHS)
+        if epochs:  # personalization=finetune: the global model trained locally first
+            parameters, _, _ = client.fit(parameters, {**config, keys.LOCAL_EPOCHS: int(epochs)})
         loss, num_examples, metrics = client.evaluate(parameters, config)
         record = MetricRecord({keys.EVAL_LOSS: loss, **metrics, keys.NUM_EXAMPLES: num_examples})
         content = RecordDict({keys.METRICS: record})

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedflower import keys
+from fedflower.client.dynamic import linear_term
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
@@ -90,20 +91,23 @@ class KerasClient:
         parameters: list[np.ndarray],
         config: Config,
         start: list[np.ndarray] | None = None,
+        linear: list[np.ndarray] | None = None,
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train locally from ``parameters`` with the round's settings.
 
         ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`),
         and ``proximal-mu`` for FedProx (``attack-flip-labels``: train on flipped labels).
         ``start`` (Ditto's personal model) is trained instead of ``parameters``, which stay
-        the proximal term's anchor. Returns the new weights, the number of training examples
+        the proximal term's anchor; ``linear`` (FedDyn's ``g_i``) adds ``-<linear, w>`` to
+        the loss. Returns the new weights, the number of training examples
         and the training metrics of the last local epoch.
         """
         self.set_parameters(parameters)
         reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
         # FedProx: mu/2 * ||w - w_global||^2 joins the loss while mu > 0 (see client.proximal).
-        with proximal(self.model, float(config.get(keys.PROXIMAL_MU, 0.0))):
+        mu = float(config.get(keys.PROXIMAL_MU, 0.0))
+        with proximal(self.model, mu), linear_term(self.model, linear):
             if start is not None:
                 self.set_parameters(start)
             history = self.model.fit(

@@ -10,9 +10,9 @@ engines (and fedflower's checkpoint holds the in-process engine's contexts).
 Methods and where their settings come from:
 
 - ``finetune``: the global model fine-tuned on the site's training split for
-  ``finetune_epochs`` before evaluation (the fine-tuning evaluation of pfl-research and
-  FLSim; Yu et al., "Salvaging Federated Learning by Local Adaptation", arXiv:2002.04758,
-  one to a few epochs).
+  ``finetune_epochs`` before evaluation, with its last round's batch size and learning rate
+  (the fine-tuning evaluation of pfl-research and FLSim; Yu et al., "Salvaging Federated
+  Learning by Local Adaptation", arXiv:2002.04758, one to a few epochs).
 - ``fedper``: Arivazhagan et al., "Federated Learning with Personalization Layers",
   arXiv:1912.00818. The base layers are federated, the personalization layers (default: the
   model's last layer with weights, the head, as in the paper's experiments) stay on the site.
@@ -208,6 +208,10 @@ class PersonalModel:
         name = self.settings.name
         if name in LAYER_METHODS:
             return self._train_layers(msg, context, call_next)
+        if name == "finetune":  # fine-tune with this round's batch size and learning rate
+            config = _config(msg)
+            config.pop(keys.RETURN_UPDATE, None)
+            context.state[keys.FINETUNE_CONFIG] = ConfigRecord(config)
         reply = call_next(msg, context)
         if name == "ditto" and not reply.has_error():
             self._train_ditto(msg, context, call_next)
@@ -243,28 +247,39 @@ class PersonalModel:
         if not reply.has_error():
             self.keep(context, _arrays(reply))
 
-    def personal(self, msg: Message, context: Context, call_next: CallNext) -> list | None:
-        """The arrays of this node's personal model for an evaluation (``None``: none yet)."""
-        received = _arrays(msg)
+    def personal(self, msg: Message, context: Context) -> tuple[list, dict] | None:
+        """The personal model's arrays and evaluate config (``None``: none yet).
+
+        A fine-tuned model is trained by the evaluate handler itself (``finetune-epochs``),
+        with the batch size and learning rate of the node's last training round.
+        """
+        received, config = _arrays(msg), _config(msg)
         name = self.settings.name
         if name in LAYER_METHODS:
-            return None if self.stored(context) is None else self.merged(received, context)
+            kept = self.stored(context)
+            return None if kept is None else (self.merged(received, context), config)
         if name == "ditto":
-            return self.stored(context)
-        config = _config(msg)
-        config[keys.LOCAL_EPOCHS] = int(self.settings.finetune_epochs)
-        reply = call_next(_derived(msg, received, config, MessageType.TRAIN), context)
-        return None if reply.has_error() else _arrays(reply)
+            kept = self.stored(context)
+            return None if kept is None else (kept, config)
+        trained = context.state.config_records.get(keys.FINETUNE_CONFIG)
+        if trained is None:
+            return None
+        return received, {**dict(trained), **config, keys.FINETUNE_EPOCHS: self.epochs}
+
+    @property
+    def epochs(self) -> int:
+        """Fine-tuning epochs."""
+        return int(self.settings.finetune_epochs)
 
     def evaluate(self, msg: Message, context: Context, call_next: CallNext) -> Message:
         """The global model's evaluation reply, with the personal model's metrics added."""
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        arrays = self.personal(msg, context, call_next)
-        if arrays is None:
+        personal = self.personal(msg, context)
+        if personal is None:
             return reply
-        task = _derived(msg, arrays, _config(msg), msg.metadata.message_type)
+        task = _derived(msg, *personal, msg.metadata.message_type)
         mine = call_next(task, context)
         if mine.has_error():
             return mine

@@ -115,14 +115,15 @@ def test_ditto_trains_a_personal_model_proximal_to_the_global_one() -> None:
 def test_finetune_evaluates_the_global_model_after_local_epochs() -> None:
     log: list = []
     mod = personalization_mod(lambda _: {"name": "finetune", "finetune_epochs": 2}, lambda *_: [])
-    reply = mod(message(MessageType.EVALUATE, [4]), context(), handler(log))
-    assert reply.content.metric_records[keys.METRICS]["personal_eval_accuracy"] == 5.0
-    assert [entry[0] for entry in log] == [
-        MessageType.EVALUATE,
-        MessageType.TRAIN,
-        MessageType.EVALUATE,
-    ]
-    assert log[1][2][keys.LOCAL_EPOCHS] == 2
+    ctx = context()
+    reply = mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
+    assert "personal_eval_accuracy" not in reply.content.metric_records[keys.METRICS]
+    mod(message(MessageType.TRAIN, [4], **{keys.BATCH_SIZE: 8}), ctx, handler(log))
+    reply = mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
+    assert reply.content.metric_records[keys.METRICS]["personal_eval_accuracy"] == 4.0
+    # the evaluate handler fine-tunes: asked for 2 epochs at the last round's batch size
+    assert log[-1][0] == MessageType.EVALUATE
+    assert log[-1][2][keys.FINETUNE_EPOCHS] == 2 and log[-1][2][keys.BATCH_SIZE] == 8
 
 
 def test_none_passes_every_message_through() -> None:
