@@ -64,7 +64,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from fedflower import keys
 from fedflower.aggregation.staleness import StalenessFn, make_staleness
 from fedflower.checks import check_number
-from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock, find_clock
+from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checkpoint import Checkpointer
 from fedflower.server.replies import unpack_reply
@@ -120,7 +120,7 @@ class _Run:
     timeout: float
     task_timeout: float
     train_config: ConfigRecord
-    evaluate_fn: EvaluateFn | None
+    evaluate_fn: EvaluateFn | None = None
     checkpoint: Checkpointer | None = None
     saved: int = 0
     result: Result = field(default_factory=Result)
@@ -221,14 +221,15 @@ class AsyncStrategy(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
         checkpoint: Checkpointer | None = None,
+        clock: Clock | None = None,
     ) -> Result:
         """Run until the server model has been updated ``num_rounds`` times.
 
         Parameters
         ----------
         grid : flwr.serverapp.Grid
-            A :class:`~fedflower.engine.clock.Clock` grid (virtual time) or any Flower grid
-            (wall-clock time, arrival order).
+            The grid the tasks go through (a :class:`~fedflower.engine.clock.Clock` grid
+            itself, or wrappers around one, or any Flower grid).
         initial_arrays : ArrayRecord
             The initial global model (version 0).
         num_rounds : int
@@ -247,6 +248,10 @@ class AsyncStrategy(Strategy):
             Writes the run's state every ``checkpoint.every`` versions, between two events of
             the loop (virtual clock only); with ``checkpoint.resume`` the run continues from
             the checkpoint instead of version 0 (see :meth:`state_dict`).
+        clock : Clock, optional
+            The run's clock (the virtual clock under ``grid``'s wrappers); by default
+            ``grid`` itself when it is a :class:`~fedflower.engine.clock.Clock`, else the
+            wall clock (replies in arrival order).
 
         Returns
         -------
@@ -256,7 +261,10 @@ class AsyncStrategy(Strategy):
         log.info("Starting %s (asynchronous)", type(self).__name__)
         self.summary()
         t_start = time.time()
-        run = self._begin(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_fn)
+        if clock is None and isinstance(grid, Clock):
+            clock = grid
+        run = self._begin(grid, clock, initial_arrays, num_rounds, timeout, train_config)
+        run.evaluate_fn = evaluate_fn
         if checkpoint is not None:
             self._attach(run, checkpoint)
         if evaluate_fn is not None and not run.saved:  # version 0, unless resumed
@@ -283,13 +291,12 @@ class AsyncStrategy(Strategy):
     def _begin(
         self,
         grid: Grid,
+        clock: Clock | None,
         initial_arrays: ArrayRecord,
         num_rounds: int,
         timeout: float,
         train_config: ConfigRecord | None,
-        evaluate_fn: EvaluateFn | None,
     ) -> _Run:
-        found = find_clock(grid)
         self._names = list(initial_arrays.keys())
         self.model = initial_arrays.to_numpy_ndarrays()
         self._record = initial_arrays
@@ -301,14 +308,13 @@ class AsyncStrategy(Strategy):
         self.table = TaskTable(self.concurrency, self.seed)
         run = _Run(
             grid=grid,
-            clock=WallClock(self.poll_interval) if found is None else found,
-            wall=found is None,
+            clock=WallClock(self.poll_interval) if clock is None else clock,
+            wall=clock is None,
             table=self.table,
             num_rounds=num_rounds,
             timeout=timeout,
             task_timeout=timeout if self.task_timeout is None else self.task_timeout,
             train_config=ConfigRecord() if train_config is None else train_config,
-            evaluate_fn=evaluate_fn,
         )
         return run
 
@@ -317,7 +323,7 @@ class AsyncStrategy(Strategy):
         if not isinstance(run.clock, VirtualClockGrid):
             raise ConfigError(
                 "an asynchronous run is checkpointed and resumed only in simulation, on the "
-                "virtual clock (latency model) with the strategy talking to it directly"
+                "virtual clock (latency model) with only the meter between it and the strategy"
             )
         run.checkpoint = checkpoint
         if not checkpoint.resume:

@@ -5,11 +5,13 @@ strategies run :func:`run_rounds` instead: the same calls in the same order as
 ``Strategy.start``, from any first round, with a hook after every round. The hook writes
 ``checkpoint.npz`` in the run directory every ``checkpoint.every`` rounds, atomically (a temp
 file, fsync, then ``os.replace``): the round, the global model, the Python and NumPy global
-random states, and the ``state_dict()`` of every object that has one, found by name:
+random states, and the ``state_dict()`` of every :class:`~fedflower.engine.wrapper.Stateful`
+object the run's :class:`~fedflower.server.pipeline.Pipeline` lists, by name:
 
-* ``strategy`` and each strategy it wraps (``.strategy`` attributes, e.g. Flower's DP
-  wrappers and their accountants): server-optimizer moments, counters;
+* ``strategy0``, ``strategy1``: the strategy layers (a privacy release with its accountant,
+  then the plugin): server-optimizer moments, counters;
 * ``recorder``: the metrics rows written so far;
+* ``meter``: bytes counted since the last row;
 * ``clock``: the virtual clock's time and task counter.
 
 ``fedflower resume=<run dir>`` with the same config loads it (``load_state_dict`` on each),
@@ -143,23 +145,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def stateful(strategy: Strategy, **others: Any) -> dict[str, Any]:
-    """Objects whose ``state_dict()`` a checkpoint holds, by name.
-
-    The strategy and every strategy it wraps (``.strategy``), then ``others`` (recorder,
-    clock, ...); objects without ``state_dict``/``load_state_dict`` are left out.
-    """
-    found: dict[str, Any] = {}
-    node: Any = strategy
-    depth = 0
-    while node is not None and depth < 8:
-        found[f"strategy{depth}"] = node
-        node, depth = getattr(node, "strategy", None), depth + 1
-    found.update(others)
-    methods = ("state_dict", "load_state_dict")
-    return {k: v for k, v in found.items() if all(callable(getattr(v, m, None)) for m in methods)}
-
-
 class Checkpointer:
     """Writes (every ``every`` rounds) and restores a run's checkpoint.
 
@@ -172,7 +157,8 @@ class Checkpointer:
     every : int
         Write after every ``every``-th round and after the last one; 0 = never.
     objects : mapping
-        Named objects with ``state_dict()``/``load_state_dict()`` (see :func:`stateful`).
+        Named objects with ``state_dict()``/``load_state_dict()``
+        (:meth:`fedflower.server.pipeline.Pipeline.stateful`).
     resume : bool
         Continue from the checkpoint in ``run_dir`` instead of starting at round 1.
     """
