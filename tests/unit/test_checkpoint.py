@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,19 +79,29 @@ def test_an_async_run_off_the_virtual_clock_writes_none_and_refuses_to_resume(
 ) -> None:
     from flwr.clientapp import ClientApp
 
-    from fedflower.engine.clock import VirtualClockGrid
     from fedflower.engine.latency import LatencyModel
     from fedflower.engine.local import LocalGrid
-    from fedflower.engine.metered import MeteredGrid
     from fedflower.server.app import CheckpointOptions, checkpointer
+    from fedflower.server.pipeline import build_pipeline
     from fedflower.server.recorder import Recorder
     from strategies.fedbuff import FedBuff
 
     recorder = Recorder(tmp_path, 2, progress=False)
     local = LocalGrid(ClientApp(), 2)
-    wall, virtual = MeteredGrid(local), VirtualClockGrid(local, LatencyModel())
+
+    def pipeline(latency: LatencyModel | None, **client: float) -> Any:
+        options = {"local_epochs": 2, **client}
+        return build_pipeline(
+            local, FedBuff(), latency=latency, compression=None, client_options=options, seed=0
+        )
+
+    wall, virtual = pipeline(None), pipeline(LatencyModel())
+    straggling = pipeline(LatencyModel(), straggler_fraction=0.5)
     write, resume = CheckpointOptions({}, every=1), CheckpointOptions({}, every=1, resume=True)
-    assert checkpointer(write, FedBuff(), recorder, wall) is None
-    assert checkpointer(write, FedBuff(), recorder, virtual) is not None
+    assert checkpointer(write, wall, recorder) is None
+    assert checkpointer(write, straggling, recorder) is None
+    saved = checkpointer(write, virtual, recorder)
+    assert saved is not None
+    assert list(saved.objects) == ["strategy0", "recorder", "meter", "clock"]
     with pytest.raises(ConfigError, match=r"^resume: an asynchronous run is checkpointed only"):
-        checkpointer(resume, FedBuff(), recorder, wall)
+        checkpointer(resume, wall, recorder)

@@ -27,9 +27,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "server": BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "server"},
     "strategies": BASE | {"aggregation", "server"},
     "components": BASE | {"data", "models"},
-    "experiment": BELOW_SERVER | {"server", "components"},
-    "deploy": BELOW_SERVER | {"server", "components", "experiment", "deploy"},
-    "cli": BELOW_SERVER | {"server", "components", "experiment", "deploy", "cli"},
+    "apps": BELOW_SERVER | {"server", "components"},
+    "experiment": BELOW_SERVER | {"server", "components", "apps"},
+    "deploy": BELOW_SERVER | {"server", "components", "apps", "experiment", "deploy"},
+    "cli": BELOW_SERVER | {"server", "components", "apps", "experiment", "deploy", "cli"},
 }
 """Part -> the parts its modules may import."""
 
@@ -49,6 +50,7 @@ PARTS = {
     "fedflower.server": "server",
     "fedflower.strategies": "strategies",
     "fedflower.components": "components",
+    "fedflower.apps": "apps",  # the one place the ServerApp and ClientApp are assembled
     "fedflower.experiment": "experiment",
     "fedflower.deploy": "deploy",
     "fedflower.cli": "cli",
