@@ -21,7 +21,7 @@ from fedflower.errors import ConfigError
 from fedflower.models import evaluate
 from fedflower.server import registry
 from fedflower.server.async_strategy import AsyncStrategy
-from fedflower.server.checkpoint import Checkpointer, run_rounds
+from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
 from fedflower.server.pipeline import Pipeline, build_pipeline
 from fedflower.server.recorder import Recorder
 
@@ -142,7 +142,9 @@ def run_strategy(
     checkpointer: Checkpointer | None,
     **options: Any,
 ) -> Result:
-    """``strategy.start``, or with a checkpointer the resumable loop of the same rounds.
+    """The pipeline's strategy run by its loop: Flower's ``Strategy.start`` for synchronous
+    strategies (with the checkpoint hook and, resuming, from the checkpoint's round), the
+    event loop of :class:`~fedflower.server.async_strategy.AsyncStrategy` for asynchronous ones.
 
     A strategy that may stop early (a privacy budget) says how many rounds it will run through
     ``affordable_rounds(num_rounds) -> int``. An asynchronous strategy is given the run's
@@ -165,19 +167,13 @@ def run_strategy(
         return strategy.start(
             grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, **options
         )
-    first, arrays = 1, initial_arrays
+    done, arrays = 0, initial_arrays
     if checkpointer.resume:
         done, arrays = checkpointer.restore()
-        first = done + 1
         log.info("resuming after round %s from %s", done, checkpointer.path)
-    return run_rounds(
-        strategy,
-        grid,
-        arrays,
-        first_round=first,
-        num_rounds=num_rounds,
-        after_round=lambda rnd, a: checkpointer.save(rnd, a, last=rnd == num_rounds),
-        **options,
+    options["evaluate_fn"] = checkpointed(options["evaluate_fn"], checkpointer, done, num_rounds)
+    return (Resumed(strategy, done) if done else strategy).start(
+        grid=grid, initial_arrays=arrays, num_rounds=num_rounds - done, **options
     )
 
 
