@@ -40,7 +40,6 @@ Failed tasks and rejected updates together are the strategy's :attr:`AsyncStrate
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -75,6 +74,7 @@ log = logging.getLogger(__name__)
 Arrays = list[np.ndarray]
 MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+ROUNDLESS = "{} has no rounds: it runs its own event loop, start(grid, initial_arrays, ...)"
 
 
 @dataclass
@@ -199,7 +199,6 @@ class AsyncStrategy(Strategy):
         self._record: ArrayRecord | None = None
         self._report: dict[str, Any] = {}
         self._reset_report()
-        self._sync_start: tuple[int, Arrays] | None = None
         self._folded: list[RecordDict] = []
 
     # -- what subclasses implement ------------------------------------------------------------
@@ -600,45 +599,14 @@ class AsyncStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Messages for ``concurrency`` random nodes (for Flower's synchronous loop only).
-
-        The asynchronous loop in :meth:`start` dispatches tasks itself; this method lets the
-        strategy also run in Flower's round-based ``Strategy.start``, where every round's
-        replies are folded with staleness 0.
-        """
-        if not self.model:
-            self._names = list(arrays.keys())
-            self.model = arrays.to_numpy_ndarrays()
-            self._record = arrays
-            self.reset(self.model)
-        nodes = sorted(grid.get_node_ids())
-        rng = np.random.default_rng([self.seed, server_round])
-        picks = rng.choice(len(nodes), min(self.concurrency, len(nodes)), False)  # positions
-        chosen = [int(nodes[i]) for i in picks]
-        self._sync_start = (self.version, self.model)
-        return self._train_messages(chosen, config)
+        """Not a round-based strategy: the event loop of :meth:`start` dispatches the tasks."""
+        raise NotImplementedError(ROUNDLESS.format(type(self).__name__))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Fold a synchronous round's replies (by node id) and return the resulting model."""
-        if self._sync_start is None:
-            return None, None
-        version, start = self._sync_start
-        changed, contents = False, []
-        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
-            task = Task(reply.metadata.src_node_id, version, 0.0, math.inf)
-            outcome, update = self._accept(reply, task, start, 0.0)
-            self._count(outcome)
-            if update is None:
-                continue
-            contents.append(update.content)
-            new_model = self.fold(update)
-            if new_model is not None:
-                self.model, self._record, changed = new_model, None, True
-                self.version += 1
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
-        return (self._current_record() if changed else None), metrics
+        """Not a round-based strategy: the event loop of :meth:`start` folds the replies."""
+        raise NotImplementedError(ROUNDLESS.format(type(self).__name__))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -150,12 +150,10 @@ def test_fedbuff_k_equal_concurrency_equal_n_is_fedavg_in_every_round() -> None:
         assert_arrays_close(row["arrays"], x)
 
 
-def test_fedbuff_in_flowers_synchronous_loop_is_fedavg_too() -> None:
-    n = 3
-    fedbuff = FedBuff(concurrency=n, buffer_size=n, staleness="constant")
-    grid = LocalGrid(numeric_app(), n)
-    result = Strategy.start(fedbuff, grid, initial(), num_rounds=1)
-    assert_arrays_close(result.arrays.to_numpy_ndarrays(), fedavg_round(n))
+def test_an_async_strategy_has_no_rounds_for_flowers_loop() -> None:
+    fedbuff = FedBuff(concurrency=3, buffer_size=3)
+    with pytest.raises(NotImplementedError, match=r"^FedBuff has no rounds: it runs its own"):
+        Strategy.start(fedbuff, LocalGrid(numeric_app(), 3), initial(), num_rounds=1)
 
 
 def test_fedasync_with_one_client_follows_the_mixing_formula() -> None:
