@@ -112,10 +112,6 @@ def assert_arrays_close(a: Sequence[np.ndarray], b: Sequence[np.ndarray], **tol:
 
 
 # -- equivalences ----------------------------------------------------------------------------
-def fedavg_round(num_nodes: int) -> list[np.ndarray]:
-    return fedavg_rounds(num_nodes, 1)[-1]
-
-
 def fedavg_rounds(num_nodes: int, rounds: int) -> list[list[np.ndarray]]:
     """The global model after each of ``rounds`` FedAvg rounds over all nodes."""
     fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=num_nodes)
