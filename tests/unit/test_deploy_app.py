@@ -224,6 +224,10 @@ class _Nodes:
     def get_node_ids(self) -> list[int]:
         return self.ids
 
+    def push_messages(self, messages: list[Any]) -> list[str]:
+        self.sent = [m.metadata.dst_node_id for m in messages]
+        return [f"m{i}" for i in range(len(messages))]
+
 
 def test_async_strategy_sends_to_the_exact_deployed_node_ids() -> None:
     """Deployed SuperNodes have uint64 ids above 2**53; sampling must not round them."""
@@ -232,11 +236,16 @@ def test_async_strategy_sends_to_the_exact_deployed_node_ids() -> None:
 
     ids = [18202563475846316033, 1537970059732706817, 11027713279611365379, 7]
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    from fedflower.engine.clock import WallClock
+    from fedflower.server.async_strategy import AsyncLoop
+
     strategy = FedBuff(concurrency=3, buffer_size=2)
-    arrays = ArrayRecord([np.zeros(2, np.float32)])
-    messages = strategy.configure_train(1, arrays, ConfigRecord(), _Nodes(ids))  # type: ignore[arg-type]
-    sent = [m.metadata.dst_node_id for m in messages]
-    assert len(sent) == 3 and set(sent) <= set(ids)
+    strategy._begin(ArrayRecord([np.zeros(2, np.float32)]))
+    grid = _Nodes(ids)
+    loop = AsyncLoop(strategy, grid, WallClock(), True, 1, 60.0, 60.0, ConfigRecord())  # type: ignore[arg-type]
+    loop.dispatch()  # the loop's first transition: tasks for random idle nodes
+    assert len(grid.sent) == 3 and set(grid.sent) <= set(ids)
+    assert sorted(t.node_id for t in strategy.table.tasks.values()) == sorted(grid.sent)
 
 
 def test_fedflower_command_on_a_client_only_install_says_what_to_install(tmp_path: Path) -> None:
