@@ -21,11 +21,11 @@ import tomli
 from omegaconf import DictConfig
 
 from fedflower.deploy.demo import SuperLinkNotStarted, simulate, write_site_files
-from fedflower.deploy.export import export
 from fedflower.deploy.federation import LocalFederation, Managed
 from fedflower.deploy.local_data import read_csv
 from fedflower.deploy.processes import alive, family, tagged
 from fedflower.experiment import run
+from fedflower.export import export
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the federation runs on Linux hosts"

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from fedflower.deploy.export import export
 from fedflower.deploy.local_data import write_csv
+from fedflower.export import export
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BASE = frozenset({"base"})
 BELOW_SERVER = BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "client"}
+BELOW_SERVER |= {"outputs"}
 ALLOWED: dict[str, frozenset[str]] = {
     "base": BASE,
     "validation": BASE | {"aggregation"},  # compression options are checked by their codecs
@@ -24,7 +25,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "models": BASE,
     "engine": BASE | {"validation", "engine"},
     "client": BASE | {"validation", "aggregation", "wire", "data", "models", "client"},
-    "server": BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "server"},
+    "outputs": BASE | {"outputs"},  # run files, their reader, console and plot sinks
+    "server": BASE
+    | {"validation", "aggregation", "wire", "data", "models", "engine", "server"}
+    | {"outputs"},
     "strategies": BASE | {"aggregation", "server"},
     "components": BASE | {"data", "models"},
     "experiment": BELOW_SERVER | {"server", "components"},
@@ -53,6 +57,9 @@ PARTS = {
     "fedflower.deploy": "deploy",
     "fedflower.cli": "cli",
     "fedflower.compare": "cli",  # fedflower-compare: reads multirun directories
+    "fedflower.export": "cli",  # fedflower export: a run's model to TFLite
+    "fedflower.deploy.cli": "cli",  # fedflower-deploy: a front door like fedflower
+    "fedflower.outputs": "outputs",
     "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }
