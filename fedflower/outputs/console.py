@@ -125,4 +125,4 @@ def _base_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
             ("model bytes", human_bytes(comm["model_bytes"])),
             (f"naive estimate: {NAIVE_ESTIMATE}", human_bytes(comm["naive_estimate_bytes"])),
         ]
-    return rows + [("wall time", f"{totals['seconds']:.1f} s")]
+    return [*rows, ("wall time", f"{totals['seconds']:.1f} s")]
