@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import FakeGrid
 
 from fedflower import keys
 
@@ -38,11 +39,6 @@ def trimmed_mean_cls(monkeypatch: pytest.MonkeyPatch) -> type:
     from fedflower_trimmedmean.strategy import TrimmedMean
 
     return TrimmedMean
-
-
-class FakeGrid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2, 3, 4, 5]
 
 
 def test_example_is_small() -> None:
