@@ -8,7 +8,6 @@ environment is never modified.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from helpers import FakeGrid
+from helpers import FakeGrid, run_fedflower
 
 from fedflower import keys
 
@@ -103,10 +102,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fedflower(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="3", TQDM_DISABLE="1")
-    return subprocess.run(
-        [str(FEDFLOWER), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_fedflower(args, cwd=cwd, env={"PYTHONPATH": str(site)}, program=FEDFLOWER)
 
 
 @pytest.mark.slow
