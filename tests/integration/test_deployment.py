@@ -65,6 +65,7 @@ def mentioning(text: str) -> list[psutil.Process]:
     return [p for p in found if alive(p) and text in " ".join(p.info["cmdline"] or [])]
 
 
+@pytest.mark.slow
 def test_unknown_and_unauthenticated_supernodes_are_refused(tmp_path: Path) -> None:
     with LocalFederation(tmp_path / "fed", [], startup_timeout=60) as fed:
         unknown = fed.start_unknown_supernode({"partition-id": 0, "num-partitions": 1})
@@ -171,6 +172,7 @@ def test_flwr_run_in_local_simulation_matches_fedflower(
     assert not mentioning(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_tflite_export_matches_keras_on_the_test_set(
     tiny_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:

@@ -7,7 +7,6 @@ environment is never modified.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from helpers import FakeGrid, run_fedflower
 
 from fedflower import keys
+from fedflower.outputs import RunDir
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "strategy-plugin"
 FEDFLOWER = Path(sys.executable).with_name("fedflower")
@@ -119,7 +119,7 @@ def test_installed_plugin_is_listed_and_runs_end_to_end(plugin_site: Path, tmp_p
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    results = json.loads((out / "results.json").read_text())
+    results = RunDir(out).results()
     assert results["config"]["strategy"]["name"] == "trimmedmean"
     assert results["config"]["strategy"]["beta"] == 0.34
     assert results["config"]["strategy"]["min_train_nodes"] == 1  # from fedflower's fedavg.yaml

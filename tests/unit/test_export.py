@@ -1,4 +1,4 @@
-"""``fedflower export --out`` with a relative path: written there, reported with its whole path."""
+"""fedflower.export: a relative ``--out`` is written there, reported with its whole path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from fedflower.deploy.local_data import write_csv
 from fedflower.export import export
 
 
-@pytest.mark.slow
 def test_relative_out_is_reported_as_an_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
