@@ -86,18 +86,19 @@ def test_a_node_with_bad_data_is_reported_and_the_run_goes_on(
     assert results["final"]["accuracy"] > results["initial"]["accuracy"]
 
 
+def run_script(script: Path, arg: str) -> subprocess.CompletedProcess[str]:
+    """Run a Python script with one argument in a fresh interpreter, output captured."""
+    return subprocess.run(
+        [sys.executable, str(script), arg], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
 def test_slim_client_imports_no_simulation_or_plotting_package(tmp_path: Path) -> None:
     """A SuperNode with a data file runs the ClientApp with ray, datasets, flwr-datasets,
     scikit-learn, pandas and matplotlib made unimportable."""
     script = tmp_path / "slim.py"
     script.write_text(SLIM_CLIENT)
-    res = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "site.csv")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    res = run_script(script, str(tmp_path / "site.csv"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "OK loaded=[]" in res.stdout
 
@@ -146,12 +147,6 @@ def test_fedflower_command_on_a_client_only_install_says_what_to_install(tmp_pat
         "from fedflower.cli import main\n"
         "main()\n"
     )
-    res = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    res = run_script(script, str(tmp_path / "out"))
     assert res.returncode == 2, res.stderr[-2000:]
     assert "pip install 'fedflower[sim]'" in res.stderr and "Traceback" not in res.stderr
