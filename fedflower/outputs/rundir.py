@@ -12,6 +12,8 @@ METRICS_FILE = "metrics.jsonl"
 """One JSON object per round, written as the round ends."""
 RESULTS_FILE = "results.json"
 """The run's summary (configuration, final metrics, totals), written when the run ends."""
+PER_CLIENT_FILE = "per_client.jsonl"
+"""One JSON object per client and round, for runs that record them."""
 PLOT_FILE = "history.png"
 MODEL_FILE = "model.keras"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
@@ -55,11 +57,21 @@ class RunDir:
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of ``metrics.jsonl`` so far (none before the first round ends)."""
-        if not self.metrics_path.is_file():
+        return self.rows(METRICS_FILE)
+
+    def metrics_frame(self) -> Any:
+        """``metrics.jsonl`` as a pandas DataFrame, one row per round (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.metrics())
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        """The rows of the JSON-lines file ``name`` in the run directory (none if absent)."""
+        path = self.path / name
+        if not path.is_file():
             return []
         try:
-            lines = self.metrics_path.read_text().splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read the run in {self.path}: {exc}") from exc
 

@@ -33,6 +33,8 @@ def test_written_rows_and_results_read_back(tmp_path: Path) -> None:
     lines = run.metrics_path.read_text().splitlines()
     assert lines == [json.dumps(r) for r in ROWS]  # one compact JSON object a line
     assert run.results_path.read_text().endswith("}\n")
+    frame = run.metrics_frame()
+    assert list(frame["round"]) == [1, 2, 3] and frame["accuracy"].iloc[-1] == ROWS[2]["accuracy"]
     assert [r.path for r in find_runs(tmp_path)] == [run.path]
 
 
