@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BASE = frozenset({"base"})
 BELOW_SERVER = BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "client"}
-BELOW_SERVER |= {"outputs"}
+BELOW_SERVER |= {"outputs"}  # a run's files: the server writes them, the parts above read them
 ALLOWED: dict[str, frozenset[str]] = {
     "base": BASE,
     "validation": BASE | {"aggregation"},  # compression options are checked by their codecs
@@ -72,6 +72,7 @@ PARTS = {
 
 FORBIDDEN_PACKAGES = {
     "aggregation": {"flwr", "tensorflow", "keras"},  # pure NumPy math
+    "outputs": {"flwr", "tensorflow", "keras"},  # reading a run stays cheap
     "fedflower.validation": {"flwr", "tensorflow", "keras"},  # runs before the heavy imports
 }
 
