@@ -164,7 +164,7 @@ def main() -> None:
     """Entry point of the ``fedflower`` console script."""
     argv = sys.argv[1:]
     if argv[:1] == ["export"]:  # `fedflower export model.keras --to tflite` (not a Hydra run)
-        from fedflower.deploy.export import main as export_main
+        from fedflower.export import main as export_main
 
         raise SystemExit(export_main(argv[1:]))
     if "--list-strategies" in argv:

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_environment_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
-        from fedflower.deploy.export import main as export_main
+        from fedflower.export import main as export_main
 
         return export_main(argv[1:])
     args = _parser().parse_args(argv)

@@ -14,8 +14,9 @@ from fedflower.strategies.fedsgd import FedSGD
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from helpers import FakeGrid, make_reply
 from omegaconf import DictConfig
-from test_strategy import NODES, FakeGrid, global_model, make_reply
+from test_strategy import NODES, global_model
 
 from fedflower import keys
 from fedflower.aggregation.privacy import PrivacyAccountant, l2_norm
