@@ -22,13 +22,18 @@ QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
 
 
 class FakeGrid:
-    """Just enough of a Grid for a strategy's node sampling (``configure_train``)."""
+    """Just enough of a Grid for a strategy's node sampling and the async loop's dispatch."""
 
     def __init__(self, node_ids: Sequence[int] = (1, 2, 3, 4, 5)) -> None:
         self.node_ids = list(node_ids)
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)
+
+    def push_messages(self, messages: Sequence[Message]) -> list[str]:
+        """Record the destination of each message (``sent``) and give each an id."""
+        self.sent = [m.metadata.dst_node_id for m in messages]
+        return [f"m{i}" for i in range(len(messages))]
 
 
 def make_reply(

@@ -115,10 +115,12 @@ def test_async_strategy_sends_to_the_exact_deployed_node_ids() -> None:
     from fedflower.server.async_strategy import AsyncLoop
 
     strategy = FedBuff(concurrency=3, buffer_size=2)
-    arrays = ArrayRecord([np.zeros(2, np.float32)])
-    messages = strategy.configure_train(1, arrays, ConfigRecord(), FakeGrid(ids))  # type: ignore[arg-type]
-    sent = [m.metadata.dst_node_id for m in messages]
-    assert len(sent) == 3 and set(sent) <= set(ids)
+    strategy._begin(ArrayRecord([np.zeros(2, np.float32)]))
+    grid = FakeGrid(ids)
+    loop = AsyncLoop(strategy, grid, WallClock(), True, 1, 60.0, 60.0, ConfigRecord())  # type: ignore[arg-type]
+    loop.dispatch()  # the loop's first transition: tasks for random idle nodes
+    assert len(grid.sent) == 3 and set(grid.sent) <= set(ids)
+    assert sorted(t.node_id for t in strategy.table.tasks.values()) == sorted(grid.sent)
 
 
 class SimulatedGrid(InMemoryGrid):
