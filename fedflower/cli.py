@@ -109,7 +109,7 @@ def precheck(argv: Sequence[str]) -> None:
         fail(str(exc))
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
         fail(hydra_error_line(exc))
-    from fedflower.validation import validate
+    from fedflower.server.rules import validate
 
     for cfg in configs:
         try:

@@ -31,8 +31,8 @@ from fedflower.server.app import CheckpointOptions, make_server_app, model_nbyte
 from fedflower.server.checkpoint import check_resumable
 from fedflower.server.privacy import make_private
 from fedflower.server.recorder import Recorder
+from fedflower.server.rules import validate
 from fedflower.server.tracking import build_sinks
-from fedflower.validation import validate
 
 log = logging.getLogger(__name__)
 

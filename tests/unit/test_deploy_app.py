@@ -334,7 +334,7 @@ def test_deployed_client_attacks_only_when_the_run_asks_and_the_node_is_maliciou
 
 
 def test_lie_is_refused_in_a_deployment(tiny_cfg: Callable[..., DictConfig]) -> None:
-    from fedflower.validation import validate
+    from fedflower.server.rules import validate
 
     with pytest.raises(ConfigError, match="attack=lie cannot run in a deployment"):
         validate(tiny_cfg("attack=lie", "attack.in_deployment=true"))

@@ -14,17 +14,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = frozenset({"base"})
-BELOW_SERVER = BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "client"}
+BELOW_SERVER = BASE | {"aggregation", "wire", "data", "models", "engine", "client"}
 ALLOWED: dict[str, frozenset[str]] = {
     "base": BASE,
-    "validation": BASE | {"aggregation"},  # compression options are checked by their codecs
     "wire": BASE | {"aggregation"},
     "aggregation": BASE | {"aggregation"},
     "data": BASE | {"data"},
     "models": BASE,
-    "engine": BASE | {"validation", "engine"},
-    "client": BASE | {"validation", "aggregation", "wire", "data", "models", "client"},
-    "server": BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "server"},
+    "engine": BASE | {"engine"},
+    "client": BASE | {"aggregation", "wire", "data", "models", "client"},
+    "server": BASE | {"aggregation", "wire", "data", "models", "engine", "server"},
     "strategies": BASE | {"aggregation", "server"},
     "components": BASE | {"data", "models"},
     "experiment": BELOW_SERVER | {"server", "components"},
@@ -40,7 +39,6 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
-    "fedflower.validation": "validation",  # config checks: neither TensorFlow nor Flower
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
@@ -60,7 +58,8 @@ PARTS = {
 
 FORBIDDEN_PACKAGES = {
     "aggregation": {"flwr", "tensorflow", "keras"},  # pure NumPy math
-    "fedflower.validation": {"flwr", "tensorflow", "keras"},  # runs before the heavy imports
+    # typed options Hydra reads while composing, before the heavy imports
+    "fedflower.server.options": {"flwr", "tensorflow", "keras"},
 }
 
 
