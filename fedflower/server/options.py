@@ -2,7 +2,7 @@
 
 One dataclass per option of each group (``conf/privacy/<name>.yaml``, ``conf/secagg/<name>.yaml``).
 Hydra uses them as the groups' schemas (registered in its ``ConfigStore`` by
-:func:`fedflower.schemas.register`), so it refuses unknown keys and values of the wrong type
+:func:`register`), so it refuses unknown keys and values of the wrong type
 while composing; the rules on values (ranges, choices) run when an option is built
 (``__post_init__``), with the message ``<key> must be <rule>, got <value>``. This module
 imports neither Flower nor TensorFlow: the command line checks a config before those load.
@@ -168,3 +168,23 @@ def build_options(group: str, options: Mapping[str, Any], kinds: Mapping[str, ty
         return kinds[name](**options)
     except TypeError as exc:
         raise ConfigError(f"{group}={name}: {exc}") from exc
+
+
+SCHEMA_GROUP = "schema"
+"""Where the schemas sit in Hydra's ``ConfigStore``: ``schema/<group>/<option>``, named in the
+defaults list of ``conf/<group>/<option>.yaml`` as ``/schema/<group>/<option>@_here_``."""
+
+
+def register() -> None:
+    """Store every option's dataclass in Hydra's ``ConfigStore`` as its YAML file's schema.
+
+    Called by fedflower's Hydra search-path plugin (``hydra_plugins.fedflower_searchpath``)
+    whenever Hydra starts for fedflower, so every composition (the CLI, the compose API,
+    ``flwr run``) types these groups.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, kinds in (("privacy", PRIVACY), ("secagg", SECAGG)):
+        for name, node in kinds.items():
+            store.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
