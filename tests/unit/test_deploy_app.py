@@ -18,6 +18,7 @@ from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import InMemoryGrid
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from fedflower.client.keras_client import KerasClient
@@ -338,5 +339,5 @@ def test_lie_is_refused_in_a_deployment(tiny_cfg: Callable[..., DictConfig]) -> 
 
     with pytest.raises(ConfigError, match="attack=lie cannot run in a deployment"):
         validate(tiny_cfg("attack=lie", "attack.in_deployment=true"))
-    with pytest.raises(ConfigError, match=r"attack\.in_deployment must be one of False, True"):
-        validate(tiny_cfg("attack=sign_flip", "attack.in_deployment=maybe"))
+    with pytest.raises(HydraException, match="in_deployment"):  # typed: Hydra refuses it
+        tiny_cfg("attack=sign_flip", "attack.in_deployment=maybe")
