@@ -22,7 +22,7 @@ from fedflower.data.source import TabularSource
 from fedflower.engine import simulate
 from fedflower.errors import DataError
 from fedflower.server.checkpoint import check_resumable
-from fedflower.validation import validate
+from fedflower.server.rules import validate
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,7 @@ server_app = ServerApp()
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
     """Run the experiment the run config names against the SuperNodes of ``grid``."""
-    from fedflower.validation import validate
+    from fedflower.server.rules import validate
 
     cfg = experiment_config(context.run_config)
     validate(cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,63 +18,13 @@ from fedflower.data.source import TabularSource
 from fedflower.engine.latency import LatencyModel
 from fedflower.errors import ConfigError
 from fedflower.models import evaluate
-from fedflower.server import registry
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
 from fedflower.server.pipeline import Pipeline, build_pipeline
 from fedflower.server.recorder import Recorder
+from fedflower.server.registry import build_strategy
 
 log = logging.getLogger(__name__)
-
-
-def strategy_options(cls: type) -> list[str] | None:
-    """Keyword options a strategy class accepts, following ``**options`` up its bases.
-
-    A subclass may name only its own options and pass ``**options`` on to its base; the
-    options are then collected from each ``__init__`` up the MRO until one that takes no
-    ``**kwargs``. ``None`` if the chain never closes (then no option can be checked).
-    """
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names += [
-            p.name
-            for p in params
-            if p.name != "self"
-            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-            and p.name not in names
-        ]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names
-    return None
-
-
-def build_strategy(options: dict[str, Any], **runtime: Any) -> Strategy:
-    """Instantiate the strategy plugin named ``options["name"]`` with the other options.
-
-    ``runtime`` objects (e.g. metric hooks) are passed only when the class accepts them.
-    """
-    options = dict(options)
-    name = options.pop("name", None)
-    if not name:
-        raise ConfigError("strategy.name is missing")
-    cls = registry.load(name)
-    params = strategy_options(cls)
-    if params is not None:
-        unknown = sorted(set(options) - set(params))
-        if unknown:
-            raise ConfigError(
-                f"strategy {name!r} has no option {', '.join(unknown)}; "
-                f"its options: {', '.join(p for p in params if p not in runtime)}"
-            )
-        runtime = {k: v for k, v in runtime.items() if k in params}
-    try:
-        return cls(**options, **runtime)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"strategy {name!r}: {exc}") from exc
 
 
 def train_config(client: dict[str, Any]) -> ConfigRecord:

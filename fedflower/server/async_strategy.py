@@ -326,6 +326,9 @@ class AsyncStrategy(Strategy):
         Aggregate the clients' metric records (Flower's weighted mean by default).
     """
 
+    synchronous = False
+    """Updates are folded as they arrive: no round sample (see :mod:`fedflower.server.rules`)."""
+
     def __init__(
         self,
         *,

@@ -19,21 +19,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = frozenset({"base"})
-BELOW_SERVER = BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "client"}
+BELOW_SERVER = BASE | {"aggregation", "wire", "data", "models", "engine", "client"}
 BELOW_SERVER |= {"outputs"}  # a run's files: the server writes them, the parts above read them
 ALLOWED: dict[str, frozenset[str]] = {
     "base": BASE,
-    "validation": BASE | {"aggregation"},  # compression options are checked by their codecs
     "wire": BASE | {"aggregation"},
     "aggregation": BASE | {"aggregation"},
     "data": BASE | {"data"},
     "models": BASE,
-    "engine": BASE | {"validation", "engine"},
-    "client": BASE | {"validation", "aggregation", "wire", "data", "models", "client"},
+    "engine": BASE | {"engine"},
+    "client": BASE | {"aggregation", "wire", "data", "models", "client"},
     "outputs": BASE | {"outputs"},  # run files, their reader, console and plot sinks
-    "server": BASE
-    | {"validation", "aggregation", "wire", "data", "models", "engine", "server"}
-    | {"outputs"},
+    "server": BASE | {"aggregation", "wire", "data", "models", "engine", "server"} | {"outputs"},
     "strategies": BASE | {"aggregation", "server"},
     "components": BASE | {"data", "models"},
     "apps": BELOW_SERVER | {"server", "components"},
@@ -50,7 +47,6 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
-    "fedflower.validation": "validation",  # config checks: neither TensorFlow nor Flower
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
@@ -75,7 +71,8 @@ PARTS = {
 FORBIDDEN_PACKAGES = {
     "aggregation": {"flwr", "tensorflow", "keras"},  # pure NumPy math
     "outputs": {"flwr", "tensorflow", "keras"},  # reading a run stays cheap
-    "fedflower.validation": {"flwr", "tensorflow", "keras"},  # runs before the heavy imports
+    # typed options Hydra reads while composing, before the heavy imports
+    "fedflower.server.options": {"flwr", "tensorflow", "keras"},
 }
 
 

@@ -24,7 +24,7 @@ from fedflower.client.privacy import privacy_mod
 from fedflower.errors import ConfigError
 from fedflower.server.checked import CheckedFedAvg
 from fedflower.server.privacy import local_noise_multiplier, make_private
-from fedflower.validation import validate
+from fedflower.server.rules import validate
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
