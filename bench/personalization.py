@@ -44,12 +44,13 @@ METHODS: dict[str, list[str]] = {
     "FedAvg": [],
     "FedProx": ["strategy=fedprox"],
     "FedNova": ["strategy=fednova"],
+    "FedDyn": ["strategy=feddyn"],
     "finetune": ["personalization=finetune"],
     "FedPer": ["personalization=fedper"],
     "FedBN": ["personalization=fedbn"],
     "Ditto": ["personalization=ditto"],
 }
-MISSING = ("SCAFFOLD", "FedDyn", "FedRep", "APFL")
+MISSING = ("SCAFFOLD", "FedRep", "APFL")
 """Methods of the comparison fedflower does not implement (rows marked as such)."""
 
 
@@ -136,6 +137,9 @@ def main(argv: list[str]) -> None:
                 results = run_one([*TASKS[task], *small, *METHODS[method]])
             except ConfigError as exc:  # e.g. FedBN on a model without normalisation layers
                 table[task][method] = {"not_applicable": str(exc)}
+                continue
+            if not results["per_client"]["sites"]:
+                table[task][method] = {"not_applicable": "no client evaluation succeeded"}
                 continue
             table[task][method] = row(results, local, method == "local-only")
             if method == "local-only":

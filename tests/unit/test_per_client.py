@@ -15,14 +15,14 @@ from flwr.serverapp import Grid
 from fedflower import keys
 from fedflower.engine.local import LocalGrid
 from fedflower.engine.wrapper import MessageFactory
-from fedflower.server.per_client import (
+from fedflower.outputs.per_client import (
     PER_CLIENT_FILE,
-    PerClientGrid,
     PerClientLog,
     model_rows,
     per_client_lines,
     spread,
 )
+from fedflower.server.per_client import PerClientGrid
 from fedflower.sites import site_name
 
 
