@@ -90,7 +90,7 @@ def row(results: dict[str, Any], local: dict[str, float] | None, only_local: boo
         "personal_worst": min(accs.values()),
         "sites_gaining": None if only_local else sum(g > 0 for g in gains),
         "sites": len(accs),
-        "bytes": results["communication"]["measured_bytes"],
+        "bytes": 0 if only_local else results["communication"]["measured_bytes"],
     }
 
 
