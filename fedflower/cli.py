@@ -167,6 +167,11 @@ def main() -> None:
         from fedflower.deploy.export import main as export_main
 
         raise SystemExit(export_main(argv[1:]))
+    if argv[:1] == ["predict"]:  # `fedflower predict RUN_DIR data.csv` (not a Hydra run)
+        quiet_tensorflow_import()
+        from fedflower.predict import main as predict_main
+
+        raise SystemExit(predict_main(argv[1:]))
     if "--list-strategies" in argv:
         quiet_tensorflow_import()
         list_strategies()

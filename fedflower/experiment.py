@@ -13,6 +13,7 @@ from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
+from fedflower import model_inputs
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
 from fedflower.client.keras_client import reset_optimizer
@@ -29,6 +30,7 @@ from fedflower.engine.clock import build_latency
 from fedflower.errors import DataError
 from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
 from fedflower.server.checkpoint import check_resumable
+from fedflower.server.preprocessing import prepare
 from fedflower.server.privacy import make_private
 from fedflower.server.recorder import Recorder
 from fedflower.server.tracking import build_sinks
@@ -70,7 +72,7 @@ def load_data(
     fed = FederatedData(
         source, partitioner, cfg.num_clients, val_fraction=cfg.client.val_fraction, seed=cfg.seed
     )
-    return source, fed
+    return prepare(source, fed), fed
 
 
 def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]:
@@ -138,6 +140,22 @@ def client_mods(cfg: DictConfig) -> list[Mod]:
     return [*mods, attack_mod(attack)] if attack.active else mods
 
 
+def save_model(model: keras.Model, path: Path, source: TabularSource) -> None:
+    """Save the trained model; a table's model with its preprocessing in front (raw rows in)."""
+    columns = source.columns
+    if columns is None or source.preprocessing is None:
+        model.save(path)
+        return
+    meta = {
+        "numeric": list(columns.numeric),
+        "categorical": list(columns.categorical),
+        "label": columns.label,
+        "class_names": [str(c) for c in columns.class_names or range(source.num_classes)],
+        "preprocessing": source.preprocessing,
+    }
+    model_inputs.save(model_inputs.with_raw_inputs(model, meta), path, meta)
+
+
 def experiment_server_app(
     cfg: DictConfig,
     out: Path,
@@ -166,7 +184,7 @@ def experiment_server_app(
                 model.optimizer.build(model.trainable_variables)  # load_model finds it whole
             else:  # a model shared with the in-process clients: no client's optimizer state
                 reset_optimizer(model.optimizer, None)
-            model.save(out / "model.keras")
+            save_model(model, out / "model.keras", source)
         results.update(
             recorder.finish(
                 config,  # type: ignore[arg-type]

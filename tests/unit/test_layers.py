@@ -44,6 +44,7 @@ PARTS = {
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
+    "fedflower.model_inputs": "models",  # the saved model's preprocessing layers
     "fedflower.engine": "engine",
     "fedflower.client": "client",
     "fedflower.server": "server",
@@ -53,6 +54,7 @@ PARTS = {
     "fedflower.deploy": "deploy",
     "fedflower.cli": "cli",
     "fedflower.compare": "cli",  # fedflower-compare: reads multirun directories
+    "fedflower.predict": "cli",  # fedflower predict: a trained model on raw rows
     "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }
