@@ -437,7 +437,9 @@ def _source(
     names = class_names(rows.y, test.y)
     y = label_codes(rows.file, rows.y, "train", names)
     y_test = label_codes(test.file, test.y, "test", names)
-    tables.single_class(rows.file, np.concatenate([y, y_test]), label)
+    raw = [np.asarray(rows.y), np.asarray(test.y)]
+    if raw[0].ndim == 1:  # one-hot labels name their classes by columns
+        tables.single_class(rows.file, np.concatenate(raw), label)
     x, x_test = _features(rows, test, y, y_test, raw=columns is not None)
     if columns is None:
         columns = _npz_columns(x, label, names)

@@ -181,7 +181,7 @@ def numeric_column(path: Path, values: np.ndarray, name: str) -> np.ndarray:
     if len(bad):
         raise fail(
             path,
-            f"column {name!r} holds {values[bad[0]]!r} in {row_name(path, int(bad[0]))}",
+            f"column {name!r} holds {str(values[bad[0]])!r} in {row_name(path, int(bad[0]))}",
             "write a finite number, or leave the cell empty (see dataset.missing)",
         )
     return out

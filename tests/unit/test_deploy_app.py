@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY
-from flwr.app import Context, RecordDict
+from conftest import TINY, run_app_in_process
+from flwr.app import RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import InMemoryGrid
@@ -28,7 +28,6 @@ from fedflower.deploy.app import (
     check_simulated_nodes,
     client_app,
     num_classes_of,
-    server_app,
 )
 from fedflower.deploy.config import experiment_config, output_dir, split_overrides
 from fedflower.engine.local import LocalGrid
@@ -109,24 +108,6 @@ def test_node_client_rejects_labels_the_model_cannot_output(
     client = node_client(tiny_cfg, 5, [0, 1, 2])
     with pytest.raises(DataError, match="labels go up to 2 but the global model has 2 classes"):
         client.evaluate(global_weights(tiny_cfg, 5), {})
-
-
-def run_app_in_process(
-    overrides: list[str], out: Path, node_configs: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The deployment's ServerApp and ClientApp on the in-process LocalGrid."""
-    run_config = {"overrides": " ".join(overrides), "output-dir": str(out)}
-    grid = LocalGrid(client_app, len(node_configs), node_configs, run_config)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    context = Context(
-        run_id=1,
-        node_id=SUPERLINK_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=run_config,
-    )
-    server_app(grid, context)
-    return json.loads((out / "results.json").read_text())
 
 
 def rows(out: Path) -> list[dict[str, Any]]:
