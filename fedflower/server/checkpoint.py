@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 FILENAME = "checkpoint.npz"
 META = "__meta__"
-UNCHECKED = ("resume", "progress", "verbose", "checkpoint", "output")
-"""Top-level config keys a resumed run may change."""
+UNCHECKED = ("resume", "progress", "verbose", "checkpoint", "output", "num_rounds")
+"""Top-level config keys a resumed run may change (``num_rounds``: continue a finished run)."""
 
 
 def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -122,6 +122,12 @@ def check_resumable(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     diff = _first_difference(state["config"], dict(config))
     if diff:
         raise ConfigError(f"resume={run_dir}: the checkpoint is from another config: {diff}")
+    rounds = config.get("num_rounds")
+    if isinstance(rounds, int) and rounds <= int(state["round"]):
+        raise ConfigError(
+            f"num_rounds must be more than the {int(state['round'])} rounds the checkpoint in "
+            f"{run_dir} holds to continue it, got {rounds}; e.g. num_rounds={int(state['round']) + 5}"
+        )
     return state
 
 
