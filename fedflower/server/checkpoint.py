@@ -122,11 +122,11 @@ def check_resumable(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     diff = _first_difference(state["config"], dict(config))
     if diff:
         raise ConfigError(f"resume={run_dir}: the checkpoint is from another config: {diff}")
-    rounds = config.get("num_rounds")
-    if isinstance(rounds, int) and rounds <= int(state["round"]):
+    rounds, done = config.get("num_rounds"), int(state.get("round", 0))
+    if isinstance(rounds, int) and rounds <= done:
         raise ConfigError(
-            f"num_rounds must be more than the {int(state['round'])} rounds the checkpoint in "
-            f"{run_dir} holds to continue it, got {rounds}; e.g. num_rounds={int(state['round']) + 5}"
+            f"num_rounds must be more than the {done} rounds the checkpoint in {run_dir} "
+            f"holds to continue it, got {rounds}; e.g. num_rounds={done + 5}"
         )
     return state
 
