@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower import model_inputs
 from fedflower.client.app import keras_client_fn, to_client_app
-from fedflower.client.attacks import Attack, attack_mod
+from fedflower.client.attacks import Attack, attack_mod, warn_outnumbered
 from fedflower.client.keras_client import reset_optimizer
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
@@ -137,6 +137,9 @@ def client_mods(cfg: DictConfig) -> list[Mod]:
     mods = [secagg_mod(lambda _: secagg), privacy_mod(lambda _: privacy)]  # type: ignore[arg-type,return-value]
     options = OmegaConf.to_container(cfg.get("attack") or {"name": "none"}, resolve=True)
     attack = Attack(**options)  # type: ignore[arg-type]
+    tolerated = cfg.strategy.get("num_malicious_nodes")
+    if tolerated is not None:
+        warn_outnumbered(attack, cfg.num_clients, int(tolerated))
     return [*mods, attack_mod(attack)] if attack.active else mods
 
 
