@@ -87,6 +87,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
+    absolute_data_paths(cfg)
     logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
     configure_threads(cfg.simulation.tf_threads)
     seed_everything(cfg.seed)
@@ -124,6 +125,18 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
+
+
+DATA_PATH_KEYS = ("path", "test_path")
+"""Dataset options naming files: recorded as absolute paths (``export`` reads them anywhere)."""
+
+
+def absolute_data_paths(cfg: DictConfig) -> None:
+    """Make the dataset's file paths absolute, so the recorded config works from any folder."""
+    for key in DATA_PATH_KEYS:
+        value = cfg.dataset.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            cfg.dataset[key] = str(Path(value).expanduser().resolve())
 
 
 def client_mods(cfg: DictConfig) -> list[Mod]:

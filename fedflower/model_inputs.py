@@ -5,9 +5,12 @@ becomes Keras layers: numeric columns are filled where empty (:class:`FillMissin
 (``keras.layers.Normalization`` with the fitted mean and variance) and optionally flagged
 (:class:`MissingIndicator`); each categorical column is one-hot encoded over its vocabulary
 (``keras.layers.StringLookup``), an unknown or empty value counting as the most frequent one
-(a fixed 0/1 ``Dense`` map). The model takes one input per column, by name, so a file's
-column order does not matter. The label's class names and the columns' roles are stored in
-the ``.keras`` archive (``fedflower.json``), read back by :func:`read_meta`.
+(a fixed 0/1 ``Dense`` map). A model with categorical columns takes one input per column,
+by name; a model of numeric columns only takes one float row of them in the stored order
+(``features``), which its TFLite export takes too. Either way ``fedflower predict`` picks
+the columns by name, so a file's column order does not matter. The label's class names and
+the columns' roles are stored in the ``.keras`` archive (``fedflower.json``), read back by
+:func:`read_meta`.
 """
 
 from __future__ import annotations
@@ -61,11 +64,18 @@ class MissingIndicator(keras.layers.Layer):
         return {**super().get_config(), "columns": self.columns}
 
 
-def _numeric(names: Sequence[str], fitted: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    inputs = [keras.Input(shape=(1,), name=name, dtype="float32") for name in names]
-    if not inputs:
+def _numeric(
+    names: Sequence[str], fitted: dict[str, Any], one_input: bool
+) -> tuple[list[Any], list[Any]]:
+    """Inputs of the numeric columns (one array, or one per column) and their features."""
+    if not names:
         return [], []
-    x = inputs[0] if len(inputs) == 1 else keras.layers.Concatenate(axis=1)(inputs)
+    if one_input:  # one float row of the numeric columns in order: what TFLite takes
+        inputs = [keras.Input(shape=(len(names),), name="features", dtype="float32")]
+        x = inputs[0]
+    else:
+        inputs = [keras.Input(shape=(1,), name=name, dtype="float32") for name in names]
+        x = inputs[0] if len(inputs) == 1 else keras.layers.Concatenate(axis=1)(inputs)
     filled = FillMissing(fitted["fill"], name="fill_missing")(x)
     scale = keras.layers.Normalization(
         mean=fitted["mean"], variance=fitted["variance"], name="normalize"
@@ -99,14 +109,16 @@ def with_raw_inputs(core: keras.Model, meta: dict[str, Any]) -> keras.Model:
     (:meth:`fedflower.aggregation.preprocessing.Fitted.as_dict`).
     """
     fitted = meta["preprocessing"]
-    inputs, parts = _numeric(meta["numeric"], fitted)
+    inputs, parts = _numeric(meta["numeric"], fitted, one_input=not meta["categorical"])
     for name, vocabulary, mode in zip(
         meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True
     ):
         text, out = _categorical(name, vocabulary, mode)
         inputs.append(text)
         parts.append(out)
-    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name="features")(parts)
+    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name="encoded")(parts)
+    if not meta["categorical"]:
+        return keras.Model(inputs[0], core(x), name="raw_rows")
     return keras.Model({i.name: i for i in inputs}, core(x), name="raw_rows")
 
 
@@ -115,6 +127,14 @@ def save(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:
     model.save(path)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(META, json.dumps(meta))
+
+
+def check_keras_file(path: Path) -> None:
+    """Refuse in one line a file that is no ``.keras`` archive (a damaged or foreign file)."""
+    from fedflower.errors import DataError
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{str(path)!r} is not a Keras model file (.keras); give model.keras")
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:

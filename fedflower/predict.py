@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,7 @@ def load(path: Path) -> tuple[Any, dict[str, Any]]:
 
     from fedflower import model_inputs
 
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{str(path)!r} is not a Keras model file (.keras); give model.keras")
+    model_inputs.check_keras_file(path)
     meta = model_inputs.read_meta(path)
     if meta is None:
         raise DataError(
@@ -58,8 +56,8 @@ def load(path: Path) -> tuple[Any, dict[str, Any]]:
     return model, meta
 
 
-def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
-    """The model's inputs by column name: numbers (NaN where empty) and text."""
+def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
+    """The model's inputs: numbers (NaN where empty) and text, by column name."""
     for name in [*meta["numeric"], *meta["categorical"]]:
         if name not in table:
             raise files.fail(
@@ -67,9 +65,11 @@ def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> di
                 f"has no column {name!r} (the model reads {meta['numeric'] + meta['categorical']})",
                 "give the columns the model was trained on",
             )
+    numbers = [tables.numeric_column(path, table[c], c).astype("float32") for c in meta["numeric"]]
+    if not meta["categorical"]:  # one float row of the numeric columns, in the stored order
+        return np.stack(numbers, axis=1)
     out: dict[str, Any] = {
-        name: tables.numeric_column(path, table[name], name).astype("float32")[:, None]
-        for name in meta["numeric"]
+        name: values[:, None] for name, values in zip(meta["numeric"], numbers, strict=True)
     }
     out.update({name: table[name].astype(str)[:, None] for name in meta["categorical"]})
     if meta["categorical"]:  # string tensors: Keras' StringLookup runs on TensorFlow

@@ -85,3 +85,34 @@ def test_the_deployed_apps_train_on_the_table_as_the_simulation_does(
     deployed = run_app_in_process(overrides(tmp_path), tmp_path / "dep", nodes)
     assert deployed["final"]["accuracy"] == pytest.approx(simulated["final"]["accuracy"], abs=1e-6)
     assert (tmp_path / "dep" / "model.keras").is_file()
+
+
+def test_a_numeric_table_model_exports_to_tflite_from_any_folder(tmp_path: Path) -> None:
+    clinical(tmp_path)
+    out = tmp_path / "run"
+    relative = [
+        a.replace(str(tmp_path) + "/", "") for a in overrides(tmp_path)
+    ]  # data named relative to the run's folder
+    args = [*relative, "dataset.exclude=[smoker,notes]", f"hydra.run.dir={out}"]
+    done = fedflower(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = json.loads((out / "results.json").read_text())["final"]["accuracy"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = fedflower("export", str(out / "model.keras"), "--json", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["examples"] == 150  # the raw test rows, blank cells included
+    assert report["tflite_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert report["max_abs_diff"] <= 1e-5
+
+
+def test_a_categorical_table_model_is_not_exported_and_says_why(tmp_path: Path) -> None:
+    clinical(tmp_path)
+    out = tmp_path / "run"
+    done = fedflower(*overrides(tmp_path), "num_rounds=1", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = fedflower("export", str(out / "model.keras"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "looks up categorical columns ['smoker'], which TFLite cannot" in done.stderr
+    assert "fedflower predict" in done.stderr
