@@ -281,7 +281,7 @@ def _read(
     return file, x, y, table[client_column] if client_column and exclude else None
 
 
-def _held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, test) row indices holding out ``test_fraction`` of ``n`` rows."""
     from fedflower.checks import check_number
 
@@ -298,9 +298,8 @@ def _held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def _num_classes(
-    y: np.ndarray, y_test: np.ndarray, raw: np.ndarray, names: list[str] | None
-) -> int:
+def num_classes(y: np.ndarray, y_test: np.ndarray, raw: np.ndarray, names: list[str] | None) -> int:
+    """Classes of integer labels ``y``/``y_test``: named ones, one-hot columns or max + 1."""
     if names is not None:
         return max(2, len(names))
     if np.ndim(raw) == 2 and np.shape(raw)[1] > 1:
@@ -359,7 +358,7 @@ def load(
         test_file, xt_raw, yt_raw, _ = _read(test_path, label, features, client_column, test=True)
         g_train = g_raw
     else:
-        train, test = _held_out(len(y_raw), test_fraction, seed)
+        train, test = held_out(len(y_raw), test_fraction, seed)
         test_file, xt_raw, yt_raw = file, x_raw[test], y_raw[test]
         x_raw, y_raw = x_raw[train], y_raw[train]
         g_train = None if g_raw is None else np.asarray(g_raw)[train]
@@ -383,6 +382,6 @@ def load(
         y=y,
         x_test=x_test,
         y_test=y_test,
-        num_classes=_num_classes(y, y_test, y_raw, names),
+        num_classes=num_classes(y, y_test, y_raw, names),
         groups=None if groups is None else groups.astype(np.int64),
     )

@@ -40,6 +40,7 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
+    "fedflower.memory": "base",  # objects of this process a config names by key
     "fedflower.validation": "validation",  # config checks: neither TensorFlow nor Flower
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
@@ -53,6 +54,7 @@ PARTS = {
     "fedflower.deploy": "deploy",
     "fedflower.cli": "cli",
     "fedflower.compare": "cli",  # fedflower-compare: reads multirun directories
+    "fedflower.api": "cli",  # fedflower.run / fedflower.sweep: the CLI's runs from Python
     "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }
