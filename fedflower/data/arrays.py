@@ -21,7 +21,7 @@ NAME = "arrays"
 
 def _held_out_split(
     x: np.ndarray, y: np.ndarray, clients: np.ndarray | None, test_fraction: float, seed: int
-) -> tuple[np.ndarray, ...]:
+) -> tuple[Any, ...]:
     """``(x, y, clients, x_test, y_test)`` with ``test_fraction`` of the rows held out."""
     train, test = files.held_out(len(y), test_fraction, seed)
     kept = None if clients is None else clients[train]

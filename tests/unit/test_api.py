@@ -20,7 +20,8 @@ TINY = {"num_clients": 2, "num_rounds": 1, "progress": False, "output": {"plots"
 
 
 def test_import_fedflower_imports_neither_tensorflow_nor_hydra() -> None:
-    code = "import sys, fedflower; print(sorted({'tensorflow', 'hydra', 'flwr'} & set(sys.modules)))"
+    heavy = "{'tensorflow', 'hydra', 'flwr'}"
+    code = f"import sys, fedflower; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -118,7 +119,7 @@ def test_a_held_model_is_copied_with_its_weights() -> None:
 
 
 def test_an_unknown_key_says_how_in_memory_inputs_work() -> None:
-    with pytest.raises(ConfigError, match="must name an object given to fedflower.run"):
+    with pytest.raises(ConfigError, match=r"must name an object given to fedflower\.run"):
         memory.get("model-999999", "model.key")
 
 
