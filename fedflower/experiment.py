@@ -90,7 +90,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     seed_everything(cfg.seed)
     out = _output_dir(output_dir)
     if cfg.get("resume"):
-        out = Path(cfg.resume)  # continue the run where it was written
+        out = Path(cfg.resume)  # continue the run in its own directory
         check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     source, fed = load_federation(cfg)
     build_model = model_factory(cfg, source.input_shape, source.num_classes)

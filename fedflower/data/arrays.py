@@ -75,6 +75,10 @@ def from_arrays(
     where = Path(name)
     x, y = np.asarray(x), np.asarray(y)
     groups = None if clients is None else np.asarray(clients)
+    if len(x) != len(y):
+        raise DataError(
+            f"{name}: x has {len(x)} rows but y {len(y)} labels; give one label per row"
+        )
     if groups is not None and len(groups) != len(y):
         raise DataError(f"{name}: clients must give one id per row, got {len(groups)} for {len(y)}")
     if (x_test is None) != (y_test is None):

@@ -188,7 +188,7 @@ class VirtualClockGrid(MeteredGrid):
         After :meth:`load_state_dict`, a resumed run pushes the messages of the tasks that
         were in flight again, in this order; each gets its task's start time and sequence
         number back (so the same duration and finish time) and is not metered again (its
-        bytes were counted when it was first sent).
+        bytes were counted when the task was first sent).
         """
         self._replay.extend(self._resumed.pop(i) for i in message_ids)
 

@@ -96,6 +96,7 @@ def test_from_arrays_numbers_classes_and_sites() -> None:
     ("kwargs", "message"),
     [
         ({"clients": np.zeros(3)}, "clients must give one id per row, got 3 for 20"),
+        ({"y": np.zeros(5)}, "x has 20 rows but y 5 labels"),
         ({"x_test": np.zeros((2, 2))}, "give x_test and y_test together"),
         ({"y": np.full(20, -1)}, "labels must be non-negative integers"),
     ],
