@@ -102,27 +102,14 @@ def code_blocks(text: str) -> list[Block]:
 
 
 def notebook(text: str) -> dict[str, Any]:
-    """A Jupyter notebook (nbformat 4) of a page: its Python blocks as code cells, in order."""
-    cells = [
-        {
-            "cell_type": "code",
-            "metadata": {},
-            "source": b.code,
-            "outputs": [],
-            "execution_count": None,
-        }
-        for b in code_blocks(text)
-        if b.lang == "python" and b.not_run is None
-    ]
+    """A Jupyter notebook (nbformat 4.5) of a page: its Python blocks as code cells, in order."""
     title = next((x[2:] for x in text.splitlines() if x.startswith("# ")), "fedflower")
-    intro = {"cell_type": "markdown", "metadata": {}, "source": f"# {title}"}
+    cells = [{"cell_type": "markdown", "id": "title", "metadata": {}, "source": f"# {title}"}]
+    for i, block in enumerate(b for b in code_blocks(text) if b.lang == "python" and not b.not_run):
+        cell = {"cell_type": "code", "id": f"cell-{i}", "metadata": {}, "source": block.code}
+        cells.append(cell | {"outputs": [], "execution_count": None})
     kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {"kernelspec": kernel},
-        "cells": [intro, *cells],
-    }
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": kernel}, "cells": cells}
 
 
 # -- benchmarks ------------------------------------------------------------------------------
@@ -164,7 +151,8 @@ def benchmark_section(stem: str) -> str:
     body = (RESULTS / f"{stem}.md").read_text(encoding="utf-8").strip()
     body = re.sub(r"^# .*\n+", "", body)  # the file's own heading
     machine, body = _machine(stem, body)
-    caption = f"*{machine}, {_results_date(stem)}; `bench/results/{stem}.md`.*"
+    body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)  # its sections under this one
+    caption = f"*Machine: {machine}. Date: {_results_date(stem)}. File: `bench/results/{stem}.md`.*"
     return f"## {title}\n\n{caption}\n\n```bash\n{command}\n```\n\n{body}\n"
 
 
