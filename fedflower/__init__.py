@@ -17,18 +17,20 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 LAZY = {"run": "fedflower.api", "sweep": "fedflower.api", "compose": "fedflower.api"}
-LAZY |= {"Result": "fedflower.api"}
-"""Public names and the module that defines them, imported when first used."""
+LAZY |= {"Result": "fedflower.api", "data": "fedflower.data"}
+"""Public names and the module that defines them, imported when first used (PEP 562).
+
+The package's ``__init__`` is in the base layer; these names are the front door of the top
+one, re-exported without importing it: ``tests/unit/test_layers.py`` checks this table."""
 
 __all__ = ["Result", "__version__", "compose", "data", "run", "sweep"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in LAZY:
-        return getattr(importlib.import_module(LAZY[name]), name)
-    if name == "data":
-        return importlib.import_module("fedflower.data")
-    raise AttributeError(f"module 'fedflower' has no attribute {name!r}")
+    if name not in LAZY:
+        raise AttributeError(f"module 'fedflower' has no attribute {name!r}")
+    module = importlib.import_module(LAZY[name])
+    return module if LAZY[name].endswith(f".{name}") else getattr(module, name)
 
 
 def __dir__() -> list[str]:

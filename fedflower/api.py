@@ -11,7 +11,6 @@ Errors are the CLI's one-line :class:`~fedflower.errors.FedflowerError` subclass
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from omegaconf import DictConfig
+
+    from fedflower.outputs.rundir import RunDir
 
 OUTPUTS = Path("outputs")
 """Where runs land unless ``output_dir`` is given (as the CLI's ``outputs/<date>/<time>``)."""
@@ -152,11 +153,12 @@ def _run_one(overrides: list[str], out: Path) -> Result:
     set_environment_defaults()
     quiet_tensorflow_import()
     from fedflower.experiment import run as run_experiment
+    from fedflower.outputs.rundir import OVERRIDES_FILE
 
-    record = out / ".hydra"
-    record.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, record / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), record / "overrides.yaml")
+    record = out / OVERRIDES_FILE  # what Hydra records of a run, as the CLI's runs have it
+    record.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, record.with_name("config.yaml"))
+    OmegaConf.save(OmegaConf.create(overrides), record)
     run_experiment(cfg, out)
     return Result(out)
 
@@ -278,7 +280,7 @@ def sweep(
 
 @dataclass(frozen=True)
 class Result:
-    """A finished run, read from its directory.
+    """A finished run, read from its directory (through :class:`~fedflower.outputs.rundir.RunDir`).
 
     Parameters
     ----------
@@ -289,19 +291,20 @@ class Result:
     run_dir: Path
 
     @cached_property
+    def _dir(self) -> RunDir:
+        from fedflower.outputs.rundir import RunDir
+
+        return RunDir(self.run_dir)
+
+    @cached_property
     def results(self) -> dict[str, Any]:
         """The content of ``results.json``: config, initial and final metrics, totals."""
-        try:
-            return dict(json.loads((self.run_dir / "results.json").read_text()))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"run_dir must hold a finished run, got {self.run_dir}") from exc
+        return self._dir.results()
 
     @property
     def rounds(self) -> pd.DataFrame:
         """One row per round of ``metrics.jsonl`` (``round``, ``loss``, ``accuracy``, ...)."""
-        import pandas as pd
-
-        return pd.read_json(self.run_dir / "metrics.jsonl", lines=True)
+        return self._dir.metrics_frame()
 
     @property
     def final(self) -> dict[str, Any]:
@@ -318,17 +321,18 @@ class Result:
         """The final global model (``model.keras``; ``output.save_model=false`` keeps none)."""
         import keras
 
-        path = self.run_dir / "model.keras"
+        path = self._dir.model_path
         if not path.is_file():
             raise ConfigError(f"output.save_model must be true to keep the model, no {path}")
         return keras.models.load_model(path)
 
     def plot(self, metric: str = "accuracy", ax: Axes | None = None) -> Axes:
         """Central and federated ``metric`` (``accuracy`` or ``loss``) per round."""
-        columns = [c for c in (metric, f"fed_{metric}") if c in self.rounds]
+        rounds = self.rounds
+        columns = [c for c in (metric, f"fed_{metric}") if c in rounds]
         if not columns:
             raise ConfigError(f"metric must be a column of metrics.jsonl, got {metric!r}")
-        axes: Axes = self.rounds.plot(x="round", y=columns, ax=ax, marker="o", grid=True)
+        axes: Axes = rounds.plot(x="round", y=columns, ax=ax, marker="o", grid=True)
         axes.set_ylabel(metric)
         return axes
 

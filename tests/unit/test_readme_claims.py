@@ -28,7 +28,7 @@ from rich.console import Console
 from fedflower import api, keys
 from fedflower.server import recorder as recorder_module
 from fedflower.server.recorder import Recorder
-from fedflower.validation import validate
+from fedflower.server.rules import validate
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
