@@ -48,6 +48,7 @@ PARTS = {
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
     "fedflower.memory": "base",  # objects of this process a config names by key
+    "fedflower.sites": "base",  # a client's name in per-client results
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
