@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-fast lint bench clean deploy-demo flwr-sim
+.PHONY: setup run test test-fast lint bench clean deploy-demo flwr-sim docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing fedflower and its dependencies into $(VENV) (a few minutes the first time)"
-	$(BIN)/python -m pip install --quiet --quiet -e '.[sim,test,dev]'  # errors only: no setuptools notices
+	$(BIN)/python -m pip install --quiet --quiet -e '.[sim,test,dev,docs]'  # errors only: no setuptools notices
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -20,13 +20,17 @@ setup: $(STAMP)
 run: setup  ## the default experiment: 10 hospitals x 1000 patients, FedAvg, 10 rounds
 	$(BIN)/fedflower $(ARGS)
 
-test: setup  ## lint, type check + the whole test suite (slow tests included)
+test: setup  ## lint, type check, the docs build + the whole test suite (slow tests included)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup  ## the suite without tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+docs: setup  ## the documentation site into site/ (generated reference and benchmark pages)
+	$(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check .
@@ -46,4 +50,4 @@ flwr-sim: setup  ## `flwr run .` in Flower's local simulation (NODES virtual Sup
 	$(BIN)/fedflower-deploy simulate --nodes $(NODES) num_rounds=$(ROUNDS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) outputs multirun build dist *.egg-info
+	rm -rf $(VENV) outputs multirun build dist site *.egg-info

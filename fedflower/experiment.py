@@ -84,7 +84,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     apps.prepare(cfg)
     out = _output_dir(output_dir)
     if cfg.get("resume"):
-        out = Path(cfg.resume)  # continue the run where it was written
+        out = Path(cfg.resume)  # continue the run in its own directory
         check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     source, fed = load_federation(cfg)
     server_app, client_app, results = apps.build(cfg, out, source, fed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import numpy as np
 
 from fedflower.checks import check_choice
 from fedflower.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def output_layer(num_classes: int) -> keras.layers.Layer:
@@ -110,13 +113,28 @@ def from_factory(
     options : mapping, optional
         Further keyword arguments of the function.
     """
-    build = _import(factory)
+    return built_by(
+        _import(factory), f"model.factory {factory!r}", input_shape, num_classes, options
+    )
+
+
+def built_by(
+    build: Callable[..., Any],
+    what: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    options: Mapping[str, Any] | None = None,
+) -> keras.Model:
+    """``build(input_shape, num_classes, **options)``, checked to accept them and return a model.
+
+    ``what`` names the function in error messages (``model.factory 'my.py:build'``).
+    """
     kwargs = dict(options or {})
     try:
         inspect.signature(build).bind(tuple(input_shape), num_classes, **kwargs)
     except TypeError as exc:
         raise ConfigError(
-            f"model.factory {factory!r} must accept (input_shape, num_classes"
+            f"{what} must accept (input_shape, num_classes"
             f"{''.join(', ' + k for k in kwargs)}), its signature is "
             f"{inspect.signature(build)}: {exc}"
         ) from exc
@@ -124,10 +142,30 @@ def from_factory(
         pass
     model = build(tuple(input_shape), num_classes, **kwargs)
     if not isinstance(model, keras.Model):
-        raise ConfigError(
-            f"model.factory {factory!r} must return a keras.Model, got {type(model).__name__}"
-        )
+        raise ConfigError(f"{what} must return a keras.Model, got {type(model).__name__}")
     return model
+
+
+def from_memory(input_shape: Sequence[int], num_classes: int, key: str) -> keras.Model:
+    """A model held in this Python process (``fedflower.run(model=...)``), as ``model=memory``.
+
+    A ``keras.Model`` is copied (architecture and current weights: its weights are the initial
+    global model, the object itself stays untouched); a function is called as
+    ``build(input_shape, num_classes)``.
+    """
+    from fedflower import memory
+
+    held = memory.get(key, "model.key")
+    if not isinstance(held, keras.Model):
+        return built_by(held, "the model function", input_shape, num_classes)
+    try:
+        copy = keras.models.clone_model(held)
+    except Exception:  # a subclassed model without get_config: train the object itself
+        log.debug("model %s cannot be cloned; the run trains the object itself", held.name)
+        return held
+    if held.built:
+        copy.set_weights(held.get_weights())
+    return copy
 
 
 def check_inputs(model: keras.Model, input_shape: Sequence[int]) -> None:

@@ -269,7 +269,7 @@ def features_checked(path: Path, x: np.ndarray, part: str, n: int) -> np.ndarray
     return x.astype(np.float32)
 
 
-def _held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, test) row indices holding out ``test_fraction`` of ``n`` rows."""
     from fedflower.checks import check_number
 
@@ -286,9 +286,8 @@ def _held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def _num_classes(
-    y: np.ndarray, y_test: np.ndarray, raw: np.ndarray, names: list[str] | None
-) -> int:
+def num_classes(y: np.ndarray, y_test: np.ndarray, raw: np.ndarray, names: list[str] | None) -> int:
+    """Classes of integer labels ``y``/``y_test``: named ones, one-hot columns or max + 1."""
     if names is not None:
         return max(2, len(names))
     if np.ndim(raw) == 2 and np.shape(raw)[1] > 1:
@@ -419,7 +418,7 @@ def load(
     labels = [label] if isinstance(label, str) else list(label)
     rows, test_rows, columns = _read(path, test_path, labels, client_column, options)
     if test_rows is None:
-        train, test = _held_out(len(rows.y), test_fraction, seed)
+        train, test = held_out(len(rows.y), test_fraction, seed)
         test_rows = tables.Rows(rows.file, rows.x[test], rows.y[test], None)
         groups = None if rows.groups is None else np.asarray(rows.groups)[train]
         rows = tables.Rows(rows.file, rows.x[train], rows.y[train], groups)
@@ -456,7 +455,7 @@ def _source(
         y=y,
         x_test=x_test,
         y_test=y_test,
-        num_classes=_num_classes(y, y_test, rows.y, names),
+        num_classes=num_classes(y, y_test, rows.y, names),
         groups=None if groups is None else groups.astype(np.int64),
         columns=columns,
     )

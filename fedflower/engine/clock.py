@@ -163,7 +163,7 @@ class VirtualClockGrid(GridWrapper):
     def wire_nbytes(self, message_id: str) -> int | None:
         """The bytes a message pushed or a reply released took on the inner grid (asked once).
 
-        0 for a task re-issued on resume (its bytes were counted when it was first sent) and
+        0 for a task re-issued on resume (its bytes were counted when the task was first sent) and
         for the error that stands for a missing reply.
         """
         return self._sizes.pop(message_id, None)
@@ -192,7 +192,7 @@ class VirtualClockGrid(GridWrapper):
         After :meth:`load_state_dict`, a resumed run pushes the messages of the tasks that
         were in flight again, in this order; each gets its task's start time and sequence
         number back (so the same duration and finish time) and reports no wire bytes (they
-        were counted when it was first sent).
+        were counted when the task was first sent).
         """
         self._replay.extend(self._resumed.pop(i) for i in message_ids)
 

@@ -55,7 +55,7 @@ class MeteredGrid(GridWrapper):
     """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
 
     A message that put no bytes on the wire (``wire_nbytes`` of 0: a task the virtual clock
-    re-issues on resume, counted when it was first sent) is counted neither as bytes nor as a
+    re-issues on resume, counted when first sent) is counted neither as bytes nor as a
     training task, so a resumed run meters what an uninterrupted one does.
 
     Parameters

@@ -37,7 +37,7 @@ class PerClientGrid(GridWrapper):
         super().__init__(grid)
         self.log = per_client
         self._namer = _find_namer(grid)
-        self._rounds: dict[int, int] = {}  # node -> round of the evaluation it was sent
+        self._rounds: dict[int, int] = {}  # node -> round of the evaluation sent to it
 
     def round_report(self) -> dict[str, Any]:  # noqa: D102
         return self.log.round_report()

@@ -35,8 +35,8 @@ from fedflower.experiment import run
 from fedflower.outputs import RunDir
 
 TINY_ACCURACY = 0.75
-DEFAULT_ACCURACY = 0.85  # issue 3: the default run reaches at least 0.85
-BREAST_CANCER_ACCURACY = 0.93  # issue 3: dataset=breast_cancer at least 0.93
+DEFAULT_ACCURACY = 0.85  # the default run reaches at least 0.85
+BREAST_CANCER_ACCURACY = 0.93  # dataset=breast_cancer reaches at least 0.93
 NUM_CLIENTS, NUM_ROUNDS = 3, 2
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_KEYS = {"round", "loss", "accuracy", "fed_loss", "fed_accuracy", "bytes_up", "bytes_down"}

@@ -14,6 +14,8 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedflower import memory
+from fedflower.data.arrays import from_arrays
 from fedflower.data.partition import FederatedData
 from fedflower.data.population import HospitalPopulation
 from fedflower.data.source import TabularSource
@@ -21,6 +23,7 @@ from fedflower.deploy.local_data import write_csv
 from fedflower.engine import BACKENDS
 from fedflower.errors import ConfigError, PluginError
 from fedflower.experiment import validate
+from fedflower.models import mlp
 from fedflower.server import registry
 from fedflower.server.app import build_strategy
 
@@ -46,6 +49,12 @@ USER_FILES: dict[tuple[str, str], list[str]] = {
     ("dataset", "parquet"): ["dataset.path=data.parquet", "dataset.label=y"],
     ("model", "keras_file"): ["model.path=model.keras"],
     ("model", "python"): ["model.factory=fedflower.models:mlp"],
+    # objects of this process, as fedflower.run(model=..., data=...) holds them
+    ("model", "memory"): [f"model.key={memory.put(mlp, 'model')}"],
+    ("dataset", "memory"): [
+        "dataset.key="
+        + memory.put(from_arrays(np.eye(7)[np.arange(40) % 7], np.arange(40) % 2), "dataset")
+    ],
 }
 
 

@@ -47,6 +47,7 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
+    "fedflower.memory": "base",  # objects of this process a config names by key
     "fedflower.sites": "base",  # a client's name in per-client results
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
@@ -66,6 +67,7 @@ PARTS = {
     "fedflower.deploy.cli": "cli",  # fedflower-deploy: a front door like fedflower
     "fedflower.outputs": "outputs",
     "fedflower.predict": "cli",  # fedflower predict: a trained model on raw rows
+    "fedflower.api": "cli",  # fedflower.run / fedflower.sweep: the CLI's runs from Python
     "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }
@@ -265,3 +267,12 @@ def test_a_planted_cycle_inside_a_package_fails_the_check(tree: Path) -> None:
     (server / "planted_b.py").write_text("def f():\n    from fedflower.server import planted_a\n")
     assert cycles(graph(tree)) == [["fedflower.server.planted_a", "fedflower.server.planted_b"]]
     assert all(not wrong_imports(p, tree) for p in sources(tree))  # the layers alone allow it
+
+
+def test_the_package_re_exports_only_the_python_api_lazily() -> None:
+    import fedflower
+
+    # fedflower.run / sweep / compose / Result and fedflower.data: the front door (PEP 562),
+    # imported on first use, so the base-layer __init__ imports nothing above it
+    assert {part_of(module) for module in fedflower.LAZY.values()} == {"cli", "data"}
+    assert set(fedflower.LAZY) <= set(fedflower.__all__)

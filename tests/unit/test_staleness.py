@@ -114,7 +114,7 @@ def test_buffer_mean_matches_reference_with_staleness_weights() -> None:
 def streamed_mean(
     updates: list[tuple[list[np.ndarray], float, int]], s: StalenessFn
 ) -> list[np.ndarray]:
-    """The buffer's mean as it was streamed before it used WeightedMean (the reference)."""
+    """The buffer's mean streamed without WeightedMean, one delta at a time (the reference)."""
     sums = [np.zeros(np.shape(a)) for a in updates[0][0]]
     for arrays, w, tau in updates:
         for acc, a in zip(sums, arrays, strict=True):
