@@ -27,7 +27,13 @@ from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
 from fedflower.engine.clock import build_latency
 from fedflower.errors import DataError
-from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
+from fedflower.server.app import (
+    CheckpointOptions,
+    build_strategy,
+    make_server_app,
+    model_nbytes,
+    run_extra,
+)
 from fedflower.server.checkpoint import check_resumable
 from fedflower.server.privacy import make_private
 from fedflower.server.recorder import Recorder
@@ -138,6 +144,32 @@ def client_mods(cfg: DictConfig) -> list[Mod]:
     return [*mods, attack_mod(attack)] if attack.active else mods
 
 
+def private_strategy(cfg: DictConfig, strategy: Any) -> Any:
+    """``strategy`` wrapped for the config's privacy mode and secure aggregation."""
+    return make_private(
+        strategy,
+        OmegaConf.to_container(cfg.privacy, resolve=True),  # type: ignore[arg-type]
+        cfg.num_clients,
+        cfg.seed,
+        secagg=OmegaConf.to_container(cfg.secagg, resolve=True),  # type: ignore[arg-type]
+    )
+
+
+def refuse_unaffordable(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` before any output exists if the privacy budget affords no round.
+
+    The server app would refuse such a run too, but only after the run directory got its
+    partition report, TensorBoard directory and an empty ``metrics.jsonl``.
+    """
+    if (cfg.get("privacy") or {}).get("max_epsilon") is None:
+        return
+    options = OmegaConf.to_container(cfg.strategy, resolve=True)
+    strategy = private_strategy(cfg, build_strategy(options))  # type: ignore[arg-type]
+    affordable = getattr(strategy, "affordable_rounds", None)
+    if callable(affordable):
+        affordable(1)
+
+
 def experiment_server_app(
     cfg: DictConfig,
     out: Path,
@@ -153,6 +185,7 @@ def experiment_server_app(
     ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
     ``build_model`` gives the server its model (default: built from ``cfg.model``).
     """
+    refuse_unaffordable(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     sinks = build_sinks(cfg.get("tracking"), out, config)  # type: ignore[arg-type]
     recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress, sinks=sinks)
@@ -194,12 +227,6 @@ def experiment_server_app(
             resume=bool(cfg.get("resume")),
         ),
         compression=OmegaConf.to_container(cfg.compression, resolve=True),  # type: ignore[arg-type]
-        wrap_strategy=lambda strategy: make_private(
-            strategy,
-            OmegaConf.to_container(cfg.privacy, resolve=True),  # type: ignore[arg-type]
-            cfg.num_clients,
-            cfg.seed,
-            secagg=OmegaConf.to_container(cfg.secagg, resolve=True),  # type: ignore[arg-type]
-        ),
+        wrap_strategy=lambda strategy: private_strategy(cfg, strategy),
     )
     return server_app, results
