@@ -21,7 +21,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "wire": BASE | {"aggregation"},
     "aggregation": BASE | {"aggregation"},
     "data": BASE | {"data"},
-    "models": BASE,
+    "models": BASE | {"models"},
     "engine": BASE | {"validation", "engine"},
     "client": BASE | {"validation", "aggregation", "wire", "data", "models", "client"},
     "server": BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "server"},
@@ -44,6 +44,7 @@ PARTS = {
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
+    "fedflower.steps": "models",  # compiled train/test steps the client and server share
     "fedflower.engine": "engine",
     "fedflower.client": "client",
     "fedflower.server": "server",
