@@ -145,6 +145,16 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, tf_data: bool) ->
     return model.evaluate(x, y, batch_size=1024, verbose=0, return_dict=True)
 
 
+def setup(cfg: Any) -> tuple[Any, list[Any], keras.Model]:
+    """The seeded data, the clients' data and the compiled model, as fedflower builds them."""
+    keras.utils.set_random_seed(cfg.seed)
+    source, fed = load_data(cfg)
+    clients = [fed.client(c) for c in range(cfg.num_clients)]
+    model = instantiate(cfg.model, input_shape=source.input_shape, num_classes=source.num_classes)
+    optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
+    return source, clients, compile_model(model, optimizer, source.num_classes)
+
+
 def run_bare(cfg: Any, tf_data: bool = True) -> dict[str, float]:
     """The same federated work as a plain Keras loop.
 
@@ -152,12 +162,7 @@ def run_bare(cfg: Any, tf_data: bool = True) -> dict[str, float]:
     client uses; without, ``model.fit`` gets NumPy arrays (what a quick script would do).
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    keras.utils.set_random_seed(cfg.seed)
-    source, fed = load_data(cfg)
-    clients = [fed.client(c) for c in range(cfg.num_clients)]
-    model = instantiate(cfg.model, input_shape=source.input_shape, num_classes=source.num_classes)
-    optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-    compile_model(model, optimizer, source.num_classes)
+    source, clients, model = setup(cfg)
     weights = model.get_weights()
     accuracy = evaluate(model, source.x_test, source.y_test, tf_data)["accuracy"]  # the initial
     for _ in range(cfg.num_rounds):
@@ -200,12 +205,7 @@ def compiled_steps(model: keras.Model) -> tuple[Callable[..., Any], Callable[...
 def run_compiled(cfg: Any) -> dict[str, float]:
     """The same federated work as a loop over one compiled train step (as pfl-research runs)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    keras.utils.set_random_seed(cfg.seed)
-    source, fed = load_data(cfg)
-    clients = [fed.client(c) for c in range(cfg.num_clients)]
-    model = instantiate(cfg.model, input_shape=source.input_shape, num_classes=source.num_classes)
-    optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-    compile_model(model, optimizer, source.num_classes)
+    source, clients, model = setup(cfg)
     train, test = compiled_steps(model)
     size = cfg.client.batch_size
 
