@@ -53,6 +53,35 @@ def _compile(fn: Callable[..., Any], jit: bool) -> Callable[..., Any]:
     return tf.function(fn, jit_compile=jit, reduce_retracing=True)
 
 
+class _AnyRows:
+    """``fn(x, y)`` compiled once for any number of rows (per dtype and row shape).
+
+    A function traced for one batch's exact shape and later relaxed to any shape computes in
+    float32 slightly differently (kernels chosen per shape), and which happens would depend on
+    the order in which a process met the shapes: on which clients a worker ran before. One
+    graph with an unknown row count from the first call makes the result independent of it.
+    """
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+        self._compiled: dict[tuple[Any, ...], Callable[[Any, Any], Any]] = {}
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> Any:
+        if keras.backend.backend() != "tensorflow":
+            return self.fn(x, y)
+        key = (x.dtype.str, x.shape[1:], y.dtype.str, y.shape[1:])
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            import tensorflow as tf
+
+            signature = [
+                tf.TensorSpec((None, *x.shape[1:]), x.dtype),
+                tf.TensorSpec((None, *y.shape[1:]), y.dtype),
+            ]
+            compiled = self._compiled[key] = tf.function(self.fn, input_signature=signature)
+        return compiled(x, y)
+
+
 def _floats(logs: dict[str, Any]) -> Logs:
     return {k: float(v) for k, v in logs.items()}
 
@@ -71,8 +100,8 @@ class Steps:
         self.model = model
         self.jit = keras.backend.backend() == "tensorflow"
         self._many = _compile(self._train_many, self.jit)
-        self._one = _compile(self._train_one, False)
-        self._test = _compile(self._test_one, False)
+        self._one = _AnyRows(self._train_one)
+        self._test = _AnyRows(self._test_one)
         self._assign = _compile(self._assign_all, False)
         self._zero: tuple[int, Callable[[], Any]] | None = None
 
@@ -159,10 +188,20 @@ class Steps:
             logs = self._run_many(xs, ys, steps)
         return logs
 
+    def build(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Create the optimizer's and metrics' variables before anything is compiled.
+
+        As ``Model.fit`` does: variables created while a function is first traced make that
+        first call run another graph (with slightly different float32 results), so the first
+        client a process trained would depend on which client came first.
+        """
+        self.model._symbolic_build(data_batch=(x[:1], y[:1]))  # Keras' own, as fit calls it
+
     def fit(
         self, x: np.ndarray, y: np.ndarray, batch_size: int, orders: Sequence[np.ndarray]
     ) -> Logs:
         """Train one epoch per order (row permutation); the last epoch's loss and metrics."""
+        self.build(x, y)
         logs: Any = {}
         for order in orders:
             self.model.reset_metrics()
@@ -171,6 +210,7 @@ class Steps:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
+        self.build(x, y)
         self.model.reset_metrics()
         logs: Any = {}
         for start in range(0, len(y), batch_size):
