@@ -75,8 +75,8 @@ class _AnyRows:
             import tensorflow as tf
 
             signature = [
-                tf.TensorSpec((None, *x.shape[1:]), x.dtype),
-                tf.TensorSpec((None, *y.shape[1:]), y.dtype),
+                tf.TensorSpec((None, *a.shape[1:]), tf.string if a.dtype.kind in "USO" else a.dtype)
+                for a in (x, y)
             ]
             compiled = self._compiled[key] = tf.function(self.fn, input_signature=signature)
         return compiled(x, y)
@@ -195,7 +195,12 @@ class Steps:
         first call run another graph (with slightly different float32 results), so the first
         client a process trained would depend on which client came first.
         """
-        self.model._symbolic_build(data_batch=(x[:1], y[:1]))  # Keras' own, as fit calls it
+        model = self.model
+        try:
+            model._symbolic_build(data_batch=(x[:1], y[:1]))  # Keras' own, as fit calls it
+        except (ValueError, TypeError):  # inputs Keras cannot describe symbolically (strings)
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
 
     def fit(
         self, x: np.ndarray, y: np.ndarray, batch_size: int, orders: Sequence[np.ndarray]
