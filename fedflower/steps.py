@@ -150,15 +150,20 @@ class Steps:
         return self.model.test_step((x, y))
 
     def _run_many(self, xs: np.ndarray, ys: np.ndarray, steps: int) -> Any:
+        if self.jit and xs.dtype.kind in "USO":  # strings: XLA has no string ops
+            self._no_xla("string inputs")
         try:
             return self._many(xs, ys, np.asarray(steps, dtype=np.int32))
         except Exception as exc:  # an op XLA cannot compile: the same loop without XLA
             if not self.jit:
                 raise
-            log.debug("training without XLA: %s", exc)
-            self.jit = False
-            self._many = _compile(self._train_many, False)
+            self._no_xla(exc)
             return self._many(xs, ys, np.asarray(steps, dtype=np.int32))
+
+    def _no_xla(self, why: object) -> None:
+        log.debug("training without XLA: %s", why)
+        self.jit = False
+        self._many = _compile(self._train_many, False)
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int) -> Any:
         if keras.backend.backend() != "tensorflow":  # Keras' own step, one batch per call
