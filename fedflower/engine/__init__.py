@@ -11,9 +11,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedflower.errors import ConfigError
-from fedflower.validation import BACKENDS
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+"""Simulation backends (see :func:`simulate`)."""
 
 
 class _NoRunSimulationNotice(logging.Filter):

@@ -8,7 +8,6 @@ kept raw weigh little, as on a real model; 2 clients x 2 rounds. Measured on the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from conftest import TINY
 from hydra import compose, initialize_config_module
 
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_bytes_up_drop_by_the_promised_factor(big_runs: dict, name: str, factor:
     assert ratio >= factor
     # the reported ratio is that of the messages' bytes, uncompressed / sent
     assert results["compression_up"] == pytest.approx(ratio, rel=0.02)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(out).metrics()
     assert all(row["compression_up"] >= factor for row in rows)
     # the models sent down are not compressed: same bytes but for the small compression record
     assert results["totals"]["bytes_down"] == pytest.approx(plain["totals"]["bytes_down"], rel=0.01)
@@ -93,7 +93,7 @@ def test_a_nan_update_under_topk_costs_its_client_one_round(
     """Node 2's round-2 update holds a NaN: refused on the client, counted, then clean again."""
     from flwr.app import Array, ArrayRecord
 
-    from fedflower import experiment, keys
+    from fedflower import apps, keys
 
     def nan_mod(msg: Any, context: Any, call_next: Any) -> Any:
         reply = call_next(msg, context)
@@ -105,8 +105,8 @@ def test_a_nan_update_under_topk_costs_its_client_one_round(
             reply.content.array_records[keys.ARRAYS] = ArrayRecord(named)
         return reply
 
-    mods = experiment.client_mods
-    monkeypatch.setattr(experiment, "client_mods", lambda cfg: [*mods(cfg), nan_mod])
+    mods = apps.client_mods
+    monkeypatch.setattr(apps, "client_mods", lambda *args: [*mods(*args), nan_mod])
     results = run_with(
         tmp_path,
         *TINY,
@@ -115,7 +115,7 @@ def test_a_nan_update_under_topk_costs_its_client_one_round(
         "compression=topk",
         "compression.min_elements=0",
     )
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(tmp_path).metrics()
     assert [row.get("rejected", 0) for row in rows] == [0, 1, 0, 0]
     assert results["rejected_updates"] == 1
     assert all(np.isfinite(row["loss"]) for row in rows)
