@@ -77,9 +77,10 @@ from hydra.utils import instantiate
 
 from fedflower.aggregation import weighted_mean
 from fedflower.client.keras_client import reset_optimizer
+from fedflower.components import configure_threads
 from fedflower.engine import clock, metered
 from fedflower.engine import local as local_engine
-from fedflower.experiment import configure_threads, load_data, run
+from fedflower.experiment import load_data, run
 from fedflower.models import compile_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
