@@ -9,14 +9,18 @@ the server evaluates it on the central test set (and, before round 1, the initia
 (a) fedflower: ``experiment.run(cfg)`` through the ServerApp/ClientApp, Flower strategy and
     the in-process engine (``simulation=local``), every message serialized to Flower's wire
     objects and metered.
-(b) bare: a plain Python loop over the same Keras model.
+(b) bare: a plain Python loop over the same Keras model, training with ``Model.fit`` on a
+    seeded ``tf.data`` pipeline;
+(c) compiled step: the same loop written as the fastest simulators write it (pfl-research):
+    Keras' own ``train_step``/``test_step`` wrapped once in a ``tf.function`` and called on
+    every batch (a NumPy permutation per client and round), no ``fit``/``evaluate``.
 
 With ``--ray``, two more sides on Flower's Ray simulation engine, side by side:
 
-(c) plain Flower: ``flwr.simulation.run_simulation`` with a minimal ServerApp (Flower's own
+(d) plain Flower: ``flwr.simulation.run_simulation`` with a minimal ServerApp (Flower's own
     ``FedAvg.start`` with a central ``evaluate_fn``) and ClientApp (the same Keras model and
     ``tf.data`` pipeline) and the same Ray backend config;
-(d) fedflower on the same engine (``simulation=ray``).
+(e) fedflower on the same engine (``simulation=ray``).
 
 Wall time is the goal's measure; the CPU time of this process (all its threads; Ray workers
 not included) is printed next to it for the local sides, since it varies less on a shared
@@ -24,7 +28,7 @@ machine. Results go to ``bench/results/overhead.{json,md}`` (``overhead_ray.*`` 
 
 Usage::
 
-    python bench/overhead.py                       # 10 clients x 1 epoch x 20 rounds
+    python bench/overhead.py --rounds 10           # the default experiment: 10 x 1 x 10
     python bench/overhead.py --clients 10 --rounds 5 --ray
 """
 
@@ -73,9 +77,10 @@ from hydra.utils import instantiate
 
 from fedflower.aggregation import weighted_mean
 from fedflower.client.keras_client import reset_optimizer
+from fedflower.components import configure_threads
 from fedflower.engine import clock, metered
 from fedflower.engine import local as local_engine
-from fedflower.experiment import configure_threads, load_data, run
+from fedflower.experiment import load_data, run
 from fedflower.models import compile_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -141,6 +146,16 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, tf_data: bool) ->
     return model.evaluate(x, y, batch_size=1024, verbose=0, return_dict=True)
 
 
+def setup(cfg: Any) -> tuple[Any, list[Any], keras.Model]:
+    """The seeded data, the clients' data and the compiled model, as fedflower builds them."""
+    keras.utils.set_random_seed(cfg.seed)
+    source, fed = load_data(cfg)
+    clients = [fed.client(c) for c in range(cfg.num_clients)]
+    model = instantiate(cfg.model, input_shape=source.input_shape, num_classes=source.num_classes)
+    optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
+    return source, clients, compile_model(model, optimizer, source.num_classes)
+
+
 def run_bare(cfg: Any, tf_data: bool = True) -> dict[str, float]:
     """The same federated work as a plain Keras loop.
 
@@ -148,12 +163,7 @@ def run_bare(cfg: Any, tf_data: bool = True) -> dict[str, float]:
     client uses; without, ``model.fit`` gets NumPy arrays (what a quick script would do).
     """
     t0, c0 = time.perf_counter(), time.process_time()
-    keras.utils.set_random_seed(cfg.seed)
-    source, fed = load_data(cfg)
-    clients = [fed.client(c) for c in range(cfg.num_clients)]
-    model = instantiate(cfg.model, input_shape=source.input_shape, num_classes=source.num_classes)
-    optimizer = instantiate(cfg.client.optimizer, learning_rate=cfg.client.learning_rate)
-    compile_model(model, optimizer, source.num_classes)
+    source, clients, model = setup(cfg)
     weights = model.get_weights()
     accuracy = evaluate(model, source.x_test, source.y_test, tf_data)["accuracy"]  # the initial
     for _ in range(cfg.num_rounds):
@@ -183,6 +193,49 @@ def run_bare(cfg: Any, tf_data: bool = True) -> dict[str, float]:
         for data in clients:
             evaluate(model, data.x_val, data.y_val, tf_data)
         accuracy = evaluate(model, source.x_test, source.y_test, tf_data)["accuracy"]
+    return side(time.perf_counter() - t0, accuracy, time.process_time() - c0)
+
+
+def compiled_steps(model: keras.Model) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Keras' own train and test steps, each wrapped once in a ``tf.function``."""
+    train = tf.function(lambda x, y: model.train_step((x, y)), reduce_retracing=True)
+    test = tf.function(lambda x, y: model.test_step((x, y)), reduce_retracing=True)
+    return train, test
+
+
+def run_compiled(cfg: Any) -> dict[str, float]:
+    """The same federated work as a loop over one compiled train step (as pfl-research runs)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    source, clients, model = setup(cfg)
+    train, test = compiled_steps(model)
+    size = cfg.client.batch_size
+
+    def evaluate_on(x: np.ndarray, y: np.ndarray) -> float:
+        model.reset_metrics()
+        for s in range(0, len(y), 1024):
+            logs = test(x[s : s + 1024], y[s : s + 1024])
+        return float(logs["accuracy"])
+
+    weights = model.get_weights()
+    accuracy = evaluate_on(source.x_test, source.y_test)
+    for rnd in range(cfg.num_rounds):
+        updates = []
+        for cid, data in enumerate(clients):
+            model.set_weights(weights)
+            reset_optimizer(model.optimizer, cfg.client.learning_rate)
+            model.reset_metrics()
+            rng = np.random.default_rng([cfg.seed, rnd, cid])
+            for _ in range(cfg.client.local_epochs):
+                order = rng.permutation(len(data.y_train))
+                for s in range(0, len(order), size):
+                    rows = order[s : s + size]
+                    train(data.x_train[rows], data.y_train[rows])
+            updates.append((model.get_weights(), len(data.y_train)))
+        weights = weighted_mean(updates)
+        model.set_weights(weights)
+        for data in clients:
+            evaluate_on(data.x_val, data.y_val)
+        accuracy = evaluate_on(source.x_test, source.y_test)
     return side(time.perf_counter() - t0, accuracy, time.process_time() - c0)
 
 
@@ -299,9 +352,10 @@ def local_sides(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], 
     best: dict[str, dict[str, float]] = {}
     breakdown: dict[str, float] = {}
     for _ in range(args.repeats):
-        bare = run_bare(cfg)
-        if bare["wall"] < best.get("bare", {"wall": np.inf})["wall"]:
-            best["bare"] = bare
+        for name, measure in (("bare", run_bare), ("compiled step", run_compiled)):
+            got = measure(cfg)
+            if got["wall"] < best.get(name, {"wall": np.inf})["wall"]:
+                best[name] = got
         wall, acc, parts = run_fedflower(cfg)
         if wall < best.get("fedflower", {"wall": np.inf})["wall"]:
             best["fedflower"], breakdown = side(wall, acc, parts["cpu"]), parts
@@ -383,6 +437,7 @@ def main() -> None:
         return
     best, breakdown = local_sides(args)
     lines = table(best, "bare")
+    lines += ["", "against the compiled-step loop:", *table(best, "compiled step")[1:]]
     lines += [
         "",
         *breakdown_lines(breakdown, best["fedflower"]["wall"] - best["bare"]["wall"], args.rounds),

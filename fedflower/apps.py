@@ -130,10 +130,10 @@ def server_app(
     from fedflower.engine.clock import build_latency
     from fedflower.outputs.per_client import PerClientLog
     from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes
-    from fedflower.server.privacy import make_private
     from fedflower.server.recorder import Recorder
     from fedflower.server.tracking import build_sinks
 
+    refuse_unaffordable(cfg)
     config = _plain(cfg)
     recorder = Recorder(
         out,
@@ -177,12 +177,35 @@ def server_app(
             resume=bool(cfg.get("resume")),
         ),
         compression=_plain(cfg.compression),
-        wrap_strategy=lambda strategy: make_private(
-            strategy, _plain(cfg.privacy), cfg.num_clients, cfg.seed, secagg=_plain(cfg.secagg)
-        ),
+        wrap_strategy=lambda strategy: private_strategy(cfg, strategy),
         per_client=per_client,
     )
     return app, results
+
+
+def private_strategy(cfg: DictConfig, strategy: Any) -> Any:
+    """``strategy`` wrapped for the config's privacy mode and secure aggregation."""
+    from fedflower.server.privacy import make_private
+
+    return make_private(
+        strategy, _plain(cfg.privacy), cfg.num_clients, cfg.seed, secagg=_plain(cfg.secagg)
+    )
+
+
+def refuse_unaffordable(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` before any output exists if the privacy budget affords no round.
+
+    The server app would refuse such a run too, but only after the run directory got its
+    partition report, TensorBoard directory and an empty ``metrics.jsonl``.
+    """
+    from fedflower.server.registry import build_strategy
+
+    if (cfg.get("privacy") or {}).get("max_epsilon") is None:
+        return
+    strategy = private_strategy(cfg, build_strategy(_plain(cfg.strategy)))
+    affordable = getattr(strategy, "affordable_rounds", None)
+    if callable(affordable):
+        affordable(1)
 
 
 def save_model(model: keras.Model, path: Path, source: TabularSource | None = None) -> None:

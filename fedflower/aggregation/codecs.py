@@ -135,20 +135,26 @@ def quantize(x: np.ndarray, per_channel: bool, rng: np.random.Generator | None =
     ``(r + 1/2) / 2**16``, ``r`` 16 raw random bits (a quarter of one draw of the generator
     each), so ``E[floor(t + u)] = t`` to within ``2**-17`` of a step, finer than float32
     resolves ``t`` near 255. Work goes block by block through cache-sized scratch buffers.
+    A range wider than float32 holds (``max - min`` above 3.4e38, e.g. +3e38 and -3e38 in one
+    tensor) is worked out in float64, so every finite float32 tensor has a finite scale.
     """
     cols = x.shape[-1] if per_channel and x.ndim >= 2 else 1
     flat = x.reshape(-1, cols)
     lo = flat.min(axis=0)
-    span = flat.max(axis=0) - lo
+    with np.errstate(over="ignore"):
+        span = flat.max(axis=0) - lo
+    work = np.float32 if np.isfinite(span).all() else np.float64
+    if work is np.float64:
+        span = flat.max(axis=0).astype(np.float64) - lo
     step = (span / LEVELS).astype(np.float32)
-    inv = np.divide(LEVELS, span, out=np.zeros_like(span), where=span > 0).astype(np.float32)
+    inv = np.divide(LEVELS, span, out=np.zeros_like(span), where=span > 0).astype(work)
     q = np.empty(flat.shape, dtype=np.uint8)
-    tmp = np.empty(min(flat.size, BLOCK + cols), dtype=np.float32)
+    tmp = np.empty(min(flat.size, BLOCK + cols), dtype=work)
     noise = None if rng is None else np.empty_like(tmp)
     for rows in _row_blocks(flat.shape[0], cols):
         block = flat[rows]
         t = tmp[: block.size].reshape(block.shape)
-        np.subtract(block, lo, out=t)
+        np.subtract(block, lo, out=t, dtype=work)
         np.multiply(t, inv, out=t)
         if rng is None or noise is None:
             np.add(t, 0.5, out=t)  # t >= 0: truncation below rounds to nearest
@@ -162,9 +168,9 @@ def quantize(x: np.ndarray, per_channel: bool, rng: np.random.Generator | None =
 def _add_uniform(t: np.ndarray, rng: np.random.Generator, scratch: np.ndarray) -> None:
     """``t += (r + 1/2) / 2**16`` in place, ``r`` uniform 16-bit integers from ``rng``'s bits."""
     bits = rng.bit_generator.random_raw(-(-t.size // 4)).view(np.uint16)[: t.size]
-    np.multiply(bits.reshape(t.shape), np.float32(2.0**-16), out=scratch)
+    np.multiply(bits.reshape(t.shape), t.dtype.type(2.0**-16), out=scratch)
     np.add(t, scratch, out=t)
-    np.add(t, np.float32(2.0**-17), out=t)
+    np.add(t, t.dtype.type(2.0**-17), out=t)
 
 
 def dequantize(parts: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -175,12 +181,23 @@ def dequantize(parts: Mapping[str, np.ndarray]) -> np.ndarray:
     if q.ndim == 0 or q.size % cols or (cols > 1 and q.shape[-1] != cols):
         raise UpdateRejected(f"quantized array of shape {q.shape} with {cols} scales")
     flat = q.reshape(-1, cols)
+    with np.errstate(over="ignore"):
+        wide = not np.isfinite(np.float32(LEVELS) * step.astype(np.float32)).all()
+    if wide:
+        return _dequantize_wide(flat, lo, step).reshape(q.shape)
     out = np.empty(flat.shape, dtype=np.float32)
     for rows in _row_blocks(flat.shape[0], cols):
         o = out[rows]
         np.multiply(flat[rows], step, out=o, dtype=np.float32)
         np.add(o, lo, out=o)
     return out.reshape(q.shape)
+
+
+def _dequantize_wide(flat: np.ndarray, lo: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``lo + step * q`` in float64 for a range wider than float32 holds, clipped into it."""
+    wide = flat * step.astype(np.float64) + lo.astype(np.float64)
+    big = float(np.finfo(np.float32).max)
+    return np.clip(wide, -big, big).astype(np.float32)
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -370,12 +387,32 @@ def encode_arrays(
     codec: Codec,
     rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
-    """Encode named arrays into one flat mapping ``"<name>::<part>" -> array``."""
+    """Encode named arrays into one flat mapping ``"<name>::<part>" -> array``.
+
+    Raises
+    ------
+    UpdateRejected
+        If a float array holds NaN or infinity: no codec represents them (int8 would turn the
+        whole tensor into NaN, top-k would keep them first), so nothing is encoded.
+    """
+    check_finite(names, arrays)
     flat: dict[str, np.ndarray] = {}
     for name, x in zip(names, arrays, strict=True):
         for part, value in codec.encode(x, rng).items():
             flat[f"{name}{SEP}{part}"] = value
     return flat
+
+
+def check_finite(names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    """Raise ``UpdateRejected`` naming the first float array with NaN or infinite entries."""
+    for name, x in zip(names, arrays, strict=True):
+        x = np.asarray(x)
+        if _floating(x) and not np.isfinite(x).all():
+            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+            raise UpdateRejected(
+                f"array {name!r} has {bad} non-finite value(s) (NaN or infinity); "
+                "the update is not sent"
+            )
 
 
 def decode_arrays(flat: Mapping[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
@@ -400,7 +437,8 @@ def encode_with_feedback(
 
     The new residual is what the encoding lost, ``target - decode(encode(target))``, so the
     decoded updates plus the last residual sum to the sum of the updates: nothing is lost,
-    only delayed.
+    only delayed. A non-finite ``arrays + residual`` raises ``UpdateRejected`` before anything
+    is encoded: the caller keeps its residual, which stays finite.
     """
     target = list(arrays)
     if residual is not None:

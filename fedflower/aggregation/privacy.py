@@ -19,8 +19,10 @@ differ by all the data of one client.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -30,6 +32,44 @@ from fedflower.aggregation.mean import Arrays, weighted_mean
 
 RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512])
 """Rényi orders the accountant optimizes epsilon over (those of TensorFlow Privacy)."""
+UNCONVERGED = "_compute_log_a_frac failed to converge"
+"""Start of dp-accounting's warning for a fractional order it leaves out of the minimum."""
+
+log = logging.getLogger(__name__)
+
+
+class _Unconverged(logging.Filter):
+    """Drop (and count) dp-accounting's warnings about orders left out of epsilon's minimum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(UNCONVERGED):
+            self.count += 1
+            return False
+        return True
+
+
+@contextmanager
+def _orders_left_out() -> Iterator[_Unconverged]:
+    """Keep dp-accounting's non-convergence warnings off the console while the block runs.
+
+    For Poisson-sampled Gaussian events the RDP of some small fractional orders does not
+    converge; dp-accounting then leaves those orders out (epsilon is the minimum over the
+    others, still a valid bound) and logs one absl warning per order, which says nothing a
+    user can act on. They are counted and logged once at DEBUG level instead.
+    """
+    absl = logging.getLogger("absl")
+    dropped = _Unconverged()
+    absl.addFilter(dropped)
+    try:
+        yield dropped
+    finally:
+        absl.removeFilter(dropped)
+        if dropped.count:
+            log.debug("%d Rényi order(s) left out of epsilon (no convergence)", dropped.count)
 
 
 def l2_norm(arrays: Sequence[np.ndarray]) -> float:
@@ -69,7 +109,8 @@ def _epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: 
     if sampling_rate < 1.0:
         event = PoissonSampledDpEvent(sampling_rate, event)
     accountant = RdpAccountant(list(RDP_ORDERS))
-    accountant.compose(event, rounds)
+    with _orders_left_out():
+        accountant.compose(event, rounds)
     return float(accountant.get_epsilon(delta))
 
 

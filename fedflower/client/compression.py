@@ -13,15 +13,19 @@ codec's parts (:mod:`fedflower.aggregation.codecs`), so metering counts what is 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
 from fedflower import keys
 from fedflower.aggregation.codecs import (
     encode_arrays,
     encode_with_feedback,
 )
+from fedflower.errors import UpdateRejected
 from fedflower.wire import (
     BASE_NONE,
     BASE_RECEIVED,
@@ -30,6 +34,10 @@ from fedflower.wire import (
     named_record,
     to_record,
 )
+
+log = logging.getLogger(__name__)
+REFUSED = "update refused by the client"
+"""Start of the error reason of a training reply the client refused to encode."""
 
 
 def _floating(array: np.ndarray) -> bool:
@@ -41,7 +49,9 @@ def _residual(context: Context, shapes: list[tuple[int, ...]]) -> list[np.ndarra
     if record is None:
         return None
     residual = record.to_numpy_ndarrays()
-    return residual if [r.shape for r in residual] == shapes else None
+    if [r.shape for r in residual] != shapes or not all(np.isfinite(r).all() for r in residual):
+        return None
+    return residual
 
 
 def encode_reply(
@@ -103,5 +113,20 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     if train and not reply.has_error() and keys.ARRAYS in reply.content.array_records:
         config = content.config_records.get(keys.CONFIG, ConfigRecord())
         received = None if config.get(keys.RETURN_UPDATE) else arrays
-        encode_reply(reply, received, spec, context, int(config.get(keys.SERVER_ROUND, 0)))  # type: ignore[arg-type]
+        server_round = int(config.get(keys.SERVER_ROUND, 0))  # type: ignore[arg-type]
+        try:
+            encode_reply(reply, received, spec, context, server_round)
+        except UpdateRejected as exc:
+            return refused(msg, context, server_round, exc)
     return reply
+
+
+def refused(msg: Message, context: Context, server_round: int, exc: UpdateRejected) -> Message:
+    """The error reply to a training message whose update cannot be encoded.
+
+    The server counts it with the other failed and rejected updates (``rejected_updates``);
+    the node's error-feedback residual is unchanged, so its next update is clean again.
+    """
+    reason = f"{REFUSED}: {exc}"
+    log.warning("node %s, round %s: %s", context.node_id, server_round, reason)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)

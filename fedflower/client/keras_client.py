@@ -10,14 +10,14 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from fedflower import keys
 from fedflower.client.dynamic import linear_term
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
-from fedflower.models import evaluate, row_dataset
+from fedflower.models import evaluate
+from fedflower.steps import batch_order, steps_of
 
 Config = dict[str, Any]
 
@@ -63,28 +63,22 @@ class KerasClient:
         return [np.asarray(w) for w in self.model.get_weights()]
 
     def set_parameters(self, parameters: list[np.ndarray]) -> None:
-        """Load weights into the model."""
-        self.model.set_weights(parameters)
+        """Load weights into the model (one compiled call, :mod:`fedflower.steps`)."""
+        steps_of(self.model).set_weights(parameters)
 
     def flipped_labels(self) -> np.ndarray:
         """Training labels ``y -> C - 1 - y`` (the ``label_flip`` attack; C from the model)."""
         num_classes = max(2, int(self.model.output_shape[-1]))
         return (num_classes - 1 - self.data.y_train).astype(self.data.y_train.dtype)
 
-    def train_dataset(self, batch_size: int, seed: int, flip: bool = False) -> tf.data.Dataset:
-        """The local training data, reshuffled every epoch in an order fixed by ``seed``.
+    def train_batches(self, epochs: int, seed: int) -> list[np.ndarray]:
+        """The row order of each local epoch, fixed by ``seed`` alone.
 
-        The shuffle seed is the op's own, so a client's batches depend only on the run's seed,
-        the round and the client id, not on what ran before in the process; re-seeding
-        TensorFlow's global state instead would make Keras retrace its train function.
+        A NumPy permutation, not TensorFlow's global random state: a client's batches depend
+        only on the run's seed, the round and the client id, on every engine and in every
+        process.
         """
-        n = self.data.num_train
-        y = self.flipped_labels() if flip else self.data.y_train
-        return (
-            row_dataset(self.data.x_train, y)
-            .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-        )
+        return batch_order(self.data.num_train, epochs, seed)
 
     def fit(
         self,
@@ -100,29 +94,29 @@ class KerasClient:
         ``start`` (Ditto's personal model) is trained instead of ``parameters``, which stay
         the proximal term's anchor; ``linear`` (FedDyn's ``g_i``) adds ``-<linear, w>`` to
         the loss. Returns the new weights, the number of training examples
-        and the training metrics of the last local epoch.
+        and the training metrics of the last local epoch. Training runs the model's compiled
+        steps (:mod:`fedflower.steps`).
         """
-        self.set_parameters(parameters)
-        reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
+        steps = steps_of(self.model)
+        steps.set_weights(parameters)
+        steps.reset_optimizer(config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
+        flip = bool(config.get(keys.FLIP_LABELS, False))
+        y = self.flipped_labels() if flip else self.data.y_train
+        orders = self.train_batches(
+            int(config.get(keys.LOCAL_EPOCHS, 1)), derive_seed(self.seed, rnd, self.cid)
+        )
         # FedProx: mu/2 * ||w - w_global||^2 joins the loss while mu > 0 (see client.proximal).
         mu = float(config.get(keys.PROXIMAL_MU, 0.0))
         with proximal(self.model, mu), linear_term(self.model, linear):
             if start is not None:
                 self.set_parameters(start)
-            history = self.model.fit(
-                self.train_dataset(
-                    int(config.get(keys.BATCH_SIZE, 32)),
-                    derive_seed(self.seed, rnd, self.cid),
-                    flip=bool(config.get(keys.FLIP_LABELS, False)),
-                ),
-                epochs=int(config.get(keys.LOCAL_EPOCHS, 1)),
-                shuffle=False,  # the dataset shuffles itself, seeded
-                verbose=0,
+            logs = steps_of(self.model).fit(  # a term may have just been attached
+                self.data.x_train, y, int(config.get(keys.BATCH_SIZE, 32)), orders
             )
         metrics = {
-            keys.TRAIN_LOSS: float(history.history["loss"][-1]),
-            keys.TRAIN_ACCURACY: float(history.history["accuracy"][-1]),
+            keys.TRAIN_LOSS: float(logs["loss"]),
+            keys.TRAIN_ACCURACY: float(logs["accuracy"]),
         }
         return self.get_parameters(config), self.data.num_train, metrics
 

@@ -24,7 +24,7 @@ class ClientOptions:
     batch_size: int = 32
     learning_rate: float = 0.01
     val_fraction: float = 0.2
-    steps_per_execution: int = 1
+    steps_per_execution: int = 32  # full batches per compiled training call (fedflower.steps)
     straggler_fraction: float = 0.0
     drop_stragglers: Optional[bool] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
     optimizer: Any = field(default_factory=lambda: {"_target_": "keras.optimizers.Adam"})
@@ -35,6 +35,9 @@ class ClientOptions:
         """Check the numbers of local training."""
         check_number("client.local_epochs", self.local_epochs, minimum=1, integer=True)
         check_number("client.batch_size", self.batch_size, minimum=1, integer=True)
+        check_number(
+            "client.steps_per_execution", self.steps_per_execution, minimum=1, integer=True
+        )
         check_number("client.learning_rate", self.learning_rate, minimum=0.0, min_open=True)
         check_number("client.straggler_fraction", self.straggler_fraction, minimum=0.0, maximum=1.0)
 

@@ -35,6 +35,7 @@ class CheckedFedAvg(FlowerFedAvg):
     round_nodes: list[int] = []
     """Nodes whose updates :meth:`combine` gets this round, in the order it gets them."""
     rejected: int = 0
+    _rejected_reported: int = 0
     _attack_log: AttackLog | None = None
     synchronous: bool = True
     """Rounds with one sample of clients: what DP accounting and SecAgg+ need."""
@@ -61,8 +62,16 @@ class CheckedFedAvg(FlowerFedAvg):
         return self._attack_log
 
     def round_report(self) -> dict[str, Any]:
-        """The round's malicious and excluded nodes (see :class:`AttackLog`)."""
-        return self.attack_log.round_report()
+        """The round's malicious and excluded nodes (see :class:`AttackLog`), and ``rejected``.
+
+        ``rejected`` (present when not 0) counts the round's failed replies and refused
+        updates (malformed, non-finite, or refused by the client itself).
+        """
+        report = self.attack_log.round_report()
+        if self.rejected > self._rejected_reported:
+            report["rejected"] = self.rejected - self._rejected_reported
+        self._rejected_reported = self.rejected
+        return report
 
     def run_report(self) -> dict[str, Any]:
         """How many malicious updates arrived and how many were excluded."""
@@ -78,7 +87,7 @@ class CheckedFedAvg(FlowerFedAvg):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.rejected = int(state["rejected"])
+        self.rejected = self._rejected_reported = int(state["rejected"])
         self.attack_log.malicious_updates, self.attack_log.malicious_excluded = state["malicious"]
 
     def configure_train(

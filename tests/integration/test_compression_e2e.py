@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import TINY
 from hydra import compose, initialize_config_module
@@ -83,4 +84,39 @@ def test_other_strategies_run_compressed(tmp_path: Path, overrides: list[str]) -
     results = run_with(tmp_path, *TINY, "output.plots=false", *overrides)
     assert results["compression_up"] > 1.2
     assert results.get("rejected_updates", 0) == 0
+    assert results["final"]["accuracy"] >= results["initial"]["accuracy"] + 0.1
+
+
+def test_a_nan_update_under_topk_costs_its_client_one_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 2's round-2 update holds a NaN: refused on the client, counted, then clean again."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedflower import apps, keys
+
+    def nan_mod(msg: Any, context: Any, call_next: Any) -> Any:
+        reply = call_next(msg, context)
+        if context.node_id == 2 and msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND] == 2:
+            record = reply.content.array_records[keys.ARRAYS]
+            arrays = record.to_numpy_ndarrays()
+            arrays[0][0, 0] = float("nan")
+            named = dict(zip(record.keys(), map(Array, arrays), strict=True))
+            reply.content.array_records[keys.ARRAYS] = ArrayRecord(named)
+        return reply
+
+    mods = apps.client_mods
+    monkeypatch.setattr(apps, "client_mods", lambda *args: [*mods(*args), nan_mod])
+    results = run_with(
+        tmp_path,
+        *TINY,
+        "num_rounds=4",
+        "output.plots=false",
+        "compression=topk",
+        "compression.min_elements=0",
+    )
+    rows = RunDir(tmp_path).metrics()
+    assert [row.get("rejected", 0) for row in rows] == [0, 1, 0, 0]
+    assert results["rejected_updates"] == 1
+    assert all(np.isfinite(row["loss"]) for row in rows)
     assert results["final"]["accuracy"] >= results["initial"]["accuracy"] + 0.1

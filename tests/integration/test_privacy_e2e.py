@@ -9,6 +9,7 @@ import dp_accounting
 import pytest
 from omegaconf import DictConfig
 
+from fedflower.errors import ConfigError
 from fedflower.experiment import run
 from fedflower.outputs import RunDir
 
@@ -50,3 +51,13 @@ def test_budget_stop_saves_what_it_has(tiny_cfg: Callable[..., DictConfig], tmp_
     assert rows[-1]["epsilon"] <= 7.5
     assert results["privacy"]["stopped_for_budget_after"] == 2
     assert (tmp_path / "results.json").exists() and (tmp_path / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_a_run_refused_for_its_budget_writes_nothing(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    cfg = tiny_cfg("privacy=dp_server", "privacy.max_epsilon=0.5")
+    with pytest.raises(ConfigError, match=r"max_epsilon 0\.5 is below one round's epsilon"):
+        run(cfg, tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []

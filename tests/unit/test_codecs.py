@@ -268,3 +268,39 @@ def test_malformed_parts_are_rejected(parts: dict[str, np.ndarray]) -> None:
 def test_bad_options(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("]", r"\]")):
         codecs.codecs_from_options(options)
+
+
+@pytest.mark.parametrize("name", ["none", "fp16", "int8", "topk", "topk_int8"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_arrays_are_refused_by_every_codec(name: str, bad: float) -> None:
+    x = np.linspace(-1, 1, 2048, dtype=np.float32)
+    x[7] = bad
+    with pytest.raises(UpdateRejected, match=r"array 'w' has 1 non-finite value"):
+        encode_arrays(["w"], [x], Codec(name, min_elements=0))
+
+
+@pytest.mark.parametrize("name", ["int8", "topk_int8"])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_int8_covers_the_whole_float32_range(name: str, stochastic: bool) -> None:
+    big = float(np.finfo(np.float32).max)
+    x = np.linspace(-3e38, 3e38, 4096).astype(np.float32)
+    x[[0, -1]] = -big, big
+    codec = Codec(name, fraction=1.0, stochastic=stochastic, min_elements=0)
+    _, (y,) = decode_arrays(encode_arrays(["w"], [x], codec, np.random.default_rng(0)))
+    assert np.isfinite(y).all()
+    step = (2 * big) / 255
+    assert np.abs(y.astype(np.float64) - x).max() <= (1.0 if stochastic else 0.5) * step * 1.001
+
+
+def test_a_non_finite_update_leaves_the_residual_as_it_was() -> None:
+    codec = Codec("topk", fraction=0.1, min_elements=0)
+    update = np.random.default_rng(1).standard_normal(2048).astype(np.float32)
+    _, residual = codecs.encode_with_feedback(["w"], [update], codec, None)
+    kept = [r.copy() for r in residual]
+    poisoned = update.copy()
+    poisoned[3] = np.nan
+    with pytest.raises(UpdateRejected):
+        codecs.encode_with_feedback(["w"], [poisoned], codec, residual)
+    assert np.array_equal(residual[0], kept[0])
+    flat, residual = codecs.encode_with_feedback(["w"], [update], codec, residual)
+    assert np.isfinite(decode_arrays(flat)[1][0]).all() and np.isfinite(residual[0]).all()

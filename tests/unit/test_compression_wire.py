@@ -19,6 +19,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from omegaconf import OmegaConf
 
 from fedflower import keys
@@ -40,8 +41,8 @@ def update_for(node: int, server_round: int) -> list[np.ndarray]:
     return [rng.standard_normal(s).astype(np.float32) * 0.01 for s in SHAPES]
 
 
-def make_app(return_update: bool = False) -> ClientApp:
-    app = ClientApp(mods=[compression_mod])
+def make_app(return_update: bool = False, mods: tuple[Mod, ...] = ()) -> ClientApp:
+    app = ClientApp(mods=[compression_mod, *mods])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -228,3 +229,37 @@ def test_integer_arrays_travel_as_they_are() -> None:
     np.testing.assert_allclose(w, 1.0, atol=1e-6)
     assert count.dtype == np.int64
     np.testing.assert_array_equal(count, np.arange(2000) + 5)
+
+
+def nan_in_round_2_of_node_2(
+    msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """A mod after compression: node 2's round-2 update holds a NaN."""
+    reply = call_next(msg, context)
+    rnd = int(msg.content.config_records[keys.CONFIG][keys.SERVER_ROUND])
+    if context.node_id == 2 and rnd == 2:
+        arrays = reply.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        arrays[0][0, 0] = np.nan
+        reply.content.array_records[keys.ARRAYS] = ArrayRecord(
+            dict(zip("abc", map(Array, arrays), strict=True))
+        )
+    return reply
+
+
+def test_a_nan_update_costs_its_client_one_round_and_never_the_residual() -> None:
+    local = LocalGrid(make_app(mods=(nan_in_round_2_of_node_2,)), 3)
+    grid = CompressedGrid(
+        local, Codec("topk", fraction=0.1, min_elements=0), Codec("none"), error_feedback=True
+    )
+    for rnd in range(1, 6):
+        replies = list(grid.send_and_receive(train_messages(local, model(), rnd)))
+        failed = [r.metadata.src_node_id for r in replies if r.has_error()]
+        assert failed == ([2] if rnd == 2 else []), rnd
+        for reply in replies:
+            if not reply.has_error():
+                arrays = reply.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+                assert all(np.isfinite(a).all() for a in arrays), (rnd, reply.metadata.src_node_id)
+        if rnd == 2:
+            assert replies[1].error.reason.startswith("update refused by the client: array 'a'")
+        residual = local._contexts[2].state.array_records[keys.COMPRESS_RESIDUAL]
+        assert all(np.isfinite(r).all() for r in residual.to_numpy_ndarrays()), rnd

@@ -90,6 +90,17 @@ def test_fit_is_deterministic_for_the_same_seed_round_and_cid(initial: list[np.n
     assert a[2] == b[2]
 
 
+def test_batches_depend_on_seed_round_and_client_only(initial: list[np.ndarray]) -> None:
+    """Not on the process's global random state (another engine's worker, another history)."""
+    runs = []
+    for global_seed in (1, 2):
+        model = tiny_model()
+        keras.utils.set_random_seed(global_seed)  # what another process might have done
+        runs.append(KerasClient(model, tiny_data(), cid=3, seed=7).fit(initial, dict(CONFIG)))
+    assert_same(runs[0][0], runs[1][0])
+    assert runs[0][2] == runs[1][2]
+
+
 @pytest.mark.parametrize(
     ("cid", "seed", "rnd"),
     [(4, 7, 1), (3, 8, 1), (3, 7, 2)],

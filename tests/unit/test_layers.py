@@ -26,7 +26,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "wire": BASE | {"aggregation"},
     "aggregation": BASE | {"aggregation"},
     "data": BASE | {"data"},
-    "models": BASE,
+    "models": BASE | {"models"},
     "engine": BASE | {"engine"},
     "client": BASE | {"aggregation", "wire", "data", "models", "client"},
     "outputs": BASE | {"outputs"},  # run files, their reader, console and plot sinks
@@ -53,6 +53,7 @@ PARTS = {
     "fedflower.data": "data",
     "fedflower.models": "models",
     "fedflower.model_inputs": "models",  # the saved model's preprocessing layers
+    "fedflower.steps": "models",  # compiled train/test steps the client and server share
     "fedflower.engine": "engine",
     "fedflower.client": "client",
     "fedflower.server": "server",

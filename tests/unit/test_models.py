@@ -140,28 +140,3 @@ def test_input_shape_is_checked_and_compile_options_apply(tmp_path: Path, tiny_c
     bad = tiny_cfg("client.loss=no_such_loss")
     with pytest.raises(ConfigError, match=r"client\.loss"):
         model_factory(bad, (20,), 2)()
-
-
-def test_row_dataset_is_built_once_per_pair_of_arrays() -> None:
-    import gc
-
-    from fedflower import models
-
-    x, y = np.arange(12, dtype=np.float32).reshape(6, 2), np.arange(6)
-    first = models.row_dataset(x, y)
-    assert models.row_dataset(x, y) is first  # a client's arrays: one dataset every round
-    assert models.row_dataset(x, y.copy()) is not first
-    rows = [(a.tolist(), int(b)) for a, b in first.as_numpy_iterator()]
-    assert rows == [(x[i].tolist(), i) for i in range(6)]
-    # arrays that are gone: their ids may be reused by new arrays, whose dataset is new
-    import weakref
-
-    gone = np.zeros(1)
-    dead = weakref.ref(gone)
-    del gone
-    gc.collect()
-    x2, y2 = np.zeros((6, 2), dtype=np.float32), np.ones(6)
-    models._SLICES[(id(x2), id(y2))] = (dead, dead, "stale")
-    got = models.row_dataset(x2, y2)
-    assert got != "stale"
-    assert [int(b) for _, b in got.as_numpy_iterator()] == [1] * 6

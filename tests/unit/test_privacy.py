@@ -303,3 +303,18 @@ def test_state_dict_restores_epsilon_and_sampling() -> None:
     assert resumed.epsilon == wrapped.epsilon > 0  # type: ignore[attr-defined]
     assert resumed.budget.rounds == wrapped.budget.rounds == 1  # type: ignore[attr-defined]
     assert resumed.rng.random() == wrapped.rng.random()  # type: ignore[attr-defined]
+
+
+def test_poisson_accounting_prints_no_convergence_warnings(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """q=0.1, z=1: dp-accounting leaves small fractional orders out, warning once for each."""
+    expected = independent_epsilon(1.0, 0.1, 3, 1e-5)
+    capfd.readouterr()
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        epsilon = PrivacyAccountant(1.0, 0.1, 1e-5).epsilon(3)
+    assert epsilon == pytest.approx(expected, rel=1e-12)
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    assert "failed to converge" not in "".join(capfd.readouterr())
+    assert any("left out of epsilon" in r.getMessage() for r in caplog.records)
