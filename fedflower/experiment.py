@@ -96,7 +96,8 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     build_model = model_factory(cfg, source.input_shape, source.num_classes)
     seed_everything(cfg.seed)  # the global model's initial weights come from the seed
     model = build_model()  # a model that does not fit the data fails here, before any output
-    if cfg.simulation.backend == "local":
+    workers = simulation_workers(cfg)
+    if cfg.simulation.backend == "local" and workers == 1:
         # one process: the server and every virtual client use this one model (each loads the
         # weights it is given first), so Keras builds and traces its functions once
         build_model = lambda: model  # noqa: E731
@@ -118,10 +119,19 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         cfg.num_clients,
         backend=cfg.simulation.backend,
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
+        workers=workers,
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
+
+
+def simulation_workers(cfg: DictConfig) -> int:
+    """``simulation.workers`` as a number (``auto``: see ``engine.pool.default_workers``)."""
+    from fedflower.engine.pool import check_workers, default_workers
+
+    workers = cfg.simulation.get("workers", 1)
+    return default_workers(cfg.num_clients) if workers == "auto" else check_workers(workers)
 
 
 def client_mods(cfg: DictConfig) -> list[Mod]:

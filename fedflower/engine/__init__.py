@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,6 +45,7 @@ def simulate(
     num_nodes: int,
     backend: str = "local",
     backend_config: dict[str, Any] | None = None,
+    workers: int = 1,
 ) -> None:
     """Run a federation of ``num_nodes`` virtual SuperNodes.
 
@@ -58,11 +60,16 @@ def simulate(
         simulation engine with Ray workers (clients in parallel processes).
     backend_config : dict, optional
         Passed to Flower's engine as its ``backend_config`` (``ray`` only).
+    workers : int
+        ``local`` only: worker processes that run the clients (1: in this process; see
+        :mod:`fedflower.engine.pool`). Each gets an equal share of the machine's cores as
+        TensorFlow threads.
     """
     if backend == "local":
         from fedflower.engine.local import run_local
 
-        run_local(server_app, client_app, num_nodes)
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        run_local(server_app, client_app, num_nodes, workers, threads)
     elif backend == "ray":
         from flwr.simulation import run_simulation
 
