@@ -120,6 +120,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         backend=cfg.simulation.backend,
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
         workers=workers,
+        address=cfg.simulation.get("address"),
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")

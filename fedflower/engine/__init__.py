@@ -46,6 +46,7 @@ def simulate(
     backend: str = "local",
     backend_config: dict[str, Any] | None = None,
     workers: int = 1,
+    address: str | None = None,
 ) -> None:
     """Run a federation of ``num_nodes`` virtual SuperNodes.
 
@@ -64,6 +65,9 @@ def simulate(
         ``local`` only: worker processes that run the clients (1: in this process; see
         :mod:`fedflower.engine.pool`). Each gets an equal share of the machine's cores as
         TensorFlow threads.
+    address : str, optional
+        ``ray`` only: join the Ray cluster at this address instead of starting Ray (see
+        :mod:`fedflower.engine.ray_cluster`).
     """
     if backend == "local":
         from fedflower.engine.local import run_local
@@ -73,6 +77,7 @@ def simulate(
     elif backend == "ray":
         from flwr.simulation import run_simulation
 
+        from fedflower.engine.ray_cluster import cluster_backend_config
         from fedflower.startup import quiet_library_notices
 
         quiet_library_notices()  # after the import, which lets DeprecationWarnings through
@@ -81,7 +86,7 @@ def simulate(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=num_nodes,
-                backend_config=backend_config or {},
+                backend_config=cluster_backend_config(backend_config or {}, address),
             )
     else:
         raise ConfigError(f"simulation.backend={backend!r} is unknown; use one of {BACKENDS}")

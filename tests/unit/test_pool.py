@@ -20,8 +20,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedflower import keys
-from fedflower.engine.local import LocalGrid
-from fedflower.engine.metered import MeteredGrid
+from fedflower.engine.metered import MeteredGrid, message_nbytes
 from fedflower.engine.pool import PoolGrid, check_workers, default_workers
 from fedflower.errors import ConfigError
 
@@ -90,14 +89,14 @@ def test_a_failing_client_replies_with_an_error_and_the_others_go_on(
     assert not replies[1].has_error()
 
 
-def test_metering_counts_the_bytes_of_the_in_process_engine(
+def test_metering_counts_the_bytes_the_engine_serialized(
     task_identity: None, grid: PoolGrid
 ) -> None:
-    local = MeteredGrid(LocalGrid(stateful_app(), 5))
-    pooled = MeteredGrid(grid)
-    for meter in (local, pooled):
-        list(meter.send_and_receive([message(n) for n in (1, 2, 3)]))
-    assert (pooled.bytes_down, pooled.bytes_up) == (local.bytes_down, local.bytes_up)
+    meter = MeteredGrid(grid)
+    sent = [message(n) for n in (1, 2, 3)]
+    replies = list(meter.send_and_receive(sent))
+    assert meter.bytes_down == sum(message_nbytes(m) for m in sent)
+    assert meter.bytes_up == sum(message_nbytes(r) for r in replies)
     assert grid._sizes == {}
 
 
