@@ -7,9 +7,11 @@ by process id at the end (never ``ray stop``, which stops every Ray on the machi
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,9 +52,10 @@ def stop_cluster(marks: tuple[str, ...]) -> None:
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path: Path) -> Iterator[str]:
+def two_node_cluster() -> Iterator[str]:
     """A head node and a second node, one CPU each; yields the head's address."""
-    port, temp = free_port(), tmp_path / "ray"
+    # a short directory: Ray's socket paths under it must fit in 107 bytes
+    port, temp = free_port(), tempfile.mkdtemp(prefix="ray-")
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     head = [
         "--head",
@@ -67,7 +70,8 @@ def two_node_cluster(tmp_path: Path) -> Iterator[str]:
             subprocess.run([str(RAY), "start", *extra, *common], check=True, timeout=600)
         yield f"127.0.0.1:{port}"
     finally:
-        stop_cluster((str(temp), f"127.0.0.1:{port}"))
+        stop_cluster((temp, f"127.0.0.1:{port}"))
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
