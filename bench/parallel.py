@@ -10,11 +10,13 @@ Side by side in one run, interleaved, each a median of ``--repeats``:
     traced) is reported apart; the rows of ``metrics.jsonl`` are checked to be identical;
 (b) the per-message cost of each engine with a ClientApp that only echoes the model it is
     sent (Flower's wire serialization both ways, shared memory and pipes for the pool);
-(c) one client's work (``KerasClient.fit`` then ``evaluate``) timed in this process.
+(c) one client's work (``KerasClient.fit`` then ``evaluate``) and the server's own work per
+    round (averaging the updates, central evaluation), timed in this process.
 
 The model: a round of n clients on W workers takes ``s + n c_W + ceil(n / W) t`` where ``s``
-is the server's own work per round (aggregation, central evaluation; derived from (a) and (c)
-at W = 1), ``c_W`` the per-message cost the server process pays, and ``t`` one client's work.
+is the server's own work per round, ``c_W`` the per-message cost the server process pays and
+``t`` one client's work, all from (b) and (c); the one-process prediction is printed next to
+the measured round for a check.
 It predicts the speed-up on 8, 32 and 64 cores. Results: ``bench/results/parallel.{md,json}``.
 
 Usage::
@@ -144,8 +146,10 @@ def message_cost(workers: int, messages: int, floats: int) -> float:
             grid.close()
 
 
-def client_seconds(clients: int) -> float:
-    """One client's fit then evaluate on the hospitals task, in this process (median of 5)."""
+def work_seconds(clients: int) -> tuple[float, float]:
+    """One client's fit + evaluate, and the server's central evaluation (medians of 5)."""
+    import numpy as np
+
     from fedflower import keys
     from fedflower.client.keras_client import KerasClient
     from fedflower.components import model_factory
@@ -157,13 +161,17 @@ def client_seconds(clients: int) -> float:
     client = KerasClient(model, fed.client(0), cid=0, seed=0)
     weights = model.get_weights()
     config = {keys.LEARNING_RATE: 0.01, keys.BATCH_SIZE: 32, keys.LOCAL_EPOCHS: 1}
-    times = []
+    client_times, server_times = [], []
     for _ in range(6):
         t0 = time.perf_counter()
         client.fit(weights, config)
         client.evaluate(weights, {})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+        t1 = time.perf_counter()
+        model.set_weights([np.mean([w] * clients, axis=0) for w in weights])  # aggregation
+        model.evaluate(source.x_test, source.y_test, batch_size=1024, verbose=0)
+        client_times.append(t1 - t0)
+        server_times.append(time.perf_counter() - t1)
+    return statistics.median(client_times[1:]), statistics.median(server_times[1:])
 
 
 def predict(s: float, c: float, t: float, n: int, cores: int) -> float:
@@ -183,7 +191,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for w, runs in sides.items()
     }
     costs = {w: message_cost(w, args.messages, 2817) for w in (1, 2)}  # the MLP's 2,817 weights
-    t = client_seconds(args.clients)
+    t, server = work_seconds(args.clients)
     fastest = min(r["loop"] for r in sides[1])
     return {
         "median": median,
@@ -191,6 +199,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "identical": identical,
         "costs": costs,
         "client": t,
+        "server": server,
     }
 
 
@@ -198,8 +207,7 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
     one, two = m["median"][1], m["median"][2]
     ratio = two["clients_per_s"] / one["clients_per_s"]
     n, t, costs = args.clients, m["client"], m["costs"]
-    # the least disturbed one-process run gives the server's own work per round
-    s = max(0.0, m["fastest_loop"] / (args.rounds - 1) - n * (t + costs[1]))
+    s = m["server"]
     lines = [
         "side         loop s  clients/s  start-up s  final acc  load",
         *(
@@ -214,7 +222,9 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
         "per-message cost in the server process (echo ClientApp, 11 KiB model):",
         f"  in-process engine {costs[1] * 1e3:.3f} ms, 2 worker processes {costs[2] * 1e3:.3f} ms",
         f"one client's work t (fit + evaluate, in-process): {t * 1e3:.1f} ms",
-        f"server's own work per round s (derived): {s * 1e3:.1f} ms",
+        f"server's own work per round s (aggregation + central evaluation): {s * 1e3:.1f} ms",
+        f"one-process round predicted s + n (t + c_1): {s + n * (t + costs[1]):.2f} s, "
+        f"measured (fastest run): {m['fastest_loop'] / (args.rounds - 1):.2f} s",
         "",
         "model: speed-up = (s + n t) / (s + n c + ceil(n / W) t), c = pool's per-message cost",
         "clients/round " + "".join(f"   W={w:<4d}" for w in CORES),
