@@ -121,7 +121,9 @@ def load_work(work: Path) -> tuple[dict[str, Any], Any, Any]:
     import numpy as np
 
     settings = json.loads((work / "work.json").read_text())
-    return settings, np.load(work / "data.npz"), keras.models.load_model(work / "model.keras")
+    with np.load(work / "data.npz") as data:
+        arrays = dict(data)
+    return settings, arrays, keras.models.load_model(work / "model.keras")
 
 
 def side_fedflower(work: Path) -> dict[str, float]:
@@ -147,7 +149,7 @@ def side_pfl(work: Path) -> dict[str, float]:
     import tensorflow as tf
     from pfl.aggregate.simulate import SimulatedBackend
     from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
-    from pfl.callback import CentralEvaluationCallback
+    from pfl.callback.central_evaluation import CentralEvaluationCallback
     from pfl.data.dataset import Dataset
     from pfl.data.federated_dataset import FederatedDataset
     from pfl.data.sampling import get_user_sampler
@@ -192,7 +194,6 @@ def side_pfl(work: Path) -> dict[str, float]:
 
 def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
     """A ServerApp and ClientApp as Flower's Message-API examples write them."""
-    import numpy as np
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
@@ -203,15 +204,16 @@ def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
+        # as Flower's examples do: the model and the partition are loaded for each message
+        local_settings, local_arrays, local_model = load_work(work)
         pid = int(context.node_config["partition-id"])
-        model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
-        for var in model.optimizer.variables[1:]:  # fresh local optimizer state
-            var.assign(np.zeros(var.shape, dtype=var.dtype))
-        x, y = arrays[f"x{pid}"], arrays[f"y{pid}"]
-        model.fit(x, y, batch_size=settings["batch"], epochs=settings["epochs"], verbose=0)
+        local_model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        x, y = local_arrays[f"x{pid}"], local_arrays[f"y{pid}"]
+        batch, epochs = local_settings["batch"], local_settings["epochs"]
+        local_model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
         content = RecordDict(
             {
-                "arrays": ArrayRecord(model.get_weights()),
+                "arrays": ArrayRecord(local_model.get_weights()),
                 "metrics": MetricRecord({"num-examples": len(y)}),
             }
         )
@@ -305,27 +307,43 @@ def main() -> None:
         return
     pfl_python = ensure_venv(args.venv)
     pythons = {"fedflower": Path(sys.executable), "pfl": pfl_python, "flower": Path(sys.executable)}
-    lines, raw = [], {}
+    lines: list[str] = []
+    raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks.split(","):
             work = Path(tmp) / task
             work.mkdir()
             write_work(task, work)
-            runs: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
-            for repeat in range(args.repeats):
-                order = SIDES if repeat % 2 == 0 else SIDES[::-1]
-                for side in order:
-                    runs[side].append(run_child(pythons[side], side, work))
-                    print(task, side, runs[side][-1], flush=True)
+            try:
+                runs = run_task(task, work, pythons, args.repeats)
+            except RuntimeError as exc:  # one side failing leaves the other tasks' numbers
+                lines += [f"{task}: {str(exc).splitlines()[0]}", ""]
+                continue
             med = {
                 s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()
             }
             raw[task] = runs
             lines += [*table(task, med), ""]
+            write_results(args, lines, raw)
+
+
+def run_task(
+    task: str, work: Path, pythons: dict[str, Path], repeats: int
+) -> dict[str, list[dict[str, float]]]:
+    """Every side ``repeats`` times, interleaved (the order reversed every other repeat)."""
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
+    for repeat in range(repeats):
+        for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
+            runs[side].append(run_child(pythons[side], side, work))
+            print(task, side, runs[side][-1], flush=True)
+    return runs
+
+
+def write_results(args: argparse.Namespace, lines: list[str], raw: dict[str, Any]) -> None:
     head = f"median of {args.repeats} interleaved runs per side"
     machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
     command = f"python bench/peers.py --tasks {args.tasks} --repeats {args.repeats}"
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peers.json").write_text(json.dumps({"machine": machine, "runs": raw}, indent=1))
     (RESULTS / "peers.md").write_text(
