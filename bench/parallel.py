@@ -46,6 +46,20 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING = {"seconds", "elapsed"}
 CORES = (2, 8, 32, 64)
+EXPLANATION = """\
+How to read it. `load` is the machine's 1-minute load average during each side's runs: above
+the number of cores, other jobs compete for them, the ratio moves from run to run, and a side
+with two processes can take a larger share of the contended cores than a side with one (a
+ratio above 2 on 2 cores comes from that). The model's inputs are measured on this machine in
+the same run: the per-message cost `c` the server process pays with worker processes
+(serializing the message once into shared memory, reading the reply from a pipe and inflating
+it), one client's work `t`, and the server's own work per round `s`. Its prediction for W cores
+assumes W idle cores and the same `t` per client on each (no memory-bandwidth contention):
+the speed-up stops growing once `ceil(n / W) t` is small next to `s + n c`, i.e. at about
+`W = t / c` workers when `s` is small, and it is bounded by `(s + n t) / (s + n c)`; with
+`c` well under a millisecond and `t` around 0.1 s that bound is beyond 64 cores for rounds of
+100 clients or more, while rounds of 20 clients are bounded by the server's own work `s`.
+"""
 
 
 def parse() -> argparse.Namespace:
@@ -255,7 +269,10 @@ def main() -> None:
         f"--repeats {args.repeats}"
     )
     (RESULTS / "parallel.md").write_text(
-        f"Machine: {machine}. {head}. Command: `{command}`\n\n```\n" + "\n".join(lines) + "\n```\n"
+        f"Machine: {machine}. {head}. Command: `{command}`\n\n```\n"
+        + "\n".join(lines)
+        + "\n```\n\n"
+        + EXPLANATION
     )
 
 

@@ -113,9 +113,9 @@ def _serve(
     import keras
     import tensorflow as tf
 
-    from fedflower.components import configure_threads
-
-    configure_threads(threads)
+    if threads > 0:  # before the first op: a fresh process, so TensorFlow has run none
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     seed, deterministic = settings
     if seed is not None:
         keras.utils.set_random_seed(seed)
