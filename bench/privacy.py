@@ -57,6 +57,7 @@ quiet_tensorflow_import()
 from hydra import compose, initialize_config_module
 
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMON = ["progress=false", "output.save_model=false", "output.plots=false", "latency=none"]
@@ -68,7 +69,7 @@ def run_once(overrides: list[str]) -> dict[str, Any]:
         cfg = compose(config_name="config", overrides=[*COMMON, *overrides])
     with tempfile.TemporaryDirectory() as out, redirect_stdout(io.StringIO()):
         results = run(cfg, output_dir=out)
-        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        rows = RunDir(Path(out)).metrics()
     return {**results, "rows": rows}
 
 

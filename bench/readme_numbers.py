@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedflower.outputs import RunDir
+
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -76,8 +78,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 def default_run(work: Path) -> dict[str, Any]:
     out = work / "default"
     done, seconds, load = timed([str(BIN / "fedflower"), f"hydra.run.dir={out}"], work)
-    results = json.loads((out / "results.json").read_text())
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    results = RunDir(out).results()
+    rows = RunDir(out).metrics()
     last = rows[-1]
     return {
         "command": "fedflower",
@@ -95,7 +97,7 @@ def demo_run(work: Path) -> dict[str, Any]:
     cmd = [str(BIN / "fedflower-deploy"), "demo", "--nodes", "3", "num_rounds=3"]
     done, seconds, load = timed([*cmd, "--workdir", str(work / "demo")], REPO)
     (root,) = (work / "demo").iterdir()
-    results = json.loads((root / "run" / "results.json").read_text())
+    results = RunDir(root / "run").results()
     lines = done.stdout.splitlines()
     return {
         "command": "make deploy-demo (fedflower-deploy demo --nodes 3 num_rounds=3)",
@@ -113,7 +115,7 @@ def demo_simulated(work: Path) -> dict[str, Any]:
     out = work / "demo-sim"
     cmd = [str(BIN / "fedflower"), "num_clients=3", "num_rounds=3", f"hydra.run.dir={out}"]
     _, seconds, load = timed(cmd, work)
-    results = json.loads((out / "results.json").read_text())
+    results = RunDir(out).results()
     return {"command": "fedflower num_clients=3 num_rounds=3", **summary(results),
             "command_seconds": round(seconds, 1), "load": load}  # fmt: skip
 
@@ -136,7 +138,7 @@ def flwr_sim_runs(work: Path) -> dict[str, Any]:
         REPO,
     )  # fmt: skip
     (root,) = (work / "sim").iterdir()
-    flwr_sim = json.loads((root / "run" / "results.json").read_text())
+    flwr_sim = RunDir(root / "run").results()
     engines: dict[str, Any] = {
         "flwr-sim": {**summary(flwr_sim), "command_seconds": round(seconds, 1)}
     }
@@ -144,7 +146,7 @@ def flwr_sim_runs(work: Path) -> dict[str, Any]:
         out = work / engine
         _, secs, _ = timed([str(BIN / "fedflower"), *SIM, f"simulation={engine}",
                             f"hydra.run.dir={out}"], work)  # fmt: skip
-        results = json.loads((out / "results.json").read_text())
+        results = RunDir(out).results()
         engines[engine] = {**summary(results), "command_seconds": round(secs, 1)}
     return {"overrides": " ".join(SIM), "load": load, "engines": engines,
             "lines": round_lines(done.stdout)}  # fmt: skip

@@ -1,17 +1,18 @@
 """One way to check an option: ``<key> must be <rule>, got <value>``.
 
-Config validation, strategy, latency and staleness constructors all check their numbers with
-:func:`check_number` (and choices with :func:`check_choice`), so every bad value reads the same
-and the rule is written once.
+Config rules, strategy, latency and staleness constructors and data loaders all check their
+numbers with :func:`check_number` (and choices with :func:`check_choice`), so every bad value
+reads the same and the rule is written once.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from fedflower.errors import ConfigError
+from fedflower.errors import ConfigError, FedflowerError
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ def check_number(
     min_open: bool = False,
     max_open: bool = False,
     allow_none: bool = False,
+    error: type[FedflowerError] = ConfigError,
 ) -> Any:
     """Return ``value`` if it is a finite number within the bounds, else raise ``ConfigError``.
 
@@ -63,19 +65,22 @@ def check_number(
         Require an ``int`` (a float such as ``2.0`` is refused: configs say what they mean).
     allow_none : bool
         Accept ``None`` (an option that is off), returned as is.
+    error : type of FedflowerError
+        What to raise: ``ConfigError`` for options, ``DataError`` for data loaders' arguments.
 
     Returns
     -------
-    The value unchanged (``int`` stays ``int``; other numbers become ``float``).
+    The value as ``int`` (integers) or ``float`` (other numbers).
     """
     if value is None and allow_none:
         return None
     rule = _rule(integer, minimum, maximum, min_open, max_open)
     if allow_none:
         rule += " or null"
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    # numbers.Real: NumPy's scalars too (a loader's sizes); booleans are never numbers here
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok and integer:
-        ok = isinstance(value, int)
+        ok = isinstance(value, numbers.Integral)
     if ok:
         number = float(value)
         ok = math.isfinite(number)
@@ -84,14 +89,16 @@ def check_number(
         if ok and maximum is not None:
             ok = number < maximum if max_open else number <= maximum
     if not ok:
-        raise ConfigError(f"{key} must be {rule}, got {value!r}")
-    return value if isinstance(value, int) else float(value)
+        raise error(f"{key} must be {rule}, got {value!r}")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
-def check_choice(key: str, value: T, choices: Iterable[T]) -> T:
-    """Return ``value`` if it is one of ``choices``, else raise ``ConfigError`` listing them."""
+def check_choice(
+    key: str, value: T, choices: Iterable[T], error: type[FedflowerError] = ConfigError
+) -> T:
+    """Return ``value`` if it is one of ``choices``, else raise ``error`` listing them."""
     options = list(choices)
     if value not in options:
         listed = ", ".join(str(c) for c in options)
-        raise ConfigError(f"{key} must be one of {listed}, got {value!r}")
+        raise error(f"{key} must be one of {listed}, got {value!r}")
     return value

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
@@ -61,55 +59,93 @@ def _sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
     return [base] + [[*base[:i], value, *base[i + 1 :]] for i, value in others]
 
 
+def _parser() -> argparse.ArgumentParser:
+    """Hydra's command-line options (``hydra --help``), read to know what Hydra will compose."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (
+        ("--help", "-h"),
+        ("--hydra-help",),
+        ("--version",),
+        ("--resolve",),
+        ("--run", "-r"),
+        ("--multirun", "-m"),
+        ("--shell-completion", "-sc"),
+    ):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (
+        ("--cfg", "-c"),
+        ("--package", "-p"),
+        ("--config-path", "-cp"),
+        ("--config-name", "-cn"),
+        ("--config-dir", "-cd"),
+        ("--experimental-rerun",),
+    ):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
 def _inspects_only(args: argparse.Namespace) -> bool:
     """Whether Hydra only prints something (help, config, info) and runs nothing."""
-    return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion)
+    return bool(
+        args.help
+        or args.hydra_help
+        or args.version
+        or args.cfg
+        or args.info
+        or args.shell_completion
+    )
 
 
-@contextmanager
-def _hydra(config_dir: str | None) -> Iterator[None]:
-    """Hydra initialized with the search path ``fedflower`` runs with (and ``--config-dir``)."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-
-    search_path = create_config_search_path(f"pkg://{CONFIG_MODULE}")
-    if config_dir is not None:  # where Hydra's own command line puts it
-        folder = Path(config_dir).expanduser().resolve()
-        if not folder.is_dir():
-            raise ConfigError(f"--config-dir {config_dir!r} is not a directory")
-        search_path.prepend("command-line", f"file://{folder}", SearchPathQuery("schema"))
-    Hydra.create_main_hydra2(task_name="fedflower", config_search_path=search_path)
-    try:
-        yield
-    finally:
-        GlobalHydra.instance().clear()
+def _with_config_dir(overrides: list[str], config_dir: str | None) -> list[str]:
+    """``overrides`` with ``--config-dir`` added to ``hydra.searchpath`` (Hydra's compose API
+    has no ``--config-dir``; a user's own ``hydra.searchpath`` override is kept).
+    """
+    if config_dir is None:
+        return overrides
+    folder = Path(config_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir {config_dir!r} is not a directory")
+    entries = [f"file://{folder}"]
+    kept = []
+    for text, override in zip(
+        overrides, OverridesParser.create().parse_overrides(overrides), strict=True
+    ):
+        if override.key_or_group == "hydra.searchpath":
+            entries += [str(v) for v in override.value()]  # type: ignore[union-attr]
+        else:
+            kept.append(text)
+    return [*kept, "hydra.searchpath=[" + ",".join(f"'{e}'" for e in entries) + "]"]
 
 
 def precheck(argv: Sequence[str]) -> None:
     """Compose the config the command line asks for; exit with one line if that fails.
 
-    The config is composed as Hydra will compose it: with ``--config-dir`` and any
-    ``hydra.searchpath`` override, so a user's own config folder is found.
+    The config is composed with Hydra's compose API as ``fedflower`` will compose it: with
+    ``--config-dir`` and any ``hydra.searchpath`` override, so a user's own config folder is
+    found. Then the config's rules run (:func:`fedflower.server.rules.validate`).
     """
-    from hydra import compose
+    from hydra import compose, initialize_config_module
 
-    args = get_args_parser().parse_args(list(argv))
+    args = _parser().parse_args(list(argv))
     if _inspects_only(args):
         return
     try:
         variants = _sweep_variants(args.overrides)
-        with _hydra(args.config_dir):
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             configs = [
-                compose(config_name=args.config_name or CONFIG_NAME, overrides=overrides)
+                compose(
+                    config_name=args.config_name or CONFIG_NAME,
+                    overrides=_with_config_dir(overrides, args.config_dir),
+                )
                 for overrides in variants
             ]
     except FedflowerError as exc:
         fail(str(exc))
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad override
         fail(hydra_error_line(exc))
-    from fedflower.validation import validate
+    from fedflower.server.rules import validate
 
     for cfg in configs:
         try:
@@ -164,7 +200,7 @@ def main() -> None:
     """Entry point of the ``fedflower`` console script."""
     argv = sys.argv[1:]
     if argv[:1] == ["export"]:  # `fedflower export model.keras --to tflite` (not a Hydra run)
-        from fedflower.deploy.export import main as export_main
+        from fedflower.export import main as export_main
 
         raise SystemExit(export_main(argv[1:]))
     if "--list-strategies" in argv:
@@ -172,7 +208,7 @@ def main() -> None:
         list_strategies()
         return
     precheck(argv)  # bad overrides fail here, before TensorFlow's seconds-long import
-    if not _inspects_only(get_args_parser().parse_args(argv)):
+    if not _inspects_only(_parser().parse_args(argv)):
         quiet_tensorflow_import()
     _hydra_main()
 

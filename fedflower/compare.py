@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +23,9 @@ import numpy as np
 
 from fedflower.checks import check_number
 from fedflower.errors import DataError, FedflowerError
+from fedflower.outputs.rundir import METRICS_FILE, RESULTS_FILE, RunDir, find_runs
 from fedflower.startup import EXIT_USAGE
 
-RESULTS, METRICS, OVERRIDES = "results.json", "metrics.jsonl", ".hydra/overrides.yaml"
 POOLED = ("seed",)
 """Override keys whose values are pooled (not part of a configuration's name)."""
 
@@ -49,13 +48,11 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
 
-def _overrides(run_dir: Path, root: Path) -> list[str]:
-    path = run_dir / OVERRIDES
-    if path.is_file():
-        from omegaconf import OmegaConf
-
-        return [str(o) for o in OmegaConf.load(path)]
-    rel = run_dir.relative_to(root)  # no Hydra record: the directory names are the overrides
+def _overrides(run: RunDir, root: Path) -> list[str]:
+    recorded = run.overrides()
+    if recorded is not None:
+        return recorded
+    rel = run.path.relative_to(root)  # no Hydra record: the directory names are the overrides
     return [p for part in rel.parts for p in part.split(",")]
 
 
@@ -71,14 +68,11 @@ def label_of(overrides: Sequence[str], common: Collection[str] = ()) -> str:
     return ",".join(kept) or "base"
 
 
-def _read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    try:
-        results = json.loads((run_dir / RESULTS).read_text())
-        lines = (run_dir / METRICS).read_text().splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the run in {run_dir}: {exc}") from exc
-    return rows, results
+def _read_run(run: RunDir) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    results = run.results()
+    if not run.metrics_path.is_file():
+        raise DataError(f"cannot read the run in {run.path}: no {METRICS_FILE}")
+    return run.metrics(), results
 
 
 def load_groups(root: Path | str) -> list[Group]:
@@ -86,15 +80,16 @@ def load_groups(root: Path | str) -> list[Group]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; give the multirun directory of a sweep")
-    dirs = [p.parent for p in sorted(root.rglob(RESULTS))]
-    overrides = {d: _overrides(d, root) for d in dirs}
-    common = set.intersection(*(set(o) for o in overrides.values())) if dirs else set()
+    found = find_runs(root)
+    overrides = {d.path: _overrides(d, root) for d in found}
+    common = set.intersection(*(set(o) for o in overrides.values())) if found else set()
     groups: dict[str, Group] = {}
-    for run_dir in dirs:
-        run = Run(run_dir, label_of(overrides[run_dir], common), *_read_run(run_dir))
+    for run_dir in found:
+        label = label_of(overrides[run_dir.path], common)
+        run = Run(run_dir.path, label, *_read_run(run_dir))
         groups.setdefault(run.label, Group(run.label)).runs.append(run)
     if not groups:
-        raise DataError(f"no finished run (no {RESULTS}) under {root}")
+        raise DataError(f"no finished run (no {RESULTS_FILE}) under {root}")
     return [groups[k] for k in sorted(groups)]
 
 
@@ -190,7 +185,7 @@ def _print(table: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fedflower.server.recorder import human_bytes
+    from fedflower.outputs.console import human_bytes
 
     target = table[0]["target_accuracy"]
     out = Table(title=f"fedflower comparison (target test accuracy {target:.4f})")

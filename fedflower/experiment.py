@@ -1,38 +1,28 @@
-"""``run(cfg)``: one federated experiment from a composed Hydra config, testable without the CLI."""
+"""``run(cfg)``: one federated experiment from a composed Hydra config, testable without the CLI.
+
+The apps come from :func:`fedflower.apps.build`; this module loads the data, writes the
+partition report and hands the apps to the simulation engine.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
-from flwr.clientapp.typing import Mod
-from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from fedflower.client.app import keras_client_fn, to_client_app
-from fedflower.client.attacks import Attack, attack_mod
-from fedflower.client.keras_client import reset_optimizer
-from fedflower.client.privacy import privacy_mod
-from fedflower.client.secagg import secagg_mod
-from fedflower.components import configure_threads, instantiate_data, model_factory
+from fedflower import apps
+from fedflower.components import instantiate_data
 from fedflower.data.heterogeneity import write_partition_report
 from fedflower.data.partition import FederatedData
 from fedflower.data.population import HospitalPopulation
 from fedflower.data.source import TabularSource
-from fedflower.determinism import seed_everything
 from fedflower.engine import simulate
-from fedflower.engine.clock import build_latency
 from fedflower.errors import DataError
-from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes, run_extra
 from fedflower.server.checkpoint import check_resumable
-from fedflower.server.privacy import make_private
-from fedflower.server.recorder import Recorder
-from fedflower.server.tracking import build_sinks
-from fedflower.validation import validate
+from fedflower.server.rules import validate
 
 log = logging.getLogger(__name__)
 
@@ -85,41 +75,24 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
-    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
-    configure_threads(cfg.simulation.tf_threads)
-    seed_everything(cfg.seed)
+    apps.prepare(cfg)
     out = _output_dir(output_dir)
     if cfg.get("resume"):
         out = Path(cfg.resume)  # continue the run where it was written
         check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     source, fed = load_federation(cfg)
-    build_model = model_factory(cfg, source.input_shape, source.num_classes)
-    seed_everything(cfg.seed)  # the global model's initial weights come from the seed
-    model = build_model()  # a model that does not fit the data fails here, before any output
-    workers = simulation_workers(cfg)
-    if cfg.simulation.backend == "local" and workers == 1:
-        # one process: the server and every virtual client use this one model (each loads the
-        # weights it is given first), so Keras builds and traces its functions once
-        build_model = lambda: model  # noqa: E731
-    else:
-        seed_everything(cfg.seed)  # the server's own model draws the same initial weights
-    server_app, results = experiment_server_app(
-        cfg, out, source, virtual_clock=True, build_model=build_model
-    )
+    server_app, client_app, results = apps.build(cfg, out, source, fed)
     if isinstance(fed, FederatedData):
         print(write_partition_report(fed, out, plot=cfg.output.plots))
     else:  # a generated population: its size, not a row per client
         (out / "partition.json").write_text(json.dumps(fed.summary(), indent=1) + "\n")
-    client_app = to_client_app(
-        keras_client_fn(build_model, fed.client, cfg.seed), mods=client_mods(cfg)
-    )
     simulate(
         server_app,
         client_app,
         cfg.num_clients,
         backend=cfg.simulation.backend,
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
-        workers=workers,
+        workers=simulation_workers(cfg),
         address=cfg.simulation.get("address"),
     )
     if not results:
@@ -133,84 +106,3 @@ def simulation_workers(cfg: DictConfig) -> int:
 
     workers = cfg.simulation.get("workers", 1)
     return default_workers(cfg.num_clients) if workers == "auto" else check_workers(workers)
-
-
-def client_mods(cfg: DictConfig) -> list[Mod]:
-    """The Flower client mods the config asks for, outermost first.
-
-    Secure aggregation masks what differential privacy clipped (and noised), which is the reply
-    a simulated attacker made: a reply passes the mods from the last to the first.
-    """
-    privacy = OmegaConf.to_container(cfg.privacy, resolve=True)
-    secagg = OmegaConf.to_container(cfg.secagg, resolve=True)
-    mods = [secagg_mod(lambda _: secagg), privacy_mod(lambda _: privacy)]  # type: ignore[arg-type,return-value]
-    options = OmegaConf.to_container(cfg.get("attack") or {"name": "none"}, resolve=True)
-    attack = Attack(**options)  # type: ignore[arg-type]
-    return [*mods, attack_mod(attack)] if attack.active else mods
-
-
-def experiment_server_app(
-    cfg: DictConfig,
-    out: Path,
-    source: TabularSource,
-    virtual_clock: bool = False,
-    build_model: Callable[[], keras.Model] | None = None,
-) -> tuple[ServerApp, dict[str, Any]]:
-    """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
-
-    Simulation (:func:`run`) and deployment (:mod:`fedflower.deploy.app`) run this same app:
-    strategy from ``cfg.strategy``, centralized evaluation on ``source``'s test set, the
-    recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
-    ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
-    ``build_model`` gives the server its model (default: built from ``cfg.model``).
-    """
-    config = OmegaConf.to_container(cfg, resolve=True)
-    sinks = build_sinks(cfg.get("tracking"), out, config)  # type: ignore[arg-type]
-    recorder = Recorder(out, cfg.num_rounds, progress=cfg.progress, sinks=sinks)
-    if build_model is None:
-        build_model = model_factory(cfg, source.input_shape, source.num_classes)
-    results: dict[str, Any] = {}
-
-    def on_finish(model: keras.Model, grid: Grid, strategy: Any) -> None:
-        if cfg.output.save_model:
-            if not model.optimizer.built:  # the server never trains: build its state so that
-                model.optimizer.build(model.trainable_variables)  # load_model finds it whole
-            else:  # a model shared with the in-process clients: no client's optimizer state
-                reset_optimizer(model.optimizer, None)
-            model.save(out / "model.keras")
-        results.update(
-            recorder.finish(
-                config,  # type: ignore[arg-type]
-                model_bytes=model_nbytes(model.get_weights()),
-                num_clients=cfg.num_clients,
-                plots=cfg.output.plots,
-                rejected_updates=int(getattr(strategy, "rejected", 0)),
-                **run_extra(grid, strategy),
-            )
-        )
-
-    server_app = make_server_app(
-        strategy_options=OmegaConf.to_container(cfg.strategy, resolve=True),  # type: ignore[arg-type]
-        client_options=OmegaConf.to_container(cfg.client, resolve=True),  # type: ignore[arg-type]
-        num_rounds=cfg.num_rounds,
-        build_model=build_model,
-        source=source,
-        recorder=recorder,
-        on_finish=on_finish,
-        seed=cfg.seed,
-        latency=build_latency(cfg.get("latency")) if virtual_clock else None,
-        checkpoint=CheckpointOptions(
-            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
-            every=int(cfg.get("checkpoint", {}).get("every", 0)),
-            resume=bool(cfg.get("resume")),
-        ),
-        compression=OmegaConf.to_container(cfg.compression, resolve=True),  # type: ignore[arg-type]
-        wrap_strategy=lambda strategy: make_private(
-            strategy,
-            OmegaConf.to_container(cfg.privacy, resolve=True),  # type: ignore[arg-type]
-            cfg.num_clients,
-            cfg.seed,
-            secagg=OmegaConf.to_container(cfg.secagg, resolve=True),  # type: ignore[arg-type]
-        ),
-    )
-    return server_app, results

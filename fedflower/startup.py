@@ -7,7 +7,6 @@ The ``fedflower`` command, the deployment tools and a SuperNode's ClientApp impo
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 CONFIG_MODULE = "fedflower.conf"
@@ -63,17 +62,40 @@ def quiet_tensorflow_import() -> None:
         os.close(saved)
 
 
+TYPE_RULES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+"""How :func:`hydra_error_line` names a typed field's rule."""
+
+
+def _type_rule(node_type: object, key: object) -> str:
+    """The rule of field ``key`` of the dataclass ``node_type`` (``a number``, ...)."""
+    import dataclasses
+    import typing
+
+    if not dataclasses.is_dataclass(node_type) or not isinstance(node_type, type):
+        return "of the field's type"
+    hint = typing.get_type_hints(node_type).get(str(key))
+    types = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    rule = TYPE_RULES.get(types[0], f"a {getattr(types[0], '__name__', types[0])}")
+    return rule + " or null" if len(types) < len(typing.get_args(hint)) else rule
+
+
 def hydra_error_line(exc: Exception) -> str:
-    """One line from a Hydra/OmegaConf composition error: what is unknown and what exists."""
-    text = str(exc).strip()
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if missing:
-        group, option = missing.groups()
-        options = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
-        hint = f"; choose one of: {', '.join(options)}" if options else ""
+    """One line from a Hydra/OmegaConf composition error, read from the exception's fields."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        hint = f"; choose one of: {', '.join(exc.options)}" if exc.options else ""
         return f"unknown option {option!r} for {group}{hint}"
-    key = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", text)
-    if key:
-        name = key.group(1) or key.group(2)
+    if isinstance(exc, OverrideParseException):
+        return f"malformed override {exc.override!r}: {exc.message.splitlines()[0]}"
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError) and cause.full_key:
+        rule = _type_rule(cause.object_type, cause.key)
+        return f"{cause.full_key} must be {rule}, got {cause.value!r}"
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and cause.full_key:
+        name = cause.full_key
         return f"unknown config key {name!r} (to add a new key on purpose: +{name}=...)"
+    text = str(exc).strip()
     return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]

@@ -78,7 +78,9 @@ class FedBuff(AsyncStrategy):
         **options: Any,
     ) -> None:
         super().__init__(concurrency=concurrency, **options)
-        self.buffer_size = check_number("buffer_size", buffer_size, minimum=1, integer=True)
+        self.buffer_size = check_number(
+            "strategy.buffer_size", buffer_size, minimum=1, integer=True
+        )
         self.server_lr = float(check_number("server_lr", server_lr, minimum=0, min_open=True))
         self.server_momentum = float(
             check_number("server_momentum", server_momentum, minimum=0, maximum=1, max_open=True)

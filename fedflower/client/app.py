@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
@@ -17,6 +19,7 @@ from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
 
 ClientFn = Callable[[Context], KerasClient]
+T = TypeVar("T")
 
 
 def _config(msg: Message) -> dict:
@@ -72,12 +75,13 @@ def keras_client_fn(
     seed: int,
     client_cls: type[KerasClient] = KerasClient,
 ) -> ClientFn:
-    """A ``client_fn`` that builds and compiles the model once per process and reuses it.
+    """A ``client_fn`` whose clients share one compiled model per process.
 
     Parameters
     ----------
     build_model : callable
-        Returns a compiled Keras model; called once, on the first message.
+        Returns a compiled Keras model; called once per process, on the first message (a
+        :class:`SharedModel` is used as it is, so a server can share it).
     client_data : callable
         Maps a partition id (the node config's ``partition-id``) to that client's data.
     seed : int
@@ -85,29 +89,52 @@ def keras_client_fn(
     client_cls : type
         The client class to instantiate (a :class:`KerasClient` subclass).
     """
-    token = uuid.uuid4().hex  # names this federation's model in every process its clients run in
+    model = build_model if isinstance(build_model, SharedModel) else SharedModel(build_model)
 
     def client_fn(context: Context) -> KerasClient:
         cid = int(context.node_config[keys.PARTITION_ID])
-        model = process_model(token, build_model)
-        return client_cls(model, client_data(cid), cid=cid, seed=seed)
+        return client_cls(model(), client_data(cid), cid=cid, seed=seed)
 
     return client_fn
 
 
-_PROCESS_MODEL: dict[str, keras.Model] = {}
+class SharedModel:
+    """One federation's model, built once per process: a picklable ``build_model``.
 
-
-def process_model(token: str, build_model: Callable[[], keras.Model]) -> keras.Model:
-    """The model of federation ``token`` in this process, built on first use.
-
-    Flower's Ray engine ships the ClientApp (and the ``client_fn`` closure) with every message,
-    so a model kept in the closure would be rebuilt, and its functions traced again, for
-    every message; this module's dictionary stays in the worker process. One federation's
-    model at a time is kept.
+    Flower's Ray engine ships the ClientApp (and the ``client_fn`` closure) with every
+    message, so a model kept in the closure would be rebuilt, and its functions traced again,
+    for every message; this object carries only a token naming the federation and the
+    builder, and the model stays in the process cache (:func:`cached`).
     """
-    model = _PROCESS_MODEL.get(token)
-    if model is None:
-        _PROCESS_MODEL.clear()
-        model = _PROCESS_MODEL[token] = build_model()
-    return model
+
+    def __init__(self, build: Callable[[], keras.Model]) -> None:
+        self.token = uuid.uuid4().hex
+        self.build = build
+
+    def __call__(self) -> keras.Model:  # noqa: D102
+        return cached(self.token, "model", self.build)
+
+
+@dataclass
+class _ProcessCache:
+    experiment: str | None = None
+    items: dict[Hashable, Any] = field(default_factory=dict)
+
+
+_PROCESS = _ProcessCache()
+
+
+def cached(experiment: str, key: Hashable, build: Callable[[], T]) -> T:
+    """``build()`` kept in this process under ``key``, for one experiment at a time.
+
+    The one per-process cache of models and data: a simulation's clients (and, with the
+    in-process engine, its server) share one model; a SuperNode keeps its data and one model
+    per data shape of the run. A new ``experiment`` (a federation's token, a deployed run's
+    overrides) lets the previous one's objects go.
+    """
+    if _PROCESS.experiment != experiment:
+        _PROCESS.items.clear()
+        _PROCESS.experiment = experiment
+    if key not in _PROCESS.items:
+        _PROCESS.items[key] = build()
+    return _PROCESS.items[key]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -34,29 +33,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedflower import keys
+from fedflower.client.options import Attack
 from fedflower.determinism import derive_seed
 
 STREAM = 0xA77AC4
 """Seed stream of the choice of malicious partitions (apart from sampling and training)."""
 Arrays = list[np.ndarray]
-
-
-@dataclass(frozen=True)
-class Attack:
-    """One attack's settings (``conf/attack/<name>.yaml``, checked by fedflower.validation)."""
-
-    name: str = "none"
-    fraction: float = 0.0
-    magnitude: float = 1.0
-    factor: float = 10.0
-    z: float | None = None
-    seed: int = 0
-    in_deployment: bool = False
-
-    @property
-    def active(self) -> bool:
-        """Whether any client attacks."""
-        return self.name != "none" and self.fraction > 0
 
 
 def malicious_partitions(num_partitions: int, fraction: float, seed: int) -> list[int]:

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from fedflower.checks import check_number
 from fedflower.data.source import TabularSource
 from fedflower.errors import DataError
 
@@ -27,8 +28,15 @@ def load(test_fraction: float = 0.2, seed: int = 0) -> TabularSource:
     seed : int
         Seed of the split (the training pool is shuffled, so contiguous partitions are IID).
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
+    check_number(
+        "digits.test_fraction",
+        test_fraction,
+        minimum=0,
+        maximum=1,
+        min_open=True,
+        max_open=True,
+        error=DataError,
+    )
     images, labels = load_digits(return_X_y=True)
     x = (images.reshape(-1, 8, 8, 1) / MAX_PIXEL).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedflower.checks import check_number
 from fedflower.data.source import TabularSource
 from fedflower.errors import DataError
 
@@ -69,12 +70,17 @@ def load(
             "fedprox_synthetic: need num_devices >= 1, num_features >= 1, num_classes >= 2; "
             f"got {num_devices}, {num_features}, {num_classes}"
         )
-    if alpha < 0 or beta < 0:
-        raise DataError(f"fedprox_synthetic: alpha and beta must be >= 0, got {alpha}, {beta}")
-    if not 0.0 < train_fraction < 1.0:
-        raise DataError(
-            f"fedprox_synthetic: train_fraction must be in (0, 1), got {train_fraction}"
-        )
+    check_number("fedprox_synthetic.alpha", alpha, minimum=0, error=DataError)
+    check_number("fedprox_synthetic.beta", beta, minimum=0, error=DataError)
+    check_number(
+        "fedprox_synthetic.train_fraction",
+        train_fraction,
+        minimum=0,
+        maximum=1,
+        min_open=True,
+        max_open=True,
+        error=DataError,
+    )
     rng = np.random.default_rng(seed)
     sizes = device_sizes(rng, num_devices)
     sigma = np.power(np.arange(1, num_features + 1, dtype=np.float64), -1.2)

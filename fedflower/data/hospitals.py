@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedflower.checks import check_number
 from fedflower.data.source import TabularSource
 from fedflower.errors import DataError
 
@@ -94,17 +95,13 @@ def load(
     TabularSource
         With ``groups`` set to the hospital of each training row.
     """
-    if num_hospitals < 1:
-        raise DataError(f"hospitals: num_hospitals must be >= 1, got {num_hospitals}")
+    check_number("hospitals.num_hospitals", num_hospitals, minimum=1, error=DataError)
     if patients_per_hospital < 2 or test_patients_per_hospital < 1:
         raise DataError(
             "hospitals: need patients_per_hospital >= 2 and test_patients_per_hospital >= 1, "
             f"got {patients_per_hospital} and {test_patients_per_hospital}"
         )
-    if num_features < NUM_LAB_FEATURES:
-        raise DataError(
-            f"hospitals: num_features must be >= {NUM_LAB_FEATURES}, got {num_features}"
-        )
+    check_number("hospitals.num_features", num_features, minimum=NUM_LAB_FEATURES, error=DataError)
     rng = np.random.default_rng(seed)
     w = risk_weights(rng, num_features)
     xs, ys, gs, xt, yt = [], [], [], [], []

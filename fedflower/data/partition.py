@@ -22,7 +22,7 @@ from flwr_datasets.partitioner import (
     Partitioner,
 )
 
-from fedflower.checks import check_choice
+from fedflower.checks import check_choice, check_number
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.errors import DataError
 
@@ -147,8 +147,14 @@ class FederatedData:
                 f"num_clients={num_clients} but {source.name} has only {len(source.y)} "
                 "training examples: use fewer clients"
             )
-        if not 0.0 <= val_fraction < 1.0:
-            raise DataError(f"client.val_fraction must be in [0, 1), got {val_fraction}")
+        check_number(
+            "client.val_fraction",
+            val_fraction,
+            minimum=0,
+            maximum=1,
+            max_open=True,
+            error=DataError,
+        )
         columns: dict[str, Any] = {INDEX: np.arange(len(source.y)), LABEL: source.y}
         if source.groups is not None:
             columns[GROUP] = source.groups
@@ -171,8 +177,7 @@ class FederatedData:
 
     def indices(self, cid: int) -> np.ndarray:
         """Rows of the training pool that belong to client ``cid``."""
-        if not 0 <= cid < self.num_clients:
-            raise DataError(f"client id must be in [0, {self.num_clients - 1}], got {cid}")
+        check_number("client id", cid, minimum=0, maximum=self.num_clients - 1, error=DataError)
         rows = _partitioner_call(
             self.source,
             self.partitioner,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedflower.checks import check_number
 from fedflower.errors import DataError
 
 
@@ -51,8 +52,7 @@ class TabularSource:
     groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
-            raise DataError(f"{self.name}: num_classes must be >= 2, got {self.num_classes}")
+        check_number(f"{self.name}.num_classes", self.num_classes, minimum=2, error=DataError)
         _check_xy(self.name, "train", self.x, self.y, self.num_classes)
         _check_xy(self.name, "test", self.x_test, self.y_test, self.num_classes)
         if self.x.shape[1:] != self.x_test.shape[1:]:

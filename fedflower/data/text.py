@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from fedflower.checks import check_number
 from fedflower.data import news_corpus
 from fedflower.data.source import TabularSource
 from fedflower.errors import DataError
@@ -108,8 +109,7 @@ def from_sentences(
             f"{name}: need test_fraction > 0, public_fraction > 0 and their sum < 1, "
             f"got {test_fraction} and {public_fraction}"
         )
-    if vocabulary_size < 1:
-        raise DataError(f"{name}: vocabulary_size must be >= 1, got {vocabulary_size}")
+    check_number(f"{name}.vocabulary_size", vocabulary_size, minimum=1, error=DataError)
     x = np.asarray(sentences, dtype=np.str_).reshape(-1, 1)
     y = np.asarray(labels, dtype=np.int64)
     try:
@@ -157,10 +157,8 @@ def financial_news(
     **options
         ``test_fraction``, ``public_fraction``, ``vocabulary_size`` of :func:`from_sentences`.
     """
-    if num_sentences < 30:
-        raise DataError(f"financial_news: num_sentences must be >= 30, got {num_sentences}")
-    if not 0.0 <= label_noise <= 1.0:
-        raise DataError(f"financial_news: label_noise must be in [0, 1], got {label_noise}")
+    check_number("financial_news.num_sentences", num_sentences, minimum=30, error=DataError)
+    check_number("financial_news.label_noise", label_noise, minimum=0, maximum=1, error=DataError)
     sentences, labels = news_corpus.generate(num_sentences, label_noise, seed)
     return from_sentences(
         "financial_news", sentences, labels, news_corpus.CLASS_NAMES, seed=seed, **options

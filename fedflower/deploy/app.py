@@ -4,11 +4,11 @@
 ``[tool.flwr.app.components]``. Both compose the same Hydra config as the ``fedflower``
 command from the run config's ``overrides`` string (:mod:`fedflower.deploy.config`):
 
-* the ServerApp is the one simulation runs (:func:`fedflower.experiment.experiment_server_app`):
+* the ServerApp is the one simulation runs (:func:`fedflower.apps.server_app`):
   strategy plugin, centralized evaluation, per-round lines, ``metrics.jsonl``,
   ``results.json``, ``history.png`` and ``model.keras`` in the run's output directory;
-* the ClientApp is the same Message-API adapter around :class:`KerasClient`
-  (:func:`fedflower.client.app.to_client_app`), training on the SuperNode's own data
+* the ClientApp is assembled as simulation's (:func:`fedflower.apps.client_app`: the same
+  mods in the same order around :class:`KerasClient`), training on the SuperNode's own data
   (:mod:`fedflower.deploy.local_data`). Bad or missing data raises
   :class:`~fedflower.errors.DataError`, which Flower sends back as the node's error reply;
   the server logs it in one line and aggregates the other nodes' updates.
@@ -23,13 +23,13 @@ Decentralized Data", AISTATS 2017, arXiv:1602.05629.
 # ruff: noqa: E402  (TensorFlow must be imported quietly before the modules that use it)
 from __future__ import annotations
 
-import os
+from fedflower.startup import (
+    quiet_library_notices,
+    quiet_tensorflow_import,
+    set_environment_defaults,
+)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported below
-os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets partitioners draw tqdm bars
-
-from fedflower.startup import quiet_library_notices, quiet_tensorflow_import
-
+set_environment_defaults()  # before TensorFlow is imported below
 quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner
 quiet_library_notices()  # Flower's simulation process imported its engine before this module
 
@@ -43,12 +43,10 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
 
-from fedflower import keys
-from fedflower.client.app import to_client_app
+from fedflower import apps, keys
+from fedflower.client.app import cached
 from fedflower.client.attacks import Attack, Role, attack_mod, seeded_role
 from fedflower.client.keras_client import KerasClient
-from fedflower.client.privacy import privacy_mod
-from fedflower.client.secagg import secagg_mod
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
 from fedflower.deploy.local_data import content_id, node_data
@@ -100,17 +98,14 @@ server_app = ServerApp()
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
     """Run the experiment the run config names against the SuperNodes of ``grid``."""
-    from fedflower.determinism import seed_everything
-    from fedflower.experiment import configure_threads, experiment_server_app, validate
+    from fedflower.server.rules import validate
 
     cfg = experiment_config(context.run_config)
     validate(cfg)
     check_simulated_nodes(grid, int(cfg.num_clients))
-    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
-    configure_threads(cfg.simulation.tf_threads)
-    seed_everything(cfg.seed)
+    apps.prepare(cfg)
     out = output_dir(context.run_config, context.run_id)
-    app, results = experiment_server_app(cfg, out, load_source(cfg))
+    app, results = apps.server_app(cfg, out, load_source(cfg))
     app(grid, context)
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
@@ -205,10 +200,6 @@ def node_cid(node_config: dict[str, Any], node_id: int) -> int:
     return int(node_id)
 
 
-_data_cache: dict[tuple[Any, ...], ClientData] = {}
-_model_cache: dict[tuple[Any, ...], Any] = {}
-
-
 def node_client_fn(context: Context) -> KerasClient:
     """Build the SuperNode's client from the run config (experiment) and node config (data)."""
     from fedflower.components import configure_threads, model_factory
@@ -217,21 +208,20 @@ def node_client_fn(context: Context) -> KerasClient:
     configure_threads(cfg.simulation.tf_threads)
     node_config = dict(context.node_config)
     overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
-    data_key = (overrides, *sorted(node_config.items()))
-    if data_key not in _data_cache:
-        _data_cache[data_key] = node_data(node_config, cfg)
+    data = cached(
+        overrides, ("data", *sorted(node_config.items())), lambda: node_data(node_config, cfg)
+    )
     num_classes = node_config.get(keys.NUM_CLASSES)
 
     def build(input_shape: tuple[int, ...], classes: int) -> Any:
         """One compiled model per experiment and shape in this process (reused across nodes)."""
-        model_key = (overrides, input_shape, classes)
-        if model_key not in _model_cache:
-            _model_cache[model_key] = model_factory(cfg, input_shape, classes)()
-        return _model_cache[model_key]
+        return cached(
+            overrides, ("model", input_shape, classes), model_factory(cfg, input_shape, classes)
+        )
 
     return NodeClient(
         build,
-        _data_cache[data_key],
+        data,
         cid=node_cid(node_config, context.node_id),
         seed=int(cfg.seed),
         num_classes=int(num_classes) if num_classes is not None else None,
@@ -297,11 +287,4 @@ def deployed_attack_mod(options: Callable[[Context], dict[str, Any]]) -> Mod:
     return mod
 
 
-client_app = to_client_app(
-    node_client_fn,
-    mods=[
-        secagg_mod(run_group("secagg")),
-        privacy_mod(run_group("privacy")),
-        deployed_attack_mod(run_group("attack")),
-    ],
-)
+client_app = apps.client_app(node_client_fn, run_group, deployed_attack_mod(run_group("attack")))

@@ -15,11 +15,11 @@ Errors the user can fix end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from fedflower.errors import FedflowerError
+from fedflower.startup import set_environment_defaults
 
 EXIT_USAGE = 2
 
@@ -66,11 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedflower-deploy`` console script."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    set_environment_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
-        from fedflower.deploy.export import main as export_main
+        from fedflower.export import main as export_main
 
         return export_main(argv[1:])
     args = _parser().parse_args(argv)

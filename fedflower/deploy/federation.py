@@ -44,6 +44,7 @@ from fedflower.deploy.flwr_tools import (
     write_run_config,
 )
 from fedflower.deploy.processes import process, terminate_tree
+from fedflower.outputs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -427,10 +428,7 @@ class RunHandle:
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of the run's ``metrics.jsonl`` so far."""
-        path = self.output_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return RunDir(self.output_dir).metrics()
 
     def kill(self) -> None:
         """Stop the ``flwr run`` process (the run itself continues on the SuperLink)."""
@@ -450,11 +448,11 @@ class RunHandle:
                 + self.output[-3000:]
             ) from None
         self._reader.join(timeout=10)
-        results_file = self.output_dir / "results.json"
-        if self.process.returncode != 0 or not results_file.exists():
+        run = RunDir(self.output_dir)
+        if self.process.returncode != 0 or not run.finished:
             raise FederationError(
                 f"flwr run ended with exit code {self.process.returncode} and "
-                f"{'a' if results_file.exists() else 'no'} results.json in {self.output_dir}; "
+                f"{'a' if run.finished else 'no'} results.json in {self.output_dir}; "
                 f"output:\n{self.output[-3000:]}"
             )
-        return json.loads(results_file.read_text()), self.output
+        return run.results(), self.output

@@ -12,9 +12,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedflower.errors import ConfigError
-from fedflower.validation import BACKENDS
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+"""Simulation backends (see :func:`simulate`)."""
 
 
 class _NoRunSimulationNotice(logging.Filter):
@@ -71,9 +73,13 @@ def simulate(
     """
     if backend == "local":
         from fedflower.engine.local import run_local
+        from fedflower.engine.pool import run_pool
 
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        run_local(server_app, client_app, num_nodes, workers, threads)
+        if workers == 1:
+            run_local(server_app, client_app, num_nodes)
+        else:
+            threads = max(1, len(os.sched_getaffinity(0)) // workers)
+            run_pool(server_app, client_app, num_nodes, workers, threads)
     elif backend == "ray":
         from flwr.simulation import run_simulation
 

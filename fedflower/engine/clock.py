@@ -2,14 +2,16 @@
 
 A :class:`Clock` tells the server what time it is and lets it wait for replies. Two exist:
 
-* :class:`VirtualClockGrid` wraps the simulation's Grid (and meters bytes like
-  :class:`~fedflower.engine.metered.MeteredGrid`). Every pushed message gets a virtual
+* :class:`VirtualClockGrid` wraps the simulation's Grid. Every pushed message gets a virtual
   duration from a :class:`~fedflower.engine.latency.LatencyModel` (the client's examples, epochs and
   the bytes both ways), and a reply becomes visible to ``pull_messages`` only once the virtual
   clock has reached its finish time; ``wait`` advances the clock to the next finish. Results
   therefore depend only on the config and the seed, never on how fast this machine runs the
   clients. A synchronous round (``send_and_receive``) lasts as long as its slowest client, so
-  synchronous and asynchronous strategies are timed by the same model.
+  synchronous and asynchronous strategies are timed by the same model. It does not count
+  bytes: a :class:`~fedflower.engine.metered.MeteredGrid` around it does, asking it
+  (``wire_nbytes``) the size each message had on the inner grid; a reply is metered when the
+  clock releases it.
 * :class:`WallClock` is used with any other Grid (a real deployment): replies are folded in the
   order they arrive and ``wait`` sleeps a short poll interval.
 """
@@ -29,7 +31,8 @@ from flwr.serverapp import Grid
 
 from fedflower import keys
 from fedflower.engine.latency import LatencyModel
-from fedflower.engine.metered import MeteredGrid, crossing_nbytes
+from fedflower.engine.metered import crossing_nbytes
+from fedflower.engine.wrapper import GridWrapper
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,18 +50,6 @@ class Clock(Protocol):
     def wait(self, message_ids: Sequence[str], timeout: float | None = None) -> None:
         """Block until (some of) ``message_ids`` may have a reply to pull."""
         ...
-
-
-def find_clock(grid: Grid) -> Clock | None:
-    """The :class:`Clock` ``grid`` is or wraps (through ``.inner`` attributes), if any."""
-    seen = 0
-    node: object = grid
-    while node is not None and seen < 16:
-        if isinstance(node, Clock):
-            return node
-        node = getattr(node, "inner", None)
-        seen += 1
-    return None
 
 
 class WallClock:
@@ -122,8 +113,8 @@ def _epochs(message: Message) -> float:
     return float(config[keys.LOCAL_EPOCHS])  # type: ignore[arg-type]
 
 
-class VirtualClockGrid(MeteredGrid):
-    """A metered Grid with a virtual clock driven by a latency model.
+class VirtualClockGrid(GridWrapper):
+    """A Grid with a virtual clock driven by a latency model.
 
     Parameters
     ----------
@@ -154,14 +145,31 @@ class VirtualClockGrid(MeteredGrid):
         self._tasks: dict[str, _Task] = {}
         self._resumed: dict[str, tuple[float, int]] = {}
         self._replay: list[tuple[float, int]] = []
+        self._sizes: dict[str, int] = {}
 
     @property
     def now(self) -> float:
         """The virtual time in seconds."""
         return self._now
 
+    def round_report(self) -> dict[str, Any]:
+        """``virtual_time``: the virtual clock's reading at the row."""
+        return {"virtual_time": float(self._now)}
+
+    def run_report(self) -> dict[str, Any]:
+        """``virtual_time``: the run's final virtual time."""
+        return self.round_report()
+
+    def wire_nbytes(self, message_id: str) -> int | None:
+        """The bytes a message pushed or a reply released took on the inner grid (asked once).
+
+        0 for a task re-issued on resume (its bytes were counted when it was first sent) and
+        for the error that stands for a missing reply.
+        """
+        return self._sizes.pop(message_id, None)
+
     def state_dict(self) -> dict[str, Any]:
-        """The virtual time, task counter, bytes not yet taken, and the tasks still in flight.
+        """The virtual time, task counter, and the tasks still in flight.
 
         A task in flight is kept as its start time and sequence number (which seeds its
         jitter), by message id: a resumed run pushes it again through :meth:`replay`.
@@ -169,16 +177,12 @@ class VirtualClockGrid(MeteredGrid):
         return {
             "now": self._now,
             "seq": self._seq,
-            "bytes": [self.bytes_down, self.bytes_up],
-            "train_tasks": self.train_tasks,
             "tasks": {i: [t.start, t.seq] for i, t in self._tasks.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self._now, self._seq = float(state["now"]), int(state["seq"])
-        self.bytes_down, self.bytes_up = (int(b) for b in state.get("bytes", (0, 0)))
-        self.train_tasks = int(state.get("train_tasks", 0))
         tasks = state.get("tasks", {})
         self._resumed = {i: (float(start), int(seq)) for i, (start, seq) in tasks.items()}
 
@@ -187,25 +191,24 @@ class VirtualClockGrid(MeteredGrid):
 
         After :meth:`load_state_dict`, a resumed run pushes the messages of the tasks that
         were in flight again, in this order; each gets its task's start time and sequence
-        number back (so the same duration and finish time) and is not metered again (its
-        bytes were counted when it was first sent).
+        number back (so the same duration and finish time) and reports no wire bytes (they
+        were counted when it was first sent).
         """
         self._replay.extend(self._resumed.pop(i) for i in message_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send the messages and start their virtual tasks at the current virtual time."""
         messages = list(messages)
-        replayed = min(len(self._replay), len(messages))  # tasks in flight, counted before
-        self.count_tasks(messages[replayed:])
         ids = list(self.inner.push_messages(messages))
         sizes = [crossing_nbytes(self.inner, m) for m in messages]
         for message_id, message, size in zip(ids, messages, sizes, strict=True):
             if self._replay:  # a task in flight at the checkpoint, pushed again
                 start, seq = self._replay.pop(0)
+                self._sizes[message_id] = 0
             else:
                 self._seq += 1
                 start, seq = self._now, self._seq
-                self.bytes_down += size
+                self._sizes[message_id] = size
             self._tasks[message_id] = _Task(
                 seq=seq,
                 message_id=message_id,
@@ -283,7 +286,7 @@ class VirtualClockGrid(MeteredGrid):
         replies = []
         for task in ready:
             del self._tasks[task.message_id]
-            self.bytes_up += task.bytes_up
+            self._sizes[task.reply.metadata.message_id] = task.bytes_up  # type: ignore[union-attr]
             replies.append(task.reply)
         return replies  # type: ignore[return-value]
 

@@ -206,28 +206,17 @@ class LocalGrid(MessageFactory, Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_local(
-    server_app: ServerApp, client_app: ClientApp, num_nodes: int, workers: int = 1, threads: int = 1
-) -> None:
-    """Run ``server_app`` against ``num_nodes`` virtual SuperNodes on this machine.
-
-    ``workers=1`` runs the clients in this process; more run them in that many worker
-    processes (:class:`~fedflower.engine.pool.PoolGrid`, ``threads`` TensorFlow threads each),
-    stopped when the run ends or fails.
-    """
+def serve(server_app: ServerApp, grid: Grid) -> None:
+    """Run ``server_app`` on ``grid`` as a SuperLink runs it: its task identity, a fresh context."""
     TaskIdentity.run_id = RUN_ID
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
     context = Context(
         run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
     )
-    if workers == 1:
-        server_app(LocalGrid(client_app, num_nodes), context)
-        return
-    from fedflower.engine.pool import PoolGrid
+    server_app(grid, context)
 
-    grid = PoolGrid(client_app, num_nodes, workers, threads)
-    try:
-        server_app(grid, context)
-    finally:
-        grid.close()
+
+def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
+    """Run ``server_app`` against ``num_nodes`` in-process virtual SuperNodes."""
+    serve(server_app, LocalGrid(client_app, num_nodes))

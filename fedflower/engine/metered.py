@@ -46,7 +46,7 @@ def crossing_nbytes(grid: Grid, message: Message) -> int:
     return message_nbytes(message) if size is None else int(size)
 
 
-def _is_training_task(message: Message) -> bool:
+def _is_task(message: Message) -> bool:
     meta, content = message.metadata, message.content
     return meta.message_type.startswith(MessageType.TRAIN) and bool(content.array_records)
 
@@ -54,10 +54,14 @@ def _is_training_task(message: Message) -> bool:
 class MeteredGrid(GridWrapper):
     """Delegate to ``grid`` and count the bytes pushed (down) and pulled (up).
 
+    A message that put no bytes on the wire (``wire_nbytes`` of 0: a task the virtual clock
+    re-issues on resume, counted when it was first sent) is counted neither as bytes nor as a
+    training task, so a resumed run meters what an uninterrupted one does.
+
     Parameters
     ----------
     grid : flwr.serverapp.Grid
-        The grid of the simulation engine or of a deployment.
+        The grid of the simulation engine or of a deployment (or the virtual clock around it).
     """
 
     def __init__(self, grid: Grid) -> None:
@@ -66,19 +70,28 @@ class MeteredGrid(GridWrapper):
         self.bytes_up = 0
         self.train_tasks = 0
 
-    def count_tasks(self, messages: list[Message]) -> None:
-        """Count the training tasks among messages sent to the clients.
+    def round_report(self) -> dict[str, Any]:
+        """``train_clients``: how many clients were sent a model to train since the last call.
 
         A training task is a train message that carries a model: the several exchanges of
         SecAgg+ in one round carry it once per client.
         """
-        self.train_tasks += sum(1 for m in messages if _is_training_task(m))
-
-    def round_report(self) -> dict[str, Any]:
-        """``train_clients``: how many clients were sent a model to train since the last call."""
         report = {"train_clients": self.train_tasks}
         self.train_tasks = 0
         return report
+
+    def run_report(self) -> dict[str, Any]:
+        """Nothing: the recorder sums the rows' bytes."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counts not yet taken (an asynchronous checkpoint falls between two rows)."""
+        return {"bytes": [self.bytes_down, self.bytes_up], "train_tasks": self.train_tasks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.bytes_down, self.bytes_up = (int(b) for b in state["bytes"])
+        self.train_tasks = int(state["train_tasks"])
 
     def take(self) -> tuple[int, int]:
         """Return ``(bytes_down, bytes_up)`` since the last call and reset the counters."""
@@ -86,24 +99,31 @@ class MeteredGrid(GridWrapper):
         self.bytes_down = self.bytes_up = 0
         return counts
 
+    def _sent(self, messages: list[Message]) -> None:
+        sizes = [crossing_nbytes(self.inner, m) for m in messages]
+        self.bytes_down += sum(sizes)
+        sent = zip(messages, sizes, strict=True)
+        self.train_tasks += sum(1 for m, size in sent if size and _is_task(m))
+
+    def _received(self, replies: list[Message]) -> None:
+        self.bytes_up += sum(crossing_nbytes(self.inner, m) for m in replies)
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         messages = list(messages)
-        self.count_tasks(messages)
         ids = list(self.inner.push_messages(messages))
-        self.bytes_down += sum(crossing_nbytes(self.inner, m) for m in messages)
+        self._sent(messages)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         replies = list(self.inner.pull_messages(message_ids))
-        self.bytes_up += sum(crossing_nbytes(self.inner, m) for m in replies)
+        self._received(replies)
         return replies
 
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        self.count_tasks(messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.bytes_down += sum(crossing_nbytes(self.inner, m) for m in messages)
-        self.bytes_up += sum(crossing_nbytes(self.inner, m) for m in replies)
+        self._sent(messages)
+        self._received(replies)
         return replies

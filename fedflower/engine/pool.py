@@ -35,9 +35,10 @@ import cloudpickle
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedflower.engine.local import RUN_ID, LocalGrid, deflate, inflate, run_client_app
+from fedflower.engine.local import RUN_ID, LocalGrid, deflate, inflate, run_client_app, serve
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -316,3 +317,17 @@ class PoolGrid(LocalGrid):
             segment.users = 0
             segment.release()
         self._running.clear()
+
+
+def run_pool(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, workers: int, threads: int = 1
+) -> None:
+    """Run ``server_app`` against ``num_nodes`` virtual SuperNodes served by worker processes.
+
+    The workers are stopped when the run ends or fails (Ctrl-C included).
+    """
+    grid = PoolGrid(client_app, num_nodes, workers, threads)
+    try:
+        serve(server_app, grid)
+    finally:
+        grid.close()

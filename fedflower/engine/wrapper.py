@@ -1,17 +1,46 @@
-"""``GridWrapper``: a Grid that forwards everything to another Grid.
+"""``GridWrapper``: a Grid that forwards everything to another Grid; the wrappers' protocols.
 
 Cross-cutting behaviour (metering bytes, a virtual clock, stragglers) is a subclass that
 overrides only the calls it changes, so the wrappers stack around any simulation or
-deployment grid.
+deployment grid. What a wrapper (or a strategy) adds to a run's outputs and checkpoints it
+says through two small protocols, :class:`Reports` and :class:`Stateful`; the run's
+:class:`~fedflower.server.pipeline.Pipeline` lists the objects, nothing walks a chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+
+@runtime_checkable
+class Reports(Protocol):
+    """Something that contributes fields to a run's outputs.
+
+    ``round_report`` gives the fields of one ``metrics.jsonl`` row (what happened since the
+    last call); ``run_report`` the totals for ``results.json``.
+    """
+
+    def round_report(self) -> dict[str, Any]:  # noqa: D102
+        ...
+
+    def run_report(self) -> dict[str, Any]:  # noqa: D102
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Something whose state a checkpoint keeps (plain data and NumPy arrays, no pickles)."""
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        ...
 
 
 class MessageFactory:

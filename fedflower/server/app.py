@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,69 +15,16 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedflower import keys
 from fedflower.data.source import TabularSource
-from fedflower.engine.clock import VirtualClockGrid, find_clock
 from fedflower.engine.latency import LatencyModel
-from fedflower.engine.metered import MeteredGrid
-from fedflower.engine.stragglers import straggler_grid
 from fedflower.errors import ConfigError
 from fedflower.models import evaluate
-from fedflower.server import registry
 from fedflower.server.async_strategy import AsyncStrategy
-from fedflower.server.checkpoint import Checkpointer, run_rounds, stateful
-from fedflower.server.compression import compressed_grid
+from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
+from fedflower.server.pipeline import Pipeline, build_pipeline
 from fedflower.server.recorder import Recorder
+from fedflower.server.registry import build_strategy
 
 log = logging.getLogger(__name__)
-
-
-def strategy_options(cls: type) -> list[str] | None:
-    """Keyword options a strategy class accepts, following ``**options`` up its bases.
-
-    A subclass may name only its own options and pass ``**options`` on to its base; the
-    options are then collected from each ``__init__`` up the MRO until one that takes no
-    ``**kwargs``. ``None`` if the chain never closes (then no option can be checked).
-    """
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names += [
-            p.name
-            for p in params
-            if p.name != "self"
-            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-            and p.name not in names
-        ]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names
-    return None
-
-
-def build_strategy(options: dict[str, Any], **runtime: Any) -> Strategy:
-    """Instantiate the strategy plugin named ``options["name"]`` with the other options.
-
-    ``runtime`` objects (e.g. metric hooks) are passed only when the class accepts them.
-    """
-    options = dict(options)
-    name = options.pop("name", None)
-    if not name:
-        raise ConfigError("strategy.name is missing")
-    cls = registry.load(name)
-    params = strategy_options(cls)
-    if params is not None:
-        unknown = sorted(set(options) - set(params))
-        if unknown:
-            raise ConfigError(
-                f"strategy {name!r} has no option {', '.join(unknown)}; "
-                f"its options: {', '.join(p for p in params if p not in runtime)}"
-            )
-        runtime = {k: v for k, v in runtime.items() if k in params}
-    try:
-        return cls(**options, **runtime)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"strategy {name!r}: {exc}") from exc
 
 
 def train_config(client: dict[str, Any]) -> ConfigRecord:
@@ -97,44 +43,6 @@ def model_nbytes(weights: list[np.ndarray]) -> int:
     return int(sum(w.nbytes for w in weights))
 
 
-def _wrappers(grid: Grid) -> list[object]:
-    """``grid`` and the grids it wraps (through ``.inner`` attributes)."""
-    chain: list[object] = []
-    node: object = grid
-    while node is not None and len(chain) < 16:
-        chain.append(node)
-        node = getattr(node, "inner", None)
-    return chain
-
-
-def _report(grid: Grid, strategy: Strategy, hook: str) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
-    clock = find_clock(grid)
-    if clock is not None:
-        extra["virtual_time"] = float(clock.now)
-    for source in (*_wrappers(grid), strategy):
-        report = getattr(source, hook, None)
-        if callable(report):
-            extra.update(report())
-    return extra
-
-
-def round_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
-    """The extra fields of a metrics row: virtual time and the strategy's ``round_report()``.
-
-    A strategy reports its own metrics (asynchronous statistics, privacy budget, ...) by
-    defining ``round_report() -> dict`` (since the last call) and ``run_report() -> dict``
-    (totals for ``results.json``); both are optional. Grid wrappers (compression) report
-    the same way.
-    """
-    return _report(grid, strategy, "round_report")
-
-
-def run_extra(grid: Grid, strategy: Strategy) -> dict[str, Any]:
-    """Totals for ``results.json``: the final virtual time and the strategy's ``run_report()``."""
-    return _report(grid, strategy, "run_report")
-
-
 @dataclass(frozen=True)
 class CheckpointOptions:
     """How a run checkpoints: every ``every`` rounds (0 = never); ``resume`` from its directory."""
@@ -151,71 +59,70 @@ ASYNC_UNCHECKPOINTED = (
 
 
 def checkpointer(
-    options: CheckpointOptions | None, strategy: Strategy, recorder: Recorder, grid: Grid
+    options: CheckpointOptions | None, pipeline: Pipeline, recorder: Recorder
 ) -> Checkpointer | None:
     """The run's :class:`Checkpointer`, or ``None`` (no checkpoint).
 
-    ``grid`` is the one the strategy talks to. An asynchronous strategy is checkpointed only
-    when that grid is the virtual clock itself: on the wall clock (a deployment) its tasks in
-    flight ran on real nodes and cannot be re-issued identically, and the compression and
-    straggler wrappers keep state of their own. Resuming such a run is refused in one line.
+    An asynchronous strategy is checkpointed only when it talks to the virtual clock through
+    the meter alone (:attr:`Pipeline.direct_clock`): on the wall clock (a deployment) its
+    tasks in flight ran on real nodes and cannot be re-issued identically, and the
+    compression and straggler wrappers keep state of their own. Resuming such a run is
+    refused in one line.
     """
     if options is None:
         return None
-    if isinstance(strategy, AsyncStrategy) and not isinstance(grid, VirtualClockGrid):
+    if isinstance(pipeline.strategy, AsyncStrategy) and not pipeline.direct_clock:
         if options.resume:
             raise ConfigError(f"resume: {ASYNC_UNCHECKPOINTED}; this run cannot be resumed")
         if options.every > 0:
             log.warning("%s: this run writes no checkpoint", ASYNC_UNCHECKPOINTED)
         return None
-    objects = stateful(strategy, recorder=recorder, clock=find_clock(grid))
+    objects = pipeline.stateful(recorder=recorder)
     return Checkpointer(
         recorder.output_dir, options.config, options.every, objects, resume=options.resume
     )
 
 
 def run_strategy(
-    strategy: Strategy,
+    pipeline: Pipeline,
     *,
-    grid: Grid,
     initial_arrays: ArrayRecord,
     num_rounds: int,
     checkpointer: Checkpointer | None,
     **options: Any,
 ) -> Result:
-    """``strategy.start``, or with a checkpointer the resumable loop of the same rounds.
+    """The pipeline's strategy run by its loop: Flower's ``Strategy.start`` for synchronous
+    strategies (with the checkpoint hook and, resuming, from the checkpoint's round), the
+    event loop of :class:`~fedflower.server.async_strategy.AsyncStrategy` for asynchronous ones.
 
     A strategy that may stop early (a privacy budget) says how many rounds it will run through
-    ``affordable_rounds(num_rounds) -> int``.
+    ``affordable_rounds(num_rounds) -> int``. An asynchronous strategy is given the run's
+    clock (``None``: the wall clock).
     """
+    strategy, grid = pipeline.strategy, pipeline.grid
     affordable = getattr(strategy, "affordable_rounds", None)
     if callable(affordable):
         num_rounds = affordable(num_rounds)
-    if checkpointer is None:
-        return strategy.start(
-            grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, **options
-        )
     if isinstance(strategy, AsyncStrategy):
         return strategy.start(
             grid=grid,
             initial_arrays=initial_arrays,
             num_rounds=num_rounds,
             checkpoint=checkpointer,
+            clock=pipeline.clock,
             **options,
         )
-    first, arrays = 1, initial_arrays
+    if checkpointer is None:
+        return strategy.start(
+            grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, **options
+        )
+    done, arrays = 0, initial_arrays
     if checkpointer.resume:
         done, arrays = checkpointer.restore()
-        first = done + 1
         log.info("resuming after round %s from %s", done, checkpointer.path)
-    return run_rounds(
-        strategy,
-        grid,
-        arrays,
-        first_round=first,
-        num_rounds=num_rounds,
-        after_round=lambda rnd, a: checkpointer.save(rnd, a, last=rnd == num_rounds),
-        **options,
+    options["evaluate_fn"] = checkpointed(options["evaluate_fn"], checkpointer, done, num_rounds)
+    return (Resumed(strategy, done) if done else strategy).start(
+        grid=grid, initial_arrays=arrays, num_rounds=num_rounds - done, **options
     )
 
 
@@ -227,7 +134,7 @@ def make_server_app(
     build_model: Callable[[], keras.Model],
     source: TabularSource,
     recorder: Recorder,
-    on_finish: Callable[[keras.Model, Grid, Strategy], None],
+    on_finish: Callable[[keras.Model, Pipeline], None],
     seed: int = 0,
     latency: LatencyModel | None = None,
     checkpoint: CheckpointOptions | None = None,
@@ -236,9 +143,11 @@ def make_server_app(
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
-    ``seed`` seeds the choice of stragglers (``client.straggler_fraction``). ``latency`` gives
-    the run a virtual clock (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation
-    only); without it asynchronous strategies use the wall clock, as in a deployment.
+    The wrappers around the engine's grid and the strategy are one
+    :class:`~fedflower.server.pipeline.Pipeline`. ``seed`` seeds the choice of stragglers
+    (``client.straggler_fraction``). ``latency`` gives the run a virtual clock
+    (:class:`~fedflower.engine.clock.VirtualClockGrid`, simulation only); without it
+    asynchronous strategies use the wall clock, as in a deployment.
     ``checkpoint`` makes the strategy write ``checkpoint.npz`` in the recorder's directory,
     and resume from it (see :mod:`fedflower.server.checkpoint`; asynchronous strategies on
     the virtual clock only, see :func:`checkpointer`).
@@ -250,46 +159,48 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        # with a latency model, time is virtual (simulation); without, it is the wall clock
-        metered = MeteredGrid(grid) if latency is None else VirtualClockGrid(grid, latency)
-        wire = compressed_grid(metered, compression, seed)
         model = build_model()
         strategy = build_strategy(
             strategy_options,
             train_metrics_aggr_fn=recorder.train_metrics_hook(),
             evaluate_metrics_aggr_fn=recorder.evaluate_metrics_hook(),
         )
-        if wrap_strategy is not None:
-            strategy = wrap_strategy(strategy)
+        pipeline = build_pipeline(
+            grid,
+            strategy,
+            latency=latency,
+            compression=compression,
+            client_options=client_options,
+            seed=seed,
+            wrap_strategy=wrap_strategy,
+        )
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.set_weights(arrays.to_numpy_ndarrays())
             res = evaluate(model, source.x_test, source.y_test, batch_size=1024)
-            down, up = metered.take()
+            down, up = pipeline.meter.take()
             recorder.round_end(
                 server_round,
                 float(res["loss"]),
                 float(res["accuracy"]),
                 down,
                 up,
-                **round_extra(wire, strategy),
+                **pipeline.round_report(),
             )
             return MetricRecord({"loss": float(res["loss"]), "accuracy": float(res["accuracy"])})
 
         recorder.start()
-        strategy_grid = straggler_grid(wire, client_options, strategy, seed)
         result = run_strategy(
-            strategy,
-            grid=strategy_grid,
+            pipeline,
             initial_arrays=ArrayRecord(model.get_weights()),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
             evaluate_config=ConfigRecord({keys.BATCH_SIZE: 1024}),
             evaluate_fn=evaluate_fn,
-            checkpointer=checkpointer(checkpoint, strategy, recorder, strategy_grid),
+            checkpointer=checkpointer(checkpoint, pipeline, recorder),
         )
         if len(result.arrays):
             model.set_weights(result.arrays.to_numpy_ndarrays())
-        on_finish(model, wire, strategy)
+        on_finish(model, pipeline)
 
     return app

@@ -3,7 +3,9 @@
 Flower's ``Strategy.start`` runs synchronous rounds: every sampled client must reply before
 the model moves, so each round lasts as long as its slowest client. :class:`AsyncStrategy`
 overrides ``start`` with an event loop instead (FedBuff, Nguyen et al. 2022, arXiv:2106.06639;
-FedAsync, Xie et al. 2019, arXiv:1903.03934):
+FedAsync, Xie et al. 2019, arXiv:1903.03934), run by an :class:`AsyncLoop` whose named
+transitions are the steps below; its clock is injected (the pipeline's virtual clock in
+simulation, the wall clock otherwise):
 
 1. keep ``concurrency`` clients training at once (``grid.push_messages``), each from the newest
    model; a :class:`~fedflower.server.tasks.TaskTable` remembers each task's node, start
@@ -40,7 +42,6 @@ Failed tasks and rejected updates together are the strategy's :attr:`AsyncStrate
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -64,7 +65,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from fedflower import keys
 from fedflower.aggregation.staleness import StalenessFn, make_staleness
 from fedflower.checks import check_number
-from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock, find_clock
+from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checkpoint import Checkpointer
 from fedflower.server.replies import unpack_reply
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 Arrays = list[np.ndarray]
 MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+ROUNDLESS = "{} has no rounds: it runs its own event loop, start(grid, initial_arrays, ...)"
 
 
 @dataclass
@@ -109,22 +111,189 @@ class ClientUpdate:
 
 
 @dataclass
-class _Run:
-    """What one call of :meth:`AsyncStrategy.start` works with."""
+class AsyncLoop:
+    """One run of the event loop: its state, and the transitions between two events.
 
+    :meth:`AsyncStrategy.start` builds it; :meth:`run` repeats :meth:`dispatch` (fill free
+    slots), :meth:`receive` (every reply of this instant, folded in order, each fold that
+    moves the model an :meth:`advance`), :meth:`expire` (tasks past their deadline) and a
+    wait on the injected ``clock`` until the last version, with :meth:`idle` when nothing is
+    in flight and :meth:`save` between two events. The server state (model, version, task
+    table, counters) stays the strategy's, which a checkpoint keeps.
+    """
+
+    strategy: AsyncStrategy
     grid: Grid
     clock: Clock
     wall: bool
-    table: TaskTable
     num_rounds: int
     timeout: float
     task_timeout: float
     train_config: ConfigRecord
-    evaluate_fn: EvaluateFn | None
+    evaluate_fn: EvaluateFn | None = None
     checkpoint: Checkpointer | None = None
     saved: int = 0
     result: Result = field(default_factory=Result)
     idle_since: float | None = None
+
+    def run(self, initial_arrays: ArrayRecord) -> Result:
+        """Evaluate version 0 (unless resumed), then run events until the last version."""
+        t_start = time.time()
+        if self.evaluate_fn is not None and not self.saved:
+            res = self.evaluate_fn(0, initial_arrays)
+            if res is not None:
+                self.result.evaluate_metrics_serverapp[0] = res
+        table = self.strategy.table
+        while self.strategy.version < self.num_rounds:
+            self.dispatch()
+            if not table:
+                if self.idle():
+                    break
+                continue
+            self.idle_since = None
+            replies = list(self.grid.pull_messages(list(table.tasks)))
+            # every reply of this instant is received before a freed slot is refilled
+            self.receive(replies)
+            self.expire()
+            if not replies:
+                self.clock.wait(list(table.tasks), self.timeout)
+            self.save()
+        self.save(last=True)
+        return self.finish(t_start)
+
+    def resume(self, checkpoint: Checkpointer) -> None:
+        """Checkpoint the run; when resuming, load the state and re-issue the tasks in flight."""
+        if not isinstance(self.clock, VirtualClockGrid):
+            raise ConfigError(
+                "an asynchronous run is checkpointed and resumed only in simulation, on the "
+                "virtual clock (latency model) with only the meter between it and the strategy"
+            )
+        self.checkpoint = checkpoint
+        if not checkpoint.resume:
+            return
+        s, table = self.strategy, self.strategy.table
+        self.saved, _ = checkpoint.restore()
+        s._record = None
+        moved = list(table.tasks.items())  # in dispatch order
+        messages = [
+            m
+            for _, task in moved
+            for m in s._train_messages(
+                [task.node_id], self.train_config, task.version, table.models[task.version]
+            )
+        ]
+        self.clock.replay([i for i, _ in moved])
+        ids = list(self.grid.push_messages(messages))
+        table.rename(dict(zip([i for i, _ in moved], ids, strict=True)))
+        log.info("resumed after server version %s; %s tasks re-issued", self.saved, len(ids))
+
+    def save(self, last: bool = False) -> None:
+        """Write a checkpoint when a multiple of ``checkpoint.every`` versions was passed."""
+        version = self.strategy.version
+        if self.checkpoint is None or self.saved == version:
+            return
+        if last or self.checkpoint.due(version, self.saved):
+            self.checkpoint.save(version, self.strategy._current_record(), last=True)
+            self.saved = version
+
+    def dispatch(self) -> None:
+        """Fill the free slots with tasks for random idle nodes, from the newest model."""
+        s = self.strategy
+        chosen = s.table.pick(self.grid.get_node_ids())
+        if not chosen:
+            return
+        ids = list(self.grid.push_messages(s._train_messages(chosen, self.train_config)))
+        s.table.dispatch(ids, chosen, s.version, s.model, self.clock.now, self.task_timeout)
+        s.totals["tasks"] += len(ids)
+        s._report["tasks"] = s.totals["tasks"]
+
+    def idle(self) -> bool:
+        """Nothing in flight and no node to give work to: wait for one, or say why to stop."""
+        version = self.strategy.version
+        if self.strategy.table.all_resting(self.grid.get_node_ids()):
+            log.error(
+                "every node failed since the last accepted update; stopping at version %s",
+                version,
+            )
+            return True
+        if not self.wall:
+            log.error("no node is available for training; stopping at %s", version)
+            return True
+        self.idle_since = self.clock.now if self.idle_since is None else self.idle_since
+        if self.clock.now - self.idle_since > self.timeout:
+            log.error("no node connected for %.0f s; stopping", self.timeout)
+            return True
+        self.clock.wait([], self.timeout)
+        return False
+
+    def receive(self, replies: list[Message]) -> None:
+        """Fold the replies in order; stop once the last version is made."""
+        s = self.strategy
+        for reply in replies:
+            released = s.table.release(reply.metadata.reply_to_message_id)
+            if released is None:
+                continue
+            task, start = released
+            outcome, update = s._accept(reply, task, start, self.clock.now)
+            s._count(outcome)
+            if outcome in ("failed", "rejected"):
+                s.table.rest(task.node_id)  # retried after another node's reply
+                continue
+            s.table.wake()
+            if update is None:
+                continue
+            s._folded.append(update.content)
+            new_model = s.fold(update)
+            if new_model is not None:
+                self.advance(new_model)
+            if s.version >= self.num_rounds:
+                break
+
+    def expire(self) -> None:
+        """Abandon the tasks past their deadline: their slots are free, their nodes failed."""
+        for task in self.strategy.table.expire(self.clock.now):
+            log.warning(
+                "node %s gave no reply within %.0f s; giving its slot to another node",
+                task.node_id,
+                task.deadline - task.started,
+            )
+            self.strategy._count("failed")
+
+    def advance(self, new_model: Arrays) -> None:
+        """A new server version: its train metrics and, when due, its evaluation."""
+        s = self.strategy
+        s.model, s._record = new_model, None
+        s.version += 1
+        s.totals["updates"] += 1
+        s._report["version"] = s.version
+        log.info("server version %s at t=%.2f s", s.version, self.clock.now)
+        if s._folded:
+            metrics = s.train_metrics_aggr_fn(s._folded, s.weighted_by_key)
+            self.result.train_metrics_clientapp[s.version] = metrics
+            s._folded = []
+        if self.evaluate_fn is not None and (
+            s.version % s.evaluate_every == 0 or s.version >= self.num_rounds
+        ):
+            res = self.evaluate_fn(s.version, s._current_record())
+            if res is not None:
+                self.result.evaluate_metrics_serverapp[s.version] = res
+
+    def finish(self, t_start: float) -> Result:
+        """The final model and the metrics per version; the run's counts in the log."""
+        s = self.strategy
+        s.totals["unfinished"] = len(s.table)
+        self.result.arrays = s._current_record()
+        log.info(
+            "%s finished: %s versions, %s tasks, %s folded, %s dropped, %s failed in %.2f s",
+            type(s).__name__,
+            s.version,
+            s.totals["tasks"],
+            s.totals["folded"],
+            s.totals["dropped"],
+            s.totals["failed"],
+            time.time() - t_start,
+        )
+        return self.result
 
 
 class AsyncStrategy(Strategy):
@@ -156,6 +325,9 @@ class AsyncStrategy(Strategy):
     train_metrics_aggr_fn, evaluate_metrics_aggr_fn : callable, optional
         Aggregate the clients' metric records (Flower's weighted mean by default).
     """
+
+    synchronous = False
+    """Updates are folded as they arrive: no round sample (see :mod:`fedflower.server.rules`)."""
 
     def __init__(
         self,
@@ -199,7 +371,6 @@ class AsyncStrategy(Strategy):
         self._record: ArrayRecord | None = None
         self._report: dict[str, Any] = {}
         self._reset_report()
-        self._sync_start: tuple[int, Arrays] | None = None
         self._folded: list[RecordDict] = []
 
     # -- what subclasses implement ------------------------------------------------------------
@@ -221,14 +392,15 @@ class AsyncStrategy(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
         checkpoint: Checkpointer | None = None,
+        clock: Clock | None = None,
     ) -> Result:
         """Run until the server model has been updated ``num_rounds`` times.
 
         Parameters
         ----------
         grid : flwr.serverapp.Grid
-            A :class:`~fedflower.engine.clock.Clock` grid (virtual time) or any Flower grid
-            (wall-clock time, arrival order).
+            The grid the tasks go through (a :class:`~fedflower.engine.clock.Clock` grid
+            itself, or wrappers around one, or any Flower grid).
         initial_arrays : ArrayRecord
             The initial global model (version 0).
         num_rounds : int
@@ -247,6 +419,10 @@ class AsyncStrategy(Strategy):
             Writes the run's state every ``checkpoint.every`` versions, between two events of
             the loop (virtual clock only); with ``checkpoint.resume`` the run continues from
             the checkpoint instead of version 0 (see :meth:`state_dict`).
+        clock : Clock, optional
+            The run's clock (the virtual clock under ``grid``'s wrappers); by default
+            ``grid`` itself when it is a :class:`~fedflower.engine.clock.Clock`, else the
+            wall clock (replies in arrival order).
 
         Returns
         -------
@@ -255,41 +431,26 @@ class AsyncStrategy(Strategy):
         """
         log.info("Starting %s (asynchronous)", type(self).__name__)
         self.summary()
-        t_start = time.time()
-        run = self._begin(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_fn)
+        if clock is None and isinstance(grid, Clock):
+            clock = grid
+        self._begin(initial_arrays)
+        loop = AsyncLoop(
+            strategy=self,
+            grid=grid,
+            clock=WallClock(self.poll_interval) if clock is None else clock,
+            wall=clock is None,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            task_timeout=timeout if self.task_timeout is None else self.task_timeout,
+            train_config=ConfigRecord() if train_config is None else train_config,
+            evaluate_fn=evaluate_fn,
+        )
         if checkpoint is not None:
-            self._attach(run, checkpoint)
-        if evaluate_fn is not None and not run.saved:  # version 0, unless resumed
-            res = evaluate_fn(0, initial_arrays)
-            if res is not None:
-                run.result.evaluate_metrics_serverapp[0] = res
-        while self.version < num_rounds:
-            self._dispatch(run)
-            if not run.table:
-                if self._stop_idle(run):
-                    break
-                continue
-            run.idle_since = None
-            replies = list(grid.pull_messages(list(run.table.tasks)))
-            # every reply of this instant is received before a freed slot is refilled
-            self._receive(run, replies)
-            self._expire(run)
-            if not replies:
-                run.clock.wait(list(run.table.tasks), run.timeout)
-            self._save(run)
-        self._save(run, last=True)
-        return self._finish(run, t_start)
+            loop.resume(checkpoint)
+        return loop.run(initial_arrays)
 
-    def _begin(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int,
-        timeout: float,
-        train_config: ConfigRecord | None,
-        evaluate_fn: EvaluateFn | None,
-    ) -> _Run:
-        found = find_clock(grid)
+    def _begin(self, initial_arrays: ArrayRecord) -> None:
+        """Start from ``initial_arrays`` as version 0, with an empty task table."""
         self._names = list(initial_arrays.keys())
         self.model = initial_arrays.to_numpy_ndarrays()
         self._record = initial_arrays
@@ -299,144 +460,6 @@ class AsyncStrategy(Strategy):
         self._reset_report()
         self.reset(self.model)
         self.table = TaskTable(self.concurrency, self.seed)
-        run = _Run(
-            grid=grid,
-            clock=WallClock(self.poll_interval) if found is None else found,
-            wall=found is None,
-            table=self.table,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            task_timeout=timeout if self.task_timeout is None else self.task_timeout,
-            train_config=ConfigRecord() if train_config is None else train_config,
-            evaluate_fn=evaluate_fn,
-        )
-        return run
-
-    def _attach(self, run: _Run, checkpoint: Checkpointer) -> None:
-        """Checkpoint the run; when resuming, load the state and re-issue the tasks in flight."""
-        if not isinstance(run.clock, VirtualClockGrid):
-            raise ConfigError(
-                "an asynchronous run is checkpointed and resumed only in simulation, on the "
-                "virtual clock (latency model) with the strategy talking to it directly"
-            )
-        run.checkpoint = checkpoint
-        if not checkpoint.resume:
-            return
-        run.saved, _ = checkpoint.restore()
-        self._record = None
-        moved = list(run.table.tasks.items())  # in dispatch order
-        messages = [
-            m
-            for _, task in moved
-            for m in self._train_messages(
-                [task.node_id], run.train_config, task.version, run.table.models[task.version]
-            )
-        ]
-        run.clock.replay([i for i, _ in moved])
-        ids = list(run.grid.push_messages(messages))
-        run.table.rename(dict(zip([i for i, _ in moved], ids, strict=True)))
-        log.info("resumed after server version %s; %s tasks re-issued", run.saved, len(ids))
-
-    def _save(self, run: _Run, last: bool = False) -> None:
-        """Write a checkpoint when a multiple of ``checkpoint.every`` versions was passed."""
-        if run.checkpoint is None or run.saved == self.version:
-            return
-        if last or run.checkpoint.due(self.version, run.saved):
-            run.checkpoint.save(self.version, self._current_record(), last=True)
-            run.saved = self.version
-
-    def _dispatch(self, run: _Run) -> None:
-        """Fill the free slots with tasks for random idle nodes, from the newest model."""
-        chosen = run.table.pick(run.grid.get_node_ids())
-        if not chosen:
-            return
-        ids = list(run.grid.push_messages(self._train_messages(chosen, run.train_config)))
-        run.table.dispatch(ids, chosen, self.version, self.model, run.clock.now, run.task_timeout)
-        self.totals["tasks"] += len(ids)
-        self._report["tasks"] = self.totals["tasks"]
-
-    def _stop_idle(self, run: _Run) -> bool:
-        """Nothing in flight and no node to give work to: wait for one, or say why to stop."""
-        if run.table.all_resting(run.grid.get_node_ids()):
-            log.error(
-                "every node failed since the last accepted update; stopping at version %s",
-                self.version,
-            )
-            return True
-        if not run.wall:
-            log.error("no node is available for training; stopping at %s", self.version)
-            return True
-        run.idle_since = run.clock.now if run.idle_since is None else run.idle_since
-        if run.clock.now - run.idle_since > run.timeout:
-            log.error("no node connected for %.0f s; stopping", run.timeout)
-            return True
-        run.clock.wait([], run.timeout)
-        return False
-
-    def _receive(self, run: _Run, replies: list[Message]) -> None:
-        """Fold the replies in order; stop once the last version is made."""
-        for reply in replies:
-            released = run.table.release(reply.metadata.reply_to_message_id)
-            if released is None:
-                continue
-            task, start = released
-            outcome, update = self._accept(reply, task, start, run.clock.now)
-            self._count(outcome)
-            if outcome in ("failed", "rejected"):
-                run.table.rest(task.node_id)  # retried after another node's reply
-                continue
-            run.table.wake()
-            if update is None:
-                continue
-            self._folded.append(update.content)
-            new_model = self.fold(update)
-            if new_model is not None:
-                self._advance(run, new_model)
-            if self.version >= run.num_rounds:
-                break
-
-    def _expire(self, run: _Run) -> None:
-        """Abandon the tasks past their deadline: their slots are free, their nodes failed."""
-        for task in run.table.expire(run.clock.now):
-            log.warning(
-                "node %s gave no reply within %.0f s; giving its slot to another node",
-                task.node_id,
-                task.deadline - task.started,
-            )
-            self._count("failed")
-
-    def _advance(self, run: _Run, new_model: Arrays) -> None:
-        self.model = new_model
-        self._record = None
-        self.version += 1
-        self.totals["updates"] += 1
-        self._report["version"] = self.version
-        log.info("server version %s at t=%.2f s", self.version, run.clock.now)
-        if self._folded:
-            metrics = self.train_metrics_aggr_fn(self._folded, self.weighted_by_key)
-            run.result.train_metrics_clientapp[self.version] = metrics
-            self._folded = []
-        if run.evaluate_fn is not None and (
-            self.version % self.evaluate_every == 0 or self.version >= run.num_rounds
-        ):
-            res = run.evaluate_fn(self.version, self._current_record())
-            if res is not None:
-                run.result.evaluate_metrics_serverapp[self.version] = res
-
-    def _finish(self, run: _Run, t_start: float) -> Result:
-        self.totals["unfinished"] = len(run.table)
-        run.result.arrays = self._current_record()
-        log.info(
-            "%s finished: %s versions, %s tasks, %s folded, %s dropped, %s failed in %.2f s",
-            type(self).__name__,
-            self.version,
-            self.totals["tasks"],
-            self.totals["folded"],
-            self.totals["dropped"],
-            self.totals["failed"],
-            time.time() - t_start,
-        )
-        return run.result
 
     def _count(self, what: str, n: int = 1) -> None:
         self.totals[what] += n
@@ -594,45 +617,14 @@ class AsyncStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Messages for ``concurrency`` random nodes (for Flower's synchronous loop only).
-
-        The asynchronous loop in :meth:`start` dispatches tasks itself; this method lets the
-        strategy also run in Flower's round-based ``Strategy.start``, where every round's
-        replies are folded with staleness 0.
-        """
-        if not self.model:
-            self._names = list(arrays.keys())
-            self.model = arrays.to_numpy_ndarrays()
-            self._record = arrays
-            self.reset(self.model)
-        nodes = sorted(grid.get_node_ids())
-        rng = np.random.default_rng([self.seed, server_round])
-        picks = rng.choice(len(nodes), min(self.concurrency, len(nodes)), False)  # positions
-        chosen = [int(nodes[i]) for i in picks]
-        self._sync_start = (self.version, self.model)
-        return self._train_messages(chosen, config)
+        """Not a round-based strategy: the event loop of :meth:`start` dispatches the tasks."""
+        raise NotImplementedError(ROUNDLESS.format(type(self).__name__))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Fold a synchronous round's replies (by node id) and return the resulting model."""
-        if self._sync_start is None:
-            return None, None
-        version, start = self._sync_start
-        changed, contents = False, []
-        for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
-            task = Task(reply.metadata.src_node_id, version, 0.0, math.inf)
-            outcome, update = self._accept(reply, task, start, 0.0)
-            self._count(outcome)
-            if update is None:
-                continue
-            contents.append(update.content)
-            new_model = self.fold(update)
-            if new_model is not None:
-                self.model, self._record, changed = new_model, None, True
-                self.version += 1
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if contents else None
-        return (self._current_record() if changed else None), metrics
+        """Not a round-based strategy: the event loop of :meth:`start` folds the replies."""
+        raise NotImplementedError(ROUNDLESS.format(type(self).__name__))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedflower import aggregation
+from fedflower.checks import check_number
 from fedflower.errors import UpdateRejected
 from fedflower.server.attack_log import AttackLog
 from fedflower.server.replies import unpack_reply
@@ -35,6 +36,22 @@ class CheckedFedAvg(FlowerFedAvg):
     """Nodes whose updates :meth:`combine` gets this round, in the order it gets them."""
     rejected: int = 0
     _attack_log: AttackLog | None = None
+    synchronous: bool = True
+    """Rounds with one sample of clients: what DP accounting and SecAgg+ need."""
+    combines_single_updates: bool = False
+    """Whether the rule selects or trims single updates (robust rules): DP hands it one mean."""
+
+    def __init__(self, **options: Any) -> None:
+        for key in ("fraction_train", "fraction_evaluate"):
+            if key in options:
+                check_number(f"strategy.{key}", options[key], minimum=0.0, maximum=1.0)
+        super().__init__(**options)
+
+    def check_clients(self, num_clients: int) -> None:
+        """Refuse minimum numbers of nodes that a federation of ``num_clients`` cannot meet."""
+        for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+            value = getattr(self, key)
+            check_number(f"strategy.{key}", value, minimum=0, maximum=num_clients, integer=True)
 
     @property
     def attack_log(self) -> AttackLog:

@@ -1,15 +1,17 @@
 """Checkpoint and resume of a run.
 
-Flower 1.42's ``Strategy.start`` has no start round and keeps no state, so synchronous
-strategies run :func:`run_rounds` instead: the same calls in the same order as
-``Strategy.start``, from any first round, with a hook after every round. The hook writes
+Synchronous strategies run Flower's own loop, ``Strategy.start``; the checkpoint is a hook in
+its centralized evaluation (:func:`checkpointed`) and a resumed run continues it through
+:class:`Resumed` (Flower 1.42's loop has no first-round option). The hook writes
 ``checkpoint.npz`` in the run directory every ``checkpoint.every`` rounds, atomically (a temp
 file, fsync, then ``os.replace``): the round, the global model, the Python and NumPy global
-random states, and the ``state_dict()`` of every object that has one, found by name:
+random states, and the ``state_dict()`` of every :class:`~fedflower.engine.wrapper.Stateful`
+object the run's :class:`~fedflower.server.pipeline.Pipeline` lists, by name:
 
-* ``strategy`` and each strategy it wraps (``.strategy`` attributes, e.g. Flower's DP
-  wrappers and their accountants): server-optimizer moments, counters;
+* ``strategy0``, ``strategy1``: the strategy layers (a privacy release with its accountant,
+  then the plugin): server-optimizer moments, counters;
 * ``recorder``: the metrics rows written so far;
+* ``meter``: bytes counted since the last row;
 * ``clock``: the virtual clock's time and task counter.
 
 ``fedflower resume=<run dir>`` with the same config loads it (``load_state_dict`` on each),
@@ -30,14 +32,14 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from fedflower.errors import ConfigError
 
@@ -143,23 +145,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def stateful(strategy: Strategy, **others: Any) -> dict[str, Any]:
-    """Objects whose ``state_dict()`` a checkpoint holds, by name.
-
-    The strategy and every strategy it wraps (``.strategy``), then ``others`` (recorder,
-    clock, ...); objects without ``state_dict``/``load_state_dict`` are left out.
-    """
-    found: dict[str, Any] = {}
-    node: Any = strategy
-    depth = 0
-    while node is not None and depth < 8:
-        found[f"strategy{depth}"] = node
-        node, depth = getattr(node, "strategy", None), depth + 1
-    found.update(others)
-    methods = ("state_dict", "load_state_dict")
-    return {k: v for k, v in found.items() if all(callable(getattr(v, m, None)) for m in methods)}
-
-
 class Checkpointer:
     """Writes (every ``every`` rounds) and restores a run's checkpoint.
 
@@ -172,7 +157,8 @@ class Checkpointer:
     every : int
         Write after every ``every``-th round and after the last one; 0 = never.
     objects : mapping
-        Named objects with ``state_dict()``/``load_state_dict()`` (see :func:`stateful`).
+        Named objects with ``state_dict()``/``load_state_dict()``
+        (:meth:`fedflower.server.pipeline.Pipeline.stateful`).
     resume : bool
         Continue from the checkpoint in ``run_dir`` instead of starting at round 1.
     """
@@ -223,47 +209,62 @@ class Checkpointer:
         )
 
 
-def run_rounds(
-    strategy: Strategy,
-    grid: Grid,
-    arrays: ArrayRecord,
-    *,
-    first_round: int,
-    num_rounds: int,
-    train_config: ConfigRecord,
-    evaluate_config: ConfigRecord,
-    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None],
-    after_round: Callable[[int, ArrayRecord], None],
-    timeout: float = 3600.0,
-) -> Result:
-    """Flower's ``Strategy.start`` loop from ``first_round`` (calls in the same order).
+class Resumed(Strategy):
+    """``strategy`` continued after round ``done``: Flower's round ``r`` is the run's ``done + r``.
 
-    The initial centralized evaluation (round 0) runs only when starting at round 1.
-    ``after_round(round, global model)`` runs after each round's centralized evaluation.
+    Flower 1.42's ``Strategy.start`` has no first-round option; run through this adapter, its
+    loop (the one synchronous loop) continues a resumed run with the same calls and round
+    numbers as an uninterrupted one.
     """
-    strategy.summary()
-    result = Result(arrays=arrays)
-    if first_round == 1:
-        evaluate_fn(0, arrays)
-    for server_round in range(first_round, num_rounds + 1):
-        replies = grid.send_and_receive(
-            messages=strategy.configure_train(server_round, arrays, train_config, grid),
-            timeout=timeout,
-        )
-        new, train_metrics = strategy.aggregate_train(server_round, replies)
-        if new is not None:
-            result.arrays = arrays = new
-        if train_metrics is not None:
-            result.train_metrics_clientapp[server_round] = train_metrics
-        replies = grid.send_and_receive(
-            messages=strategy.configure_evaluate(server_round, arrays, evaluate_config, grid),
-            timeout=timeout,
-        )
-        evaluate_metrics = strategy.aggregate_evaluate(server_round, replies)
-        if evaluate_metrics is not None:
-            result.evaluate_metrics_clientapp[server_round] = evaluate_metrics
-        res = evaluate_fn(server_round, arrays)
-        if res is not None:
-            result.evaluate_metrics_serverapp[server_round] = res
-        after_round(server_round, arrays)
-    return result
+
+    def __init__(self, strategy: Strategy, done: int) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.done = done
+
+    def configure_train(  # noqa: D102
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round + self.done, arrays, config, grid)
+
+    def aggregate_train(  # noqa: D102
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round + self.done, replies)
+
+    def configure_evaluate(  # noqa: D102
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round + self.done, arrays, config, grid)
+
+    def aggregate_evaluate(  # noqa: D102
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round + self.done, replies)
+
+    def summary(self) -> None:  # noqa: D102
+        self.strategy.summary()
+
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def checkpointed(
+    evaluate_fn: EvaluateFn, checkpointer: Checkpointer, done: int, num_rounds: int
+) -> EvaluateFn:
+    """``evaluate_fn`` with the checkpoint hook: after each round's centralized evaluation.
+
+    With ``done`` rounds restored, Flower's round ``r`` is the run's ``done + r`` and the
+    initial evaluation (round 0, already in the restored metrics) is skipped.
+    """
+
+    def hooked(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and done:
+            return None
+        run_round = server_round + done
+        result = evaluate_fn(run_round, arrays)
+        if run_round:
+            checkpointer.save(run_round, arrays, last=run_round == num_rounds)
+        return result
+
+    return hooked

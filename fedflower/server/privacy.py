@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -52,8 +52,8 @@ from fedflower.aggregation.privacy import (
 )
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checked import CheckedFedAvg
+from fedflower.server.rules import SECURE_PRIVACY, require_rounds
 from fedflower.server.secagg import SecureResult, SecureRound
-from fedflower.validation import SECURE_PRIVACY
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,6 @@ class PrivateRelease:
         secure: SecureRound | None = None,
     ) -> None:
         """Set the accountant, the budget, the sampling, the weight cap and SecAgg+."""
-        if not isinstance(self.strategy, CheckedFedAvg):
-            raise ConfigError(
-                f"privacy needs a synchronous strategy built on CheckedFedAvg, got "
-                f"{type(self.strategy).__name__} (asynchronous strategies have no rounds "
-                "to sample and account)"
-            )
         self.budget = accountant
         self.max_epsilon = max_epsilon
         self.poisson = poisson
@@ -457,7 +451,7 @@ def make_private(
     """Wrap ``strategy`` for the privacy mode ``options["name"]`` and SecAgg+ (``secagg``).
 
     ``options`` is the ``privacy`` config group and ``secagg`` the ``secagg`` one (checked by
-    :mod:`fedflower.validation`); with both ``none`` the strategy is returned unchanged.
+    :mod:`fedflower.server.rules`); with both ``none`` the strategy is returned unchanged.
     """
     name = options.get("name", "none")
     secure = None
@@ -468,11 +462,8 @@ def make_private(
             raise ConfigError(f"secagg={secagg['name']}: {exc}") from exc
     if name == "none" and secure is None:
         return strategy
-    if not isinstance(strategy, CheckedFedAvg):
-        raise ConfigError(
-            f"privacy={name} and secure aggregation need a synchronous strategy (rounds to "
-            f"sample and account); {type(strategy).__name__} is not one"
-        )
+    require_rounds(strategy, f"privacy={name}" if secure is None else "secagg=secaggplus")
+    strategy = cast(CheckedFedAvg, strategy)  # synchronous strategies are built on it
     if secure is not None and name not in SECURE_PRIVACY:
         raise ConfigError(
             f"privacy={name} cannot run with secagg: the server would need each update "

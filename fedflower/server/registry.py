@@ -7,13 +7,15 @@ is one discovery path and nothing is registered as an import side effect. Discov
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
-from fedflower.errors import PluginError
+from fedflower.errors import ConfigError, PluginError
 
 GROUP = "fedflower.strategies"
 CONF_GROUP = "fedflower.conf"
@@ -117,3 +119,55 @@ def config_search_paths() -> tuple[tuple[str, str], ...]:
         if entry[1] not in {p for _, p in paths}:
             paths.append(entry)
     return tuple(paths)
+
+
+def strategy_options(cls: type) -> list[str] | None:
+    """Keyword options a strategy class accepts, following ``**options`` up its bases.
+
+    A subclass may name only its own options and pass ``**options`` on to its base; the
+    options are then collected from each ``__init__`` up the MRO until one that takes no
+    ``**kwargs``. ``None`` if the chain never closes (then no option can be checked).
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [
+            p.name
+            for p in params
+            if p.name != "self"
+            and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            and p.name not in names
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def build_strategy(options: dict[str, Any], **runtime: Any) -> Any:
+    """Instantiate the strategy plugin named ``options["name"]`` with the other options.
+
+    ``runtime`` objects (e.g. metric hooks) are passed only when the class accepts them.
+    """
+    options = dict(options)
+    name = options.pop("name", None)
+    if not name:
+        raise ConfigError("strategy.name is missing")
+    cls = load(name)
+    params = strategy_options(cls)
+    if params is not None:
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise ConfigError(
+                f"strategy {name!r} has no option {', '.join(unknown)}; "
+                f"its options: {', '.join(p for p in params if p not in runtime)}"
+            )
+        runtime = {k: v for k, v in runtime.items() if k in params}
+    try:
+        return cls(**options, **runtime)
+    except ConfigError:
+        raise  # the class's own rule, already in the <key> must be <rule> shape
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"strategy {name!r}: {exc}") from exc

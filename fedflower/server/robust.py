@@ -58,6 +58,18 @@ class RobustAggregation(CheckedFedAvg):
     """
 
     rule = "robust aggregation"
+    combines_single_updates = True
+
+    def check_clients(self, num_clients: int) -> None:
+        """Also refuse tolerating as many malicious clients as there are clients."""
+        super().check_clients(num_clients)
+        check_number(
+            "strategy.num_malicious_nodes",
+            getattr(self, "num_malicious_nodes", 0),
+            minimum=0,
+            maximum=num_clients - 1,
+            integer=True,
+        )
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

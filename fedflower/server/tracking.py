@@ -10,6 +10,7 @@ run needs no network (``wandb sync`` uploads it later).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,30 @@ from typing import Any, Protocol
 
 from fedflower.checks import check_choice
 from fedflower.errors import ConfigError
-from fedflower.validation import WANDB_MODES, check_tracking
 
 log = logging.getLogger(__name__)
+
+TRACKERS = ("none", "wandb")
+"""Experiment trackers besides TensorBoard."""
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def check_tracking(tracking: Mapping[str, Any] | None) -> str:
+    """Check ``cfg.tracking`` without importing a tracker; return the tracker's name.
+
+    Run with the config's other checks (:func:`fedflower.server.rules.validate`), so a bad mode
+    or a missing ``wandb`` package stops the run before TensorFlow is imported.
+    """
+    options = tracking or {}
+    name = check_choice("tracking.name", options.get("name", "none"), TRACKERS)
+    if name == "wandb":
+        check_choice("tracking.mode", options.get("mode", "offline"), WANDB_MODES)
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
+            )
+    return str(name)
+
 
 STEP = "round"
 

@@ -8,7 +8,6 @@ kept raw weigh little, as on a real model; 2 clients x 2 rounds. Measured on the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from conftest import TINY
 from hydra import compose, initialize_config_module
 
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_bytes_up_drop_by_the_promised_factor(big_runs: dict, name: str, factor:
     assert ratio >= factor
     # the reported ratio is that of the messages' bytes, uncompressed / sent
     assert results["compression_up"] == pytest.approx(ratio, rel=0.02)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(out).metrics()
     assert all(row["compression_up"] >= factor for row in rows)
     # the models sent down are not compressed: same bytes but for the small compression record
     assert results["totals"]["bytes_down"] == pytest.approx(plain["totals"]["bytes_down"], rel=0.01)

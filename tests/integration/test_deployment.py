@@ -21,11 +21,11 @@ import tomli
 from omegaconf import DictConfig
 
 from fedflower.deploy.demo import SuperLinkNotStarted, simulate, write_site_files
-from fedflower.deploy.export import export
 from fedflower.deploy.federation import LocalFederation, Managed
 from fedflower.deploy.local_data import read_csv
 from fedflower.deploy.processes import alive, family, tagged
 from fedflower.experiment import run
+from fedflower.export import export
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the federation runs on Linux hosts"
@@ -65,6 +65,7 @@ def mentioning(text: str) -> list[psutil.Process]:
     return [p for p in found if alive(p) and text in " ".join(p.info["cmdline"] or [])]
 
 
+@pytest.mark.slow
 def test_unknown_and_unauthenticated_supernodes_are_refused(tmp_path: Path) -> None:
     with LocalFederation(tmp_path / "fed", [], startup_timeout=60) as fed:
         unknown = fed.start_unknown_supernode({"partition-id": 0, "num-partitions": 1})
@@ -171,6 +172,7 @@ def test_flwr_run_in_local_simulation_matches_fedflower(
     assert not mentioning(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_tflite_export_matches_keras_on_the_test_set(
     tiny_cfg: Callable[..., DictConfig], tmp_path: Path
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,12 +10,13 @@ import pytest
 from omegaconf import DictConfig
 
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 SCORES = ("loss", "accuracy", "fed_loss", "epsilon")
 
 
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(out).metrics()
 
 
 def rdp_epsilon(z: float, rounds: int, delta: float) -> float:

@@ -7,7 +7,6 @@ each test checks its own outcome.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -17,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import run_fedflower
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TIMEOUT = 900
@@ -96,15 +96,7 @@ EXPECTED: dict[str, str] = {
 
 def fedflower(args: list[str], cwd: Path) -> tuple[Path, int, str, str]:
     """Run ``fedflower args`` in ``cwd``: (cwd, exit code, stdout, stderr)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "fedflower", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    done = run_fedflower(args, cwd=cwd, timeout=TIMEOUT)
     return cwd, done.returncode, done.stdout, done.stderr
 
 

@@ -7,13 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY
+from helpers import start_fedflower
 
 from fedflower.server.checkpoint import FILENAME, load
 
@@ -23,14 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def fedflower(args: list[str], run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedflower", *args, f"hydra.run.dir={run_dir}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_fedflower([*args, f"hydra.run.dir={run_dir}"])
 
 
 def checkpoint_round(run_dir: Path) -> int:

@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 CLIENTS, SAMPLED, ROUNDS = 10_000, 50, 2
 
@@ -32,7 +33,7 @@ def test_ten_thousand_clients_with_sampling(tmp_path: Path) -> None:
         cfg = compose(config_name="config", overrides=overrides)
     results = run(cfg, output_dir=tmp_path)
     assert results["totals"]["rounds"] == ROUNDS
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(tmp_path).metrics()
     model_bytes = results["communication"]["model_bytes"]
     for row in rows:  # SAMPLED train messages down and up, no federated evaluation
         assert SAMPLED * model_bytes < row["bytes_down"] < SAMPLED * (model_bytes + 4096)

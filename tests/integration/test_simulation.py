@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.client.keras_client import KerasClient
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 TINY_ACCURACY = 0.75
 DEFAULT_ACCURACY = 0.85  # issue 3: the default run reaches at least 0.85
@@ -53,7 +54,7 @@ def tiny(*overrides: str) -> DictConfig:
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(out).metrics()
 
 
 def scores(rows: list[dict[str, Any]]) -> list[tuple[float, ...]]:
@@ -94,7 +95,7 @@ def test_metrics_jsonl_has_one_row_per_round(tiny_run: tuple) -> None:
 
 def test_results_json(tiny_run: tuple) -> None:
     cfg, results, out = tiny_run
-    saved = json.loads((out / "results.json").read_text())
+    saved = RunDir(out).results()
     assert saved == json.loads(json.dumps(results))  # run() returns what it wrote
     assert saved["config"] == OmegaConf.to_container(cfg, resolve=True)
     assert set(saved["final"]) >= {"loss", "accuracy"}

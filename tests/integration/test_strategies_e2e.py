@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from omegaconf import DictConfig
 
 from fedflower.experiment import run
+from fedflower.outputs import RunDir
 
 MIN_ACCURACY = {
     "fedavg": 0.76,
@@ -42,7 +42,7 @@ QUIET = ["output.plots=false"]
 
 
 def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(out).metrics()
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -7,8 +7,6 @@ environment is never modified.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import FakeGrid, run_fedflower
 
 from fedflower import keys
+from fedflower.outputs import RunDir
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "strategy-plugin"
 FEDFLOWER = Path(sys.executable).with_name("fedflower")
@@ -38,11 +38,6 @@ def trimmed_mean_cls(monkeypatch: pytest.MonkeyPatch) -> type:
     from fedflower_trimmedmean.strategy import TrimmedMean
 
     return TrimmedMean
-
-
-class FakeGrid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2, 3, 4, 5]
 
 
 def test_example_is_small() -> None:
@@ -107,10 +102,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fedflower(args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="3", TQDM_DISABLE="1")
-    return subprocess.run(
-        [str(FEDFLOWER), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_fedflower(args, cwd=cwd, env={"PYTHONPATH": str(site)}, program=FEDFLOWER)
 
 
 @pytest.mark.slow
@@ -127,7 +119,7 @@ def test_installed_plugin_is_listed_and_runs_end_to_end(plugin_site: Path, tmp_p
         tmp_path,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    results = json.loads((out / "results.json").read_text())
+    results = RunDir(out).results()
     assert results["config"]["strategy"]["name"] == "trimmedmean"
     assert results["config"]["strategy"]["beta"] == 0.34
     assert results["config"]["strategy"]["min_train_nodes"] == 1  # from fedflower's fedavg.yaml

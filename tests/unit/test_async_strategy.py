@@ -24,12 +24,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import Strategy
 
 from fedflower import keys
-from fedflower.engine.clock import VirtualClockGrid, WallClock
+from fedflower.engine.clock import WallClock
 from fedflower.engine.latency import Constant, LatencyModel, LogNormal
 from fedflower.engine.local import LocalGrid
 from fedflower.errors import ConfigError
-from fedflower.server.app import build_strategy, round_extra
+from fedflower.server.app import build_strategy
 from fedflower.server.async_strategy import AsyncStrategy, ClientUpdate
+from fedflower.server.pipeline import Pipeline, build_pipeline
 
 SHAPES = [(3, 2), (2,)]
 SECONDS = LatencyModel(Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9)
@@ -70,12 +71,12 @@ def initial(seed: int = 0) -> ArrayRecord:
 class Log:
     """An ``evaluate_fn`` that records the model, the virtual time and the strategy's report."""
 
-    def __init__(self, strategy: AsyncStrategy, grid: Any = None) -> None:
-        self.strategy, self.grid = strategy, grid
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
         self.rows: list[dict[str, Any]] = []
 
     def __call__(self, version: int, arrays: ArrayRecord) -> MetricRecord:
-        row = round_extra(self.grid, self.strategy) if self.grid else {}
+        row = self.pipeline.round_report()
         row.update(version=version, arrays=arrays.to_numpy_ndarrays())
         self.rows.append(row)
         return MetricRecord({"version": version})
@@ -88,12 +89,20 @@ def run(
     latency: LatencyModel | None = SECONDS,
     fail: Iterable[int] = (),
 ) -> tuple[Log, Any]:
-    inner = LocalGrid(numeric_app(fail), num_nodes)
-    grid = inner if latency is None else VirtualClockGrid(inner, latency)
-    log = Log(strategy, grid)
-    result = strategy.start(grid, initial(), num_rounds=num_rounds, evaluate_fn=log)
+    pipeline = wrapped(LocalGrid(numeric_app(fail), num_nodes), strategy, latency)
+    log = Log(pipeline)
+    result = strategy.start(
+        pipeline.grid, initial(), num_rounds=num_rounds, evaluate_fn=log, clock=pipeline.clock
+    )
     log.result = result  # type: ignore[attr-defined]
-    return log, grid
+    return log, pipeline.clock
+
+
+def wrapped(grid: Any, strategy: AsyncStrategy, latency: LatencyModel | None) -> Pipeline:
+    """The run's wrappers as a simulation stacks them: the meter around the virtual clock."""
+    return build_pipeline(
+        grid, strategy, latency=latency, compression=None, client_options={}, seed=0
+    )
 
 
 def assert_arrays_close(a: Sequence[np.ndarray], b: Sequence[np.ndarray], **tol: float) -> None:
@@ -103,10 +112,6 @@ def assert_arrays_close(a: Sequence[np.ndarray], b: Sequence[np.ndarray], **tol:
 
 
 # -- equivalences ----------------------------------------------------------------------------
-def fedavg_round(num_nodes: int) -> list[np.ndarray]:
-    return fedavg_rounds(num_nodes, 1)[-1]
-
-
 def fedavg_rounds(num_nodes: int, rounds: int) -> list[list[np.ndarray]]:
     """The global model after each of ``rounds`` FedAvg rounds over all nodes."""
     fedavg = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=num_nodes)
@@ -141,12 +146,10 @@ def test_fedbuff_k_equal_concurrency_equal_n_is_fedavg_in_every_round() -> None:
         assert_arrays_close(row["arrays"], x)
 
 
-def test_fedbuff_in_flowers_synchronous_loop_is_fedavg_too() -> None:
-    n = 3
-    fedbuff = FedBuff(concurrency=n, buffer_size=n, staleness="constant")
-    grid = LocalGrid(numeric_app(), n)
-    result = Strategy.start(fedbuff, grid, initial(), num_rounds=1)
-    assert_arrays_close(result.arrays.to_numpy_ndarrays(), fedavg_round(n))
+def test_an_async_strategy_has_no_rounds_for_flowers_loop() -> None:
+    fedbuff = FedBuff(concurrency=3, buffer_size=3)
+    with pytest.raises(NotImplementedError, match=r"^FedBuff has no rounds: it runs its own"):
+        Strategy.start(fedbuff, LocalGrid(numeric_app(), 3), initial(), num_rounds=1)
 
 
 def test_fedasync_with_one_client_follows_the_mixing_formula() -> None:
@@ -469,18 +472,25 @@ def test_resuming_from_every_version_continues_bit_identically(name: str, tmp_pa
     """Checkpoints after every version; resumed from each one, the rest of the run is equal."""
     import shutil
 
-    from fedflower.server.checkpoint import FILENAME, Checkpointer, load, stateful
+    from fedflower.server.checkpoint import FILENAME, Checkpointer, load
 
     latency = LatencyModel(LogNormal(1.0), seed=7, jitter=0.5)
     versions = 8
 
     def start(out: Any, resume: bool) -> tuple[Log, AsyncStrategy]:
         strategy = RESUMED[name]()
-        grid = VirtualClockGrid(LocalGrid(numeric_app(), 5), latency)
-        log = Log(strategy, grid)
-        objects = stateful(strategy, clock=grid)
+        pipeline = wrapped(LocalGrid(numeric_app(), 5), strategy, latency)
+        log = Log(pipeline)
+        objects = pipeline.stateful()
         checkpoint = Checkpointer(out, {}, every=1, objects=objects, resume=resume)
-        strategy.start(grid, initial(), versions, evaluate_fn=log, checkpoint=checkpoint)
+        strategy.start(
+            pipeline.grid,
+            initial(),
+            versions,
+            evaluate_fn=log,
+            checkpoint=checkpoint,
+            clock=pipeline.clock,
+        )
         return log, strategy
 
     kept: dict[int, Any] = {}

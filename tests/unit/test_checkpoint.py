@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,19 +79,80 @@ def test_an_async_run_off_the_virtual_clock_writes_none_and_refuses_to_resume(
 ) -> None:
     from flwr.clientapp import ClientApp
 
-    from fedflower.engine.clock import VirtualClockGrid
     from fedflower.engine.latency import LatencyModel
     from fedflower.engine.local import LocalGrid
-    from fedflower.engine.metered import MeteredGrid
     from fedflower.server.app import CheckpointOptions, checkpointer
+    from fedflower.server.pipeline import build_pipeline
     from fedflower.server.recorder import Recorder
     from strategies.fedbuff import FedBuff
 
     recorder = Recorder(tmp_path, 2, progress=False)
     local = LocalGrid(ClientApp(), 2)
-    wall, virtual = MeteredGrid(local), VirtualClockGrid(local, LatencyModel())
+
+    def pipeline(latency: LatencyModel | None, **client: float) -> Any:
+        options = {"local_epochs": 2, **client}
+        return build_pipeline(
+            local, FedBuff(), latency=latency, compression=None, client_options=options, seed=0
+        )
+
+    wall, virtual = pipeline(None), pipeline(LatencyModel())
+    straggling = pipeline(LatencyModel(), straggler_fraction=0.5)
     write, resume = CheckpointOptions({}, every=1), CheckpointOptions({}, every=1, resume=True)
-    assert checkpointer(write, FedBuff(), recorder, wall) is None
-    assert checkpointer(write, FedBuff(), recorder, virtual) is not None
+    assert checkpointer(write, wall, recorder) is None
+    assert checkpointer(write, straggling, recorder) is None
+    saved = checkpointer(write, virtual, recorder)
+    assert saved is not None
+    assert list(saved.objects) == ["strategy0", "recorder", "meter", "clock"]
     with pytest.raises(ConfigError, match=r"^resume: an asynchronous run is checkpointed only"):
-        checkpointer(resume, FedBuff(), recorder, wall)
+        checkpointer(resume, wall, recorder)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_flowers_loop_resumed_continues_with_the_same_rounds_and_models(tmp_path: Path) -> None:
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedflower import keys
+    from fedflower.engine.local import LocalGrid
+    from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
+
+    app, seen = ClientApp(), []
+
+    @app.train()
+    def train(msg: Message, context: Any) -> Message:
+        config = msg.content.config_records[keys.CONFIG]
+        seen.append(int(config[keys.SERVER_ROUND]))  # type: ignore[arg-type]
+        p, arrays = int(context.node_config[keys.PARTITION_ID]), msg.content[keys.ARRAYS]
+        weights = [0.5 * a + p + 1 for a in arrays.to_numpy_ndarrays()]  # type: ignore[union-attr]
+        metrics = MetricRecord({keys.NUM_EXAMPLES: 10 * (p + 1)})
+        return Message(
+            RecordDict({keys.ARRAYS: ArrayRecord(weights), keys.METRICS: metrics}), reply_to=msg
+        )
+
+    def run(out: Path, rounds: int, resume: bool = False) -> dict[int, list[np.ndarray]]:
+        models: dict[int, list[np.ndarray]] = {}
+
+        def evaluate(rnd: int, arrays: ArrayRecord) -> None:
+            models[rnd] = arrays.to_numpy_ndarrays()
+
+        ckpt = Checkpointer(out, {}, every=1, objects={}, resume=resume)
+        done, arrays = ckpt.restore() if resume else (0, ArrayRecord([np.zeros(3, np.float32)]))
+        strategy = FedAvg(fraction_evaluate=0.0)
+        loop = Resumed(strategy, done) if done else strategy
+        hook = checkpointed(evaluate, ckpt, done, rounds)  # type: ignore[arg-type]
+        loop.start(LocalGrid(app, 2), arrays, num_rounds=rounds - done, evaluate_fn=hook)
+        return models
+
+    (tmp_path / "full").mkdir(), (tmp_path / "cut").mkdir()
+    full = run(tmp_path / "full", 3)
+    seen.clear()
+    run(tmp_path / "cut", 1)
+    assert load(tmp_path / "cut" / FILENAME)["round"] == 1
+    seen.clear()
+    resumed = run(tmp_path / "cut", 3, resume=True)
+    assert sorted(resumed) == [2, 3] and seen == [2, 2, 3, 3]  # Flower's rounds 1, 2 offset
+    for rnd in (2, 3):
+        for a, b in zip(full[rnd], resumed[rnd], strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert load(tmp_path / "cut" / FILENAME)["round"] == 3

@@ -11,13 +11,7 @@ from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
 from fedflower import keys
-from fedflower.engine.clock import (
-    Clock,
-    VirtualClockGrid,
-    WallClock,
-    build_latency,
-    find_clock,
-)
+from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock, build_latency
 from fedflower.engine.latency import Constant, LatencyModel
 from fedflower.engine.local import LocalGrid
 from fedflower.engine.metered import MeteredGrid
@@ -92,21 +86,36 @@ def test_a_synchronous_round_lasts_as_long_as_its_slowest_client() -> None:
     assert grid.now == pytest.approx(50.0)
 
 
-def test_bytes_are_metered_like_the_metered_grid() -> None:
-    timed = VirtualClockGrid(LocalGrid(echo_app(), 2), SECONDS)
+def test_a_meter_around_the_clock_counts_what_a_meter_alone_counts() -> None:
+    timed = MeteredGrid(VirtualClockGrid(LocalGrid(echo_app(), 2), SECONDS))
     metered = MeteredGrid(LocalGrid(echo_app(), 2))
     for grid in (timed, metered):
         grid.send_and_receive([train_message(1), train_message(2)])
+    assert timed.round_report() == metered.round_report() == {"train_clients": 2}
     assert timed.take() == metered.take()
     assert timed.bytes_down == 0
 
 
+def test_replies_are_metered_when_the_clock_releases_them() -> None:
+    clock = VirtualClockGrid(LocalGrid(echo_app(), 2), SECONDS)
+    meter = MeteredGrid(clock)
+    ids = list(meter.push_messages([train_message(1), train_message(2)]))
+    clock.wait(ids)  # t = 10: node 1's reply only
+    assert len(list(meter.pull_messages(ids))) == 1
+    first = meter.bytes_up
+    clock.wait(ids)
+    meter.pull_messages(ids)
+    assert 0 < first < meter.bytes_up
+
+
 def test_transfer_time_uses_the_measured_bytes() -> None:
     latency = LatencyModel(Constant(), seconds_per_example=0.0, latency_s=0.5, bandwidth_mbps=0.001)
-    grid = VirtualClockGrid(LocalGrid(echo_app(), 1), latency)
+    clock = VirtualClockGrid(LocalGrid(echo_app(), 1), latency)
+    grid = MeteredGrid(clock)
     grid.send_and_receive([train_message(1)])
     down, up = grid.take()
-    assert grid.now == pytest.approx(1.0 + 8 * (down + up) / 1000.0)
+    assert clock.now == pytest.approx(1.0 + 8 * (down + up) / 1000.0)
+    assert clock.round_report() == {"virtual_time": clock.now}
 
 
 class SilentGrid(LocalGrid):
@@ -127,15 +136,9 @@ def test_a_missing_reply_becomes_an_error_after_the_timeout() -> None:
     assert "no reply" in replies[0].error.reason
 
 
-def test_find_clock_looks_through_wrappers() -> None:
-    timed = VirtualClockGrid(LocalGrid(echo_app(), 1), SECONDS)
-
-    class Wrapper:
-        inner = timed
-
-    assert find_clock(Wrapper()) is timed  # type: ignore[arg-type]
-    assert find_clock(MeteredGrid(LocalGrid(echo_app(), 1))) is None
-    assert isinstance(timed, Clock)
+def test_the_virtual_clock_is_a_clock() -> None:
+    assert isinstance(VirtualClockGrid(LocalGrid(echo_app(), 1), SECONDS), Clock)
+    assert not isinstance(MeteredGrid(LocalGrid(echo_app(), 1)), Clock)
 
 
 def test_wall_clock_counts_from_creation_and_sleeps_one_poll() -> None:
@@ -184,23 +187,27 @@ def test_a_restored_clock_replays_tasks_in_flight_with_their_times_unmetered() -
     jittered = LatencyModel(
         Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9, jitter=0.5
     )
-    grid = VirtualClockGrid(LocalGrid(echo_app(), 3), jittered)
+    clock = VirtualClockGrid(LocalGrid(echo_app(), 3), jittered)
+    grid = MeteredGrid(clock)
     first = list(grid.push_messages([train_message(1), train_message(3)]))
-    grid.wait(first)
+    clock.wait(first)
     (done,) = grid.pull_messages(first)
     (second,) = grid.push_messages([train_message(2)])
     in_flight = [i for i in (*first, second) if i != done.metadata.reply_to_message_id]
-    state = grid.state_dict()
-    assert state["bytes"][0] > 0 and set(state["tasks"]) >= set(in_flight)
-    finish = {i: grid.finish_time(i) for i in in_flight}
+    state, meter = clock.state_dict(), grid.state_dict()
+    assert meter["bytes"][0] > 0 and meter["train_tasks"] == 3
+    assert set(state["tasks"]) >= set(in_flight)
+    finish = {i: clock.finish_time(i) for i in in_flight}
 
     restored = VirtualClockGrid(LocalGrid(echo_app(), 3), jittered)
+    metered = MeteredGrid(restored)
     restored.load_state_dict(state)
+    metered.load_state_dict(meter)
     restored.replay(in_flight)
     nodes = {first[1]: 3, second: 2}
-    again = list(restored.push_messages([train_message(nodes[i]) for i in in_flight]))
-    assert restored.bytes_down == state["bytes"][0]  # not metered a second time
+    again = list(metered.push_messages([train_message(nodes[i]) for i in in_flight]))
+    assert metered.state_dict() == meter  # neither bytes nor tasks counted a second time
     assert [restored.finish_time(i) for i in again] == [finish[i] for i in in_flight]
-    (new,) = restored.push_messages([train_message(1)])  # a new task continues the count
+    (new,) = metered.push_messages([train_message(1)])  # a new task continues the count
     assert restored._tasks[new].seq == state["seq"] + 1
-    assert restored.bytes_down > state["bytes"][0]
+    assert metered.bytes_down > meter["bytes"][0] and metered.train_tasks == 4

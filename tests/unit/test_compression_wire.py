@@ -28,7 +28,7 @@ from fedflower.engine.local import LocalGrid
 from fedflower.engine.metered import MeteredGrid
 from fedflower.errors import ConfigError
 from fedflower.server.compression import CompressedGrid, compressed_grid
-from fedflower.validation import validate_compression
+from fedflower.server.rules import validate_compression
 
 SHAPES = [(200, 100), (100,), (100, 10)]
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from fedflower.strategies.fedprox import FedProx
 from fedflower.strategies.fedsgd import FULL_BATCH, FedSGD
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from helpers import FakeGrid, make_reply
 
 from fedflower import keys
 from fedflower.client import KerasClient
@@ -27,11 +28,6 @@ SAMPLING = {"min_train_nodes": 3, "min_available_nodes": 3}
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-class FakeGrid:
-    def get_node_ids(self) -> list[int]:
-        return list(NODES)
-
-
 def model_arrays(seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [
@@ -41,15 +37,14 @@ def model_arrays(seed: int) -> list[np.ndarray]:
 
 
 def configure(strategy, model, config: ConfigRecord | None = None) -> dict[int, Message]:
-    msgs = strategy.configure_train(1, ArrayRecord(model), config or ConfigRecord(), FakeGrid())
+    msgs = strategy.configure_train(
+        1, ArrayRecord(model), config or ConfigRecord(), FakeGrid(NODES)
+    )
     return {m.metadata.dst_node_id: m for m in msgs}
 
 
 def reply(instruction: Message, arrays: list[np.ndarray], weight: int) -> Message:
-    content = RecordDict(
-        {keys.ARRAYS: ArrayRecord(arrays), keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: weight})}
-    )
-    return Message(content, reply_to=instruction)
+    return make_reply(instruction, arrays, weight, train_loss=None)
 
 
 # -- fedsgd -------------------------------------------------------------------------------------

@@ -303,4 +303,5 @@ def test_a_shipped_client_fn_reuses_the_process_model() -> None:
     # another federation in the same process gets its own model, the first one is let go
     other = app.keras_client_fn(build, lambda cid: data, seed=0)(context).model
     assert other is not models[0]
-    assert len(app._PROCESS_MODEL) == 1
+    assert list(app._PROCESS.items) == ["model"]
+    assert app._PROCESS.items["model"] is other

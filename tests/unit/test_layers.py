@@ -2,34 +2,41 @@
 
 Every module belongs to one part; a part may import only the parts listed for it (docs/
 architecture.md draws the same table). Imports inside functions count: a lazy import is still
-a dependency. A new module outside the table fails the test until it gets a part.
+a dependency, and so is ``importlib.import_module("fedflower.x")`` or ``__import__`` of a
+module named by a string. No two modules import each other, directly or through others (a
+cycle inside one package is still a cycle). A new module outside the table fails the test
+until it gets a part. The last tests plant a bad module in a copy of the tree and see each
+check fail.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = frozenset({"base"})
-BELOW_SERVER = BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "client"}
+BELOW_SERVER = BASE | {"aggregation", "wire", "data", "models", "engine", "client"}
+BELOW_SERVER |= {"outputs"}  # a run's files: the server writes them, the parts above read them
 ALLOWED: dict[str, frozenset[str]] = {
     "base": BASE,
-    "validation": BASE | {"aggregation"},  # compression options are checked by their codecs
     "wire": BASE | {"aggregation"},
     "aggregation": BASE | {"aggregation"},
     "data": BASE | {"data"},
     "models": BASE,
-    "engine": BASE | {"validation", "engine"},
-    "client": BASE | {"validation", "aggregation", "wire", "data", "models", "client"},
-    "server": BASE | {"validation", "aggregation", "wire", "data", "models", "engine", "server"},
+    "engine": BASE | {"engine"},
+    "client": BASE | {"aggregation", "wire", "data", "models", "client"},
+    "outputs": BASE | {"outputs"},  # run files, their reader, console and plot sinks
+    "server": BASE | {"aggregation", "wire", "data", "models", "engine", "server"} | {"outputs"},
     "strategies": BASE | {"aggregation", "server"},
     "components": BASE | {"data", "models"},
-    "experiment": BELOW_SERVER | {"server", "components"},
-    "deploy": BELOW_SERVER | {"server", "components", "experiment", "deploy"},
-    "cli": BELOW_SERVER | {"server", "components", "experiment", "deploy", "cli"},
+    "apps": BELOW_SERVER | {"server", "components"},
+    "experiment": BELOW_SERVER | {"server", "components", "apps"},
+    "deploy": BELOW_SERVER | {"server", "components", "apps", "experiment", "deploy"},
+    "cli": BELOW_SERVER | {"server", "components", "apps", "experiment", "deploy", "cli"},
 }
 """Part -> the parts its modules may import."""
 
@@ -40,7 +47,6 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
-    "fedflower.validation": "validation",  # config checks: neither TensorFlow nor Flower
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
@@ -49,10 +55,14 @@ PARTS = {
     "fedflower.server": "server",
     "fedflower.strategies": "strategies",
     "fedflower.components": "components",
+    "fedflower.apps": "apps",  # the one place the ServerApp and ClientApp are assembled
     "fedflower.experiment": "experiment",
     "fedflower.deploy": "deploy",
     "fedflower.cli": "cli",
     "fedflower.compare": "cli",  # fedflower-compare: reads multirun directories
+    "fedflower.export": "cli",  # fedflower export: a run's model to TFLite
+    "fedflower.deploy.cli": "cli",  # fedflower-deploy: a front door like fedflower
+    "fedflower.outputs": "outputs",
     "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }
@@ -60,13 +70,15 @@ PARTS = {
 
 FORBIDDEN_PACKAGES = {
     "aggregation": {"flwr", "tensorflow", "keras"},  # pure NumPy math
-    "fedflower.validation": {"flwr", "tensorflow", "keras"},  # runs before the heavy imports
+    "outputs": {"flwr", "tensorflow", "keras"},  # reading a run stays cheap
+    # typed options Hydra reads while composing, before the heavy imports
+    "fedflower.server.options": {"flwr", "tensorflow", "keras"},
 }
 
 
-def module_name(path: Path) -> str:
+def module_name(path: Path, root: Path = ROOT) -> str:
     """``fedflower.x.y`` for fedflower/x/y.py; ``strategies/`` installs as fedflower.strategies."""
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[0] == "strategies":
         parts[0:1] = ["fedflower", "strategies"]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -80,8 +92,22 @@ def part_of(module: str) -> str:
     return PARTS[max(prefixes, key=len)]
 
 
+DYNAMIC = {"import_module", "__import__"}
+"""Calls that import the module named by their first argument."""
+
+
+def _dynamic_import(node: ast.Call) -> str | None:
+    """The module a call ``importlib.import_module("m")`` / ``__import__("m")`` imports."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name not in DYNAMIC or not node.args:
+        return None
+    first = node.args[0]
+    return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+
+
 def imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, at top level or inside a function."""
+    """Every module ``path`` imports, at top level, inside a function or by a string."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -89,24 +115,97 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, f"{path}: relative import"
             base = node.module or ""
-            # `from fedflower import keys` imports the module fedflower.keys
-            found |= {f"{base}.{a.name}" for a in node.names} if base == "fedflower" else {base}
+            found.add(base)
+            if base.startswith("fedflower"):  # `from fedflower.x import y`: y may be a module
+                found |= {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Call) and (target := _dynamic_import(node)) is not None:
+            found.add(target)
     return found
 
 
-MODULES = sorted([*(ROOT / "fedflower").rglob("*.py"), *(ROOT / "strategies").rglob("*.py")])
+def sources(root: Path) -> list[Path]:
+    """The modules of fedflower/ and strategies/ under ``root``."""
+    return sorted([*(root / "fedflower").rglob("*.py"), *(root / "strategies").rglob("*.py")])
+
+
+def wrong_imports(path: Path, root: Path = ROOT) -> list[str]:
+    """What is wrong with the imports of ``path``: upward imports, banned packages."""
+    module = module_name(path, root)
+    part = part_of(module)
+    found = imports(path)
+    inner = {m for m in found if m == "fedflower" or m.startswith("fedflower.")}
+    problems = [
+        f"{module} ({part}) imports a layer above it: {m}"
+        for m in sorted(inner)
+        if part_of(m) not in ALLOWED[part]
+    ]
+    top = {m.split(".")[0] for m in found}
+    banned = FORBIDDEN_PACKAGES.get(part, set()) | FORBIDDEN_PACKAGES.get(module, set())
+    return problems + [f"{module} imports {p}" for p in sorted(top & banned)]
+
+
+def graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the project modules it imports (a name resolves to its longest module prefix)."""
+    paths = sources(root)
+    names = {module_name(p, root) for p in paths}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in names:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges = {}
+    for path in paths:
+        module = module_name(path, root)
+        targets = {resolve(m) for m in imports(path) if m.startswith("fedflower")}
+        edges[module] = {t for t in targets if t is not None and t != module}
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``edges`` (each as the modules of one strongly connected group).
+
+    A package's ``__init__`` imported by its own modules is not a cycle: importing
+    ``fedflower.x.y`` runs ``fedflower.x`` first anyway, so that edge is dropped.
+    """
+    edges = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in edges.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+MODULES = sources(ROOT)
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
 def test_module_imports_only_allowed_layers(path: Path) -> None:
-    module = module_name(path)
-    part = part_of(module)
-    inner = {m for m in imports(path) if m == "fedflower" or m.startswith("fedflower.")}
-    wrong = sorted(m for m in inner if part_of(m) not in ALLOWED[part])
-    assert not wrong, f"{module} ({part}) imports a layer above it: {wrong}"
-    top = {m.split(".")[0] for m in imports(path)}
-    banned = FORBIDDEN_PACKAGES.get(part, set()) | FORBIDDEN_PACKAGES.get(module, set())
-    assert not top & banned, f"{module} imports {sorted(top & banned)}"
+    assert not wrong_imports(path)
+
+
+def test_no_import_cycles() -> None:
+    assert not cycles(graph())
 
 
 def test_table_covers_the_layers_and_catches_a_wrong_arrow(tmp_path: Path) -> None:
@@ -115,5 +214,51 @@ def test_table_covers_the_layers_and_catches_a_wrong_arrow(tmp_path: Path) -> No
     # the check itself: a client module importing the server is refused
     assert part_of("fedflower.server.app") not in ALLOWED[part_of("fedflower.client.app")]
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from fedflower.server.app import make\n    import flwr.app\n")
-    assert imports(bad) == {"fedflower.server.app", "flwr.app"}
+    bad.write_text(
+        "import importlib\n"
+        "def f():\n    from fedflower.server.app import make\n    import flwr.app\n"
+        "    importlib.import_module('fedflower.deploy.app')\n    __import__('fedflower.cli')\n"
+    )
+    assert imports(bad) == {
+        "fedflower.server.app",
+        "fedflower.server.app.make",
+        "flwr.app",
+        "importlib",
+        "fedflower.deploy.app",
+        "fedflower.cli",
+    }
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A copy of fedflower/ and strategies/ to plant bad modules in."""
+    for top in ("fedflower", "strategies"):
+        shutil.copytree(ROOT / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+PLANTED = {
+    "upward import": "from fedflower.server.app import make_server_app\n",
+    "lazy upward import": "def f():\n    import fedflower.deploy.app\n",
+    "importlib": "import importlib\n\nAPP = importlib.import_module('fedflower.experiment')\n",
+    "from importlib": "from importlib import import_module\n\nimport_module('fedflower.cli')\n",
+    "__import__": "__import__('fedflower.server.recorder')\n",
+    "banned package": "import flwr\n",
+}
+
+
+@pytest.mark.parametrize("source", PLANTED.values(), ids=list(PLANTED))
+def test_a_planted_bad_import_fails_the_check(tree: Path, source: str) -> None:
+    planted = tree / "fedflower" / "aggregation" / "planted.py"
+    planted.write_text(source)
+    assert all(not wrong_imports(p, tree) for p in sources(tree) if p != planted)
+    assert wrong_imports(planted, tree)
+
+
+def test_a_planted_cycle_inside_a_package_fails_the_check(tree: Path) -> None:
+    assert not cycles(graph(tree))
+    server = tree / "fedflower" / "server"
+    (server / "planted_a.py").write_text("from fedflower.server.planted_b import B\nA = 1\n")
+    (server / "planted_b.py").write_text("def f():\n    from fedflower.server import planted_a\n")
+    assert cycles(graph(tree)) == [["fedflower.server.planted_a", "fedflower.server.planted_b"]]
+    assert all(not wrong_imports(p, tree) for p in sources(tree))  # the layers alone allow it

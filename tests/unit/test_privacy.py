@@ -14,8 +14,9 @@ from fedflower.strategies.fedsgd import FedSGD
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from helpers import FakeGrid, make_reply
 from omegaconf import DictConfig
-from test_strategy import NODES, FakeGrid, global_model, make_reply
+from test_strategy import NODES, global_model
 
 from fedflower import keys
 from fedflower.aggregation.privacy import PrivacyAccountant, l2_norm
@@ -23,7 +24,7 @@ from fedflower.client.privacy import privacy_mod
 from fedflower.errors import ConfigError
 from fedflower.server.checked import CheckedFedAvg
 from fedflower.server.privacy import local_noise_multiplier, make_private
-from fedflower.validation import validate
+from fedflower.server.rules import validate
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 

@@ -3,7 +3,6 @@ non-finite federated evaluations dropped and counted."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from flwr.app import MetricRecord, RecordDict
 
 from fedflower import keys
+from fedflower.outputs import RunDir
 from fedflower.server.recorder import Recorder, human_bytes
 
 
@@ -47,7 +47,7 @@ def test_round_lines_show_the_round_metrics_bytes_and_extras(
 
 def test_metrics_jsonl_has_one_row_per_round_with_the_hooks_values(tmp_path: Path) -> None:
     recorder = two_rounds(tmp_path)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(tmp_path).metrics()
     assert rows == recorder.rows
     assert [r["round"] for r in rows] == [1, 2]
     first, second = rows
@@ -65,7 +65,7 @@ def test_results_json_totals_communication_and_extras(tmp_path: Path) -> None:
     results = recorder.finish(
         {"num_rounds": 2}, model_bytes=1000, num_clients=3, plots=False, virtual_time=12.5
     )
-    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert RunDir(tmp_path).results() == results
     assert results["config"] == {"num_rounds": 2}
     assert results["initial"] == {"loss": 0.9, "accuracy": 0.5}
     assert results["final"] == {"loss": 0.35, "accuracy": 0.85}
@@ -132,7 +132,7 @@ def test_nonfinite_evaluations_are_dropped_counted_and_not_averaged(tmp_path: Pa
         hook(contents, keys.NUM_EXAMPLES)
         recorder.round_end(rnd, 0.1, 0.9, 0, 0)
     results = recorder.finish({}, model_bytes=1, num_clients=3, plots=False)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(tmp_path).metrics()
     assert rows[0]["fed_loss"] == pytest.approx((0.5 * 10 + 0.3 * 30) / 40, rel=1e-12)
     assert rows[0]["fed_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40, rel=1e-12)
     assert rows[1]["fed_loss"] == 0.4 and rows[1]["fed_accuracy"] == 0.9

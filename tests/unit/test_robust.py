@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import strategy as flower
+from helpers import FakeGrid, make_reply
 
 from fedflower import keys
 from fedflower.errors import ConfigError
@@ -27,14 +28,6 @@ CASES = [
 ]
 
 
-class FakeGrid:
-    def __init__(self, nodes: Sequence[int]) -> None:
-        self.nodes = list(nodes)
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
-
-
 def model(rng: np.random.Generator) -> list[np.ndarray]:
     return [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
 
@@ -47,15 +40,10 @@ def replies(
     by_node = {m.metadata.dst_node_id: m for m in msgs}
     out = []
     for i, node in enumerate(nodes):
-        content = RecordDict(
-            {
-                keys.ARRAYS: ArrayRecord(updates[i]),
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 10 + 7 * i, keys.TRAIN_LOSS: 0.1}),
-            }
-        )
+        reply = make_reply(by_node[node], updates[i], 10 + 7 * i, train_loss=0.1)
         if node in flagged:
-            content[keys.ATTACK] = ConfigRecord({keys.ATTACK_NAME: "sign_flip"})
-        out.append(Message(content, reply_to=by_node[node]))
+            reply.content[keys.ATTACK] = ConfigRecord({keys.ATTACK_NAME: "sign_flip"})
+        out.append(reply)
     return out
 
 

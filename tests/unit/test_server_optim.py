@@ -15,10 +15,11 @@ from fedflower.strategies.fedadam import FedAdam
 from fedflower.strategies.fedavg import FedAvg
 from fedflower.strategies.fedavgm import FedAvgM
 from fedflower.strategies.fedyogi import FedYogi
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import strategy as flwr_strategy
+from helpers import FakeGrid, make_reply
 
-from fedflower import aggregation, keys
+from fedflower import aggregation
 from fedflower.aggregation import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server import registry
@@ -148,11 +149,6 @@ def test_mismatched_target_is_rejected() -> None:
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-class FakeGrid:
-    def get_node_ids(self) -> list[int]:
-        return list(NODES)
-
-
 def one_round(
     strategy, server_round: int, model: list[np.ndarray], updates: Sequence[list[np.ndarray]]
 ) -> list[np.ndarray]:
@@ -160,19 +156,11 @@ def one_round(
     msgs = {
         m.metadata.dst_node_id: m
         for m in strategy.configure_train(
-            server_round, ArrayRecord(model), ConfigRecord(), FakeGrid()
+            server_round, ArrayRecord(model), ConfigRecord(), FakeGrid(NODES)
         )
     }
     replies = [
-        Message(
-            RecordDict(
-                {
-                    keys.ARRAYS: ArrayRecord(u),
-                    keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: w}),
-                }
-            ),
-            reply_to=msgs[n],
-        )
+        make_reply(msgs[n], u, w, train_loss=None)
         for n, u, w in zip(NODES, updates, WEIGHTS, strict=True)
     ]
     record, _ = strategy.aggregate_train(server_round, replies)
@@ -276,4 +264,4 @@ def test_invalid_options_fail_before_the_first_round() -> None:
     with pytest.raises(
         ConfigError, match=r"server_momentum must be a number in \[0, 1\), got 1\.5"
     ):
-        strategy.configure_train(1, ArrayRecord(arrays(0)), ConfigRecord(), FakeGrid())
+        strategy.configure_train(1, ArrayRecord(arrays(0)), ConfigRecord(), FakeGrid(NODES))

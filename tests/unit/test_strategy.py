@@ -12,13 +12,10 @@ from fedflower.strategies.fedavg import FedAvg
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
-    Error,
     Message,
     MessageType,
-    MetricRecord,
-    RecordDict,
 )
-from flwr.common.constant import ErrorCode
+from helpers import FakeGrid, make_reply
 
 from fedflower import keys
 from fedflower.server import registry
@@ -29,16 +26,6 @@ NODES = [11, 12, 13, 14]
 
 
 pytestmark = pytest.mark.usefixtures("task_identity")
-
-
-class FakeGrid:
-    """Just enough of a Grid for the strategy's node sampling."""
-
-    def __init__(self, node_ids: Sequence[int]) -> None:
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return self.node_ids
 
 
 def global_model(seed: int = 0) -> list[np.ndarray]:
@@ -52,33 +39,6 @@ def instructions(
     """The strategy's own train instructions, one per node (as in a real round)."""
     msgs = strategy.configure_train(1, ArrayRecord(model), ConfigRecord(), FakeGrid(nodes))
     return {m.metadata.dst_node_id: m for m in msgs}
-
-
-def make_reply(
-    instruction: Message,
-    arrays: list[np.ndarray] | None,
-    num_examples: int | float | None = 10,
-    train_loss: float = 0.5,
-    error: str | None = None,
-    extra_metric_records: int = 0,
-) -> Message:
-    """A client's reply to ``instruction``: its arrays and metrics, or an error.
-
-    ``arrays=None`` leaves out the ArrayRecord; ``num_examples=None`` the weight metric.
-    """
-    if error is not None:
-        return Message(
-            Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=error), reply_to=instruction
-        )
-    metrics: dict[str, float | int] = {keys.TRAIN_LOSS: train_loss}
-    if num_examples is not None:
-        metrics[keys.NUM_EXAMPLES] = num_examples
-    content = RecordDict({keys.METRICS: MetricRecord(metrics)})
-    if arrays is not None:
-        content[keys.ARRAYS] = ArrayRecord(arrays)
-    for i in range(extra_metric_records):
-        content[f"more-{i}"] = MetricRecord({keys.NUM_EXAMPLES: 1})
-    return Message(content, reply_to=instruction)
 
 
 def client_update(model: list[np.ndarray], seed: int) -> list[np.ndarray]:

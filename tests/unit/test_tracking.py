@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 from fedflower.errors import ConfigError
 from fedflower.server.recorder import Recorder
+from fedflower.server.rules import validate
 from fedflower.server.tracking import TensorBoardSink, build_sinks, scalars
-from fedflower.validation import validate
 
 
 class ListSink:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedflower.errors import ConfigError, DataError, FedflowerError
+from fedflower.outputs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class ExportReport:
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
-        from fedflower.server.recorder import human_bytes
+        from fedflower.outputs.console import human_bytes
 
         out = [
             f"wrote {self.tflite_path} ({human_bytes(self.tflite_file_bytes)}, "
@@ -200,13 +201,13 @@ def predicted_class(outputs: np.ndarray) -> np.ndarray:
 
 def test_data_of_run(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """The central test set of the run whose ``results.json`` sits next to ``model_path``."""
-    results = model_path.parent / "results.json"
-    if not results.is_file():
+    run = RunDir(model_path.parent)
+    if not run.finished:
         return None
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    config = json.loads(results.read_text()).get("config", {})
+    config = run.config()
     if "dataset" not in config:
         return None
     source = instantiate(OmegaConf.create(config["dataset"]))
@@ -215,13 +216,13 @@ def test_data_of_run(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 def traffic_of_run(model_path: Path) -> tuple[int, float, float] | None:
     """``(clients, mean bytes down, mean bytes up)`` per round of the run next to the model."""
-    metrics, results = model_path.parent / "metrics.jsonl", model_path.parent / "results.json"
-    if not metrics.is_file() or not results.is_file():
+    run = RunDir(model_path.parent)
+    if not run.finished:
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = run.metrics()
     if not rows:
         return None
-    clients = int(json.loads(results.read_text()).get("config", {}).get("num_clients", 0))
+    clients = int(run.config().get("num_clients", 0))
     down = float(np.mean([r["bytes_down"] for r in rows]))
     up = float(np.mean([r["bytes_up"] for r in rows]))
     return clients, down, up

@@ -1,4 +1,4 @@
-"""``fedflower export --out`` with a relative path: written there, reported with its whole path."""
+"""fedflower.export: a relative ``--out`` is written there, reported with its whole path."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from fedflower.deploy.export import export
 from fedflower.deploy.local_data import write_csv
+from fedflower.export import export
 
 
-@pytest.mark.slow
 def test_relative_out_is_reported_as_an_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,187 @@
+"""The one place fedflower's Flower apps are assembled, for simulation and deployment alike.
+
+From a composed config, :func:`server_app` builds the ``ServerApp`` (strategy plugin, the
+wrappers of :mod:`fedflower.server.pipeline`, centralized evaluation, the recorder) and
+:func:`client_app` the ``ClientApp`` (the client mods in one order around a ``client_fn``).
+:func:`build` gives both for a simulation; :mod:`fedflower.deploy.app` builds the same two
+for ``flwr run``, its ``client_fn`` reading the SuperNode's own data. Models and data are kept
+per process by :func:`fedflower.client.app.cached` (one cache), so Flower's Ray engine, which
+ships the ClientApp closure with every message, builds and traces a model once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import keras
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from omegaconf import DictConfig, OmegaConf
+
+from fedflower.client.app import ClientFn, SharedModel, keras_client_fn, to_client_app
+from fedflower.client.attacks import Attack, attack_mod
+from fedflower.client.keras_client import reset_optimizer
+from fedflower.client.privacy import privacy_mod
+from fedflower.client.secagg import secagg_mod
+from fedflower.determinism import seed_everything
+
+if TYPE_CHECKING:  # the server side is imported when a server app is built: a SuperNode's
+    from flwr.serverapp import ServerApp  # ClientApp process loads no plotting or datasets
+
+    from fedflower.data.partition import FederatedData
+    from fedflower.data.population import HospitalPopulation
+    from fedflower.data.source import TabularSource
+    from fedflower.server.pipeline import Pipeline
+
+GroupOptions = Callable[[str], Callable[[Context], dict[str, Any]]]
+"""``options(group)(context)``: a config group's options as seen by one client message."""
+
+
+def prepare(cfg: DictConfig) -> None:
+    """What every run does first: Flower's log level, TensorFlow's threads, the seed."""
+    from fedflower.components import configure_threads
+
+    logging.getLogger("flwr").setLevel(logging.INFO if cfg.verbose else logging.WARNING)
+    configure_threads(cfg.simulation.tf_threads)
+    seed_everything(cfg.seed)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def client_mods(options: GroupOptions, attack: Mod | None = None) -> list[Mod]:
+    """The Flower client mods, outermost first: SecAgg+, DP, then ``attack`` (if any).
+
+    Secure aggregation masks what differential privacy clipped (and noised), which is the reply
+    a simulated attacker made: a reply passes the mods from the last to the first.
+    """
+    mods = [secagg_mod(options("secagg")), privacy_mod(options("privacy"))]
+    return mods if attack is None else [*mods, attack]
+
+
+def client_app(client_fn: ClientFn, options: GroupOptions, attack: Mod | None = None) -> ClientApp:
+    """The ``ClientApp``: ``client_fn`` behind :func:`client_mods` (and compression first)."""
+    return to_client_app(client_fn, mods=client_mods(options, attack))
+
+
+def fixed_options(cfg: DictConfig) -> GroupOptions:
+    """:data:`GroupOptions` of one composed config (simulation: every client sees the same)."""
+
+    def group(name: str) -> Callable[[Context], dict[str, Any]]:
+        options = _plain(cfg[name])
+        return lambda _: options
+
+    return group
+
+
+def simulated_attack(cfg: DictConfig) -> Mod | None:
+    """The ``attack`` group as a client mod (its seeded fraction of clients), or ``None``."""
+    attack = Attack(**_plain(cfg.get("attack") or {"name": "none"}))
+    return attack_mod(attack) if attack.active else None
+
+
+def server_app(
+    cfg: DictConfig,
+    out: Path,
+    source: TabularSource,
+    virtual_clock: bool = False,
+    build_model: Callable[[], keras.Model] | None = None,
+) -> tuple[ServerApp, dict[str, Any]]:
+    """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
+
+    Strategy from ``cfg.strategy``, centralized evaluation on ``source``'s test set, the
+    recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
+    ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
+    ``build_model`` gives the server its model (default: built from ``cfg.model``).
+    """
+    from fedflower.components import model_factory
+    from fedflower.engine.clock import build_latency
+    from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes
+    from fedflower.server.privacy import make_private
+    from fedflower.server.recorder import Recorder
+    from fedflower.server.tracking import build_sinks
+
+    config = _plain(cfg)
+    recorder = Recorder(
+        out,
+        cfg.num_rounds,
+        progress=cfg.progress,
+        sinks=build_sinks(cfg.get("tracking"), out, config),
+    )
+    if build_model is None:
+        build_model = model_factory(cfg, source.input_shape, source.num_classes)
+    results: dict[str, Any] = {}
+
+    def on_finish(model: keras.Model, pipeline: Pipeline) -> None:
+        if cfg.output.save_model:
+            save_model(model, out / "model.keras")
+        results.update(
+            recorder.finish(
+                config,
+                model_bytes=model_nbytes(model.get_weights()),
+                num_clients=cfg.num_clients,
+                plots=cfg.output.plots,
+                rejected_updates=int(getattr(pipeline.strategy, "rejected", 0)),
+                **pipeline.run_report(),
+            )
+        )
+
+    app = make_server_app(
+        strategy_options=_plain(cfg.strategy),
+        client_options=_plain(cfg.client),
+        num_rounds=cfg.num_rounds,
+        build_model=build_model,
+        source=source,
+        recorder=recorder,
+        on_finish=on_finish,
+        seed=cfg.seed,
+        latency=build_latency(cfg.get("latency")) if virtual_clock else None,
+        checkpoint=CheckpointOptions(
+            config=config,
+            every=int(cfg.get("checkpoint", {}).get("every", 0)),
+            resume=bool(cfg.get("resume")),
+        ),
+        compression=_plain(cfg.compression),
+        wrap_strategy=lambda strategy: make_private(
+            strategy, _plain(cfg.privacy), cfg.num_clients, cfg.seed, secagg=_plain(cfg.secagg)
+        ),
+    )
+    return app, results
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save the global model whole (with an optimizer state ``load_model`` accepts)."""
+    if not model.optimizer.built:  # the server never trains: build its state so that
+        model.optimizer.build(model.trainable_variables)  # load_model finds it whole
+    else:  # a model shared with the in-process clients: no client's optimizer state
+        reset_optimizer(model.optimizer, None)
+    model.save(path)
+
+
+def build(
+    cfg: DictConfig,
+    out: Path,
+    source: TabularSource,
+    fed: FederatedData | HospitalPopulation,
+) -> tuple[ServerApp, ClientApp, dict[str, Any]]:
+    """A simulation's ``ServerApp`` and ``ClientApp`` (and the dict ``results.json`` lands in).
+
+    The server and the clients take their model from the one per-process cache: with the
+    in-process engine they share one model (each loads the weights it is given first), so
+    Keras builds and traces its functions once; each Ray worker builds its own on first use.
+    The global model's initial weights come from ``cfg.seed``; a model that does not fit the
+    data fails here, before any output.
+    """
+    from fedflower.components import model_factory
+
+    model = SharedModel(model_factory(cfg, source.input_shape, source.num_classes))
+    seed_everything(cfg.seed)
+    model()  # the server's model, before the strategy draws its first sample
+    server, results = server_app(cfg, out, source, virtual_clock=True, build_model=model)
+    client_fn = keras_client_fn(model, fed.client, cfg.seed)
+    return server, client_app(client_fn, fixed_options(cfg), simulated_attack(cfg)), results
