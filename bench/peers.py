@@ -317,7 +317,8 @@ def main() -> None:
             try:
                 runs = run_task(task, work, pythons, args.repeats)
             except RuntimeError as exc:  # one side failing leaves the other tasks' numbers
-                lines += [f"{task}: {str(exc).splitlines()[0]}", ""]
+                lines += [f"{task}: {str(exc).splitlines()[0]} {str(exc).splitlines()[-1]}", ""]
+                write_results(args, lines, raw)
                 continue
             med = {
                 s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()
