@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedflower.outputs.per_client import per_client_lines
+
 Row = dict[str, Any]
 
 
@@ -110,6 +112,7 @@ FIELDS: list[Field] = [
     Field("compression", _compression_round, _compression_summary),
     Field("replies", _replies_round),
     Field("privacy", _privacy_round, _privacy_summary),
+    Field("per_client", summary=lambda results: per_client_lines(results.get("per_client"))),
 ]
 """The console fields, in the order they print."""
 

@@ -18,6 +18,7 @@ from fedflower.data.source import TabularSource
 from fedflower.engine.latency import LatencyModel
 from fedflower.errors import ConfigError
 from fedflower.models import evaluate
+from fedflower.outputs.per_client import PerClientLog
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
 from fedflower.server.pipeline import Pipeline, build_pipeline
@@ -140,6 +141,7 @@ def make_server_app(
     checkpoint: CheckpointOptions | None = None,
     compression: dict[str, Any] | None = None,
     wrap_strategy: Callable[[Strategy], Strategy] | None = None,
+    per_client: PerClientLog | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
@@ -154,6 +156,7 @@ def make_server_app(
     ``compression`` (the config group's options) encodes models and decodes updates outside
     the metering, so the bytes counted are the compressed ones.
     ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
+    ``per_client`` receives every client's federated evaluation (synchronous strategies).
     """
     app = ServerApp()
 
@@ -173,6 +176,7 @@ def make_server_app(
             client_options=client_options,
             seed=seed,
             wrap_strategy=wrap_strategy,
+            per_client=per_client,
         )
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
