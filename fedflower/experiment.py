@@ -98,10 +98,20 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         cfg.num_clients,
         backend=cfg.simulation.backend,
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
+        workers=simulation_workers(cfg),
+        address=cfg.simulation.get("address"),
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
+
+
+def simulation_workers(cfg: DictConfig) -> int:
+    """``simulation.workers`` as a number (``auto``: see ``engine.pool.default_workers``)."""
+    from fedflower.engine.pool import check_workers, default_workers
+
+    workers = cfg.simulation.get("workers", 1)
+    return default_workers(cfg.num_clients) if workers == "auto" else check_workers(workers)
 
 
 DATA_PATH_KEYS = ("path", "test_path")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,6 +47,8 @@ def simulate(
     num_nodes: int,
     backend: str = "local",
     backend_config: dict[str, Any] | None = None,
+    workers: int = 1,
+    address: str | None = None,
 ) -> None:
     """Run a federation of ``num_nodes`` virtual SuperNodes.
 
@@ -60,14 +63,27 @@ def simulate(
         simulation engine with Ray workers (clients in parallel processes).
     backend_config : dict, optional
         Passed to Flower's engine as its ``backend_config`` (``ray`` only).
+    workers : int
+        ``local`` only: worker processes that run the clients (1: in this process; see
+        :mod:`fedflower.engine.pool`). Each gets an equal share of the machine's cores as
+        TensorFlow threads.
+    address : str, optional
+        ``ray`` only: join the Ray cluster at this address instead of starting Ray (see
+        :mod:`fedflower.engine.ray_cluster`).
     """
     if backend == "local":
         from fedflower.engine.local import run_local
+        from fedflower.engine.pool import run_pool
 
-        run_local(server_app, client_app, num_nodes)
+        if workers == 1:
+            run_local(server_app, client_app, num_nodes)
+        else:
+            threads = max(1, len(os.sched_getaffinity(0)) // workers)
+            run_pool(server_app, client_app, num_nodes, workers, threads)
     elif backend == "ray":
         from flwr.simulation import run_simulation
 
+        from fedflower.engine.ray_cluster import cluster_backend_config
         from fedflower.startup import quiet_library_notices
 
         quiet_library_notices()  # after the import, which lets DeprecationWarnings through
@@ -76,7 +92,7 @@ def simulate(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=num_nodes,
-                backend_config=backend_config or {},
+                backend_config=cluster_backend_config(backend_config or {}, address),
             )
     else:
         raise ConfigError(f"simulation.backend={backend!r} is unknown; use one of {BACKENDS}")

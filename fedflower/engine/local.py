@@ -50,6 +50,30 @@ RUN_ID = 1
 FIRST_NODE_ID = 1
 
 
+def deflate(message: Message, wire: dict[str, bytes]) -> list[str]:
+    """Serialize ``message`` into ``wire`` (object id -> bytes); return its object ids.
+
+    ``wire`` caches serialized objects by object id across the messages of one push: Flower's
+    objects are content-addressed, so the global model broadcast to every node is serialized
+    once (as a SuperLink stores it once).
+    """
+    with no_object_id_recompute():  # each object's id (a hash of its bytes) computed once
+        objects = get_all_nested_objects(message)
+        for oid, obj in objects.items():
+            if oid not in wire:
+                wire[oid] = obj.deflate()
+    return list(objects)
+
+
+def inflate(object_id: str, contents: dict[str, bytes], message_id: str) -> Message:
+    """Build the received message ``object_id`` from its wire objects; name it ``message_id``."""
+    with no_object_id_recompute():
+        received = inflate_object_from_contents(object_id, contents)
+    assert isinstance(received, Message)
+    received.metadata.__dict__["_message_id"] = message_id
+    return received
+
+
 def transmit(
     message: Message,
     message_id: str,
@@ -58,25 +82,25 @@ def transmit(
 ) -> Message:
     """Serialize ``message`` to its wire objects and build the received copy from them.
 
-    ``wire`` caches serialized objects by object id across the messages of one push: Flower's
-    objects are content-addressed, so the global model broadcast to every node is serialized
-    once (as a SuperLink stores it once), and every node still inflates its own copy. The
-    number of bytes serialized goes to ``sizes[message_id]`` (what metering counts).
+    Every node inflates its own copy, even of objects cached in ``wire`` (see :func:`deflate`).
+    The number of bytes serialized goes to ``sizes[message_id]`` (what metering counts).
     """
     wire = {} if wire is None else wire
-    with no_object_id_recompute():  # each object's id (a hash of its bytes) computed once
-        objects = get_all_nested_objects(message)
-        for oid, obj in objects.items():
-            if oid not in wire:
-                wire[oid] = obj.deflate()
-        received = inflate_object_from_contents(
-            message.object_id, {oid: wire[oid] for oid in objects}
-        )
-    assert isinstance(received, Message)
-    received.metadata.__dict__["_message_id"] = message_id
+    objects = deflate(message, wire)
     if sizes is not None:
         sizes[message_id] = sum(len(wire[oid]) for oid in objects)
-    return received
+    return inflate(message.object_id, {oid: wire[oid] for oid in objects}, message_id)
+
+
+def run_client_app(client_app: ClientApp, received: Message, context: Context) -> Message:
+    """Run ``client_app`` on a received message; a failing client replies with an error."""
+    try:
+        return client_app(received, context)
+    except Exception as exc:  # a failing client must not stop the server
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("client on node %s failed: %s", context.node_id, reason)
+        error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+        return Message(error, reply_to=received)
 
 
 class LocalGrid(MessageFactory, Grid):
@@ -143,6 +167,13 @@ class LocalGrid(MessageFactory, Grid):
             run_config=dict(self.run_config),
         )
 
+    def keep(self, context: Context) -> None:
+        """Keep a node's context across rounds while its state holds something."""
+        if len(context.state):  # the client keeps something across rounds
+            self._contexts[context.node_id] = context
+        else:
+            self._contexts.pop(context.node_id, None)
+
     def state_dict(self) -> dict[str, Any]:
         """The state every node keeps (``Context.state``: personal models, residuals, ...)."""
         return {str(node): _records(ctx.state) for node, ctx in self._contexts.items()}
@@ -160,35 +191,31 @@ class LocalGrid(MessageFactory, Grid):
         return site_name(self.context(node_id).node_config, node_id)
 
     def _execute(self, received: Message) -> Message:
-        node_id = received.metadata.dst_node_id
-        context = self.context(node_id)
+        context = self.context(received.metadata.dst_node_id)
         try:
-            return self.client_app(received, context)
-        except Exception as exc:  # a failing client must not stop the server
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("client on node %s failed: %s", node_id, reason)
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
-            return Message(error, reply_to=received)
+            return run_client_app(self.client_app, received, context)
         finally:
-            if len(context.state):  # the client keeps something across rounds
-                self._contexts[node_id] = context
-            else:
-                self._contexts.pop(node_id, None)
+            self.keep(context)
+
+    def new_message_id(self, message: Message) -> str:
+        """Check the message's node, give the message its id and return it."""
+        if not 0 <= message.metadata.dst_node_id - FIRST_NODE_ID < self.num_nodes:
+            raise ValueError(f"no node with id {message.metadata.dst_node_id}")
+        self._next_id += 1
+        # fixed width, as Flower's (content-hash) ids: a message's size, and so its
+        # duration on the virtual clock, must not depend on how many came before it
+        message_id = f"m{self._next_id:09d}"
+        message.metadata.__dict__["_message_id"] = message_id
+        return message_id
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message to its node, run the ClientApp and keep the reply."""
         ids = []
         wire: dict[str, bytes] = {}
         for message in messages:
-            if not 0 <= message.metadata.dst_node_id - FIRST_NODE_ID < self.num_nodes:
-                raise ValueError(f"no node with id {message.metadata.dst_node_id}")
-            self._next_id += 1
-            # fixed width, as Flower's (content-hash) ids: a message's size, and so its
-            # duration on the virtual clock, must not depend on how many came before it
-            message_id = f"m{self._next_id:09d}"
-            message.metadata.__dict__["_message_id"] = message_id
+            message_id = self.new_message_id(message)
             reply = self._execute(transmit(message, message_id, wire, self._sizes))
-            self._replies[message_id] = transmit(reply, f"r{self._next_id:09d}", None, self._sizes)
+            self._replies[message_id] = transmit(reply, "r" + message_id[1:], None, self._sizes)
             ids.append(message_id)
         return ids
 
@@ -227,13 +254,17 @@ def _record_dict(records: dict[str, Any]) -> RecordDict:
     return state
 
 
-def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
-    """Run ``server_app`` against ``num_nodes`` in-process virtual SuperNodes."""
+def serve(server_app: ServerApp, grid: Grid) -> None:
+    """Run ``server_app`` on ``grid`` as a SuperLink runs it: its task identity, a fresh context."""
     TaskIdentity.run_id = RUN_ID
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
-    grid = LocalGrid(client_app, num_nodes)
     context = Context(
         run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
     )
     server_app(grid, context)
+
+
+def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:
+    """Run ``server_app`` against ``num_nodes`` in-process virtual SuperNodes."""
+    serve(server_app, LocalGrid(client_app, num_nodes))

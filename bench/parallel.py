@@ -1,0 +1,280 @@
+"""Clients per second with ``simulation.workers`` = 1 and 2, and a model of the speed-up beyond.
+
+Side by side in one run, interleaved, each a median of ``--repeats``:
+
+(a) the round loop of ``experiment.run`` on the hospitals task (Dense(128) -> Dense(1), one
+    local epoch, batch 32, every client trains and evaluates every round, central evaluation)
+    with ``simulation.workers=1`` (the in-process engine) and ``=2`` (worker processes); the
+    loop time is the sum of the rounds' ``seconds`` after the first (the first round builds and
+    traces the model, in every worker), and the start-up (workers spawned, model built and
+    traced) is reported apart; the rows of ``metrics.jsonl`` are checked to be identical;
+(b) the per-message cost of each engine with a ClientApp that only echoes the model it is
+    sent (Flower's wire serialization both ways, shared memory and pipes for the pool);
+(c) one client's work (``KerasClient.fit`` then ``evaluate``) and the server's own work per
+    round (averaging the updates, central evaluation), timed in this process.
+
+The model: a round of n clients on W workers takes ``s + n c_W + ceil(n / W) t`` where ``s``
+is the server's own work per round, ``c_W`` the per-message cost the server process pays and
+``t`` one client's work, all from (b) and (c); the one-process prediction is printed next to
+the measured round for a check.
+It predicts the speed-up on 8, 32 and 64 cores. Results: ``bench/results/parallel.{md,json}``.
+
+Usage::
+
+    python bench/parallel.py                         # 24 clients x 6 rounds, median of 3
+    python bench/parallel.py --clients 40 --rounds 4 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TIMING = {"seconds", "elapsed"}
+CORES = (2, 8, 32, 64)
+EXPLANATION = """\
+How to read it. `load` is the machine's 1-minute load average during each side's runs: above
+the number of cores, other jobs compete for them, the ratio moves from run to run, and a side
+with two processes can take a larger share of the contended cores than a side with one (a
+ratio above 2 on 2 cores comes from that). The model's inputs are measured on this machine in
+the same run: the per-message cost `c` the server process pays with worker processes
+(serializing the message once into shared memory, reading the reply from a pipe and inflating
+it), one client's work `t`, and the server's own work per round `s`. Its prediction for W cores
+assumes W idle cores and the same `t` per client on each (no memory-bandwidth contention):
+the speed-up stops growing once `ceil(n / W) t` is small next to `s + n c`, i.e. at about
+`W = t / c` workers when `s` is small, and it is bounded by `(s + n t) / (s + n c)`; with
+`c` well under a millisecond and `t` around 0.1 s that bound is beyond 64 cores for rounds of
+100 clients or more, while rounds of 20 clients are bounded by the server's own work `s`.
+"""
+
+
+def parse() -> argparse.Namespace:
+    """The command line, parsed before TensorFlow is imported: ``--help`` is instant."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; median kept")
+    parser.add_argument("--messages", type=int, default=200, help="echo messages per engine")
+    return parser.parse_args()
+
+
+def make_cfg(clients: int, rounds: int, workers: int) -> Any:
+    from hydra import compose, initialize_config_module
+
+    overrides = [
+        f"num_clients={clients}",
+        f"num_rounds={rounds}",
+        f"simulation.workers={workers}",
+        "progress=false",
+        "output.plots=false",
+        "output.save_model=false",
+        "checkpoint.every=0",
+    ]
+    with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_side(clients: int, rounds: int, workers: int) -> dict[str, Any]:
+    """One run: loop seconds after round 1, start-up seconds, load, and its metric rows."""
+    import psutil
+
+    from fedflower.experiment import run
+
+    with tempfile.TemporaryDirectory() as out, redirect_stdout(io.StringIO()):
+        t0, load0 = time.perf_counter(), psutil.getloadavg()[0]
+        results = run(make_cfg(clients, rounds, workers), output_dir=out)
+        wall = time.perf_counter() - t0
+        lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    loop = sum(r["seconds"] for r in rows[1:])
+    return {
+        "loop": loop,
+        "startup": wall - loop,
+        "clients_per_s": clients * (rounds - 1) / loop,
+        "accuracy": results["final"]["accuracy"],
+        "load": (load0 + psutil.getloadavg()[0]) / 2,
+        "rows": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
+    }
+
+
+def echo_app() -> Any:
+    """A ClientApp that replies with the arrays it is sent: only the engine's cost remains."""
+    from flwr.app import Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from fedflower import keys
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Any) -> Message:
+        arrays = msg.content.array_records[keys.ARRAYS]
+        content = {keys.ARRAYS: arrays, keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 1})}
+        return Message(RecordDict(content), reply_to=msg)
+
+    return app
+
+
+def message_cost(workers: int, messages: int, floats: int) -> float:
+    """Seconds per message of an echo round of ``messages`` nodes (after a warm-up round)."""
+    import numpy as np
+    from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+
+    from fedflower import keys
+    from fedflower.engine.local import LocalGrid
+    from fedflower.engine.pool import PoolGrid
+
+    grid = LocalGrid(echo_app(), messages)
+    if workers > 1:
+        grid = PoolGrid(echo_app(), messages, workers, threads=0)
+    model = ArrayRecord([np.ones(floats, dtype=np.float32)])
+
+    def round_trip() -> float:
+        batch = [
+            Message(RecordDict({keys.ARRAYS: model}), dst_node_id=n, message_type=MessageType.TRAIN)
+            for n in range(1, messages + 1)
+        ]
+        t0 = time.perf_counter()
+        list(grid.send_and_receive(batch))
+        return (time.perf_counter() - t0) / messages
+
+    try:
+        round_trip()  # workers started and warm
+        return statistics.median(round_trip() for _ in range(3))
+    finally:
+        if isinstance(grid, PoolGrid):
+            grid.close()
+
+
+def work_seconds(clients: int) -> tuple[float, float]:
+    """One client's fit + evaluate, and the server's central evaluation (medians of 5)."""
+    import numpy as np
+
+    from fedflower import keys
+    from fedflower.client.keras_client import KerasClient
+    from fedflower.components import model_factory
+    from fedflower.experiment import load_federation
+
+    cfg = make_cfg(clients, 2, 1)
+    source, fed = load_federation(cfg)
+    model = model_factory(cfg, source.input_shape, source.num_classes)()
+    client = KerasClient(model, fed.client(0), cid=0, seed=0)
+    weights = model.get_weights()
+    config = {keys.LEARNING_RATE: 0.01, keys.BATCH_SIZE: 32, keys.LOCAL_EPOCHS: 1}
+    client_times, server_times = [], []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        client.fit(weights, config)
+        client.evaluate(weights, {})
+        t1 = time.perf_counter()
+        model.set_weights([np.mean([w] * clients, axis=0) for w in weights])  # aggregation
+        model.evaluate(source.x_test, source.y_test, batch_size=1024, verbose=0)
+        client_times.append(t1 - t0)
+        server_times.append(time.perf_counter() - t1)
+    return statistics.median(client_times[1:]), statistics.median(server_times[1:])
+
+
+def predict(s: float, c: float, t: float, n: int, cores: int) -> float:
+    """Speed-up over one process for rounds of ``n`` clients on ``cores`` workers."""
+    return (s + n * t) / (s + n * c + math.ceil(n / cores) * t)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    sides: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for repeat in range(args.repeats):
+        for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
+            sides[workers].append(run_side(args.clients, args.rounds, workers))
+            print(f"workers={workers}: loop {sides[workers][-1]['loop']:.2f} s", flush=True)
+    identical = all(one["rows"] == two["rows"] for one, two in zip(sides[1], sides[2], strict=True))
+    median = {
+        w: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "rows"}
+        for w, runs in sides.items()
+    }
+    costs = {w: message_cost(w, args.messages, 2817) for w in (1, 2)}  # the MLP's 2,817 weights
+    t, server = work_seconds(args.clients)
+    fastest = min(r["loop"] for r in sides[1])
+    return {
+        "median": median,
+        "fastest_loop": fastest,
+        "identical": identical,
+        "costs": costs,
+        "client": t,
+        "server": server,
+    }
+
+
+def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
+    one, two = m["median"][1], m["median"][2]
+    ratio = two["clients_per_s"] / one["clients_per_s"]
+    n, t, costs = args.clients, m["client"], m["costs"]
+    s = m["server"]
+    lines = [
+        "side         loop s  clients/s  start-up s  final acc  load",
+        *(
+            f"workers={w}  {r['loop']:7.2f}  {r['clients_per_s']:9.2f}  {r['startup']:10.2f}"
+            f"  {r['accuracy']:9.4f}  {r['load']:4.1f}"
+            for w, r in ((1, one), (2, two))
+        ),
+        "",
+        f"throughput ratio (workers=2 / workers=1): {ratio:.2f}x",
+        f"metrics.jsonl rows identical in every repeat: {m['identical']}",
+        "",
+        "per-message cost in the server process (echo ClientApp, 11 KiB model):",
+        f"  in-process engine {costs[1] * 1e3:.3f} ms, 2 worker processes {costs[2] * 1e3:.3f} ms",
+        f"one client's work t (fit + evaluate, in-process): {t * 1e3:.1f} ms",
+        f"server's own work per round s (aggregation + central evaluation): {s * 1e3:.1f} ms",
+        f"one-process round predicted s + n (t + c_1): {s + n * (t + costs[1]):.2f} s, "
+        f"measured (fastest run): {m['fastest_loop'] / (args.rounds - 1):.2f} s",
+        "",
+        "model: speed-up = (s + n t) / (s + n c + ceil(n / W) t), c = pool's per-message cost",
+        "clients/round " + "".join(f"   W={w:<4d}" for w in CORES),
+        *(
+            f"{k:13d} " + "".join(f"  {predict(s, costs[2], t, k, w):6.2f}x" for w in CORES)
+            for k in (20, 100, 1000)
+        ),
+    ]
+    return lines
+
+
+def main() -> None:
+    args = parse()
+    measured = measure(args)
+    lines = report(args, measured)
+    head = (
+        f"{args.clients} clients x {args.rounds} rounds (loop: rounds 2-{args.rounds}), hospitals "
+        f"task, median of {args.repeats} interleaved runs"
+    )
+    machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
+    print(f"\n{head}\n\n" + "\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "parallel.json").write_text(
+        json.dumps({"machine": machine, "work": head, **measured, "lines": lines}, indent=1) + "\n"
+    )
+    command = (
+        f"python bench/parallel.py --clients {args.clients} --rounds {args.rounds} "
+        f"--repeats {args.repeats}"
+    )
+    (RESULTS / "parallel.md").write_text(
+        f"Machine: {machine}. {head}. Command: `{command}`\n\n```\n"
+        + "\n".join(lines)
+        + "\n```\n\n"
+        + EXPLANATION
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""fedflower next to pfl-research and a plain Flower app on identical federated work.
+
+For each task the parent process writes the work once: the clients' training arrays and the
+central test set as fedflower partitions them (``data.npz``), and the initial model, compiled
+with the task's loss and local optimizer (``model.keras``). Every side trains that model on
+those arrays: all clients every round, the task's local epochs, batch size and learning rate,
+central evaluation on the test set every round, no federated evaluation. The sides:
+
+* **fedflower**: ``experiment.run`` on the in-process engine (``simulation=local``);
+* **pfl**: ``pfl`` 0.6 (apple/pfl-research, arXiv:2404.06430) with its TensorFlow backend —
+  ``TFModel``, ``FederatedAveraging``, ``SimulatedBackend``, a ``CentralEvaluationCallback`` —
+  in a virtual environment of its own that this script creates (``pfl`` pins
+  ``dp-accounting<0.6``, fedflower's privacy accountant needs a newer one);
+* **Flower**: a Message-API ``ServerApp`` (Flower's ``FedAvg.start`` with a central
+  ``evaluate_fn``) and ``ClientApp`` (``model.fit`` per message), as Flower's examples write
+  them, run with ``flwr.simulation.run_simulation``.
+
+Each side runs in a fresh process; the runs are interleaved and each number is the median
+of ``--repeats``: loop seconds (the rounds, after start-up), process seconds (the whole
+process, as the parent times it) and final test accuracy. Results: ``bench/results/peers.md``
+and ``.json``. Not part of CI.
+
+Usage::
+
+    python bench/peers.py                                # every task, median of 3
+    python bench/peers.py --tasks hospitals --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PFL = "pfl[tf]==0.6.0"
+TASKS = {
+    "hospitals": [],
+    "digits": ["experiment=digits"],
+    "text": ["experiment=financial_news"],
+}
+"""The tasks: fedflower's default experiment, the digits CNN and the text task."""
+SIDES = ("fedflower", "pfl", "flower")
+COMMON = [
+    "strategy.fraction_evaluate=0.0",  # no federated evaluation
+    "progress=false",
+    "output.plots=false",
+    "output.save_model=false",
+    "checkpoint.every=0",
+    "latency=none",
+]
+
+
+def parse() -> argparse.Namespace:
+    """The command line, parsed before TensorFlow is imported: ``--help`` is instant."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; median kept")
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=Path.home() / ".cache" / "fedflower" / "pfl-venv",
+        help="pfl's virtual environment (created if missing)",
+    )
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child process
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def compose_cfg(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="fedflower.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=[*overrides, *COMMON])
+
+
+def write_work(task: str, work: Path) -> None:
+    """The task's arrays, initial compiled model and settings, as every side reads them."""
+    import numpy as np
+
+    from fedflower.components import model_factory
+    from fedflower.determinism import seed_everything
+    from fedflower.experiment import load_federation
+
+    cfg = compose_cfg(TASKS[task])
+    source, fed = load_federation(cfg)
+    seed_everything(cfg.seed)
+    model = model_factory(cfg, source.input_shape, source.num_classes)()
+    model.optimizer.learning_rate = float(cfg.client.learning_rate)
+    model.save(work / "model.keras")
+    arrays: dict[str, Any] = {"x_test": source.x_test, "y_test": source.y_test}
+    for i in range(cfg.num_clients):
+        data = fed.client(i)
+        arrays[f"x{i}"], arrays[f"y{i}"] = data.x_train, data.y_train
+    np.savez(work / "data.npz", **arrays)
+    settings = {
+        "overrides": TASKS[task],
+        "clients": cfg.num_clients,
+        "rounds": cfg.num_rounds,
+        "epochs": cfg.client.local_epochs,
+        "batch": cfg.client.batch_size,
+        "lr": cfg.client.learning_rate,
+    }
+    (work / "work.json").write_text(json.dumps(settings))
+
+
+def load_work(work: Path) -> tuple[dict[str, Any], Any, Any]:
+    """Settings, arrays and the initial compiled model of a task."""
+    import keras
+    import numpy as np
+
+    settings = json.loads((work / "work.json").read_text())
+    with np.load(work / "data.npz") as data:
+        arrays = dict(data)
+    return settings, arrays, keras.models.load_model(work / "model.keras")
+
+
+def side_fedflower(work: Path) -> dict[str, float]:
+    """Fedflower's experiment on the same partition (it partitions the data the same way)."""
+    from fedflower.experiment import run
+
+    settings = json.loads((work / "work.json").read_text())
+    with tempfile.TemporaryDirectory() as out:
+        results = run(compose_cfg(settings["overrides"]), output_dir=out)
+    return {"loop": results["totals"]["seconds"], "accuracy": results["final"]["accuracy"]}
+
+
+def accuracy_metric(model: Any) -> Any:
+    import keras
+
+    if int(model.output_shape[-1]) == 1:
+        return keras.metrics.BinaryAccuracy()
+    return keras.metrics.SparseCategoricalAccuracy()
+
+
+def side_pfl(work: Path) -> dict[str, float]:
+    """Pfl's FedAvg with its TensorFlow backend (run in pfl's own environment)."""
+    import tensorflow as tf
+    from pfl.aggregate.simulate import SimulatedBackend
+    from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
+    from pfl.callback.central_evaluation import CentralEvaluationCallback
+    from pfl.data.dataset import Dataset
+    from pfl.data.federated_dataset import FederatedDataset
+    from pfl.data.sampling import get_user_sampler
+    from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
+    from pfl.model.tensorflow import TFModel
+
+    settings, arrays, keras_model = load_work(work)
+    users = list(range(settings["clients"]))
+    train = FederatedDataset(
+        lambda u: Dataset((arrays[f"x{u}"], arrays[f"y{u}"]), user_id=str(u)),
+        get_user_sampler("minimize_reuse", users),
+    )
+    central = Dataset((arrays["x_test"], arrays["y_test"]))
+    metric = accuracy_metric(keras_model)
+    model = TFModel(keras_model, {"accuracy": metric}, tf.keras.optimizers.SGD(1.0))
+    params = NNAlgorithmParams(
+        central_num_iterations=settings["rounds"],
+        evaluation_frequency=1,
+        train_cohort_size=settings["clients"],
+        val_cohort_size=0,
+    )
+    train_params = NNTrainHyperParams(
+        local_learning_rate=settings["lr"],
+        local_num_epochs=settings["epochs"],
+        local_batch_size=settings["batch"],
+    )
+    eval_params = NNEvalHyperParams(local_batch_size=1024)
+    t0 = time.perf_counter()
+    FederatedAveraging().run(
+        algorithm_params=params,
+        backend=SimulatedBackend(training_data=train, val_data=train),
+        model=model,
+        model_train_params=train_params,
+        model_eval_params=eval_params,
+        callbacks=[CentralEvaluationCallback(central, eval_params, frequency=1)],
+    )
+    loop = time.perf_counter() - t0
+    keras_model.compile(loss=keras_model.loss, metrics=[accuracy_metric(keras_model)])
+    accuracy = keras_model.evaluate(arrays["x_test"], arrays["y_test"], 1024, verbose=0)[1]
+    return {"loop": loop, "accuracy": float(accuracy)}
+
+
+def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
+    """A ServerApp and ClientApp as Flower's Message-API examples write them."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    settings, arrays, model = load_work(work)
+    client_app, server_app = ClientApp(), ServerApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        # as Flower's examples do: the model and the partition are loaded for each message
+        local_settings, local_arrays, local_model = load_work(work)
+        pid = int(context.node_config["partition-id"])
+        local_model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
+        x, y = local_arrays[f"x{pid}"], local_arrays[f"y{pid}"]
+        batch, epochs = local_settings["batch"], local_settings["epochs"]
+        local_model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(local_model.get_weights()),
+                "metrics": MetricRecord({"num-examples": len(y)}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        def central(server_round: int, record: ArrayRecord) -> MetricRecord:
+            model.set_weights(record.to_numpy_ndarrays())
+            loss, acc = model.evaluate(arrays["x_test"], arrays["y_test"], 1024, verbose=0)
+            timing["accuracy"] = float(acc)
+            return MetricRecord({"loss": float(loss), "accuracy": float(acc)})
+
+        t0 = time.perf_counter()
+        FedAvg(fraction_evaluate=0.0).start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.get_weights()),
+            train_config=ConfigRecord({}),
+            num_rounds=settings["rounds"],
+            evaluate_fn=central,
+        )
+        timing["loop"] = time.perf_counter() - t0
+
+    return server_app, client_app
+
+
+def side_flower(work: Path) -> dict[str, float]:
+    """The plain Flower app on Flower's simulation engine (``run_simulation``, Ray)."""
+    from flwr.simulation import run_simulation
+
+    timing: dict[str, float] = {}
+    server_app, client_app = flower_apps(work, timing)
+    clients = json.loads((work / "work.json").read_text())["clients"]
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": os.cpu_count(), "include_dashboard": False},
+        },
+    )
+    return timing
+
+
+def ensure_venv(venv: Path) -> Path:
+    """Pfl's virtual environment with the TensorFlow this process runs; its Python."""
+    import tensorflow as tf
+
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pins = [PFL, f"tensorflow=={tf.__version__}"]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+    return python
+
+
+def run_child(python: Path, side: str, work: Path) -> dict[str, float]:
+    """One side in a fresh process: its JSON answer plus the process's wall seconds."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [str(python), __file__, "--side", side, "--work", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} failed:\n{proc.stderr[-3000:]}")
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**answer, "process": time.perf_counter() - t0}
+
+
+def table(task: str, med: dict[str, dict[str, float]]) -> list[str]:
+    ref = med["fedflower"]["loop"]
+    lines = [f"{task}: side       loop s  x fedflower  process s  final acc"]
+    for side, m in med.items():
+        lines.append(
+            f"  {side:<16} {m['loop']:7.2f}  {m['loop'] / ref:10.2f}  {m['process']:9.2f}"
+            f"  {m['accuracy']:9.4f}"
+        )
+    ratio = ref / med["pfl"]["loop"]
+    lines.append(f"  fedflower loop time / pfl's: {ratio:.2f}")
+    return lines
+
+
+def main() -> None:
+    args = parse()
+    if args.side:  # a child: one run of one side
+        answer = {"fedflower": side_fedflower, "pfl": side_pfl, "flower": side_flower}[args.side]
+        print(json.dumps(answer(args.work)))
+        return
+    pfl_python = ensure_venv(args.venv)
+    pythons = {"fedflower": Path(sys.executable), "pfl": pfl_python, "flower": Path(sys.executable)}
+    lines: list[str] = []
+    raw: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks.split(","):
+            work = Path(tmp) / task
+            work.mkdir()
+            write_work(task, work)
+            try:
+                runs = run_task(task, work, pythons, args.repeats)
+            except RuntimeError as exc:  # one side failing leaves the other tasks' numbers
+                lines += [f"{task}: {str(exc).splitlines()[0]} {str(exc).splitlines()[-1]}", ""]
+                write_results(args, lines, raw)
+                continue
+            med = {
+                s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()
+            }
+            raw[task] = runs
+            lines += [*table(task, med), ""]
+            write_results(args, lines, raw)
+
+
+def run_task(
+    task: str, work: Path, pythons: dict[str, Path], repeats: int
+) -> dict[str, list[dict[str, float]]]:
+    """Every side ``repeats`` times, interleaved (the order reversed every other repeat)."""
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
+    for repeat in range(repeats):
+        for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
+            runs[side].append(run_child(pythons[side], side, work))
+            print(task, side, runs[side][-1], flush=True)
+    return runs
+
+
+def write_results(args: argparse.Namespace, lines: list[str], raw: dict[str, Any]) -> None:
+    head = f"median of {args.repeats} interleaved runs per side"
+    machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
+    command = f"python bench/peers.py --tasks {args.tasks} --repeats {args.repeats}"
+    print("\n".join(lines), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "peers.json").write_text(json.dumps({"machine": machine, "runs": raw}, indent=1))
+    (RESULTS / "peers.md").write_text(
+        f"Machine: {machine}; {head}. Command: `{command}`\n\n```\n" + "\n".join(lines) + "```\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""``simulation.workers=2`` gives the same run as one process, round by round."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from omegaconf import DictConfig
+
+from fedflower.experiment import run
+
+QUIET = ["output.save_model=false", "output.plots=false", "checkpoint.every=0"]
+TIMING = {"seconds", "elapsed"}
+
+
+def workers() -> set[psutil.Process]:
+    """Child processes, except multiprocessing's resource tracker (it lives as long as we do)."""
+    children = psutil.Process().children(recursive=True)
+    return {p for p in children if "resource_tracker" not in " ".join(p.cmdline())}
+
+
+def rows(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ["strategy=fedavg"],
+        ["strategy=fedprox", "compression=topk_int8"],
+        [
+            "strategy=fedbuff",
+            "strategy.concurrency=3",
+            "strategy.buffer_size=2",
+            "latency=lognormal",
+        ],
+    ],
+    ids=["fedavg", "fedprox-topk-int8", "fedbuff-virtual-clock"],
+)
+def test_two_workers_give_the_rows_of_one_process_in_every_round(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path, strategy: list[str]
+) -> None:
+    common = ["num_clients=4", "num_rounds=3", *strategy, *QUIET]
+    run(tiny_cfg(*common, "simulation.workers=1"), tmp_path / "one")
+    before = workers()
+    run(tiny_cfg(*common, "simulation.workers=2"), tmp_path / "two")
+    one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert len(one) >= 3
+    assert one == two
+    assert workers() == before  # the workers stopped
