@@ -59,6 +59,7 @@ class Pipeline:
     compression: Grid | None
     grid: Grid
     strategies: list[Strategy]
+    deadline: Reports | None = None
 
     @property
     def strategy(self) -> Strategy:
@@ -76,7 +77,7 @@ class Pipeline:
 
     def reporters(self) -> list[Reports]:
         """Who contributes fields to a row, in the order of the row's columns."""
-        found: list[Any] = [self.clock, self.compression, self.meter, self.strategy]
+        found: list[Any] = [self.clock, self.compression, self.meter, self.deadline, self.strategy]
         return [r for r in found if isinstance(r, Reports)]
 
     def round_report(self) -> dict[str, Any]:
