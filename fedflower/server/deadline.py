@@ -179,7 +179,13 @@ class DeadlineGrid(GridWrapper):
 
 
 def with_deadline(pipeline: Any, strategy: Any, options: dict[str, Any]) -> None:
-    """Wrap ``pipeline``'s grid in a :class:`DeadlineGrid` if ``strategy.round_timeout`` is set."""
+    """Wrap ``pipeline``'s grid in a :class:`DeadlineGrid` if ``strategy.round_timeout`` is set.
+
+    Synchronous strategies only: an asynchronous one (FedBuff, FedAsync) has no rounds to
+    wait for and gives up on a task after its own ``task_timeout``.
+    """
+    from fedflower.server.async_strategy import AsyncStrategy
+
     deadline, _ = DeadlineOptions.split(options)
-    if deadline.round_timeout is not None:
+    if deadline.round_timeout is not None and not isinstance(strategy, AsyncStrategy):
         pipeline.deadline = pipeline.grid = DeadlineGrid(pipeline.grid, strategy, deadline)
