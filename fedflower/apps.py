@@ -25,6 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from fedflower.client.app import ClientFn, SharedModel, keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod
 from fedflower.client.keras_client import reset_optimizer
+from fedflower.client.local_only import wants_local_baseline
+from fedflower.client.personalization import (
+    Indices,
+    Personalization,
+    local_indices,
+    personalization_mod,
+)
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
 from fedflower.determinism import seed_everything
@@ -35,7 +42,10 @@ if TYPE_CHECKING:  # the server side is imported when a server app is built: a S
     from fedflower.data.partition import FederatedData
     from fedflower.data.population import HospitalPopulation
     from fedflower.data.source import TabularSource
+    from fedflower.outputs.per_client import PerClientLog
     from fedflower.server.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
 
 GroupOptions = Callable[[str], Callable[[Context], dict[str, Any]]]
 """``options(group)(context)``: a config group's options as seen by one client message."""
@@ -54,19 +64,30 @@ def _plain(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
-def client_mods(options: GroupOptions, attack: Mod | None = None) -> list[Mod]:
-    """The Flower client mods, outermost first: SecAgg+, DP, then ``attack`` (if any).
+def client_mods(
+    options: GroupOptions, attack: Mod | None = None, indices: Indices | None = None
+) -> list[Mod]:
+    """The Flower client mods, outermost first: SecAgg+, DP, ``attack`` (if any), personalization.
 
     Secure aggregation masks what differential privacy clipped (and noised), which is the reply
-    a simulated attacker made: a reply passes the mods from the last to the first.
+    a simulated attacker made: a reply passes the mods from the last to the first. The personal
+    models (:mod:`fedflower.client.personalization`) are innermost, so the other mods see only
+    the global model's traffic; ``indices`` finds a node's local layers.
     """
     mods = [secagg_mod(options("secagg")), privacy_mod(options("privacy"))]
-    return mods if attack is None else [*mods, attack]
+    mods = mods if attack is None else [*mods, attack]
+    personal = personalization_mod(options("personalization"), indices or (lambda *_: []))
+    return [*mods, personal]
 
 
-def client_app(client_fn: ClientFn, options: GroupOptions, attack: Mod | None = None) -> ClientApp:
+def client_app(
+    client_fn: ClientFn,
+    options: GroupOptions,
+    attack: Mod | None = None,
+    indices: Indices | None = None,
+) -> ClientApp:
     """The ``ClientApp``: ``client_fn`` behind :func:`client_mods` (and compression first)."""
-    return to_client_app(client_fn, mods=client_mods(options, attack))
+    return to_client_app(client_fn, mods=client_mods(options, attack, indices))
 
 
 def fixed_options(cfg: DictConfig) -> GroupOptions:
@@ -91,6 +112,7 @@ def server_app(
     source: TabularSource,
     virtual_clock: bool = False,
     build_model: Callable[[], keras.Model] | None = None,
+    per_client: PerClientLog | None = None,
 ) -> tuple[ServerApp, dict[str, Any]]:
     """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
 
@@ -98,9 +120,11 @@ def server_app(
     recorder's outputs in ``out``. ``virtual_clock`` (simulation only) times the clients with
     ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
     ``build_model`` gives the server its model (default: built from ``cfg.model``).
+    ``per_client`` receives the clients' evaluations (default: a new ``per_client.jsonl``).
     """
     from fedflower.components import model_factory
     from fedflower.engine.clock import build_latency
+    from fedflower.outputs.per_client import PerClientLog
     from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes
     from fedflower.server.privacy import make_private
     from fedflower.server.recorder import Recorder
@@ -116,6 +140,8 @@ def server_app(
     if build_model is None:
         build_model = model_factory(cfg, source.input_shape, source.num_classes)
     results: dict[str, Any] = {}
+    if per_client is None:
+        per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
 
     def on_finish(model: keras.Model, pipeline: Pipeline) -> None:
         if cfg.output.save_model:
@@ -150,6 +176,7 @@ def server_app(
         wrap_strategy=lambda strategy: make_private(
             strategy, _plain(cfg.privacy), cfg.num_clients, cfg.seed, secagg=_plain(cfg.secagg)
         ),
+        per_client=per_client,
     )
     return app, results
 
@@ -181,7 +208,37 @@ def build(
 
     model = SharedModel(model_factory(cfg, source.input_shape, source.num_classes))
     seed_everything(cfg.seed)
+    from fedflower.outputs.per_client import PerClientLog
+
     model()  # the server's model, before the strategy draws its first sample
-    server, results = server_app(cfg, out, source, virtual_clock=True, build_model=model)
+    per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
+    if wants_local_baseline(cfg.get("baseline")) and not cfg.get("resume"):
+        local_baseline(cfg, model(), fed, per_client)
+    server, results = server_app(
+        cfg, out, source, virtual_clock=True, build_model=model, per_client=per_client
+    )
     client_fn = keras_client_fn(model, fed.client, cfg.seed)
-    return server, client_app(client_fn, fixed_options(cfg), simulated_attack(cfg)), results
+    local = local_indices(model(), Personalization(**_plain(cfg.personalization)))
+    app = client_app(client_fn, fixed_options(cfg), simulated_attack(cfg), lambda *_: local)
+    return server, app, results
+
+
+def local_baseline(
+    cfg: DictConfig,
+    model: keras.Model,
+    fed: FederatedData | HospitalPopulation,
+    per_client: PerClientLog,
+) -> None:
+    """``baseline=local``: each site trained alone, its evaluation as ``model = local`` rows.
+
+    The global RNGs are seeded again afterwards, so the federated run starts as without it.
+    """
+    from fedflower.client.local_only import local_only
+
+    log.info("baseline=local: training each of %d sites alone", cfg.num_clients)
+    sites = local_only(
+        model, fed.client, cfg.num_clients, _plain(cfg.client), cfg.num_rounds, cfg.seed
+    )
+    for cid, metrics in sites:
+        per_client.add_local(cfg.num_rounds, str(cid), metrics)
+    seed_everything(cfg.seed)

@@ -14,6 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower import apps
+from fedflower.client.local_only import wants_local_baseline
+from fedflower.client.personalization import Personalization
 from fedflower.components import instantiate_data
 from fedflower.data.heterogeneity import write_partition_report
 from fedflower.data.partition import FederatedData
@@ -75,6 +77,8 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
+    wants_local_baseline(cfg.get("baseline"))  # bad values fail here, within a second
+    Personalization(**OmegaConf.to_container(cfg.personalization, resolve=True))  # type: ignore[arg-type]
     apps.prepare(cfg)
     out = _output_dir(output_dir)
     if cfg.get("resume"):

@@ -60,3 +60,21 @@ COMPRESS_RESIDUAL = "compression-residual"  # error-feedback residual in the cli
 
 # Node config key of a deployed SuperNode in a run with ``attack.in_deployment=true``.
 MALICIOUS = "malicious"  # true: the node runs the run's attack; false: it never does
+
+# Per-client evaluation (see fedflower.server.per_client). A reply's metrics of a model other
+# than the global one carry its name as a prefix: ``personal_eval_accuracy``, ``local_eval_loss``.
+SITE_NAME = "site-name"  # node config: the site's name in per-client results
+REPORT_CLIENT = "report-client"  # evaluate config: the server cannot name nodes, reply with a name
+CLIENT_INFO = "client"  # ConfigRecord of an evaluate reply naming its client (when asked)
+CLIENT_NAME = "name"
+MODEL_GLOBAL = "global"
+MODEL_PERSONAL = "personal"
+MODEL_LOCAL = "local"
+PERSONAL_STATE = "personal-model"  # Context.state ArrayRecord: local layers or Ditto's model
+START = "start"  # ArrayRecord of a train task: start from these weights (proximal to ARRAYS)
+# FedDyn (see fedflower.client.dynamic).
+FEDDYN_ALPHA = "feddyn-alpha"  # train config: alpha of FedDyn's dynamic regularizer
+FEDDYN_STATE = "feddyn-gradient"  # Context.state ArrayRecord: the client's g_i
+LINEAR = "linear"  # ArrayRecord of a train task: coefficients of the linear term -<g, w>
+FINETUNE_CONFIG = "finetune-config"  # Context.state ConfigRecord: the last train settings
+FINETUNE_EPOCHS = "finetune-epochs"  # evaluate config: fine-tune this many epochs first

@@ -15,8 +15,10 @@ from flwr.clientapp.typing import Mod
 
 from fedflower import keys
 from fedflower.client.compression import compression_mod
+from fedflower.client.dynamic import feddyn_mod
 from fedflower.client.keras_client import KerasClient
 from fedflower.data.source import ClientData
+from fedflower.sites import site_name
 
 ClientFn = Callable[[Context], KerasClient]
 T = TypeVar("T")
@@ -36,16 +38,22 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     ``num-examples``). The :func:`~fedflower.client.compression.compression_mod` comes first
     (it does nothing unless the server compresses), then ``mods`` in order (e.g. a simulated
     attack, :func:`fedflower.client.attacks.attack_mod`): they see the decoded model and the
-    reply before it is encoded.
+    reply before it is encoded. FedDyn's state (:func:`~fedflower.client.dynamic.feddyn_mod`,
+    idle unless the server asks for it) is innermost.
     """
-    app = ClientApp(mods=[compression_mod, *mods])
+    app = ClientApp(mods=[compression_mod, *mods, feddyn_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
         config = _config(msg)
-        weights, num_examples, metrics = client.fit(parameters, config)
+        extra = {  # Ditto's personal model, FedDyn's linear term
+            name: record.to_numpy_ndarrays()
+            for name, key in (("start", keys.START), ("linear", keys.LINEAR))
+            if (record := msg.content.array_records.get(key)) is not None
+        }
+        weights, num_examples, metrics = client.fit(parameters, config, **extra)
         if config.get(keys.RETURN_UPDATE):  # fedsgd: reply with the update w_global - w_local
             weights = [
                 np.subtract(g, w, dtype=g.dtype) for g, w in zip(parameters, weights, strict=True)
@@ -62,9 +70,17 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         client = client_fn(context)
         parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
-        loss, num_examples, metrics = client.evaluate(parameters, _config(msg))
+        config = _config(msg)
+        epochs = config.get(keys.FINETUNE_EPOCHS)
+        if epochs:  # personalization=finetune: the global model trained locally first
+            parameters, _, _ = client.fit(parameters, {**config, keys.LOCAL_EPOCHS: int(epochs)})
+        loss, num_examples, metrics = client.evaluate(parameters, config)
         record = MetricRecord({keys.EVAL_LOSS: loss, **metrics, keys.NUM_EXAMPLES: num_examples})
-        return Message(RecordDict({keys.METRICS: record}), reply_to=msg)
+        content = RecordDict({keys.METRICS: record})
+        if config.get(keys.REPORT_CLIENT):  # the server cannot tell nodes apart by their ids
+            name = site_name(context.node_config, context.node_id)
+            content[keys.CLIENT_INFO] = ConfigRecord({keys.CLIENT_NAME: name})
+        return Message(content, reply_to=msg)
 
     return app
 

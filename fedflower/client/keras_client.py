@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedflower import keys
+from fedflower.client.dynamic import linear_term
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
@@ -86,20 +87,29 @@ class KerasClient:
         )
 
     def fit(
-        self, parameters: list[np.ndarray], config: Config
+        self,
+        parameters: list[np.ndarray],
+        config: Config,
+        start: list[np.ndarray] | None = None,
+        linear: list[np.ndarray] | None = None,
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train locally from ``parameters`` with the round's settings.
 
         ``config`` carries ``local-epochs``, ``batch-size`` and ``lr`` (see :mod:`fedflower.keys`),
         and ``proximal-mu`` for FedProx (``attack-flip-labels``: train on flipped labels).
-        Returns the new weights, the number of training examples and the training metrics of
-        the last local epoch.
+        ``start`` (Ditto's personal model) is trained instead of ``parameters``, which stay
+        the proximal term's anchor; ``linear`` (FedDyn's ``g_i``) adds ``-<linear, w>`` to
+        the loss. Returns the new weights, the number of training examples
+        and the training metrics of the last local epoch.
         """
         self.set_parameters(parameters)
         reset_optimizer(self.model.optimizer, config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
         # FedProx: mu/2 * ||w - w_global||^2 joins the loss while mu > 0 (see client.proximal).
-        with proximal(self.model, float(config.get(keys.PROXIMAL_MU, 0.0))):
+        mu = float(config.get(keys.PROXIMAL_MU, 0.0))
+        with proximal(self.model, mu), linear_term(self.model, linear):
+            if start is not None:
+                self.set_parameters(start)
             history = self.model.fit(
                 self.train_dataset(
                     int(config.get(keys.BATCH_SIZE, 32)),
@@ -119,10 +129,15 @@ class KerasClient:
     def evaluate(
         self, parameters: list[np.ndarray], config: Config
     ) -> tuple[float, int, dict[str, float]]:
-        """Evaluate ``parameters`` on the local validation split (the training split if empty)."""
+        """Evaluate ``parameters`` on the local validation split (the training split if empty).
+
+        Returns the loss, the number of examples and ``eval_<metric>`` for accuracy and every
+        metric the model is compiled with (``client.metrics``).
+        """
         self.set_parameters(parameters)
         x, y = self.data.x_val, self.data.y_val
         if len(y) == 0:
             x, y = self.data.x_train, self.data.y_train
         result = evaluate(self.model, x, y, int(config.get(keys.BATCH_SIZE, 256)))
-        return float(result["loss"]), len(y), {keys.EVAL_ACCURACY: float(result["accuracy"])}
+        metrics = {f"eval_{k}": float(v) for k, v in result.items() if k != "loss"}
+        return float(result["loss"]), len(y), metrics

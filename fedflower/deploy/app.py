@@ -48,6 +48,7 @@ from fedflower import apps, keys
 from fedflower.client.app import cached
 from fedflower.client.attacks import Attack, Role, attack_mod, seeded_role
 from fedflower.client.keras_client import KerasClient
+from fedflower.client.personalization import Personalization, local_indices
 from fedflower.data.source import ClientData, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
 from fedflower.deploy.local_data import content_id, node_data
@@ -293,4 +294,15 @@ def deployed_attack_mod(options: Callable[[Context], dict[str, Any]]) -> Mod:
     return mod
 
 
-client_app = apps.client_app(node_client_fn, run_group, deployed_attack_mod(run_group("attack")))
+def node_indices(
+    context: Context, settings: Personalization, arrays: list[np.ndarray]
+) -> list[int]:
+    """The local layers' weights in this node's model (built from the received arrays)."""
+    client = node_client_fn(context)
+    client.set_parameters(arrays)
+    return local_indices(client.model, settings)
+
+
+client_app = apps.client_app(
+    node_client_fn, run_group, deployed_attack_mod(run_group("attack")), node_indices
+)

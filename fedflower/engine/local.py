@@ -18,7 +18,17 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
@@ -32,6 +42,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower import keys
 from fedflower.engine.wrapper import MessageFactory
+from fedflower.sites import site_name
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +143,22 @@ class LocalGrid(MessageFactory, Grid):
             run_config=dict(self.run_config),
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state every node keeps (``Context.state``: personal models, residuals, ...)."""
+        return {str(node): _records(ctx.state) for node, ctx in self._contexts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Give each node back the state a checkpoint holds."""
+        self._contexts = {}
+        for node, records in state.items():
+            context = self.context(int(node))
+            context.state = _record_dict(records)
+            self._contexts[int(node)] = context
+
+    def node_name(self, node_id: int) -> str:
+        """Node ``node_id``'s name in per-client results (see :mod:`fedflower.sites`)."""
+        return site_name(self.context(node_id).node_config, node_id)
+
     def _execute(self, received: Message) -> Message:
         node_id = received.metadata.dst_node_id
         context = self.context(node_id)
@@ -177,6 +204,27 @@ class LocalGrid(MessageFactory, Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def _records(state: RecordDict) -> dict[str, Any]:
+    """A node's ``Context.state`` as plain data (arrays as NumPy, records as dicts)."""
+    return {
+        "arrays": {k: {n: a.numpy() for n, a in r.items()} for k, r in state.array_records.items()},
+        "configs": {k: dict(r) for k, r in state.config_records.items()},
+        "metrics": {k: dict(r) for k, r in state.metric_records.items()},
+    }
+
+
+def _record_dict(records: dict[str, Any]) -> RecordDict:
+    """The ``RecordDict`` :func:`_records` described."""
+    state = RecordDict()
+    for k, arrays in records["arrays"].items():
+        state[k] = ArrayRecord({n: Array(np.asarray(a)) for n, a in arrays.items()})
+    for k, config in records["configs"].items():
+        state[k] = ConfigRecord(config)
+    for k, metrics in records["metrics"].items():
+        state[k] = MetricRecord(metrics)
+    return state
 
 
 def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:

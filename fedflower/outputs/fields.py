@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedflower.outputs.per_client import per_client_lines
+
 Row = dict[str, Any]
 
 
@@ -119,6 +121,7 @@ FIELDS: list[Field] = [
     Field("replies", _replies_round),
     Field("deadline", _deadline_round),
     Field("privacy", _privacy_round, _privacy_summary),
+    Field("per_client", summary=lambda results: per_client_lines(results.get("per_client"))),
 ]
 """The console fields, in the order they print."""
 

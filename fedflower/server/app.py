@@ -18,6 +18,7 @@ from fedflower.data.source import TabularSource
 from fedflower.engine.latency import LatencyModel
 from fedflower.errors import ConfigError
 from fedflower.models import evaluate
+from fedflower.outputs.per_client import PerClientLog
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
 from fedflower.server.deadline import with_deadline
@@ -141,6 +142,7 @@ def make_server_app(
     checkpoint: CheckpointOptions | None = None,
     compression: dict[str, Any] | None = None,
     wrap_strategy: Callable[[Strategy], Strategy] | None = None,
+    per_client: PerClientLog | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
 
@@ -155,6 +157,7 @@ def make_server_app(
     ``compression`` (the config group's options) encodes models and decodes updates outside
     the metering, so the bytes counted are the compressed ones.
     ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
+    ``per_client`` receives every client's federated evaluation (synchronous strategies).
     """
     app = ServerApp()
 
@@ -174,6 +177,7 @@ def make_server_app(
             client_options=client_options,
             seed=seed,
             wrap_strategy=wrap_strategy,
+            per_client=per_client,
         )
         with_deadline(pipeline, strategy, strategy_options)
 

@@ -32,7 +32,10 @@ from fedflower.engine.latency import LatencyModel
 from fedflower.engine.metered import MeteredGrid
 from fedflower.engine.stragglers import straggler_grid
 from fedflower.engine.wrapper import Reports, Stateful
+from fedflower.outputs.per_client import PerClientLog
+from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.compression import compressed_grid
+from fedflower.server.per_client import PerClientGrid
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Pipeline:
     compression: Grid | None
     grid: Grid
     strategies: list[Strategy]
+    per_client: PerClientGrid | None = None
+    engine: Grid | None = None
     deadline: Reports | None = None
 
     @property
@@ -77,7 +82,14 @@ class Pipeline:
 
     def reporters(self) -> list[Reports]:
         """Who contributes fields to a row, in the order of the row's columns."""
-        found: list[Any] = [self.clock, self.compression, self.meter, self.deadline, self.strategy]
+        found: list[Any] = [
+            self.clock,
+            self.compression,
+            self.meter,
+            self.per_client,
+            self.deadline,
+            self.strategy,
+        ]
         return [r for r in found if isinstance(r, Reports)]
 
     def round_report(self) -> dict[str, Any]:
@@ -97,7 +109,9 @@ class Pipeline:
     def stateful(self, **others: Any) -> dict[str, Stateful]:
         """The objects a checkpoint keeps, by name: strategy layers, ``others``, meter, clock."""
         found: dict[str, Any] = {f"strategy{i}": s for i, s in enumerate(self.strategies)}
-        found.update(others, meter=self.meter, clock=self.clock)
+        log = None if self.per_client is None else self.per_client.log
+        # the engine holds the clients' Context.state (personal models) when it runs them
+        found.update(others, meter=self.meter, clock=self.clock, per_client=log, nodes=self.engine)
         return {k: v for k, v in found.items() if isinstance(v, Stateful)}
 
 
@@ -110,23 +124,30 @@ def build_pipeline(
     client_options: dict[str, Any],
     seed: int,
     wrap_strategy: Callable[[Strategy], Strategy] | None = None,
+    per_client: PerClientLog | None = None,
 ) -> Pipeline:
     """Stack a run's wrappers around the engine's ``grid`` and the plugin ``strategy``.
 
     ``latency`` gives the run a virtual clock (simulation only); ``compression`` is the
     config group's options; ``client_options`` decide the stragglers
     (``client.straggler_fraction``, seeded by ``seed``); ``wrap_strategy`` wraps the plugin
-    (differential privacy, SecAgg+).
+    (differential privacy, SecAgg+); ``per_client`` receives each client's federated
+    evaluation (synchronous strategies; outside the meter, it reads only what crossed it).
     """
     clock = None if latency is None else VirtualClockGrid(grid, latency)
     meter = MeteredGrid(grid if clock is None else clock)
     wire = compressed_grid(meter, compression, seed)
     outer = strategy if wrap_strategy is None else wrap_strategy(strategy)
     strategies = [outer] if outer is strategy else [outer, strategy]
+    readers = None
+    if per_client is not None and not isinstance(strategy, AsyncStrategy):
+        readers = PerClientGrid(wire, per_client)
     return Pipeline(
         clock=clock,
         meter=meter,
         compression=None if wire is meter else wire,
-        grid=straggler_grid(wire, client_options, outer, seed),
+        grid=straggler_grid(wire if readers is None else readers, client_options, outer, seed),
         strategies=strategies,
+        per_client=readers,
+        engine=grid,
     )

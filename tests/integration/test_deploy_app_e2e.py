@@ -68,6 +68,22 @@ def test_deployed_app_reproduces_the_simulation(
     assert (tmp_path / "dep" / "model.keras").is_file()
 
 
+@pytest.mark.parametrize("method", ["fedper", "finetune"])
+def test_deployed_nodes_keep_personal_models_as_in_simulation(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path, method: str
+) -> None:
+    overrides = [*TINY, "output.plots=false", f"personalization={method}"]
+    simulated = run(tiny_cfg("output.plots=false", f"personalization={method}"), tmp_path / "sim")
+    nodes = [{"partition-id": i, "num-partitions": 3, "site-name": f"h{i}"} for i in range(3)]
+    deployed = run_app_in_process(overrides, tmp_path / "dep", nodes)
+    sites = deployed["per_client"]["sites"]
+    assert [s["client"] for s in sites] == ["h0", "h1", "h2"]  # the node config's site name
+    sim_sites = simulated["per_client"]["sites"]
+    for model in ("accuracy", "personal_accuracy"):
+        got, want = [s[model] for s in sites], [s[model] for s in sim_sites]
+        assert got == pytest.approx(want, abs=1e-6), model
+
+
 def test_a_node_with_bad_data_is_reported_and_the_run_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -55,9 +55,12 @@ def kill_and_resume(tmp_path: Path, args: list[str], rounds: int) -> tuple[dict,
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read() if resumed.stderr else ""
     assert full.wait(timeout=600) == 0, full.stderr.read() if full.stderr else ""
 
-    want, got = rows(tmp_path / "full"), rows(tmp_path / "victim")
+    victim_dir = tmp_path / "victim"
+    want, got = rows(tmp_path / "full"), rows(victim_dir)
     assert len(got) == rounds
     assert got == want  # every round: losses, accuracies, bytes, virtual time
+    per_client = [(d / "per_client.jsonl").read_text() for d in (tmp_path / "full", victim_dir)]
+    assert per_client[0] == per_client[1]  # every client's evaluation, every round
     final_full, final_resumed = (
         load(tmp_path / "full" / FILENAME),
         load(tmp_path / "victim" / FILENAME),
@@ -75,6 +78,16 @@ def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy
     if strategy == "fedadam":
         moments = final_resumed["objects"]["strategy0"]["optimizer"]
         assert moments["m"] is not None and moments["v"] is not None
+
+
+@pytest.mark.parametrize("method", ["fedper", "ditto"])
+def test_resume_with_personal_models_equals_the_uninterrupted_run(
+    tmp_path: Path, method: str
+) -> None:
+    args = [*TINY, f"num_rounds={ROUNDS}", f"personalization={method}", "output.plots=false"]
+    final_resumed, killed = kill_and_resume(tmp_path, args, ROUNDS)
+    assert len(killed["objects"]["nodes"]) == 3  # every site's personal model was checkpointed
+    assert len(final_resumed["objects"]["nodes"]) == 3
 
 
 ASYNC_VERSIONS = 10

@@ -47,6 +47,7 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
+    "fedflower.sites": "base",  # a client's name in per-client results
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",

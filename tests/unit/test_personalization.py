@@ -1,0 +1,170 @@
+"""fedflower.client.personalization: the mod's personal models, kept in Context.state."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from fedflower import keys
+from fedflower.client.personalization import Personalization, local_indices, personalization_mod
+from fedflower.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+
+def handler(log: list[tuple[str, list[float], dict]]) -> object:
+    """A ClientApp stand-in: training adds 1 to every array (from START when given);
+    evaluation's accuracy is the first array's first value."""
+
+    def call_next(msg: Message, context: Context) -> Message:
+        arrays = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        config = dict(msg.content.config_records[keys.CONFIG])
+        start = msg.content.array_records.get(keys.START)
+        kind = msg.metadata.message_type
+        log.append((kind, [float(a[0]) for a in arrays], config))
+        if kind == MessageType.TRAIN:
+            base = arrays if start is None else start.to_numpy_ndarrays()
+            return Message(
+                RecordDict({keys.ARRAYS: ArrayRecord([b + 1 for b in base])}), reply_to=msg
+            )
+        metrics = {
+            keys.EVAL_LOSS: 0.0,
+            keys.EVAL_ACCURACY: float(arrays[0][0]),
+            keys.NUM_EXAMPLES: 1,
+        }
+        return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    return call_next
+
+
+def message(kind: str, values: list[float], **config: object) -> Message:
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord([np.full(2, v, dtype=np.float32) for v in values]),
+            keys.CONFIG: ConfigRecord({keys.LOCAL_EPOCHS: 1, **config}),  # type: ignore[dict-item]
+        }
+    )
+    return Message(content, dst_node_id=1, message_type=kind)
+
+
+def context() -> Context:
+    return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+
+def values(reply: Message) -> list[float]:
+    return [float(a[0]) for a in reply.content.array_records[keys.ARRAYS].to_numpy_ndarrays()]
+
+
+def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> None:
+    log: list = []
+    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: [1])
+    ctx, call_next = context(), handler(log)
+    assert values(mod(message(MessageType.TRAIN, [0, 0]), ctx, call_next)) == [1, 0]
+    # round 2: the global head (5) is replaced by the site's own (1) before training
+    assert values(mod(message(MessageType.TRAIN, [5, 5]), ctx, call_next)) == [6, 5]
+    assert log[-1][1] == [5, 1]
+    reply = mod(message(MessageType.EVALUATE, [7, 7]), ctx, call_next)
+    metrics = reply.content.metric_records[keys.METRICS]
+    assert metrics[keys.EVAL_ACCURACY] == 7.0
+    assert metrics["personal_eval_accuracy"] == 7.0  # body global, head the site's
+    assert log[-1][1] == [7, 2]
+
+
+def test_fedper_with_updates_replies_zero_for_the_local_layers() -> None:
+    log: list = []
+    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: [1])
+    ctx = context()
+
+    def update(msg: Message, c: Context) -> Message:  # reply w_sent - w_trained = -1
+        reply = handler(log)(msg, c)
+        arrays = reply.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        reply.content[keys.ARRAYS] = ArrayRecord([np.full(2, -1.0, np.float32) for _ in arrays])
+        return reply
+
+    reply = mod(message(MessageType.TRAIN, [3, 3], **{keys.RETURN_UPDATE: True}), ctx, update)
+    assert values(reply) == [-1, 0]
+    kept = ctx.state.array_records[keys.PERSONAL_STATE].to_numpy_ndarrays()
+    assert float(kept[0][0]) == 4.0  # the trained head: 3 - (-1)
+
+
+def test_ditto_trains_a_personal_model_proximal_to_the_global_one() -> None:
+    log: list = []
+    settings = {"name": "ditto", "ditto_lambda": 0.5, "ditto_epochs": 3}
+    mod = personalization_mod(lambda _: settings, lambda *_: [])
+    ctx, call_next = context(), handler(log)
+    assert values(mod(message(MessageType.TRAIN, [0, 0]), ctx, call_next)) == [1, 1]
+    personal_task = log[-1]
+    assert personal_task[2][keys.PROXIMAL_MU] == 0.5 and personal_task[2][keys.LOCAL_EPOCHS] == 3
+    mod(message(MessageType.TRAIN, [10, 10]), ctx, call_next)  # personal: 1 -> 2, anchored at 10
+    assert log[-1][1] == [10, 10]  # the anchor is the global model
+    reply = mod(message(MessageType.EVALUATE, [10, 10]), ctx, call_next)
+    metrics = reply.content.metric_records[keys.METRICS]
+    assert (metrics[keys.EVAL_ACCURACY], metrics["personal_eval_accuracy"]) == (10.0, 2.0)
+
+
+def test_finetune_evaluates_the_global_model_after_local_epochs() -> None:
+    log: list = []
+    mod = personalization_mod(lambda _: {"name": "finetune", "finetune_epochs": 2}, lambda *_: [])
+    ctx = context()
+    reply = mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
+    assert "personal_eval_accuracy" not in reply.content.metric_records[keys.METRICS]
+    mod(message(MessageType.TRAIN, [4], **{keys.BATCH_SIZE: 8}), ctx, handler(log))
+    reply = mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
+    assert reply.content.metric_records[keys.METRICS]["personal_eval_accuracy"] == 4.0
+    # the evaluate handler fine-tunes: asked for 2 epochs at the last round's batch size
+    assert log[-1][0] == MessageType.EVALUATE
+    assert log[-1][2][keys.FINETUNE_EPOCHS] == 2 and log[-1][2][keys.BATCH_SIZE] == 8
+
+
+def test_none_passes_every_message_through() -> None:
+    log: list = []
+    mod = personalization_mod(lambda _: {"name": "none"}, lambda *_: [])
+    ctx = context()
+    mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
+    assert len(log) == 1 and len(ctx.state) == 0
+
+
+def tiny_model() -> keras.Model:
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, name="body")(inputs)
+    x = keras.layers.BatchNormalization(name="norm")(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"name": "fedper"}, [6, 7]),  # the head: kernel, bias
+        ({"name": "fedbn"}, [2, 3, 4, 5]),  # gamma, beta, moving mean and variance
+        ({"name": "fedper", "local_layers": ["b*"]}, [0, 1]),
+        ({"name": "fedper", "local_layers": ["re:^(norm|head)$"]}, [2, 3, 4, 5, 6, 7]),
+        ({"name": "ditto"}, []),
+    ],
+)
+def test_local_layers_by_keras_layer_name(settings: dict, expected: list[int]) -> None:
+    assert local_indices(tiny_model(), Personalization(**settings)) == expected
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"name": "pfedme"},
+        {"name": "fedper", "local_layers": ["missing"]},
+        {"name": "fedper", "local_layers": ["re:("]},
+        {"name": "ditto", "ditto_lambda": -1},
+        {"name": "finetune", "finetune_epochs": 0},
+    ],
+)
+def test_bad_settings_are_one_line_config_errors(settings: dict) -> None:
+    with pytest.raises(ConfigError, match="personalization"):
+        local_indices(tiny_model(), Personalization(**settings))
