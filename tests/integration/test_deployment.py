@@ -237,5 +237,7 @@ def test_fedavg_finishes_every_round_after_a_node_is_killed(tmp_path: Path) -> N
     assert_all_stopped(fed, pids)
     assert results["totals"]["rounds"] == 3  # the run did not stall on the dead node
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert all(len(r.get("train_missing", [])) == 1 for r in rows[1:])  # the killed node
+    # the killed node is missed while the SuperLink still lists it (until its heartbeat lapses)
+    assert len(rows[1].get("train_missing", [])) == 1
+    assert all(len(r.get("train_missing", [])) <= 1 for r in rows)
     assert not any(r.get("skipped") for r in rows)  # two survivors meet the quorum
