@@ -22,8 +22,9 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig, OmegaConf
 
+from fedflower import model_inputs
 from fedflower.client.app import ClientFn, SharedModel, keras_client_fn, to_client_app
-from fedflower.client.attacks import Attack, attack_mod
+from fedflower.client.attacks import Attack, attack_mod, warn_outnumbered
 from fedflower.client.keras_client import reset_optimizer
 from fedflower.client.local_only import wants_local_baseline
 from fedflower.client.personalization import (
@@ -103,6 +104,9 @@ def fixed_options(cfg: DictConfig) -> GroupOptions:
 def simulated_attack(cfg: DictConfig) -> Mod | None:
     """The ``attack`` group as a client mod (its seeded fraction of clients), or ``None``."""
     attack = Attack(**_plain(cfg.get("attack") or {"name": "none"}))
+    tolerated = cfg.strategy.get("num_malicious_nodes")
+    if tolerated is not None:
+        warn_outnumbered(attack, cfg.num_clients, int(tolerated))
     return attack_mod(attack) if attack.active else None
 
 
@@ -145,7 +149,7 @@ def server_app(
 
     def on_finish(model: keras.Model, pipeline: Pipeline) -> None:
         if cfg.output.save_model:
-            save_model(model, out / "model.keras")
+            save_model(model, out / "model.keras", source)
         results.update(
             recorder.finish(
                 config,
@@ -181,13 +185,27 @@ def server_app(
     return app, results
 
 
-def save_model(model: keras.Model, path: Path) -> None:
-    """Save the global model whole (with an optimizer state ``load_model`` accepts)."""
+def save_model(model: keras.Model, path: Path, source: TabularSource | None = None) -> None:
+    """Save the global model whole (with an optimizer state ``load_model`` accepts).
+
+    A table's model is saved with its preprocessing in front, so it takes raw rows.
+    """
     if not model.optimizer.built:  # the server never trains: build its state so that
         model.optimizer.build(model.trainable_variables)  # load_model finds it whole
     else:  # a model shared with the in-process clients: no client's optimizer state
         reset_optimizer(model.optimizer, None)
-    model.save(path)
+    columns = source.columns if source is not None else None
+    if columns is None or source is None or source.preprocessing is None:
+        model.save(path)
+        return
+    meta = {
+        "numeric": list(columns.numeric),
+        "categorical": list(columns.categorical),
+        "label": columns.label,
+        "class_names": [str(c) for c in columns.class_names or range(source.num_classes)],
+        "preprocessing": source.preprocessing,
+    }
+    model_inputs.save(model_inputs.with_raw_inputs(model, meta), path, meta)
 
 
 def build(

@@ -8,8 +8,10 @@ traceback. Errors of the run itself that the user can fix (``FedflowerError``) e
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ from fedflower.startup import (
 )
 
 set_environment_defaults()  # before TensorFlow is imported anywhere
+
+EXIT_INTERRUPTED = 130
+"""Exit status of a run stopped with Ctrl-C (128 + SIGINT, as shells report it)."""
 
 SIM_PACKAGES = ("datasets", "flwr_datasets", "sklearn", "matplotlib", "ray")
 """Imported by simulation only: missing in a client-only install (``fedflower[client]``)."""
@@ -177,6 +182,58 @@ def list_strategies() -> None:
         print(f"{info.name:<{width}}  {info.target}\n{'':<{width}}  {info.description}")
 
 
+HYDRA_FILES = frozenset({".hydra", "cli.log", "fedflower.log"})
+"""What Hydra writes into a run directory before the run itself writes anything."""
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The directory the run writes to: the resumed run's, or Hydra's new one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.get("resume"):
+        return Path(cfg.resume)
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def discard_if_empty(out: Path) -> None:
+    """Remove a run directory that holds only Hydra's files (the run failed before writing).
+
+    The date folder above it goes too when it is left empty. A resumed run's directory and a
+    directory holding anything else are kept.
+    """
+    import logging
+    import shutil
+
+    if not out.is_dir() or {p.name for p in out.iterdir()} - HYDRA_FILES:
+        return
+    logging.shutdown()  # close cli.log before it is removed
+    shutil.rmtree(out, ignore_errors=True)
+    with suppress(OSError):
+        out.parent.rmdir()  # only when empty
+
+
+def interrupted(out: Path, argv: Sequence[str]) -> None:
+    """Ctrl-C: one line naming the checkpoint and the command that continues the run."""
+    from fedflower.server.checkpoint import FILENAME
+
+    checkpoint = out / FILENAME
+    if not checkpoint.is_file():
+        discard_if_empty(out)
+        print(
+            "fedflower: interrupted before the first checkpoint; nothing to resume", file=sys.stderr
+        )
+        raise SystemExit(EXIT_INTERRUPTED)
+    given = [a for a in argv if not a.startswith("resume=")]
+    command = " ".join(
+        ["fedflower", *map(shlex.quote, given), f"resume={shlex.quote(str(out.resolve()))}"]
+    )
+    print(
+        f"fedflower: interrupted; checkpoint {checkpoint.resolve()}; continue with: {command}",
+        file=sys.stderr,
+    )
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://fedflower.conf", config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
@@ -187,10 +244,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         fail(f"the fedflower command needs {exc.name!r}: pip install 'fedflower[sim]'")
         return None
 
+    out = run_dir(cfg)
     try:
         results = run(cfg)
     except FedflowerError as exc:
+        discard_if_empty(out)
         fail(str(exc))
+        return None
+    except KeyboardInterrupt:
+        interrupted(out, sys.argv[1:])
         return None
     accuracy = results["final"]["accuracy"]
     return None if accuracy is None else float(accuracy)
@@ -203,6 +265,11 @@ def main() -> None:
         from fedflower.export import main as export_main
 
         raise SystemExit(export_main(argv[1:]))
+    if argv[:1] == ["predict"]:  # `fedflower predict RUN_DIR data.csv` (not a Hydra run)
+        quiet_tensorflow_import()
+        from fedflower.predict import main as predict_main
+
+        raise SystemExit(predict_main(argv[1:]))
     if "--list-strategies" in argv:
         quiet_tensorflow_import()
         list_strategies()

@@ -24,6 +24,7 @@ from fedflower.data.source import TabularSource
 from fedflower.engine import simulate
 from fedflower.errors import DataError
 from fedflower.server.checkpoint import check_resumable
+from fedflower.server.preprocessing import prepare
 from fedflower.server.rules import validate
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def load_data(
     fed = FederatedData(
         source, partitioner, cfg.num_clients, val_fraction=cfg.client.val_fraction, seed=cfg.seed
     )
-    return source, fed
+    return prepare(source, fed), fed
 
 
 def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]:
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     validate(cfg)
     wants_local_baseline(cfg.get("baseline"))  # bad values fail here, within a second
     Personalization(**OmegaConf.to_container(cfg.personalization, resolve=True))  # type: ignore[arg-type]
+    absolute_data_paths(cfg)
     apps.prepare(cfg)
     out = _output_dir(output_dir)
     if cfg.get("resume"):
@@ -100,3 +102,15 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
     return results
+
+
+DATA_PATH_KEYS = ("path", "test_path")
+"""Dataset options naming files: recorded as absolute paths (``export`` reads them anywhere)."""
+
+
+def absolute_data_paths(cfg: DictConfig) -> None:
+    """Make the dataset's file paths absolute, so the recorded config works from any folder."""
+    for key in DATA_PATH_KEYS:
+        value = cfg.dataset.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            cfg.dataset[key] = str(Path(value).expanduser().resolve())

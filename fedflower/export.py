@@ -234,6 +234,7 @@ def export(
     quantize: str = "none",
     data: str | Path | None = None,
     tolerance: float | None = None,
+    label: str = "label",
 ) -> ExportReport:
     """Export ``model.keras`` to TFLite and compare both models on test data.
 
@@ -250,12 +251,23 @@ def export(
         the run's central test set, rebuilt from ``results.json`` next to the model.
     tolerance : float, optional
         Largest allowed absolute output difference (default by ``quantize``).
+    label : str
+        The label column of ``data`` (a CSV file).
     """
     import keras
+
+    from fedflower import model_inputs
 
     path = Path(model_path).expanduser()
     if not path.is_file():
         raise DataError(f"model file {str(path)!r} does not exist; give a run's model.keras")
+    model_inputs.check_keras_file(path)
+    meta = model_inputs.read_meta(path)
+    if meta is not None and meta["categorical"]:
+        raise DataError(
+            f"{str(path)!r} looks up categorical columns {meta['categorical']}, which TFLite "
+            "cannot; predict with: fedflower predict RUN_DIR DATA"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises several types for a bad file
@@ -278,7 +290,7 @@ def export(
     if data is not None:
         from fedflower.deploy.local_data import load_file
 
-        client = load_file(data, val_fraction=0.0)
+        client = load_file(data, label_column=label, val_fraction=0.0)
         xy = client.x_train, client.y_train
     else:
         xy = test_data_of_run(path)
@@ -321,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
     parser.add_argument("--data", help="CSV/NPZ test file (default: the run's central test set)")
+    parser.add_argument("--label", default="label", help="the label column of --data's CSV")
     parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
@@ -328,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     quiet_tensorflow_import()  # no oneDNN/absl start-up banner
     try:
-        report = export(args.model, args.out, args.quantize, args.data, args.tolerance)
+        report = export(
+            args.model, args.out, args.quantize, args.data, args.tolerance, label=args.label
+        )
     except FedflowerError as exc:
         print(f"fedflower export: error: {exc}", file=sys.stderr)
         return 2

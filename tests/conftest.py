@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -11,6 +15,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
+from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from hydra import compose, initialize_config_module
@@ -56,3 +61,38 @@ def task_identity() -> Iterator[None]:
     TaskIdentity.task_id = 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clinical(folder: Path) -> Path:
+    """The example clinical table (examples/clinical/make_csv.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_csv", ROOT / "examples" / "clinical" / "make_csv.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Path(module.write(folder))
+
+
+def run_app_in_process(
+    overrides: list[str], out: Path, node_configs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The deployment's ServerApp and ClientApp on the in-process LocalGrid."""
+    from fedflower.deploy.app import client_app, server_app
+    from fedflower.engine.local import LocalGrid
+
+    run_config = {"overrides": " ".join(overrides), "output-dir": str(out)}
+    grid = LocalGrid(client_app, len(node_configs), node_configs, run_config)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    context = Context(
+        run_id=1,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+    server_app(grid, context)
+    return json.loads((out / "results.json").read_text())

@@ -24,6 +24,7 @@ reply with an ``attack`` ConfigRecord (the server only records the tag, see
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from statistics import NormalDist
@@ -46,6 +47,28 @@ def malicious_partitions(num_partitions: int, fraction: float, seed: int) -> lis
     count = round(fraction * num_partitions)
     rng = np.random.default_rng(derive_seed(seed, STREAM))
     return sorted(rng.choice(num_partitions, size=count, replace=False).tolist())
+
+
+def warn_outnumbered(attack: Attack, num_clients: int, tolerated: int) -> bool:
+    """Warn when more clients attack than a robust rule tolerates (``num_malicious_nodes``).
+
+    Krum, Multi-Krum and Bulyan bound the influence of at most ``f`` Byzantine clients
+    (Blanchard et al. 2017, arXiv:1703.02757); with more attackers the bound no longer holds.
+    """
+    attackers = round(attack.fraction * num_clients) if attack.active else 0
+    if attackers <= tolerated:
+        return False
+    logging.getLogger(__name__).warning(
+        "attack=%s makes %d of %d clients malicious but strategy.num_malicious_nodes=%d: "
+        "the robust rule's guarantee holds for at most %d; set strategy.num_malicious_nodes=%d",
+        attack.name,
+        attackers,
+        num_clients,
+        tolerated,
+        tolerated,
+        attackers,
+    )
+    return True
 
 
 def lie_z(num_clients: int, num_malicious: int) -> float:

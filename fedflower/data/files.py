@@ -9,7 +9,8 @@ File schema
 CSV
     UTF-8 (a byte-order mark, as spreadsheet programs write, is accepted), a header row, then
     one row per example. The label column holds integers or text (class names); one-hot
-    labels are several 0/1 columns named together. Every feature cell is a number.
+    labels are several 0/1 columns named together. Feature columns are numeric, categorical
+    or free text (left out), empty cells follow ``dataset.missing`` (see :mod:`.tables`).
 Parquet
     The same columns as the CSV (needs ``pyarrow``, part of ``fedflower[sim]``).
 NPZ
@@ -25,11 +26,13 @@ from __future__ import annotations
 import csv
 import zipfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from fedflower.data.source import TabularSource
+from fedflower.data import tables
+from fedflower.data.source import Columns, TabularSource
 from fedflower.errors import DataError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -76,6 +79,8 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
                 f"line {line} has {len(row)} cells but the header has {len(header)} columns",
                 "give every row one value per column",
             )
+    if not body:
+        raise fail(path, "has a header but no rows", "write one row per example below the header")
     cells = np.asarray(body, dtype=str).reshape(len(body), len(header))
     return {name: np.char.strip(cells[:, i]) for i, name in enumerate(header)}
 
@@ -90,7 +95,15 @@ def read_parquet(path: Path) -> dict[str, np.ndarray]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises its own error types for damaged files
         raise fail(path, f"is not a readable Parquet file ({exc})", "write it again") from exc
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    if table.num_rows == 0:
+        raise fail(path, "has no rows", "write one row per example")
+    return {name: _text(table.column(name).to_pylist()) for name in table.column_names}
+
+
+def _text(values: list) -> np.ndarray:
+    """A Parquet column as text cells, as a CSV file would hold them: nulls (and NaN) empty."""
+    cells = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
+    return np.asarray(cells, dtype=str)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -256,31 +269,6 @@ def features_checked(path: Path, x: np.ndarray, part: str, n: int) -> np.ndarray
     return x.astype(np.float32)
 
 
-def _read(
-    path: str | Path,
-    label: str | Sequence[str],
-    features_: Sequence[str] | None,
-    client_column: str | None,
-    test: bool = False,
-) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Features, raw labels and raw client ids (or ``None``) of one file."""
-    file = check_path(path)
-    if file.suffix.lower() == ".npz":
-        arrays = read_npz(file)
-        if features_:
-            raise fail(file, "is an NPZ archive", "dataset.features picks CSV/Parquet columns")
-        labels = label if isinstance(label, str) else "y"
-        for name in (labels, client_column):
-            if name is not None and name not in arrays and not (test and name == client_column):
-                raise fail(file, f"has no array {name!r} (arrays: {', '.join(arrays)})", "add it")
-        groups = arrays.get(client_column) if client_column else None
-        return file, arrays["x"], arrays[labels], groups
-    table = read_table(file)
-    exclude = [client_column] if client_column and (client_column in table or not test) else []
-    x, y = columns_xy(file, table, label, features_, exclude)
-    return file, x, y, table[client_column] if client_column and exclude else None
-
-
 def _held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (train, test) row indices holding out ``test_fraction`` of ``n`` rows."""
     from fedflower.checks import check_number
@@ -320,6 +308,68 @@ def standardize(x: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return ((x - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
+def _read_npz(
+    path: Path, label: str | Sequence[str], client_column: str | None, test: bool = False
+) -> tables.Rows:
+    """Features, raw labels and client ids (or ``None``) of an NPZ archive."""
+    arrays = read_npz(path)
+    labels = label if isinstance(label, str) else "y"
+    for name in (labels, client_column):
+        if name is not None and name not in arrays and not (test and name == client_column):
+            raise fail(path, f"has no array {name!r} (arrays: {', '.join(arrays)})", "add it")
+    groups = arrays.get(client_column) if client_column else None
+    return tables.Rows(path, arrays["x"], arrays[labels], groups)
+
+
+def _read_tables(
+    file: Path,
+    test_file: Path | None,
+    labels: list[str],
+    client_column: str | None,
+    options: tables.Options,
+) -> tuple[tables.Rows, tables.Rows | None, Columns]:
+    """Both tables' rows in the training table's column layout."""
+    table = read_table(file)
+    test = read_table(test_file) if test_file else None
+    tables.check_named(file, table, labels)
+    tables.check_client(file, table, client_column)
+    if test_file and test is not None:
+        tables.check_named(test_file, test, labels)
+    others = [] if test is None else [test]
+    columns, _ = tables.layout(file, table, labels, client_column, options, others)
+    rows = tables.rows(file, table, columns, labels, client_column, options.missing)
+    test_rows = None
+    if test_file and test is not None:
+        test_rows = tables.rows(test_file, test, columns, labels, None, options.missing)
+    return rows, test_rows, columns
+
+
+def _read(
+    path: str,
+    test_path: str | None,
+    labels: list[str],
+    client_column: str | None,
+    options: tables.Options,
+) -> tuple[tables.Rows, tables.Rows | None, Columns | None]:
+    """The training file's rows, the test file's (if any) and the table columns (or ``None``)."""
+    file = check_path(path)
+    test_file = check_path(test_path) if test_path else None
+    if file.suffix.lower() == ".npz":
+        if options.features:
+            raise fail(file, "is an NPZ archive", "dataset.features picks CSV/Parquet columns")
+        test = _read_npz(test_file, labels, client_column, True) if test_file else None
+        return _read_npz(file, labels[0] if len(labels) == 1 else "y", client_column), test, None
+    return _read_tables(file, test_file, labels, client_column, options)
+
+
+def _npz_columns(x: np.ndarray, label: str, names: list[str] | None) -> Columns | None:
+    """2-D NPZ features as numeric columns ``x0, x1, ...`` (other shapes: ``None``)."""
+    if np.ndim(x) != 2 or not np.issubdtype(np.asarray(x).dtype, np.number):
+        return None
+    numeric = tuple(f"x{i}" for i in range(np.shape(x)[1]))
+    return Columns(numeric=numeric, label=label, class_names=tuple(names) if names else None)
+
+
 def load(
     path: str,
     label: str | Sequence[str] = "label",
@@ -327,6 +377,9 @@ def load(
     test_fraction: float = 0.2,
     client_column: str | None = None,
     features: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    missing: str = "error",
+    missing_indicator: bool = False,
     standardize_features: bool = True,
     seed: int = 0,
 ) -> TabularSource:
@@ -348,41 +401,80 @@ def load(
         A column (NPZ: an array) naming each row's client, e.g. its hospital: the dataset then
         has natural groups, one client per distinct value (``partition=auto|natural``).
     features : list of str, optional
-        Feature columns in the order the model reads them (default: every other column).
+        Feature columns (default: every other column, by role, see :mod:`.tables`).
+    exclude : list of str
+        Columns never used as features.
+    missing : {"error", "drop", "impute"}
+        What an empty cell does (see :mod:`.tables`).
+    missing_indicator : bool
+        With ``impute``: a 0/1 feature per numeric column that had empty cells.
     standardize_features : bool
-        Scale features with the training pool's mean and standard deviation.
+        Scale numeric features to zero mean and unit variance, with statistics merged from
+        the clients' (see :mod:`fedflower.aggregation.preprocessing`); an NPZ archive of
+        images is scaled with its training pool's.
     seed : int
         Seed of the held-out split.
     """
-    file, x_raw, y_raw, g_raw = _read(path, label, features, client_column)
-    if test_path:
-        test_file, xt_raw, yt_raw, _ = _read(test_path, label, features, client_column, test=True)
-        g_train = g_raw
-    else:
-        train, test = _held_out(len(y_raw), test_fraction, seed)
-        test_file, xt_raw, yt_raw = file, x_raw[test], y_raw[test]
-        x_raw, y_raw = x_raw[train], y_raw[train]
-        g_train = None if g_raw is None else np.asarray(g_raw)[train]
-    names = class_names(y_raw, yt_raw)
-    y = label_codes(file, y_raw, "train", names)
-    y_test = label_codes(test_file, yt_raw, "test", names)
-    x = features_checked(file, x_raw, "train", len(y))
-    x_test = features_checked(test_file, xt_raw, "test", len(y_test))
-    if x.shape[1:] != x_test.shape[1:]:
-        raise fail(
-            test_file,
-            f"rows have shape {x_test.shape[1:]}, training rows {x.shape[1:]}",
-            "give both files the same feature columns",
-        )
-    if standardize_features:
+    options = tables.Options(features, exclude, missing, missing_indicator)
+    labels = [label] if isinstance(label, str) else list(label)
+    rows, test_rows, columns = _read(path, test_path, labels, client_column, options)
+    if test_rows is None:
+        train, test = _held_out(len(rows.y), test_fraction, seed)
+        test_rows = tables.Rows(rows.file, rows.x[test], rows.y[test], None)
+        groups = None if rows.groups is None else np.asarray(rows.groups)[train]
+        rows = tables.Rows(rows.file, rows.x[train], rows.y[train], groups)
+    return _source(rows, test_rows, columns, labels[0], standardize_features)
+
+
+def _source(
+    rows: tables.Rows,
+    test: tables.Rows,
+    columns: Columns | None,
+    label: str,
+    standardize_features: bool,
+) -> TabularSource:
+    """The dataset of the training and test rows, labels numbered, features checked."""
+    names = class_names(rows.y, test.y)
+    y = label_codes(rows.file, rows.y, "train", names)
+    y_test = label_codes(test.file, test.y, "test", names)
+    raw = [np.asarray(rows.y), np.asarray(test.y)]
+    if raw[0].ndim == 1:  # one-hot labels name their classes by columns
+        tables.single_class(rows.file, np.concatenate(raw), label)
+    x, x_test = _features(rows, test, y, y_test, raw=columns is not None)
+    if columns is None:
+        columns = _npz_columns(x, label, names)
+    if columns is None and standardize_features:
         x, x_test = standardize(x, x_test)
-    groups = None if g_train is None else np.unique(np.asarray(g_train), return_inverse=True)[1]
+    if columns is not None:
+        columns = replace(
+            columns, class_names=tuple(names) if names else None, normalize=standardize_features
+        )
+    groups = None if rows.groups is None else np.unique(rows.groups, return_inverse=True)[1]
     return TabularSource(
-        name=file.stem,
+        name=rows.file.stem,
         x=x,
         y=y,
         x_test=x_test,
         y_test=y_test,
-        num_classes=_num_classes(y, y_test, y_raw, names),
+        num_classes=_num_classes(y, y_test, rows.y, names),
         groups=None if groups is None else groups.astype(np.int64),
+        columns=columns,
     )
+
+
+def _features(
+    rows: tables.Rows, test: tables.Rows, y: np.ndarray, y_test: np.ndarray, raw: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature arrays as float32, checked (raw-encoded table rows may hold NaN)."""
+    if raw:
+        x, x_test = rows.x.astype(np.float32), test.x.astype(np.float32)
+    else:
+        x = features_checked(rows.file, rows.x, "train", len(y))
+        x_test = features_checked(test.file, test.x, "test", len(y_test))
+    if x.shape[1:] != x_test.shape[1:]:
+        raise fail(
+            test.file,
+            f"rows have shape {x_test.shape[1:]}, training rows {x.shape[1:]}",
+            "give both files the same feature columns",
+        )
+    return x, x_test

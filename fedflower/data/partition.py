@@ -208,6 +208,19 @@ class FederatedData:
         x, y = self.source.x, self.source.y
         return ClientData(x[train], y[train], x[val], y[val])
 
+    def prepare(self, source: TabularSource, transform: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Replace the rows by their features after preprocessing (same split, same order).
+
+        Each client's rows pass ``transform`` separately; ``source`` is the dataset whose
+        rows were transformed the same way (the central test set's features).
+        """
+        for cid in range(self.num_clients):
+            data = self.client(cid)
+            self._cache[cid] = ClientData(
+                transform(data.x_train), data.y_train, transform(data.x_val), data.y_val
+            )
+        self.source = source
+
     def summary(self) -> list[dict[str, Any]]:
         """Per-client sizes and label counts (written to ``partition.json``)."""
         rows = []

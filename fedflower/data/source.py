@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -10,19 +10,45 @@ from fedflower.checks import check_number
 from fedflower.errors import DataError
 
 
-def _check_xy(name: str, part: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+def _check_xy(
+    name: str, part: str, x: np.ndarray, y: np.ndarray, num_classes: int, raw: bool = False
+) -> None:
     if x.ndim < 2:
         raise DataError(f"{name}: {part} features must be 2-D or more, got shape {x.shape}")
     if len(x) != len(y):
         raise DataError(f"{name}: {part} has {len(x)} feature rows but {len(y)} labels")
     if len(x) == 0:
         raise DataError(f"{name}: {part} split is empty")
-    if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
+    if np.issubdtype(x.dtype, np.number) and not raw and not np.all(np.isfinite(x)):
         raise DataError(f"{name}: {part} features contain NaN or infinite values")
     if y.min() < 0 or y.max() >= num_classes:
         raise DataError(
             f"{name}: {part} labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}]"
         )
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns of a table and their roles, as the reader found them.
+
+    A table's rows are held as one float array ("raw-encoded"): the numeric columns as read
+    (NaN where a cell was empty), then each categorical column as the index of its value in
+    ``categories`` (NaN where empty). Preprocessing fitted on the clients' statistics turns
+    them into the model's features; the saved model takes the raw columns by name.
+    """
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    categories: tuple[tuple[str, ...], ...] = ()
+    label: str = "label"
+    class_names: tuple[str, ...] | None = None
+    normalize: bool = True
+    missing_indicator: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The feature columns in the order of the raw-encoded array."""
+        return (*self.numeric, *self.categorical)
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,12 @@ class TabularSource:
         Number of classes (2 for a binary task).
     groups : ndarray, optional
         A natural client id per training row (e.g. the hospital a patient belongs to).
+    columns : Columns, optional
+        A table's columns: ``x`` and ``x_test`` are raw-encoded (may hold NaN) until
+        preprocessing fitted on the clients' statistics turns them into features.
+    preprocessing : dict, optional
+        That fitted preprocessing (see :mod:`fedflower.aggregation.preprocessing`), once
+        applied: the saved model puts it in front of the trained one.
     """
 
     name: str
@@ -50,11 +82,14 @@ class TabularSource:
     y_test: np.ndarray
     num_classes: int
     groups: np.ndarray | None = None
+    columns: Columns | None = None
+    preprocessing: dict | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_number(f"{self.name}.num_classes", self.num_classes, minimum=2, error=DataError)
-        _check_xy(self.name, "train", self.x, self.y, self.num_classes)
-        _check_xy(self.name, "test", self.x_test, self.y_test, self.num_classes)
+        raw = self.columns is not None and self.preprocessing is None
+        _check_xy(self.name, "train", self.x, self.y, self.num_classes, raw)
+        _check_xy(self.name, "test", self.x_test, self.y_test, self.num_classes, raw)
         if self.x.shape[1:] != self.x_test.shape[1:]:
             raise DataError(
                 f"{self.name}: train rows have shape {self.x.shape[1:]}, "

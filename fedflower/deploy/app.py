@@ -61,10 +61,18 @@ ModelBuilder = Callable[[tuple[int, ...], int], Any]
 
 # -- server ----------------------------------------------------------------------------------
 def load_source(cfg: Any) -> TabularSource:
-    """The dataset whose held-out test set the server evaluates the global model on."""
-    from fedflower.components import instantiate_data
+    """The dataset whose held-out test set the server evaluates the global model on.
 
-    return instantiate_data(cfg.dataset, "server's dataset")
+    A table's test rows are preprocessed as the clients' rows are: with the preprocessing
+    fitted on the statistics of the run's partitions (the demo nodes' ``partition-id``).
+    """
+    from fedflower.components import instantiate_data
+    from fedflower.experiment import load_data
+
+    source = instantiate_data(cfg.dataset, "server's dataset")
+    if isinstance(source, TabularSource) and source.columns is not None:
+        return load_data(cfg, source)[0]  # a table: preprocessing fitted on the partitions
+    return source
 
 
 SIMULATED_NODES_WAIT = 10.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import socket
 import subprocess
 import threading
@@ -378,6 +379,16 @@ class LocalFederation:
             raise FederationError(f"{exc}\nSuperLink log:\n{tail}") from None
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+"""Terminal colour and cursor codes (Flower colours its log lines)."""
+
+
+def plain(line: str, stream: IO[str]) -> str:
+    """``line`` without terminal codes unless ``stream`` is a terminal (a file or a pipe)."""
+    isatty = getattr(stream, "isatty", None)
+    return line if callable(isatty) and isatty() else ANSI_ESCAPE.sub("", line)
+
+
 class RunHandle:
     """A ``flwr run --stream`` process whose output a thread collects."""
 
@@ -416,9 +427,9 @@ class RunHandle:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.append(line)
+            self.lines.append(ANSI_ESCAPE.sub("", line))
             if self._echo is not None:
-                self._echo.write(line)
+                self._echo.write(plain(line, self._echo))
                 self._echo.flush()
 
     @property

@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 FILENAME = "checkpoint.npz"
 META = "__meta__"
-UNCHECKED = ("resume", "progress", "verbose", "checkpoint", "output")
-"""Top-level config keys a resumed run may change."""
+UNCHECKED = ("resume", "progress", "verbose", "checkpoint", "output", "num_rounds")
+"""Top-level config keys a resumed run may change (``num_rounds``: continue a finished run)."""
 
 
 def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -124,6 +124,12 @@ def check_resumable(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     diff = _first_difference(state["config"], dict(config))
     if diff:
         raise ConfigError(f"resume={run_dir}: the checkpoint is from another config: {diff}")
+    rounds, done = config.get("num_rounds"), int(state.get("round", 0))
+    if isinstance(rounds, int) and rounds <= done:
+        raise ConfigError(
+            f"num_rounds must be more than the {done} rounds the checkpoint in {run_dir} "
+            f"holds to continue it, got {rounds}; e.g. num_rounds={done + 5}"
+        )
     return state
 
 

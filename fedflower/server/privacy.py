@@ -489,6 +489,8 @@ def make_private(
         raise ConfigError(f"privacy={name}: {exc}") from exc
     if name == "local_dp":
         z, rate = local_noise_multiplier(options["local_epsilon"], options["local_delta"]), 1.0
+    else:
+        warn_noise(name, z, options, sample)
     wrapped.setup_release(
         PrivacyAccountant(z, rate, float(options["target_delta"])),
         max_epsilon=options.get("max_epsilon"),
@@ -498,6 +500,32 @@ def make_private(
         secure=secure,
     )
     return wrapped  # type: ignore[return-value]
+
+
+CLIENTS_PER_NOISE = 100
+"""Clients per round per unit of noise multiplier below which central DP noise swamps the mean.
+
+DP-FedAvg trains useful models with hundreds to thousands of clients per round (McMahan et al.
+2018, arXiv:1710.06963): the noise on the mean update has std ``z * C / D`` per coordinate.
+"""
+
+
+def warn_noise(name: str, z: float, options: dict[str, Any], sample: int) -> None:
+    """Warn when too few clients per round share the noise of central DP."""
+    clip = float(options.get("clipping_norm", options.get("initial_clipping_norm", 1.0)))
+    if z <= 0 or sample >= CLIENTS_PER_NOISE * z:
+        return
+    log.warning(
+        "privacy=%s with %d clients per round: the noise on the mean update has std "
+        "z*C/D = %.3g per coordinate (%.0f%% of the clipping norm); useful models need about "
+        "%d clients per round at noise_multiplier=%g (DP-FedAvg, arXiv:1710.06963)",
+        name,
+        sample,
+        z * clip / sample,
+        100 * z / sample,
+        int(CLIENTS_PER_NOISE * z),
+        z,
+    )
 
 
 def _wrap(

@@ -137,3 +137,26 @@ def test_a_checkpoint_from_another_config_is_refused_in_one_line(tmp_path: Path)
         f"fedflower: error: resume={tmp_path / 'run'}: the checkpoint is from another config: "
         "seed was 0, now 1"
     ]
+
+
+def test_a_finished_run_continues_with_more_rounds_as_if_never_stopped(tmp_path: Path) -> None:
+    args = [*TINY, "output.plots=false"]  # TINY: num_rounds=2
+    more = [*args, "num_rounds=4"]
+    full = fedflower(more, tmp_path / "full")
+    short = fedflower(args, tmp_path / "short")
+    assert short.wait(timeout=600) == 0, short.stderr.read() if short.stderr else ""
+    again = fedflower([*more, f"resume={tmp_path / 'short'}"], tmp_path / "log")
+    assert again.wait(timeout=600) == 0, again.stderr.read() if again.stderr else ""
+    assert full.wait(timeout=600) == 0, full.stderr.read() if full.stderr else ""
+    assert rows(tmp_path / "short") == rows(tmp_path / "full")  # all 4 rounds alike
+    for a, b in zip(
+        load(tmp_path / "full" / FILENAME)["model"],
+        load(tmp_path / "short" / FILENAME)["model"],
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    fewer = fedflower([*args, f"resume={tmp_path / 'short'}"], tmp_path / "log2")
+    assert fewer.wait(timeout=600) == 2
+    assert "num_rounds must be more than the 4 rounds" in (
+        fewer.stderr.read() if fewer.stderr else ""
+    )

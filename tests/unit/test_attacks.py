@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedflower import keys
-from fedflower.client.attacks import Attack, attack_mod, lie_z, malicious_partitions
+from fedflower.client.attacks import (
+    Attack,
+    attack_mod,
+    lie_z,
+    malicious_partitions,
+    warn_outnumbered,
+)
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 GLOBAL = [np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), np.ones(3, np.float32)]
@@ -143,3 +150,26 @@ def test_lie_sends_mean_minus_z_std_of_the_colluders_updates() -> None:
 def test_lie_z_follows_the_papers_formula() -> None:
     # n=20, m=4: s = floor(11) - 4 = 7, z = Phi^-1(13/20) = 0.3853
     assert lie_z(20, 4) == pytest.approx(0.38532, abs=1e-4)
+
+
+def test_more_attackers_than_krum_tolerates_warn(
+    make_cfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fedflower.apps import simulated_attack
+
+    cfg = make_cfg(
+        [
+            "strategy=krum",
+            "strategy.num_malicious_nodes=1",
+            "attack=sign_flip",
+            "attack.fraction=0.4",
+            "num_clients=5",
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="fedflower.client.attacks"):
+        simulated_attack(cfg)
+    assert any(
+        "makes 2 of 5 clients malicious but strategy.num_malicious_nodes=1" in r.getMessage()
+        for r in caplog.records
+    )
+    assert not warn_outnumbered(Attack(name="sign_flip", fraction=0.2), 5, 1)  # 1 attacker

@@ -102,7 +102,7 @@ def test_an_async_run_off_the_virtual_clock_writes_none_and_refuses_to_resume(
     assert checkpointer(write, straggling, recorder) is None
     saved = checkpointer(write, virtual, recorder)
     assert saved is not None
-    assert list(saved.objects) == ["strategy0", "recorder", "meter", "clock"]
+    assert list(saved.objects) == ["strategy0", "recorder", "meter", "clock", "nodes"]
     with pytest.raises(ConfigError, match=r"^resume: an asynchronous run is checkpointed only"):
         checkpointer(resume, wall, recorder)
 

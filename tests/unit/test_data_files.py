@@ -40,16 +40,19 @@ def test_csv_with_text_labels_client_column_and_held_out_test(tmp_path: Path) ->
     np.testing.assert_array_equal(again.x_test, src.x_test)
 
 
-def test_standardisation_uses_training_rows_only(tmp_path: Path) -> None:
+def test_image_arrays_are_standardised_with_training_rows_only(tmp_path: Path) -> None:
     x = np.array([[0.0, 5.0], [2.0, 5.0]])
     x_test = np.array([[4.0, 7.0]])
     xs, xt = standardize(x, x_test)
     np.testing.assert_allclose(xs, [[-1, 0], [1, 0]])  # constant column is only centred
     np.testing.assert_allclose(xt, [[3, 2]])  # scaled with the training mean 1 / std 1
+
+
+def test_table_rows_stay_raw_until_the_clients_statistics_are_merged(tmp_path: Path) -> None:
     src = load(str(patients(tmp_path / "p.csv")), label="diagnosis", client_column="site")
-    np.testing.assert_allclose(src.x.mean(axis=0), 0, atol=1e-5)
-    np.testing.assert_allclose(src.x.std(axis=0), 1, atol=1e-5)
-    assert np.abs(src.x_test.mean(axis=0)).max() > 1e-3  # test rows are not re-centred
+    assert src.columns is not None and src.columns.numeric == ("age", "weight")
+    assert src.preprocessing is None
+    assert 40 < float(src.x[:, 0].mean()) < 60  # ages as written in the file
 
 
 def test_feature_selection_and_separate_test_file(tmp_path: Path) -> None:
@@ -120,12 +123,12 @@ def test_truncated_npz(tmp_path: Path) -> None:
         ({"path": "p.csv", "label": "outcome"}, "no label column 'outcome'.*dataset.label"),
         ({"path": "p.csv", "label": "diagnosis", "features": ["x"]}, "no column 'x'"),
         ({"path": "p.csv", "label": "diagnosis", "client_column": "s"}, "no column 's'"),
-        ({"path": "p.csv", "label": "diagnosis"}, "column 'site' has a non-numeric value"),
+        ({"path": "h.csv"}, r"column 'a' is empty in line 3 \(1 empty cell\); .*missing=drop"),
         (
             {"path": "p.csv", "label": "diagnosis", "client_column": "site", "test_path": "no.csv"},
             "no.csv': does not exist",
         ),
-        ({"path": "e.csv"}, "rows without a label"),
+        ({"path": "e.csv"}, "label column 'label' is empty in line 3"),
         ({"path": "n.npz", "features": ["a"]}, "dataset.features picks CSV/Parquet columns"),
     ],
 )
@@ -134,6 +137,7 @@ def test_bad_input_is_one_data_error_naming_the_file(
 ) -> None:
     patients(tmp_path / "p.csv")
     write(tmp_path / "e.csv", "a,label", ["1,yes", "2,"])
+    write(tmp_path / "h.csv", "a,label", ["1,yes", ",no", "3,no"])
     np.savez(tmp_path / "n.npz", x=np.zeros((3, 2)), y=np.zeros(3))
     options = {"path": ".", **options}
     options["path"] = str(tmp_path / options["path"])

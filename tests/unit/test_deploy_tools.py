@@ -157,3 +157,21 @@ def test_a_superlink_that_does_not_come_up_is_its_own_error(
     assert time.monotonic() - t0 < 10
     terminate_tree([], tag=env[TAG_VARIABLE])
     assert not tagged(env[TAG_VARIABLE])
+
+
+def test_run_output_piped_to_a_file_has_no_terminal_colour_codes(tmp_path: Path) -> None:
+    import io
+
+    from fedflower.deploy.federation import RunHandle
+
+    script = "print('\\x1b[32mINFO\\x1b[0m :      round 1'); print('\\x1b[2Kdone')"
+    echo = io.StringIO()  # a file or pipe: no terminal
+    handle = RunHandle(
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True),
+        tmp_path,
+        echo,
+    )
+    handle.process.wait(timeout=30)
+    handle._reader.join(timeout=30)
+    assert echo.getvalue() == "INFO :      round 1\ndone\n"
+    assert "\x1b" not in handle.output

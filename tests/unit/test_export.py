@@ -24,3 +24,13 @@ def test_relative_out_is_reported_as_an_absolute_path(
     assert report.tflite_path == str(tmp_path / "exports" / "m.tflite")
     assert (tmp_path / "exports" / "m.tflite").stat().st_size == report.tflite_file_bytes
     assert f"wrote {tmp_path / 'exports' / 'm.tflite'}" in "\n".join(report.lines())
+
+
+def test_a_damaged_model_file_is_not_a_keras_model_file(tmp_path: Path) -> None:
+    from fedflower.errors import DataError
+    from fedflower.export import export
+
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=r"model\.keras' is not a Keras model file"):
+        export(bad)

@@ -51,6 +51,7 @@ PARTS = {
     "fedflower.aggregation": "aggregation",
     "fedflower.data": "data",
     "fedflower.models": "models",
+    "fedflower.model_inputs": "models",  # the saved model's preprocessing layers
     "fedflower.engine": "engine",
     "fedflower.client": "client",
     "fedflower.server": "server",
@@ -64,6 +65,7 @@ PARTS = {
     "fedflower.export": "cli",  # fedflower export: a run's model to TFLite
     "fedflower.deploy.cli": "cli",  # fedflower-deploy: a front door like fedflower
     "fedflower.outputs": "outputs",
+    "fedflower.predict": "cli",  # fedflower predict: a trained model on raw rows
     "fedflower.wire": "wire",  # compressed arrays in Flower records, for client and server
     "fedflower.__main__": "cli",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import dp_accounting
@@ -153,6 +154,21 @@ def test_noise_std_is_z_c_over_n() -> None:
     noise = new.to_numpy_ndarrays()[0]
     assert noise.std() == pytest.approx(1.5 * 2.0 / len(NODES), rel=0.01)  # 1e5 samples: ~0.2 %
     assert abs(noise.mean()) < 0.01
+
+
+def test_too_few_clients_for_the_noise_warn_with_the_expected_std(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fedflower.server.privacy"):
+        make_private(FedAvg(), options(noise_multiplier=1.5, clipping_norm=2.0), 4, 0)
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(
+        "4 clients per round" in m and "std z*C/D = 0.75 per coordinate" in m for m in warned
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedflower.server.privacy"):
+        make_private(FedAvg(), options(noise_multiplier=0.5), 60, 0)
+    assert not caplog.records  # 60 clients per round >= 100 * 0.5
 
 
 StrategyFactory = Callable[[], CheckedFedAvg]
