@@ -22,3 +22,7 @@ class PluginError(FedflowerError, LookupError):
 
 class UpdateRejected(FedflowerError, ValueError):
     """A client's model update is malformed (wrong shapes, NaN or infinite values)."""
+
+
+class FederationError(FedflowerError, RuntimeError):
+    """The federation cannot go on: too few nodes connected, or too many rounds without quorum."""

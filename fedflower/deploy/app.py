@@ -42,6 +42,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
+from omegaconf import open_dict
 
 from fedflower import apps, keys
 from fedflower.client.app import cached
@@ -103,6 +104,9 @@ def check_simulated_nodes(grid: Grid, num_clients: int, wait: float = SIMULATED_
 
 server_app = ServerApp()
 
+DEPLOYED_ROUND_TIMEOUT = 300.0
+"""Seconds a deployed round waits for replies unless ``strategy.round_timeout`` says otherwise."""
+
 
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
@@ -110,6 +114,8 @@ def _server_main(grid: Grid, context: Context) -> None:
     from fedflower.server.rules import validate
 
     cfg = experiment_config(context.run_config)
+    with open_dict(cfg):  # a deployment's rounds never wait forever for a dead SuperNode
+        cfg.strategy.setdefault("round_timeout", DEPLOYED_ROUND_TIMEOUT)
     validate(cfg)
     check_simulated_nodes(grid, int(cfg.num_clients))
     apps.prepare(cfg)

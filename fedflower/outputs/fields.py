@@ -85,6 +85,14 @@ def _replies_round(row: Row) -> str:
     return text + (f" | failed {row['failed']}" if row.get("failed") else "")
 
 
+def _deadline_round(row: Row) -> str:
+    text = " | round skipped (no quorum)" if row.get("skipped") else ""
+    for key in ("train_missing", "train_failed"):
+        if row.get(key):
+            text += f" | {key.split('_')[1]} nodes {row[key]}"
+    return text
+
+
 def _privacy_round(row: Row) -> str:
     if row.get("epsilon") is None:
         return ""
@@ -111,6 +119,7 @@ FIELDS: list[Field] = [
     Field("async", _async_round, _async_summary),
     Field("compression", _compression_round, _compression_summary),
     Field("replies", _replies_round),
+    Field("deadline", _deadline_round),
     Field("privacy", _privacy_round, _privacy_summary),
     Field("per_client", summary=lambda results: per_client_lines(results.get("per_client"))),
 ]

@@ -21,6 +21,7 @@ from fedflower.models import evaluate
 from fedflower.outputs.per_client import PerClientLog
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
+from fedflower.server.deadline import with_deadline
 from fedflower.server.pipeline import Pipeline, build_pipeline
 from fedflower.server.recorder import Recorder
 from fedflower.server.registry import build_strategy
@@ -178,6 +179,7 @@ def make_server_app(
             wrap_strategy=wrap_strategy,
             per_client=per_client,
         )
+        with_deadline(pipeline, strategy, strategy_options)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.set_weights(arrays.to_numpy_ndarrays())

@@ -64,6 +64,7 @@ class Pipeline:
     strategies: list[Strategy]
     per_client: PerClientGrid | None = None
     engine: Grid | None = None
+    deadline: Reports | None = None
 
     @property
     def strategy(self) -> Strategy:
@@ -86,6 +87,7 @@ class Pipeline:
             self.compression,
             self.meter,
             self.per_client,
+            self.deadline,
             self.strategy,
         ]
         return [r for r in found if isinstance(r, Reports)]

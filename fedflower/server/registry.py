@@ -16,6 +16,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from fedflower.errors import ConfigError, PluginError
+from fedflower.server.deadline import DeadlineOptions
 
 GROUP = "fedflower.strategies"
 CONF_GROUP = "fedflower.conf"
@@ -151,7 +152,7 @@ def build_strategy(options: dict[str, Any], **runtime: Any) -> Any:
 
     ``runtime`` objects (e.g. metric hooks) are passed only when the class accepts them.
     """
-    options = dict(options)
+    _, options = DeadlineOptions.split(options)  # the run's deadline: not a plugin option
     name = options.pop("name", None)
     if not name:
         raise ConfigError("strategy.name is missing")

@@ -210,3 +210,34 @@ def test_tflite_export_matches_keras_on_the_test_set(
     report_json = json.loads(res.stdout)
     assert report_json["within_tolerance"] and report_json["max_abs_diff"] <= 1e-5
     assert (tmp_path / "cli.tflite").read_bytes()[4:8] == b"TFL3"  # the flatbuffer's file id
+
+
+@pytest.mark.slow
+def test_fedavg_finishes_every_round_after_a_node_is_killed(tmp_path: Path) -> None:
+    overrides = [
+        "num_clients=3",
+        "num_rounds=3",
+        "+strategy.round_timeout=60",
+        "strategy.min_train_nodes=2",
+        "strategy.min_evaluate_nodes=2",
+        *SMALL,
+    ]
+    files = write_site_files(overrides, 3, tmp_path / "data", "csv")
+    with LocalFederation(tmp_path / "fed", [{"data-path": str(p)} for p in files]) as fed:
+        handle = fed.submit(overrides, output_dir=tmp_path / "out")
+        deadline = time.monotonic() + 300
+        while not handle.metrics() and time.monotonic() < deadline:  # round 1 done
+            assert handle.process.poll() is None, handle.output[-2000:]
+            time.sleep(1)
+        assert handle.metrics(), handle.output[-2000:]
+        fed.kill_node(1)  # SIGKILL: the node and its ClientApp die at once
+        results, _output = handle.wait(timeout=600)
+        rows = handle.metrics()
+        pids = our_processes(fed)
+    assert_all_stopped(fed, pids)
+    assert results["totals"]["rounds"] == 3  # the run did not stall on the dead node
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    # the killed node is missed while the SuperLink still lists it (until its heartbeat lapses)
+    assert len(rows[1].get("train_missing", [])) == 1
+    assert all(len(r.get("train_missing", [])) <= 1 for r in rows)
+    assert not any(r.get("skipped") for r in rows)  # two survivors meet the quorum

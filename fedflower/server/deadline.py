@@ -1,0 +1,191 @@
+"""Rounds with a deadline and a quorum, the same on a deployment's grid as in simulation.
+
+Flower's synchronous strategies wait in every round for ``min_available_nodes`` connected
+nodes and for every reply up to ``Strategy.start(timeout=...)`` (3600 s): one dead SuperNode
+stalls a run. :class:`DeadlineGrid` gives each ``send_and_receive`` the round's deadline
+(``round_timeout``), keeps the replies of a round only when enough of them are usable
+(``min_train_nodes`` / ``min_evaluate_nodes``; otherwise the round is skipped and the model
+stays as it was) and ends the run with :class:`~fedflower.errors.FederationError` after
+``max_failed_rounds`` rounds in a row without quorum. ``min_available_nodes`` is waited for
+once, before the first round (``wait_timeout``), with a line every few seconds. Replies that
+arrive after their round's deadline are never pulled into a later round: Flower's grid only
+pulls the replies of the messages of the current call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Message, MessageType
+from flwr.serverapp import Grid
+
+from fedflower.engine.wrapper import GridWrapper
+from fedflower.errors import ConfigError, FederationError
+
+log = logging.getLogger(__name__)
+
+DEADLINE_KEYS = ("round_timeout", "max_failed_rounds", "wait_timeout")
+"""The ``strategy.*`` options read here, not by the strategy plugin."""
+
+WAIT_LOG_EVERY = 5.0
+"""Seconds between two "waiting for nodes" lines."""
+
+
+@dataclass(frozen=True)
+class DeadlineOptions:
+    """``strategy.round_timeout`` (s, ``None``: no deadline), ``max_failed_rounds`` (rounds in
+    a row without quorum before the run ends), ``wait_timeout`` (s to wait for
+    ``min_available_nodes`` before the first round).
+    """
+
+    round_timeout: float | None = None
+    max_failed_rounds: int = 3
+    wait_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        for key in ("round_timeout", "wait_timeout"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise ConfigError(
+                    f"strategy.{key} must be a positive number of seconds, got {value!r}"
+                )
+        if not isinstance(self.max_failed_rounds, int) or self.max_failed_rounds < 1:
+            raise ConfigError(
+                "strategy.max_failed_rounds must be an integer >= 1, "
+                f"got {self.max_failed_rounds!r}"
+            )
+
+    @classmethod
+    def split(cls, options: dict[str, Any]) -> tuple[DeadlineOptions, dict[str, Any]]:
+        """The deadline options among a strategy group's options, and the plugin's own."""
+        mine = {k: v for k, v in options.items() if k in DEADLINE_KEYS and v is not None}
+        return cls(**mine), {k: v for k, v in options.items() if k not in DEADLINE_KEYS}
+
+
+class DeadlineGrid(GridWrapper):
+    """A grid whose rounds end at a deadline and count only with a quorum.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The wrapped grid.
+    strategy : object
+        The plugin strategy; its ``min_available_nodes``, ``min_train_nodes`` and
+        ``min_evaluate_nodes`` are read (and ``min_available_nodes`` set to 0 once the first
+        round starts, so later rounds do not wait for it again).
+    options : DeadlineOptions
+        The round deadline, the rounds without quorum allowed in a row, the first wait.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        strategy: Any,
+        options: DeadlineOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(grid)
+        self.strategy = strategy
+        if options.round_timeout is None:
+            raise ConfigError("strategy.round_timeout must be set for a deadline, got None")
+        self.round_timeout = float(options.round_timeout)
+        self.wait_timeout = float(options.wait_timeout)
+        self.max_failed_rounds = options.max_failed_rounds
+        self.clock, self.sleep = clock, sleep
+        self.started = False
+        self.failed_in_a_row = 0
+        self._row: dict[str, Any] = {}
+        self._totals = {"missing": 0, "failed_nodes": 0, "skipped_rounds": 0}
+
+    def wait_for_nodes(self) -> None:
+        """Block until ``min_available_nodes`` are connected, or raise after ``wait_timeout``."""
+        need = int(getattr(self.strategy, "min_available_nodes", 0))
+        start = last = self.clock()
+        while (have := len(list(self.inner.get_node_ids()))) < need:
+            now = self.clock()
+            if now - start > self.wait_timeout:
+                raise FederationError(
+                    f"only {have} of strategy.min_available_nodes={need} nodes connected after "
+                    f"{self.wait_timeout:.0f} s; start more SuperNodes or lower it"
+                )
+            if now - last >= WAIT_LOG_EVERY or now == start:
+                log.info("waiting for nodes: %d of %d connected", have, need)
+                last = now
+            self.sleep(1.0)
+        self.started = True
+        self.strategy.min_available_nodes = 0
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        if not self.started:
+            self.wait_for_nodes()
+        return self.inner.get_node_ids()
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages:
+            return []
+        deadline = self.round_timeout if timeout is None else min(timeout, self.round_timeout)
+        replies = list(self.inner.send_and_receive(messages, timeout=deadline))
+        train = messages[0].metadata.message_type == MessageType.TRAIN
+        return self._judge(messages, replies, train)
+
+    def _judge(self, messages: list[Message], replies: list[Message], train: bool) -> list[Message]:
+        sent = {m.metadata.dst_node_id for m in messages}
+        answered = {r.metadata.src_node_id for r in replies}
+        failed = sorted(r.metadata.src_node_id for r in replies if r.has_error())
+        missing = sorted(sent - answered)
+        ok = len(replies) - len(failed)
+        kind = "train" if train else "evaluate"
+        quorum = int(getattr(self.strategy, f"min_{kind}_nodes", 1))
+        self._row[f"{kind}_missing"] = missing
+        self._row[f"{kind}_failed"] = failed
+        self._totals["missing"] += len(missing)
+        self._totals["failed_nodes"] += len(failed)
+        if ok >= quorum:
+            if train:
+                self.failed_in_a_row = 0
+            return replies
+        log.warning(
+            "%s round skipped: %d usable replies of %d sent, quorum %d (missing %s, failed %s)",
+            kind, ok, len(sent), quorum, missing, failed,
+        )  # fmt: skip
+        if train:
+            self._row["skipped"] = True
+            self._totals["skipped_rounds"] += 1
+            self.failed_in_a_row += 1
+            if self.failed_in_a_row >= self.max_failed_rounds:
+                raise FederationError(
+                    f"{self.failed_in_a_row} rounds in a row without strategy.min_train_nodes="
+                    f"{quorum} replies; the federation lost too many nodes"
+                )
+        return []
+
+    def round_report(self) -> dict[str, Any]:
+        """The round's missing and failed nodes (train, evaluate), and whether it was skipped."""
+        row, self._row = self._row, {}
+        return row
+
+    def run_report(self) -> dict[str, Any]:
+        """Totals over the run."""
+        return {"deadline": dict(self._totals)}
+
+
+def with_deadline(pipeline: Any, strategy: Any, options: dict[str, Any]) -> None:
+    """Wrap ``pipeline``'s grid in a :class:`DeadlineGrid` if ``strategy.round_timeout`` is set.
+
+    Synchronous strategies only: an asynchronous one (FedBuff, FedAsync) has no rounds to
+    wait for and gives up on a task after its own ``task_timeout``.
+    """
+    from fedflower.server.async_strategy import AsyncStrategy
+
+    deadline, _ = DeadlineOptions.split(options)
+    if deadline.round_timeout is not None and not isinstance(strategy, AsyncStrategy):
+        pipeline.deadline = pipeline.grid = DeadlineGrid(pipeline.grid, strategy, deadline)

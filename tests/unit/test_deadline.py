@@ -1,0 +1,106 @@
+"""Round deadlines and quorums on a fake grid that drops, delays and fails nodes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from flwr.app import MessageType
+
+from fedflower.errors import ConfigError, FederationError
+from fedflower.outputs.fields import round_suffix
+from fedflower.server.deadline import DeadlineGrid, DeadlineOptions
+
+
+class FakeGrid:
+    """Nodes 1..n; ``silent`` never reply, ``slow`` reply after ``delay`` s, ``broken`` fail."""
+
+    def __init__(self, n, silent=(), slow=(), broken=(), delay=10.0):
+        self.nodes, self.silent, self.slow, self.broken = (
+            list(range(1, n + 1)),
+            silent,
+            slow,
+            broken,
+        )
+        self.delay, self.timeouts = delay, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        out = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            if node in self.silent or (node in self.slow and self.delay > timeout):
+                continue
+            out.append(message(src_node_id=node, error=node in self.broken))
+        return out
+
+
+def message(error=False, **metadata):
+    """The parts of a Flower ``Message`` the deadline grid reads."""
+    return SimpleNamespace(metadata=SimpleNamespace(**metadata), has_error=lambda: error)
+
+
+def strategy(min_train=2, min_available=3):
+    return SimpleNamespace(
+        min_train_nodes=min_train, min_evaluate_nodes=1, min_available_nodes=min_available
+    )
+
+
+def send(grid, nodes, kind=MessageType.TRAIN):
+    msgs = [message(dst_node_id=n, message_type=kind) for n in nodes]
+    return list(grid.send_and_receive(msgs))
+
+
+def test_round_proceeds_with_quorum_and_records_missing_and_failed():
+    fake = FakeGrid(4, silent={2}, slow={3}, broken={4})
+    grid = DeadlineGrid(fake, strategy(min_train=1), DeadlineOptions(round_timeout=5.0))
+    replies = send(grid, [1, 2, 3, 4])
+    assert fake.timeouts == [5.0]
+    assert len(replies) == 2  # node 1 and node 4's error (the strategy drops errors)
+    row = grid.round_report()
+    assert row == {"train_missing": [2, 3], "train_failed": [4]}
+    assert "missing nodes [2, 3]" in round_suffix(row)
+    assert grid.round_report() == {}
+
+
+def test_round_without_quorum_is_skipped_and_run_ends_after_max_failed():
+    fake = FakeGrid(3, silent={2, 3})
+    grid = DeadlineGrid(
+        fake, strategy(min_train=2), DeadlineOptions(round_timeout=1.0, max_failed_rounds=2)
+    )
+    assert send(grid, [1, 2, 3]) == []
+    assert grid.round_report()["skipped"] is True
+    assert send(grid, [1], MessageType.EVALUATE) != []  # evaluation quorum is 1
+    fake.silent = set()
+    assert len(send(grid, [1, 2, 3])) == 3  # a good round resets the count
+    fake.silent = {1, 2, 3}
+    send(grid, [1, 2, 3])
+    with pytest.raises(FederationError, match="2 rounds in a row"):
+        send(grid, [1, 2, 3])
+    assert grid.run_report()["deadline"]["skipped_rounds"] == 3
+
+
+def test_min_available_is_waited_for_once_then_times_out():
+    now = [0.0]
+    fake = FakeGrid(2)
+    s = strategy(min_available=3)
+    grid = DeadlineGrid(
+        fake, s, DeadlineOptions(round_timeout=1.0, wait_timeout=10.0),
+        clock=lambda: now[0], sleep=lambda d: now.__setitem__(0, now[0] + d),
+    )  # fmt: skip
+    with pytest.raises(FederationError, match=r"only 2 of strategy\.min_available_nodes=3"):
+        grid.get_node_ids()
+    fake.nodes.append(3)
+    assert len(list(grid.get_node_ids())) == 3
+    assert s.min_available_nodes == 0  # later rounds do not wait for it
+
+
+def test_bad_timeout_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"strategy\.round_timeout must be"):
+        DeadlineOptions(round_timeout=0)
+    with pytest.raises(ConfigError, match="max_failed_rounds must be"):
+        DeadlineOptions.split({"name": "fedavg", "round_timeout": 5, "max_failed_rounds": 0})
+    assert DeadlineOptions.split({"name": "fedavg", "round_timeout": 5})[1] == {"name": "fedavg"}
