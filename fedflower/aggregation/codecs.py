@@ -461,21 +461,43 @@ def nbytes(arrays: Iterable[np.ndarray]) -> int:
     return int(sum(np.asarray(a).nbytes for a in arrays))
 
 
+@dataclass
+class CompressionOptions:
+    """``conf/compression/<name>.yaml``: the update codec, the model codec and what they share.
+
+    Hydra types the group with this dataclass (one schema per option, registered by
+    :func:`fedflower.server.options.register`); building it checks the values.
+    """
+
+    name: str = "none"
+    down: str = "none"
+    min_elements: int = 1024
+    per_channel: bool = False
+    stochastic: bool = False
+    fraction: float = 0.1
+    value_dtype: str = "float16"
+    error_feedback: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the options by building both codecs."""
+        self.codecs()
+        check_choice("compression.error_feedback", self.error_feedback, (False, True))
+
+    def codecs(self) -> tuple[Codec, Codec]:
+        """The update codec (``name``) and the model codec (``down``)."""
+        check_choice("compression.down", self.down, MODEL_CODECS)
+        shared = {
+            "fraction": self.fraction,
+            "per_channel": self.per_channel,
+            "stochastic": self.stochastic,
+            "min_elements": self.min_elements,
+        }
+        return Codec(self.name, value_dtype=self.value_dtype, **shared), Codec(self.down, **shared)  # type: ignore[arg-type]
+
+
 def codecs_from_options(options: Mapping[str, object]) -> tuple[Codec, Codec]:
     """The update and the model codec of the ``compression`` config group's options.
 
     ``name`` is the update codec, ``down`` the model codec; the other options are shared.
     """
-    down = str(options.get("down", "none"))
-    check_choice("compression.down", down, MODEL_CODECS)
-    shared = {
-        key: options[key]
-        for key in ("fraction", "per_channel", "stochastic", "min_elements")
-        if key in options
-    }
-    up = Codec(
-        str(options.get("name", "none")),
-        value_dtype=str(options.get("value_dtype", "float16")),
-        **shared,  # type: ignore[arg-type]
-    )
-    return up, Codec(down, **shared)  # type: ignore[arg-type]
+    return CompressionOptions(**options).codecs()  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -111,6 +113,34 @@ class Pareto(Slowdown):
 
     def sample(self, rng: np.random.Generator) -> float:  # noqa: D102
         return float(self.minimum * (1.0 + rng.pareto(self.shape)))
+
+
+@dataclass
+class NoLatency:
+    """``latency=none``: no latency model, so no virtual clock."""
+
+    enabled: bool = False
+
+
+@dataclass
+class LatencyOptions:
+    """``conf/latency/<name>.yaml``: the keys and types of a :class:`LatencyModel`.
+
+    Hydra types the group with this dataclass (registered by
+    :func:`fedflower.server.options.register`); the rules on values live in the constructors
+    of :class:`LatencyModel` and of the :class:`Slowdown` named by ``slowdown._target_``, which
+    the command line builds before anything is written. ``slowdown`` stays untyped: each
+    distribution has its own parameters.
+    """
+
+    _target_: str = "fedflower.engine.latency.LatencyModel"
+    slowdown: Any = None
+    seconds_per_example: float = 1e-3
+    eval_cost: float = 0.3
+    bandwidth_mbps: float = 20.0
+    latency_s: float = 0.05
+    jitter: float = 0.0
+    seed: int = 0
 
 
 class LatencyModel:

@@ -1,6 +1,9 @@
-"""Typed options of the ``privacy`` and ``secagg`` config groups, with their value rules.
+"""The typed options of the server's config groups, and their registration with Hydra.
 
-One dataclass per option of each group (``conf/privacy/<name>.yaml``, ``conf/secagg/<name>.yaml``).
+The ``privacy`` and ``secagg`` options are defined here; the ``compression``, ``latency`` and
+``tracking`` options next to the code they configure (:mod:`fedflower.aggregation.codecs`,
+:mod:`fedflower.engine.latency`, :mod:`fedflower.server.tracking`).
+One dataclass per option of each group (``conf/<group>/<name>.yaml``).
 Hydra uses them as the groups' schemas (registered in its ``ConfigStore`` by
 :func:`register`), so it refuses unknown keys and values of the wrong type
 while composing; the rules on values (ranges, choices) run when an option is built
@@ -14,8 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from fedflower.aggregation.codecs import CODECS, CompressionOptions
 from fedflower.checks import check_choice, check_number
+from fedflower.engine.latency import LatencyOptions, NoLatency
 from fedflower.errors import ConfigError
+from fedflower.server.tracking import NoTracking
 
 
 def _positive(key: str, value: object, allow_none: bool = False) -> None:
@@ -170,6 +176,17 @@ def build_options(group: str, options: Mapping[str, Any], kinds: Mapping[str, ty
         raise ConfigError(f"{group}={name}: {exc}") from exc
 
 
+COMPRESSION: dict[str, type] = dict.fromkeys(CODECS, CompressionOptions)
+"""The ``compression`` group's options: every codec shares one set of options."""
+LATENCY: dict[str, type] = {
+    "none": NoLatency,
+    **dict.fromkeys(("constant", "uniform", "lognormal", "pareto"), LatencyOptions),
+}
+"""The ``latency`` group's options (the slowdown distributions share one schema)."""
+TRACKING: dict[str, type] = {"none": NoTracking}
+"""The ``tracking`` group's typed options; ``tracking=wandb`` stays open for ``wandb.init``
+arguments (see :class:`fedflower.server.tracking.WandbTracking`)."""
+
 SCHEMA_GROUP = "schema"
 """Where the schemas sit in Hydra's ``ConfigStore``: ``schema/<group>/<option>``, named in the
 defaults list of ``conf/<group>/<option>.yaml`` as ``/schema/<group>/<option>@_here_``."""
@@ -185,6 +202,12 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for group, kinds in (("privacy", PRIVACY), ("secagg", SECAGG)):
+    for group, kinds in (
+        ("privacy", PRIVACY),
+        ("secagg", SECAGG),
+        ("compression", COMPRESSION),
+        ("latency", LATENCY),
+        ("tracking", TRACKING),
+    ):
         for name, node in kinds.items():
             store.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)

@@ -137,7 +137,6 @@ def validate_compression(cfg: DictConfig) -> None:
     if options is None:
         return
     up, _ = codecs_from_options(OmegaConf.to_container(options, resolve=True))  # type: ignore[arg-type]
-    check_choice("compression.error_feedback", options.get("error_feedback", False), (False, True))
     if up.name == "none":
         return
     for group, unsound in UNSOUND_WITH_UPDATE_COMPRESSION.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +27,47 @@ TRACKERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
+@dataclass
+class NoTracking:
+    """``tracking=none``: TensorBoard only (or nothing, with ``tensorboard: false``)."""
+
+    name: str = "none"
+    tensorboard: bool = True
+
+
+@dataclass
+class WandbTracking:
+    """``tracking=wandb``: the keys fedflower reads; every other key goes to ``wandb.init``.
+
+    The option stays an open mapping for Hydra (no schema), so ``+tracking.entity=...`` or
+    ``+tracking.group=...`` pass any ``wandb.init`` argument through; :func:`check_tracking`
+    builds this dataclass from the known keys, which checks their values, and keeps the rest
+    in ``extra``.
+    """
+
+    name: str = "wandb"
+    tensorboard: bool = True
+    project: str = "fedflower"
+    mode: str = "offline"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check the mode and that the ``wandb`` package is installed."""
+        check_choice("tracking.tensorboard", self.tensorboard, (False, True))
+        check_choice("tracking.mode", self.mode, WANDB_MODES)
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
+            )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> WandbTracking:
+        """The typed options; keys that are not fields go to :attr:`extra`."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        extra = {key: value for key, value in options.items() if key not in known}
+        return cls(**{key: options[key] for key in known if key in options}, extra=extra)
+
+
 def check_tracking(tracking: Mapping[str, Any] | None) -> str:
     """Check ``cfg.tracking`` without importing a tracker; return the tracker's name.
 
@@ -35,11 +77,7 @@ def check_tracking(tracking: Mapping[str, Any] | None) -> str:
     options = tracking or {}
     name = check_choice("tracking.name", options.get("name", "none"), TRACKERS)
     if name == "wandb":
-        check_choice("tracking.mode", options.get("mode", "offline"), WANDB_MODES)
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError(
-                "tracking=wandb needs the wandb package: pip install 'fedflower[wandb]'"
-            )
+        WandbTracking.from_options(options)
     return str(name)
 
 
