@@ -46,7 +46,7 @@ def load(path: Path) -> tuple[Any, dict[str, Any]]:
     meta = model_inputs.read_meta(path)
     if meta is None:
         raise DataError(
-            f"{str(path)!r} takes feature arrays, not table rows (it was not trained on a "
+            f"{str(path)!r} takes feature arrays, not table rows (the model was not trained on a "
             "CSV/Parquet table); predict with keras.saving.load_model(...).predict(x)"
         )
     try:

@@ -5,7 +5,7 @@ nodes and for every reply up to ``Strategy.start(timeout=...)`` (3600 s): one de
 stalls a run. :class:`DeadlineGrid` gives each ``send_and_receive`` the round's deadline
 (``round_timeout``), keeps the replies of a round only when enough of them are usable
 (``min_train_nodes`` / ``min_evaluate_nodes``; otherwise the round is skipped and the model
-stays as it was) and ends the run with :class:`~fedflower.errors.FederationError` after
+is unchanged) and ends the run with :class:`~fedflower.errors.FederationError` after
 ``max_failed_rounds`` rounds in a row without quorum. ``min_available_nodes`` is waited for
 once, before the first round (``wait_timeout``), with a line every few seconds. Replies that
 arrive after their round's deadline are never pulled into a later round: Flower's grid only
@@ -169,7 +169,7 @@ class DeadlineGrid(GridWrapper):
         return []
 
     def round_report(self) -> dict[str, Any]:
-        """The round's missing and failed nodes (train, evaluate), and whether it was skipped."""
+        """The round's missing and failed nodes (train, evaluate), and whether the round was skipped."""
         row, self._row = self._row, {}
         return row
 
