@@ -169,7 +169,7 @@ class DeadlineGrid(GridWrapper):
         return []
 
     def round_report(self) -> dict[str, Any]:
-        """The round's missing and failed nodes (train, evaluate), and whether the round was skipped."""
+        """The round's missing and failed nodes and whether the round got skipped."""
         row, self._row = self._row, {}
         return row
 
