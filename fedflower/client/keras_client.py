@@ -97,9 +97,8 @@ class KerasClient:
         and the training metrics of the last local epoch. Training runs the model's compiled
         steps (:mod:`fedflower.steps`).
         """
-        steps = steps_of(self.model)
-        steps.set_weights(parameters)
-        steps.reset_optimizer(config.get(keys.LEARNING_RATE))
+        self.set_parameters(parameters)  # a SuperNode's client builds its model here
+        steps_of(self.model).reset_optimizer(config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
         flip = bool(config.get(keys.FLIP_LABELS, False))
         y = self.flipped_labels() if flip else self.data.y_train
