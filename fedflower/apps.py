@@ -252,6 +252,7 @@ def build(
     from fedflower.outputs.per_client import PerClientLog
 
     model()  # the server's model, before the strategy draws its first sample
+    refuse_unaffordable(cfg)  # before per_client.jsonl or any other output exists
     per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
     if wants_local_baseline(cfg.get("baseline")) and not cfg.get("resume"):
         local_baseline(cfg, model(), fed, per_client)

@@ -277,14 +277,15 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
     are not run, so ``fedflower`` can only come from the wheel).
     """
     src = tmp_path / "src"
-    shutil.copytree(
-        ROOT,
-        src,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "outputs",
-            "multirun", "tests", "bench", ".*_cache",
-        ),
+    skipped = shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "tests", "bench", ".*_cache",
     )  # fmt: skip
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        runs = {"outputs", "multirun"} if Path(folder) == ROOT else set()  # not fedflower/outputs
+        return set(skipped(folder, names)) | (runs & set(names))
+
+    shutil.copytree(ROOT, src, ignore=ignore)
     dist = tmp_path / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)],
