@@ -28,6 +28,7 @@ clock's tasks in flight, which a resumed run re-issues with their original start
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -63,6 +64,8 @@ def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
         return [_encode(v, arrays) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, bytes):  # e.g. SecAgg+ keys a node keeps in its Context.state
+        return {"__bytes__": base64.b64encode(value).decode("ascii")}
     return value
 
 
@@ -70,6 +73,8 @@ def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__array__"}:
             return np.array(arrays[value["__array__"]])
+        if set(value) == {"__bytes__"}:
+            return base64.b64decode(value["__bytes__"])
         return {k: _decode(v, arrays) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v, arrays) for v in value]

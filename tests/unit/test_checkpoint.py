@@ -41,6 +41,13 @@ def test_state_round_trips_with_arrays_and_leaves_no_temp_file(tmp_path: Path) -
     np.testing.assert_array_equal(got["objects"]["opt"]["v"][0], np.full(3, 0.5))
 
 
+def test_bytes_in_a_nodes_state_round_trip(tmp_path: Path) -> None:
+    """SecAgg+ keeps its keys as bytes in a node's Context.state, which is checkpointed."""
+    state = {"objects": {"nodes": {"1": {"secagg": {"sk": b"\x00\xffkey", "pk": [b"a", b""]}}}}}
+    save(tmp_path / FILENAME, state)
+    assert load(tmp_path / FILENAME)["objects"] == state["objects"]
+
+
 def test_another_config_is_refused_with_the_first_difference(tmp_path: Path) -> None:
     config = {"seed": 0, "num_rounds": 5, "strategy": {"name": "fedadam", "eta": 0.1}}
     save(tmp_path / FILENAME, {"config": config})
