@@ -48,15 +48,17 @@ the models sent to clients (``compression.down``) is sound with all of them."""
 
 def validate(cfg: DictConfig) -> None:
     """Check the values a typo or a bad override can break, with one clear message each."""
+    # first: typed groups interpolate these (latency.seed: ${seed}), so a bad one would
+    # otherwise surface as a typed group's interpolation error
+    check_number("seed", cfg.seed, minimum=0, integer=True)
+    n = check_number("num_clients", cfg.num_clients, minimum=1, integer=True)
+    check_number("num_rounds", cfg.num_rounds, minimum=1, integer=True)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"{missing[0]} must be set, got nothing: add {missing[0]}=... to the command line "
             "(e.g. dataset=csv dataset.path=data.csv, model=keras_file model.path=model.keras)"
         )
-    check_number("seed", cfg.seed, minimum=0, integer=True)
-    n = check_number("num_clients", cfg.num_clients, minimum=1, integer=True)
-    check_number("num_rounds", cfg.num_rounds, minimum=1, integer=True)
     strategy = registry.build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))  # type: ignore[arg-type]
     check_clients = getattr(strategy, "check_clients", None)  # Flower's own strategies: none
     if check_clients is not None:
