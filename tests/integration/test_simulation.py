@@ -309,7 +309,17 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
     ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
     (Path(purelib) / "zz_test_dependencies.pth").write_text("\n".join(ours) + "\n")
     install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            str(wheel),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
