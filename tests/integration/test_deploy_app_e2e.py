@@ -13,38 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY
-from flwr.app import Context, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
+from conftest import TINY, run_app_in_process
 from omegaconf import DictConfig
 
-from fedflower.deploy.app import client_app, server_app
-from fedflower.engine.local import LocalGrid
 from fedflower.experiment import run
-from fedflower.outputs import RunDir
 
 pytestmark = pytest.mark.slow
 
 COMPARED = ("round", "loss", "accuracy", "fed_loss", "fed_accuracy", "bytes_down", "bytes_up")
-
-
-def run_app_in_process(
-    overrides: list[str], out: Path, node_configs: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The deployment's ServerApp and ClientApp on the in-process LocalGrid."""
-    run_config = {"overrides": " ".join(overrides), "output-dir": str(out)}
-    grid = LocalGrid(client_app, len(node_configs), node_configs, run_config)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    context = Context(
-        run_id=1,
-        node_id=SUPERLINK_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=run_config,
-    )
-    server_app(grid, context)
-    return RunDir(out).results()
 
 
 def rows(out: Path) -> list[dict[str, Any]]:
