@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fedflower.data import tables
-from fedflower.data.source import Columns, TabularSource
+from fedflower.data.source import ClientData, Columns, TabularSource
 from fedflower.errors import DataError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -477,3 +477,25 @@ def _features(
             "give both files the same feature columns",
         )
     return x, x_test
+
+
+def client_table(path: str | Path, columns: Columns, missing: str) -> tuple[ClientData, Columns]:
+    """A node's own table read in the server's ``columns``: raw-encoded rows, all training.
+
+    The categories are the file's own (a site may lack or add values); the returned columns
+    name them, so the node's statistics count values by name. The validation split is made
+    by the caller.
+    """
+    file = check_path(path, TABLE_SUFFIXES)
+    table = read_table(file)
+    tables.check_named(file, table, [columns.label])
+    categories = tuple(
+        tuple(sorted({str(v) for v in table.get(c, ()) if str(v)})) for c in columns.categorical
+    )
+    local = replace(columns, categories=categories)
+    rows = tables.rows(file, table, local, [columns.label], None, missing)
+    y = label_codes(file, rows.y, "train", columns.class_names)
+    if len(y) < MIN_ROWS:
+        raise fail(file, f"has {len(y)} examples", f"give at least {MIN_ROWS}")
+    x = rows.x.astype(np.float32)
+    return ClientData(x, y, x[:0], y[:0]), local

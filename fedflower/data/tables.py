@@ -325,14 +325,3 @@ def rows(
     y = table[labels[0]] if len(labels) == 1 else np.stack([table[c] for c in labels], axis=1)
     groups = table[client][keep] if client is not None and client in table else None
     return Rows(path, x, y[keep], groups)
-
-
-def split_raw(columns: Columns, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Raw-encoded rows as numeric columns (NaN where empty) and text columns (``""``: empty)."""
-    k = len(columns.numeric)
-    texts = []
-    for j, cats in enumerate(columns.categories):
-        codes = x[:, k + j]
-        table = np.asarray([*cats, ""], dtype=str)
-        texts.append(table[np.where(np.isnan(codes), len(cats), codes).astype(np.int64)])
-    return np.asarray(x[:, :k], dtype=np.float64), texts
