@@ -325,3 +325,27 @@ def rows(
     y = table[labels[0]] if len(labels) == 1 else np.stack([table[c] for c in labels], axis=1)
     groups = table[client][keep] if client is not None and client in table else None
     return Rows(path, x, y[keep], groups)
+
+
+def write_rows(path: Path, columns: Columns, x: np.ndarray, y: np.ndarray) -> Path:
+    """Write raw-encoded rows as the table they came from: named columns, blanks, class names.
+
+    Numbers are written back as read (empty where NaN), category codes as their values and
+    labels by their class names, so a site's file reads as the original table's rows.
+    """
+    import csv
+
+    k = len(columns.numeric)
+    names = columns.class_names
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*columns.names, columns.label])
+        for row, label in zip(x, y, strict=True):
+            numbers = ["" if np.isnan(v) else f"{v:.7g}" for v in row[:k]]
+            cats = [
+                "" if np.isnan(code) else cats[int(code)]
+                for code, cats in zip(row[k:], columns.categories, strict=True)
+            ]
+            writer.writerow([*numbers, *cats, names[int(label)] if names else int(label)])
+    return path

@@ -118,3 +118,25 @@ def test_a_categorical_table_model_is_not_exported_and_says_why(tmp_path: Path) 
     assert done.returncode == 2
     assert "looks up categorical columns ['smoker'], which TFLite cannot" in done.stderr
     assert "fedflower predict" in done.stderr
+
+
+def test_supernodes_reading_their_own_site_files_fit_the_statistics_by_message(
+    tmp_path: Path,
+) -> None:
+    """Each node reads its own raw table (data-path), as a hospital would hold it."""
+    from fedflower.deploy.demo import write_site_files
+
+    clinical(tmp_path)
+    sites = write_site_files(overrides(tmp_path), 4, tmp_path / "sites")
+    header = sites[0].read_text().splitlines()[0]
+    assert header == "age,bmi,systolic_bp,glucose,smoker,readmitted"
+    assert ",," in "".join(p.read_text() for p in sites)  # the blank cells travel raw
+    nodes = [{"data-path": str(p)} for p in sites]
+    results = run_app_in_process(overrides(tmp_path), tmp_path / "dep", nodes)
+    stats = results["statistics"]
+    assert stats["nodes"] == 4 and stats["bytes_up"] > 0
+    train_rows = sum(len(p.read_text().splitlines()) - 1 for p in sites)
+    assert stats["rows"] == train_rows - sum(
+        round(0.2 * (len(p.read_text().splitlines()) - 1)) for p in sites
+    )
+    assert results["final"]["accuracy"] > 0.65
