@@ -109,15 +109,30 @@ def test_a_numeric_table_model_exports_to_tflite_from_any_folder(tmp_path: Path)
     assert report["max_abs_diff"] <= 1e-5
 
 
-def test_a_categorical_table_model_is_not_exported_and_says_why(tmp_path: Path) -> None:
+def test_a_categorical_table_model_exports_numeric_rows_and_its_vocabulary(
+    tmp_path: Path,
+) -> None:
     clinical(tmp_path)
     out = tmp_path / "run"
-    done = fedflower(*overrides(tmp_path), "num_rounds=1", f"hydra.run.dir={out}", cwd=tmp_path)
+    done = fedflower(*overrides(tmp_path), f"hydra.run.dir={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = json.loads((out / "results.json").read_text())["final"]["accuracy"]
+    done = fedflower("export", str(out / "model.keras"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["examples"] == 150
+    assert report["keras_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert report["tflite_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert report["max_abs_diff"] <= 1e-5
+    vocab = json.loads((out / "model.vocab.json").read_text())
+    assert vocab["categorical"] == {"smoker": ["current", "former", "never"]}
+    assert vocab["columns"] == ["age", "bmi", "systolic_bp", "glucose", "smoker"]
     done = fedflower("export", str(out / "model.keras"), cwd=tmp_path)
-    assert done.returncode == 2
-    assert "looks up categorical columns ['smoker'], which TFLite cannot" in done.stderr
-    assert "fedflower predict" in done.stderr
+    assert "LiteRT has no string lookup" in done.stdout and "model.vocab.json" in done.stdout
+    labelled = fedflower(
+        "export", str(out), "--data", str(tmp_path / "clinical_test.csv"), "--json", cwd=tmp_path
+    )
+    assert json.loads(labelled.stdout)["tflite_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_supernodes_reading_their_own_site_files_fit_the_statistics_by_message(
