@@ -273,6 +273,10 @@ def save_model(model: keras.Model, path: Path, source: TabularSource | None = No
     else:  # a model shared with the in-process clients: no client's optimizer state
         reset_optimizer(model.optimizer, None)
     columns = source.columns if source is not None else None
+    text = getattr(source, "table_meta", lambda: None)()  # a table's text column
+    if text is not None:
+        model_inputs.save(model, path, text)
+        return
     if columns is None or source is None or source.preprocessing is None:
         model.save(path)
         return

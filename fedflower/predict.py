@@ -58,6 +58,12 @@ def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> An
     """The model's inputs: numbers (NaN where empty) and text, by column name."""
     from fedflower import model_inputs
 
+    if meta.get("text"):  # a text model: one string per row
+        import tensorflow as tf
+
+        if meta["text"] not in table:
+            raise files.fail(path, f"has no column {meta['text']!r}", "give the text column")
+        return tf.constant(table[meta["text"]].astype(str)[:, None])
     return model_inputs.feed(meta, *table_columns(path, table, meta))
 
 

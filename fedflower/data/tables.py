@@ -297,7 +297,8 @@ def layout(
     if text:
         log.warning(
             "free-text columns %s are left out of the features "
-            "(dataset.exclude=[...] silences this; model=text reads a text column)",
+            "(dataset.exclude=[...] silences this; dataset.text_column=<name> model=text "
+            "classifies a text column)",
             text,
         )
     return columns, text
