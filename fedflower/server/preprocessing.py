@@ -201,6 +201,12 @@ def federate(grid: Grid, source: TabularSource, query: Query) -> TabularSource:
     fitted = preprocessing.fit(merged, columns.normalize, columns.missing_indicator)
     hand_out(meter, nodes, columns, fitted, query)
     stats = report(meter, parts, query)
+    if stats["noise_multiplier"] > 0:
+        log.warning(
+            "privacy is on: each node noised its table statistics (%s); normalisation, fill "
+            "values and most frequent categories carry that noise",
+            stats["noise"],
+        )
     log.info(
         "preprocessing fitted from %d nodes' statistics (%d rows, no row sent; %d bytes down, "
         "%d up; noise: %s): %d numeric, %d categorical columns -> %d features",
