@@ -105,20 +105,29 @@ def wait_for_nodes(grid: Grid, num_nodes: int, wait: float = NODES_WAIT) -> list
 
 
 def replies(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-    """Every node's reply, or a ``DataError`` naming the first node that failed."""
+    """The nodes' good replies; a failed or silent node is logged in one line and left out.
+
+    As in a training round, the other nodes go on (the failed node's error will come back
+    from its training messages too); no good reply at all is a ``DataError``.
+    """
     received = list(grid.send_and_receive(messages, timeout=timeout))
+    good = [r for r in received if not r.has_error()]
     for reply in received:
         if reply.has_error():
-            raise DataError(
-                f"node {reply.metadata.src_node_id} could not summarise its table: "
-                f"{reply.error.reason}"
+            log.warning(
+                "node %s failed the table query: %s", reply.metadata.src_node_id, reply.error.reason
             )
     if len(received) < len(messages):
-        raise DataError(
-            f"{len(messages) - len(received)} of {len(messages)} nodes did not reply to the "
-            f"statistics query within {timeout} s"
+        log.warning(
+            "%d of %d nodes did not reply to the table query within %s s",
+            len(messages) - len(received),
+            len(messages),
+            timeout,
         )
-    return received
+    if not good:
+        reasons = "; ".join(str(r.error.reason) for r in received if r.has_error())
+        raise DataError(f"no node could summarise its table ({reasons or 'no reply'})")
+    return good
 
 
 def decode(reply: Message) -> preprocessing.Statistics:

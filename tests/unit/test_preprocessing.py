@@ -14,6 +14,7 @@ from conftest import clinical
 from fedflower.aggregation.preprocessing import Fitted, fit, merge, split_raw, statistics, transform
 from fedflower.data.files import load
 from fedflower.data.partition import FederatedData
+from fedflower.errors import DataError
 
 
 def test_merged_statistics_are_the_pooled_rows_statistics() -> None:
@@ -63,7 +64,7 @@ class Recording:
 
 
 def message_round(
-    tmp_path: Path, privacy: dict[str, Any] | None = None
+    tmp_path: Path, privacy: dict[str, Any] | None = None, broken: int | None = None
 ) -> tuple[Any, Any, Recording]:
     """The clinical table's statistics round on the in-process engine, messages recorded."""
     from flwr.clientapp import ClientApp
@@ -84,10 +85,15 @@ def message_round(
         out.append((federate(recording, src, Query(4, privacy, seed=3)), recording))
 
     server.main()(main)
+
+    def raw(ctx: Any, columns: Any) -> Any:
+        pid = int(ctx.node_config["partition-id"])
+        if pid == broken:
+            raise DataError("data file 'site.csv': has no label column 'readmitted'")
+        return fed.client(pid), columns
+
     client = ClientApp()
-    client.query()(
-        query_handler(lambda ctx, c: (fed.client(int(ctx.node_config["partition-id"])), c))
-    )
+    client.query()(query_handler(raw))
     run_local(server, client, 4)
     prepared, recording = out[0]
     return (src, fed), prepared, recording
@@ -181,3 +187,16 @@ def test_keras_layers_compute_the_numpy_transform(tmp_path: Path) -> None:
         np.asarray(loaded(feed)), transform(fitted, x, [cats]), rtol=1e-5, atol=1e-6
     )
     assert model_inputs.read_meta(path) == meta
+
+
+def test_a_node_that_cannot_read_its_table_is_left_out_of_the_statistics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (_, fed), prepared, _ = message_round(tmp_path, broken=2)
+    assert prepared.preprocessing["statistics"]["nodes"] == 3
+    rows = sum(len(fed.client(c).y_train) for c in (0, 1, 3))
+    assert prepared.preprocessing["statistics"]["rows"] == rows
+    assert any(
+        "failed the table query" in r.getMessage() and "no label column" in r.getMessage()
+        for r in caplog.records
+    )
