@@ -200,3 +200,30 @@ def test_a_node_that_cannot_read_its_table_is_left_out_of_the_statistics(
         "failed the table query" in r.getMessage() and "no label column" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_the_numeric_row_model_computes_what_the_raw_rows_model_computes(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    from fedflower import model_inputs
+
+    x = np.array([[1.0, 5.0], [np.nan, 7.0], [3.0, np.nan], [2.0, 6.0]])
+    cats = np.array(["b", "a", "", "new"])
+    fitted = fit(statistics(x, [cats]), missing_indicator=True)
+    meta = {
+        "numeric": ["u", "v"],
+        "categorical": ["kind"],
+        "label": "y",
+        "class_names": ["no", "yes"],
+        "preprocessing": fitted.as_dict(),
+    }
+    core = keras.Sequential([keras.Input((fitted.width,)), keras.layers.Identity()])
+    model_inputs.save(model_inputs.with_raw_inputs(core, meta), tmp_path / "model.keras", meta)
+    loaded, stored = model_inputs.load(tmp_path)  # a run directory: its model.keras
+    assert stored == meta
+    rows = model_inputs.numeric_rows(meta, x, [cats])
+    np.testing.assert_array_equal(rows[:, 2], [1, 0, np.nan, 2])  # a, b, new; empty: NaN
+    device = model_inputs.with_numeric_row(loaded, stored)
+    expected = transform(fitted, x, [cats])
+    np.testing.assert_allclose(np.asarray(device(rows)), expected, rtol=1e-5, atol=1e-6)
+    rows[2, 2] = -1.0  # an empty or unknown value as -1: the most frequent one, as NaN
+    np.testing.assert_allclose(np.asarray(device(rows)), expected, rtol=1e-5, atol=1e-6)
