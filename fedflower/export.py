@@ -13,6 +13,12 @@ installed, else in TensorFlow's bundled ``tf.lite.Interpreter``. ``--quantize dy
 stores the weights as int8 (post-training dynamic-range quantization, about 4x smaller;
 Jacob et al. 2018, arXiv:1712.05877); its outputs differ more, so the default tolerance
 then is looser.
+
+A model trained on a table (:mod:`fedflower.model_inputs`) is exported taking one float row:
+its numeric columns (NaN where empty), then each categorical column as the index of its value
+in the vocabulary. LiteRT has no string lookup among its built-in operators, so that lookup
+stays on the device: ``<model>.vocab.json`` beside the flatbuffer lists each categorical
+column's values in index order (and the columns and class names), and the report says so.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fedflower.errors import ConfigError, FedflowerError
+from fedflower.errors import ConfigError, DataError, FedflowerError
 from fedflower.outputs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -359,6 +365,11 @@ def export(
 
     path = model_inputs.model_file(model_path)
     model, meta = model_inputs.load(path)
+    if meta is not None and meta.get("text"):
+        raise DataError(
+            f"{str(path)!r} reads text (column {meta['text']!r}), which LiteRT's built-in "
+            "operators cannot tokenize; predict with: fedflower predict RUN_DIR DATA"
+        )
     device = model if meta is None else model_inputs.with_numeric_row(model, meta)
     flatbuffer = convert(device, quantize)
     target = (Path(out).expanduser() if out else path.with_suffix(".tflite")).resolve()

@@ -7,7 +7,9 @@ becomes Keras layers: numeric columns are filled where empty (:class:`FillMissin
 (``keras.layers.StringLookup``), an unknown or empty value counting as the most frequent one
 (a fixed 0/1 ``Dense`` map). A model with categorical columns takes one input per column,
 by name; a model of numeric columns only takes one float row of them in the stored order
-(``features``), which its TFLite export takes too. Either way ``fedflower predict`` picks
+(``features``). For TFLite, :func:`with_numeric_row` rebuilds the front to take one float
+row of the numeric columns and the categories' vocabulary indices (:class:`CodeOneHot`), so
+no string lookup is needed on the device. Either way ``fedflower predict`` picks
 the columns by name, so a file's column order does not matter. The label's class names and
 the columns' roles are stored in the ``.keras`` archive (``fedflower.json``), read back by
 :func:`read_meta`.
