@@ -54,6 +54,7 @@ def test_clinical_csv_trains_in_one_command_and_predicts_raw_rows(tmp_path: Path
     assert "preprocessing fitted from 4 nodes' statistics (480 rows, no row sent" in log
     results = json.loads((out / "results.json").read_text())
     assert results["statistics"]["bytes_up"] > 0 and results["statistics"]["noise"] == "none"
+    assert "table statistics (4 nodes)" in done.stdout and "no noise" in done.stdout
     accuracy = results["final"]["accuracy"]
     assert accuracy > 0.65  # 87 of the 150 test rows are "yes": 0.58
     elsewhere = tmp_path / "elsewhere"
