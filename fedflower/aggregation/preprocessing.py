@@ -112,7 +112,8 @@ def noised(
     by at most ``limits[j]`` and a sum of squares by ``limits[j] ** 2`` once its values are
     clipped (:func:`clipped`): the Gaussian mechanism applied to each statistic (Dwork & Roth
     2014, "The Algorithmic Foundations of Differential Privacy", section 3.5.3). The names of
-    the categories are sent as they are; only their counts are noised.
+    the categories and the number of rows (which every training reply carries too) are sent as
+    they are; only the counts and sums are noised.
     """
 
     def noise(scale: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
