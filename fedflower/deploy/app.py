@@ -12,6 +12,8 @@ command from the run config's ``overrides`` string (:mod:`fedflower.deploy.confi
   (:mod:`fedflower.deploy.local_data`). Bad or missing data raises
   :class:`~fedflower.errors.DataError`, which Flower sends back as the node's error reply;
   the server logs it in one line and aggregates the other nodes' updates.
+* a table's preprocessing is fitted on the SuperNodes' statistics before training
+  (:mod:`fedflower.server.preprocessing`): each node answers the query from its own file;
 * attacks (a red-team exercise) run only when the run asks for them with
   ``attack=<name> attack.in_deployment=true`` in its overrides; then the SuperNodes whose node
   config says ``malicious=true`` attack (:func:`node_role`), never by default.

@@ -24,6 +24,10 @@ NPZ
 Text class names are refused on a node: every node must number the classes alike, so the
 labels are written as integers (``dataset=csv`` numbers text labels in simulation).
 
+A run on a CSV/Parquet table (``dataset=csv|parquet``) reads the node's file as a table
+instead (:func:`node_table`): columns by name, categories, blank cells and class names, as
+the server's statistics query names them (:mod:`fedflower.client.statistics`).
+
 Every problem raises :class:`fedflower.errors.DataError` with the file, what was found and
 what is expected, so the node's error reply tells the server operator what to fix.
 """
