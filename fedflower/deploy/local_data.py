@@ -210,6 +210,8 @@ def node_table(
         data, own = _partitioned(node_config, cfg)  # a partition of the run's own table
         return data, own or columns
     path = str(node_config[keys.DATA_PATH])
+    if Path(path).suffix.lower() == ".npz":  # an archive of numeric rows: x0, x1, ...
+        return node_data(node_config, cfg), columns
     rows, local = files.client_table(path, columns, str(cfg.dataset.get("missing", "error")))
     seed = derive_seed(int(cfg.seed), content_id(path))
     split = split_validation(rows.x_train, rows.y_train, float(cfg.client.val_fraction), seed)
