@@ -39,7 +39,7 @@ from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedflower.engine.local import RUN_ID, LocalGrid, deflate, inflate, run_client_app, serve
-from fedflower.errors import ConfigError
+from fedflower.engine.options import check_workers
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,6 @@ def default_workers(num_clients: int, cores: int | None = None) -> int:
     """Worker processes for ``simulation.workers=auto``: the cores, at most one per client."""
     cores = cores or len(os.sched_getaffinity(0))
     return max(1, min(cores, num_clients))
-
-
-def check_workers(workers: Any) -> int:
-    """``workers`` as a positive int, or a ``ConfigError`` saying how to fix it."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(
-            f"simulation.workers must be a positive integer or auto, got {workers!r}; "
-            "e.g. simulation.workers=2"
-        )
-    return workers
 
 
 @dataclass(frozen=True)
