@@ -114,7 +114,8 @@ class Steps:
         self._one = _Compiled(self._train_one, any_rows=True)
         self._test = _Compiled(self._test_one, any_rows=True)
         self._assign = _Compiled(self._assign_all)
-        self._zero: tuple[int, Callable[[], Any]] | None = None
+        self._zero: tuple[int, Callable[..., Any]] | None = None
+        self._reset: tuple[int, Callable[[], Any]] | None = None
 
     def _assign_all(self, *values: Any) -> None:
         for variable, value in zip(self.model.weights, values, strict=True):
@@ -134,21 +135,37 @@ class Steps:
         """Zero the optimizer's state (moments, step count) and set its learning rate.
 
         Local training starts from fresh optimizer state every round, as in FedAvg; one
-        compiled call zeroes every variable but the learning rate.
+        compiled call zeroes every variable but the learning rate, and sets the learning
+        rate when it is a plain variable (not a schedule).
         """
         optimizer = self.model.optimizer
         lr_var = getattr(optimizer, "_learning_rate", None)
         state = [v for v in optimizer.variables if v is not lr_var]
         if self._zero is None or self._zero[0] != len(state):  # built on first training
 
-            def zero() -> None:
+            def zero(*learning_rate: Any) -> None:
                 for variable in state:
                     variable.assign(keras.ops.zeros_like(variable))
+                for value in learning_rate:
+                    lr_var.assign(value)
 
             self._zero = (len(state), _Compiled(zero))
+        if learning_rate is not None and isinstance(lr_var, keras.Variable):
+            self._zero[1](np.asarray(learning_rate, dtype=lr_var.dtype))
+            return
         self._zero[1]()
         if learning_rate is not None:
             optimizer.learning_rate = float(learning_rate)
+
+    def reset_metrics(self) -> None:
+        """``model.reset_metrics()`` in one compiled call instead of one per metric variable.
+
+        Traced again if the model's metrics gained variables (built by a first training step).
+        """
+        count = len(self.model.metrics_variables)
+        if self._reset is None or self._reset[0] != count:
+            self._reset = (count, _Compiled(self.model.reset_metrics))
+        self._reset[1]()
 
     def _train_many(self, xs: Any, ys: Any, steps: Any) -> Any:
         def body(i: Any, carry: Any) -> Any:
@@ -229,14 +246,14 @@ class Steps:
         self.build(x, y)
         logs: Any = {}
         for order in orders:
-            self.model.reset_metrics()
+            self.reset_metrics()
             logs = self._epoch(x, y, order, batch_size)
         return _floats(logs or self.model.get_metrics_result())
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
         self.build(x, y)
-        self.model.reset_metrics()
+        self.reset_metrics()
         logs: Any = {}
         for start in range(0, len(y), batch_size):
             logs = self._test(x[start : start + batch_size], y[start : start + batch_size])
