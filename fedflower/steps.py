@@ -139,7 +139,7 @@ class Steps:
         rate when it is a plain variable (not a schedule).
         """
         optimizer = self.model.optimizer
-        lr_var = getattr(optimizer, "_learning_rate", None)
+        lr_var: Any = getattr(optimizer, "_learning_rate", None)
         state = [v for v in optimizer.variables if v is not lr_var]
         if self._zero is None or self._zero[0] != len(state):  # built on first training
 
