@@ -104,7 +104,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"blocked: {name}")
 sys.meta_path.insert(0, Block())
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import InMemoryGrid
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -115,7 +115,9 @@ x = rng.normal(size=(40, 4)).astype("float32")
 path = write_csv(sys.argv[1], x, (x[:, 0] > 0).astype(int))
 w = [np.zeros((4, 128), "float32"), np.zeros(128, "float32"),
      np.zeros((128, 1), "float32"), np.zeros(1, "float32")]
-content = RecordDict({"arrays": ArrayRecord(w), "config": ConfigRecord({"batch-size": 8})})
+names = ["hidden_0/kernel", "hidden_0/bias", "output/kernel", "output/bias"]
+record = ArrayRecord(dict(zip(names, map(Array, w))))
+content = RecordDict({"arrays": record, "config": ConfigRecord({"batch-size": 8})})
 msg = Message(content, dst_node_id=5, message_type="train")
 ctx = Context(run_id=1, node_id=5, node_config={"data-path": str(path)}, state=RecordDict(),
               run_config={"overrides": ""})
