@@ -100,6 +100,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
         workers=simulation_workers(cfg),
         address=cfg.simulation.get("address"),
+        backends=simulation_backends(cfg),
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
@@ -112,6 +113,13 @@ def simulation_workers(cfg: DictConfig) -> int:
 
     workers = cfg.simulation.get("workers", 1)
     return default_workers(cfg.num_clients) if workers == "auto" else check_workers(workers)
+
+
+def simulation_backends(cfg: DictConfig) -> list[str]:
+    """``simulation.backends``: the Keras backends cycled over the clients (empty: none)."""
+    from fedflower.engine.pool import check_backends
+
+    return check_backends(cfg.simulation.get("backends"), cfg.simulation.backend)
 
 
 DATA_PATH_KEYS = ("path", "test_path")
