@@ -65,8 +65,10 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 """The Keras backends a worker group may run (``simulation.backends``)."""
 
 
-def check_backends(backends: Any, engine: str = "local") -> list[str]:
-    """``simulation.backends`` as a list of installed Keras backends, or a ``ConfigError``.
+def check_backends(
+    backends: Any, engine: str = "local", key: str = "simulation.backends"
+) -> list[str]:
+    """``backends`` as a list of installed Keras backends, or a ``ConfigError`` naming ``key``.
 
     Worker processes per backend are the ``local`` engine's (``engine``: the
     ``simulation.backend``).
@@ -82,12 +84,12 @@ def check_backends(backends: Any, engine: str = "local") -> list[str]:
     for name in names:
         if name not in KERAS_BACKENDS:
             raise ConfigError(
-                f"simulation.backends must list Keras backends of {list(KERAS_BACKENDS)}, "
-                f"got {name!r}; e.g. simulation.backends=[tensorflow,jax]"
+                f"{key} must list Keras backends of {list(KERAS_BACKENDS)}, "
+                f"got {name!r}; e.g. tensorflow,jax"
             )
         if importlib.util.find_spec(name) is None:
             raise ConfigError(
-                f"simulation.backends must list installed backends, got {name!r}, which is "
+                f"{key} must list installed backends, got {name!r}, which is "
                 f"not installed; install it (pip install {name}) or leave it out"
             )
     return names

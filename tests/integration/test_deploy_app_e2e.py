@@ -103,14 +103,18 @@ def run_script(
 
 @pytest.mark.parametrize(
     ("backend", "blocked"),
-    [("tensorflow", ""), pytest.param("jax", "tensorflow", marks=needs("jax"))],
+    [
+        ("tensorflow", ""),
+        pytest.param("jax", "tensorflow", marks=needs("jax")),
+        pytest.param("torch", "tensorflow", marks=needs("torch")),
+    ],
 )
 def test_slim_client_imports_no_simulation_or_plotting_package(
     tmp_path: Path, backend: str, blocked: str
 ) -> None:
     """A SuperNode with a data file runs the ClientApp with ray, datasets, flwr-datasets,
-    scikit-learn, pandas and matplotlib made unimportable; on JAX, TensorFlow too (what a
-    ``fedflower[client-jax]`` install lacks)."""
+    scikit-learn, pandas and matplotlib made unimportable; on JAX and PyTorch, TensorFlow too
+    (what a ``fedflower[client-jax]`` or ``[client-torch]`` install lacks)."""
     script = tmp_path / "slim.py"
     script.write_text(SLIM_CLIENT)
     res = run_script(script, str(tmp_path / "site.csv"), blocked, env={"KERAS_BACKEND": backend})
