@@ -78,6 +78,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
+    backends = simulation_backends(cfg)  # installed: checked before any output
     wants_local_baseline(cfg.get("baseline"))  # bad values fail here, within a second
     Personalization(**OmegaConf.to_container(cfg.personalization, resolve=True))  # type: ignore[arg-type]
     absolute_data_paths(cfg)
@@ -100,7 +101,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
         workers=simulation_workers(cfg),
         address=cfg.simulation.get("address"),
-        backends=simulation_backends(cfg),
+        backends=backends,
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
@@ -116,10 +117,13 @@ def simulation_workers(cfg: DictConfig) -> int:
 
 
 def simulation_backends(cfg: DictConfig) -> list[str]:
-    """``simulation.backends``: the Keras backends cycled over the clients (empty: none)."""
+    """``simulation.backends``: the Keras backends cycled over the clients (empty: none).
+
+    :func:`~fedflower.server.rules.validate` checked the names; here each must be installed.
+    """
     from fedflower.engine.pool import check_backends
 
-    return check_backends(cfg.simulation.get("backends"), cfg.simulation.backend)
+    return check_backends(cfg.simulation.get("backends"), cfg.simulation.backend, installed=True)
 
 
 DATA_PATH_KEYS = ("path", "test_path")

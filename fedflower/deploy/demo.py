@@ -132,7 +132,7 @@ def demo(
 
     if num_nodes < 1:
         raise ConfigError(f"the demo needs at least 1 SuperNode, got {num_nodes}")
-    backends = check_backends(backends, key="--backends")
+    backends = check_backends(backends, key="--backends", installed=True)
     echo = sys.stdout if echo is None else echo
     root = Path(workdir) / time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = with_nodes(overrides, num_nodes)

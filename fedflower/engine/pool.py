@@ -66,12 +66,12 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def check_backends(
-    backends: Any, engine: str = "local", key: str = "simulation.backends"
+    backends: Any, engine: str = "local", key: str = "simulation.backends", installed: bool = False
 ) -> list[str]:
-    """``backends`` as a list of installed Keras backends, or a ``ConfigError`` naming ``key``.
+    """``backends`` as a list of Keras backends, or a ``ConfigError`` naming ``key``.
 
     Worker processes per backend are the ``local`` engine's (``engine``: the
-    ``simulation.backend``).
+    ``simulation.backend``); ``installed``: each backend's package must be importable here.
     """
     import importlib.util
 
@@ -87,7 +87,7 @@ def check_backends(
                 f"{key} must list Keras backends of {list(KERAS_BACKENDS)}, "
                 f"got {name!r}; e.g. tensorflow,jax"
             )
-        if importlib.util.find_spec(name) is None:
+        if installed and importlib.util.find_spec(name) is None:
             raise ConfigError(
                 f"{key} must list installed backends, got {name!r}, which is "
                 f"not installed; install it (pip install {name}) or leave it out"

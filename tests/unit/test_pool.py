@@ -172,3 +172,10 @@ def test_backends_setting() -> None:
         check_backends(["mxnet"])
     with pytest.raises(ConfigError, match=r"simulation\.backends needs simulation=local"):
         check_backends(["tensorflow"], engine="ray")
+
+
+def test_a_backend_that_is_not_installed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_backends(["jax"]) == ["jax"]  # validate checks names only, within a second
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"backends must list installed backends, got 'jax'"):
+        check_backends(["jax"], installed=True)
