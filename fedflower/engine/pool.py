@@ -47,6 +47,7 @@ from fedflower.engine.local import (
     run_client_app,
     serve,
 )
+from fedflower.backend import BACKENDS
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ def default_workers(num_clients: int, cores: int | None = None) -> int:
     """Worker processes for ``simulation.workers=auto``: the cores, at most one per client."""
     cores = cores or len(os.sched_getaffinity(0))
     return max(1, min(cores, num_clients))
-
-
-KERAS_BACKENDS = ("tensorflow", "jax", "torch")
-"""The Keras backends a worker group may run (``simulation.backends``)."""
 
 
 def check_backends(
@@ -82,9 +79,9 @@ def check_backends(
             f"simulation.backend={engine!r}; use simulation=local or leave simulation.backends"
         )
     for name in names:
-        if name not in KERAS_BACKENDS:
+        if name not in BACKENDS:
             raise ConfigError(
-                f"{key} must list Keras backends of {list(KERAS_BACKENDS)}, "
+                f"{key} must list Keras backends of {list(BACKENDS)}, "
                 f"got {name!r}; e.g. tensorflow,jax"
             )
         if installed and importlib.util.find_spec(name) is None:

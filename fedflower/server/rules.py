@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.aggregation.codecs import codecs_from_options
+from fedflower.backend import check_backend
 from fedflower.checks import check_choice, check_number
 from fedflower.engine import BACKENDS
 from fedflower.engine.pool import check_backends
@@ -66,6 +67,7 @@ def validate(cfg: DictConfig) -> None:
         check_clients(n)
     build_typed_groups(cfg)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    check_backend(cfg.get("backend", "tensorflow"))
     check_backends(cfg.simulation.get("backends"), cfg.simulation.backend)
     _check_checkpoint(cfg)
     check_text_pairing(cfg)
