@@ -38,6 +38,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedflower.backend import BACKENDS
 from fedflower.engine.local import (
     FIRST_NODE_ID,
     RUN_ID,
@@ -47,7 +48,6 @@ from fedflower.engine.local import (
     run_client_app,
     serve,
 )
-from fedflower.backend import BACKENDS
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
