@@ -145,7 +145,7 @@ class Steps:
 
             def zero(*learning_rate: Any) -> None:
                 for variable in state:
-                    variable.assign(keras.ops.zeros_like(variable))
+                    variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
                 for value in learning_rate:
                     lr_var.assign(value)
 
@@ -252,6 +252,9 @@ class Steps:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
+        if keras.backend.backend() != "tensorflow":  # Keras' own evaluation
+            own = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+            return _floats(own)
         self.build(x, y)
         self.reset_metrics()
         logs: Any = {}
