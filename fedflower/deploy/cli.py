@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", choices=("csv", "npz", "partition"), default="csv")
     demo.add_argument("--workdir", default="outputs/deploy-demo")
     demo.add_argument("--insecure", action="store_true", help="no TLS, no node auth")
+    demo.add_argument(
+        "--cold-tasks",
+        action="store_true",
+        help="a new flwr-clientapp process per task (Flower's own) instead of forked warm ones",
+    )
     demo.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
     demo.add_argument("overrides", nargs="*", help="Hydra overrides of the experiment")
 
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=args.workdir,
                 data=args.data,
                 secure=not args.insecure,
+                warm_tasks=not args.cold_tasks,
                 timeout=args.timeout,
             )
         elif args.command == "simulate":

@@ -103,6 +103,7 @@ def demo(
     secure: bool = True,
     timeout: float = 1800.0,
     echo: IO[str] | None = None,
+    warm_tasks: bool = True,
 ) -> dict[str, Any]:
     """Run the experiment on a local federation of real processes and return its results.
 
@@ -123,6 +124,9 @@ def demo(
         Seconds after which the run is given up.
     echo : text stream, optional
         Where the streamed run output goes (default: standard output).
+    warm_tasks : bool
+        Fork each ClientApp task from a warm process (:mod:`fedflower.deploy.warm`, default)
+        or start a new ``flwr-clientapp`` per task (Flower's own, ``False``).
     """
     if num_nodes < 1:
         raise ConfigError(f"the demo needs at least 1 SuperNode, got {num_nodes}")
@@ -134,7 +138,7 @@ def demo(
     echo.write(f"starting a SuperLink and {num_nodes} SuperNodes on 127.0.0.1 ({mode})\n")
     echo.flush()
     t0 = time.perf_counter()
-    with LocalFederation(root, configs, secure=secure) as fed:
+    with LocalFederation(root, configs, secure=secure, warm_tasks=warm_tasks) as fed:
         echo.write(
             f"{len(fed.online_nodes())} SuperNodes online after {time.perf_counter() - t0:.1f} s;"
             f" flwr run with overrides: {' '.join(overrides)}\n"
