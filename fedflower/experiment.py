@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower import apps
+from fedflower.backend import use_backend
 from fedflower.client.local_only import wants_local_baseline
 from fedflower.client.personalization import Personalization
 from fedflower.components import instantiate_data
@@ -78,6 +79,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
+    use_backend(cfg.get("backend", "tensorflow"))  # Keras runs on it, or one error line
     wants_local_baseline(cfg.get("baseline"))  # bad values fail here, within a second
     Personalization(**OmegaConf.to_container(cfg.personalization, resolve=True))  # type: ignore[arg-type]
     absolute_data_paths(cfg)

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.aggregation.codecs import codecs_from_options
+from fedflower.backend import check_backend
 from fedflower.checks import check_choice, check_number
 from fedflower.engine import BACKENDS
 from fedflower.errors import ConfigError
@@ -65,6 +66,7 @@ def validate(cfg: DictConfig) -> None:
         check_clients(n)
     build_typed_groups(cfg)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    check_backend(cfg.get("backend", "tensorflow"))
     _check_checkpoint(cfg)
     check_text_pairing(cfg)
     check_tracking(cfg.get("tracking"))
