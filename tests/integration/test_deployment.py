@@ -129,6 +129,7 @@ def test_fedbuff_survives_a_killed_node_and_gives_work_to_a_late_one(tmp_path: P
         "strategy=fedbuff",
         "strategy.concurrency=4",
         "strategy.buffer_size=2",
+        "strategy.task_timeout=120",
         *DEPLOYED,
     ]
     files = write_site_files(overrides, 4, tmp_path / "data", "csv")
@@ -148,6 +149,8 @@ def test_fedbuff_survives_a_killed_node_and_gives_work_to_a_late_one(tmp_path: P
     assert_all_stopped(fed, pids)
     assert results["totals"]["rounds"] == 4  # server versions: the run did not stall
     assert "Receiving: train message" in late_log  # the late node got work
+    # the killed node's task in flight was given up (its error reply or task_timeout), once
+    assert results["async"]["failed"] >= 1
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.05
 
 
