@@ -116,7 +116,8 @@ def deployed_rounds(rounds: int, workdir: Path, warm: bool) -> dict[str, Any]:
     started = time.monotonic()
     subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
     wall = time.monotonic() - started
-    rows = [json.loads(x) for m in workdir.rglob("metrics.jsonl") for x in m.read_text().split()]
+    (metrics,) = workdir.rglob("metrics.jsonl")
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     seconds = [r["seconds"] for r in rows]
     return {
         "round_seconds": seconds,
