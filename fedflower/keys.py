@@ -78,3 +78,16 @@ FEDDYN_STATE = "feddyn-gradient"  # Context.state ArrayRecord: the client's g_i
 LINEAR = "linear"  # ArrayRecord of a train task: coefficients of the linear term -<g, w>
 FINETUNE_CONFIG = "finetune-config"  # Context.state ConfigRecord: the last train settings
 FINETUNE_EPOCHS = "finetune-epochs"  # evaluate config: fine-tune this many epochs first
+# Federated statistics of a table (see fedflower.server.preprocessing): query messages before
+# training. The query's ConfigRecord CONFIG names its KIND; a reply to the STATISTICS kind
+# carries ArrayRecord STATISTICS and ConfigRecord CATEGORIES; the PREPROCESSING kind hands the
+# fitted preprocessing to the nodes, which keep it in Context.state under PREPROCESSING.
+QUERY_KIND = "kind"
+STATISTICS = "statistics"
+CATEGORIES = "categories"
+PREPROCESSING = "preprocessing"
+COLUMNS = "columns"  # JSON of the table's columns (names, roles, class names)
+FITTED = "fitted"  # JSON of the fitted preprocessing
+BOUNDS = "bounds"  # ArrayRecord of the query: per numeric column, the clip bound
+NOISE_MULTIPLIER = "noise-multiplier"  # std of the statistics' noise per unit of sensitivity
+NOISE_SEED = "noise-seed"

@@ -119,14 +119,15 @@ def check_text_pairing(cfg: DictConfig) -> None:
     """Pair text models and text data.
 
     A text model (one with a ``vocabulary``) needs a text dataset (one with a
-    ``vocabulary_size``), and a text dataset needs a text model.
+    ``vocabulary_size``, or a table's ``text_column``), and a text dataset needs a text model.
     """
     text_model = "vocabulary" in cfg.model
-    text_data = "vocabulary_size" in cfg.dataset
+    text_data = "vocabulary_size" in cfg.dataset or bool(cfg.dataset.get("text_column"))
     if text_model and not text_data:
         raise ConfigError(
             f"model={cfg.model._target_} reads sentences but dataset={cfg.dataset._target_} "
-            "has none: use a text dataset (dataset=financial_news or dataset=text_hub)"
+            "has none: use a text dataset (dataset=financial_news or dataset=text_hub), or name "
+            "a table's text column (dataset.text_column=<name>)"
         )
     if text_data and not text_model:
         raise ConfigError(
