@@ -74,6 +74,16 @@ t["one local epoch (first fit: tracing)"] = time.time()
 print(json.dumps(t))
 """
 
+REST = """\
+What the rest of a warm round is. A round is two tasks per node one after the other (train,
+then the federated evaluate; `strategy.fraction_evaluate=0` leaves the second out), and each
+task pays, besides its work, the SuperNode's pause between pulls when it has no message (3 s,
+fixed in Flower 1.42's `start_client_internal`; on average 1.5 s per task), Flower's task
+protocol (pull of task input and FAB, FAB install into the node's `FLWR_HOME`, reply push),
+and what every new process pays once: the experiment config composed by Hydra, the node's
+data read, the model built and traced by its first `fit`. With a load average several times
+the core count, each of these takes several times its time on an idle machine."""
+
 POLLS = {
     "SuperNode pull when idle (3 s, Flower)": 3.0,
     "SuperExec task poll (0.1 s)": 0.1,
@@ -195,6 +205,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "With forked warm tasks the interpreter start and the imports are paid once per node, "
         "when the SuperNode starts; a task is the experiment config, the node's data, the "
         "model build and the training.",
+        "",
+        REST,
         "",
     ]
     return "\n".join(lines)
