@@ -101,6 +101,9 @@ class LocalFederation:
         The SuperNodes fork each ClientApp task from a process that imported TensorFlow and
         fedflower once (:mod:`fedflower.deploy.warm`) instead of starting a new
         ``flwr-clientapp`` interpreter per task (default). ``False``: Flower's own.
+    backends : sequence of str
+        Keras backends cycled over the SuperNodes (node ``i`` trains with
+        ``KERAS_BACKEND=backends[i % len(backends)]``); empty: the environment's.
     """
 
     def __init__(
@@ -111,7 +114,9 @@ class LocalFederation:
         app_dir: str | Path | None = None,
         startup_timeout: float = 90.0,
         warm_tasks: bool = True,
+        backends: Sequence[str] = (),
     ) -> None:
+        self.backends = list(backends)
         self.workdir = Path(workdir).resolve()
         self.node_configs = [dict(c) for c in node_configs]
         self.secure = secure
@@ -236,15 +241,22 @@ class LocalFederation:
         if private_key is not None:
             args += ["--auth-supernode-private-key", str(private_key)]
         name = f"supernode-{index + 1}"
-        return self._spawn(name, args, self.workdir / f"flwr-{name}", self._supernode_env())
+        return self._spawn(name, args, self.workdir / f"flwr-{name}", self._supernode_env(index))
 
-    def _supernode_env(self) -> dict[str, str]:
-        """Faster task polling; with ``warm_tasks`` the warm SuperExec first on ``PATH``."""
+    def node_env(self, index: int) -> dict[str, str]:
+        """Node ``index``'s environment: its Keras backend (its ClientApp process inherits it)."""
+        if not self.backends:
+            return {}
+        return {"KERAS_BACKEND": self.backends[index % len(self.backends)]}
+
+    def _supernode_env(self, index: int) -> dict[str, str]:
+        """Its backend, faster task polling; with ``warm_tasks`` the warm SuperExec on ``PATH``."""
+        env = {**self.node_env(index), **SUPERNODE_ENV}
         if not self.warm_tasks:
-            return dict(SUPERNODE_ENV)
+            return env
         shims = write_shim(self.workdir / "warm-bin")
         path = os.pathsep.join([str(shims), str(Path(sys.executable).parent), os.environ["PATH"]])
-        return {**SUPERNODE_ENV, "PATH": path}
+        return {**env, "PATH": path}
 
     def start_unknown_supernode(self, node_config: Mapping[str, Any]) -> Managed:
         """Start a SuperNode whose fresh key pair was never registered: it must be refused."""
