@@ -4,7 +4,8 @@ Subcommands::
 
     fedflower-deploy certs --out DIR --nodes N [--host 127.0.0.1 --host localhost]
     fedflower-deploy make-data --out DIR --nodes N [--format csv|npz] [OVERRIDE ...]
-    fedflower-deploy demo [--nodes 3] [--data csv|npz|partition] [--insecure] [OVERRIDE ...]
+    fedflower-deploy demo [--nodes 3] [--data csv|npz|partition] [--insecure]
+                          [--backends tensorflow,jax,torch] [OVERRIDE ...]
     fedflower-deploy simulate [--nodes 3] [--app DIR] [OVERRIDE ...]
     fedflower-deploy export MODEL --to tflite [...]      (same as ``fedflower export``)
 
@@ -52,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", choices=("csv", "npz", "partition"), default="csv")
     demo.add_argument("--workdir", default="outputs/deploy-demo")
     demo.add_argument("--insecure", action="store_true", help="no TLS, no node auth")
+    demo.add_argument(
+        "--cold-tasks",
+        action="store_true",
+        help="a new flwr-clientapp process per task (Flower's own) instead of forked warm ones",
+    )
+    demo.add_argument(
+        "--backends",
+        default="",
+        help="Keras backends cycled over the SuperNodes, e.g. tensorflow,jax,torch",
+    )
     demo.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
     demo.add_argument("overrides", nargs="*", help="Hydra overrides of the experiment")
 
@@ -100,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=args.workdir,
                 data=args.data,
                 secure=not args.insecure,
+                warm_tasks=not args.cold_tasks,
                 timeout=args.timeout,
+                backends=[b.strip() for b in args.backends.split(",") if b.strip()],
             )
         elif args.command == "simulate":
             from fedflower.deploy.demo import simulate

@@ -37,6 +37,7 @@ class LocalSimulation:
     tf_threads: int = 2
     backend_config: dict[str, Any] = field(default_factory=dict)
     workers: Any = 1
+    backends: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Check the thread count and the worker count."""
@@ -53,6 +54,7 @@ class RaySimulation:
     tf_threads: int = 1
     backend_config: dict[str, Any] = field(default_factory=dict)
     address: Optional[str] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
+    backends: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Check the thread count."""
