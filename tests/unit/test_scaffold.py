@@ -82,3 +82,33 @@ def test_client_control_variate_follows_option_two() -> None:
 def test_global_lr_must_be_positive() -> None:
     with pytest.raises(ConfigError, match=r"strategy\.global_lr"):
         Scaffold(global_lr=0.0)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_round_sends_c_and_moves_it_by_the_replies_changes() -> None:
+    from helpers import FakeGrid, make_reply
+
+    strategy = Scaffold(global_lr=1.0)
+    arrays = ArrayRecord([np.array([1.0], dtype=np.float32)])
+    tasks = list(strategy.configure_train(1, arrays, ConfigRecord(), FakeGrid([1, 2, 3, 4])))
+    sent = [t.content.array_records[keys.CONTROL].to_numpy_ndarrays()[0][0] for t in tasks]
+    assert sent == [0.0] * 4  # c starts at 0
+    replies = []
+    for task, (y, dc) in zip(tasks, [(2.0, 0.4), (4.0, 1.2), (1.0, 0.0), (1.0, None)], strict=True):
+        reply = make_reply(task, [np.array([y], dtype=np.float32)])
+        if dc is not None:
+            reply.content[keys.CONTROL_DELTA] = ArrayRecord([np.array([dc])])
+        replies.append(reply)
+    new, _ = strategy.aggregate_train(1, replies)
+    assert new is not None and strategy.rejected == 1  # the reply without its change
+    # x = 1 + ((2 - 1) + (4 - 1) + 0) / 3 = 7/3 (unweighted); c = (0.4 + 1.2 + 0) / 4 = 0.4
+    assert new.to_numpy_ndarrays()[0][0] == pytest.approx(7 / 3)
+    assert strategy.control is not None and strategy.control[0][0] == pytest.approx(0.4)
+    tasks = list(strategy.configure_train(2, new, ConfigRecord(), FakeGrid([1, 2, 3, 4])))
+    assert tasks[0].content.array_records[keys.CONTROL].to_numpy_ndarrays()[0][0] == pytest.approx(
+        0.4
+    )
+    state = strategy.state_dict()
+    restored = Scaffold()
+    restored.load_state_dict(state)
+    assert restored.control is not None and restored.control[0][0] == pytest.approx(0.4)
