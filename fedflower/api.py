@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedflower.backend import use_backend
 from fedflower.errors import ConfigError, FedflowerError
 from fedflower.startup import (
     CONFIG_MODULE,
@@ -151,7 +152,9 @@ def _run_one(overrides: list[str], out: Path) -> Result:
 
     cfg = compose(*overrides)  # a bad override fails here, before TensorFlow is imported
     set_environment_defaults()
-    quiet_tensorflow_import()
+    use_backend(cfg.backend)  # before Keras is imported (or the one Keras already runs on)
+    if cfg.backend == "tensorflow":
+        quiet_tensorflow_import()
     from fedflower.experiment import run as run_experiment
     from fedflower.outputs.rundir import OVERRIDES_FILE
 

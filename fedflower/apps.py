@@ -22,7 +22,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from omegaconf import DictConfig, OmegaConf
 
-from fedflower import model_inputs
+from fedflower import keys, model_inputs
+from fedflower.aggregation.preprocessing import Fitted, features
 from fedflower.client.app import ClientFn, SharedModel, keras_client_fn, to_client_app
 from fedflower.client.attacks import Attack, attack_mod, warn_outnumbered
 from fedflower.client.keras_client import reset_optimizer
@@ -35,6 +36,8 @@ from fedflower.client.personalization import (
 )
 from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
+from fedflower.client.statistics import RawData, query_handler
+from fedflower.data.source import ClientData, Columns
 from fedflower.determinism import seed_everything
 
 if TYPE_CHECKING:  # the server side is imported when a server app is built: a SuperNode's
@@ -86,9 +89,54 @@ def client_app(
     options: GroupOptions,
     attack: Mod | None = None,
     indices: Indices | None = None,
+    raw: RawData | None = None,
 ) -> ClientApp:
-    """The ``ClientApp``: ``client_fn`` behind :func:`client_mods` (and compression first)."""
-    return to_client_app(client_fn, mods=client_mods(options, attack, indices))
+    """The ``ClientApp``: ``client_fn`` behind :func:`client_mods` (and compression first).
+
+    ``raw`` gives a node's raw table rows for the server's statistics query (see
+    :mod:`fedflower.client.statistics`).
+    """
+    query = None if raw is None else query_handler(raw)
+    return to_client_app(client_fn, mods=client_mods(options, attack, indices), query=query)
+
+
+def _no_training(_: Context) -> Any:
+    """The statistics round's ``client_fn``: that round sends no training message."""
+    raise RuntimeError("the statistics round trains no model")
+
+
+def federated_preprocessing(
+    cfg: DictConfig, source: TabularSource, fed: FederatedData | HospitalPopulation
+) -> TabularSource:
+    """A simulated table's preprocessing, fitted on statistics its clients send in messages.
+
+    The statistics round (:func:`fedflower.server.preprocessing.federate`) runs before the
+    training run, on the in-process engine (one small message per client, whatever
+    ``simulation.backend``), against clients that read their raw partitions; the fitted
+    preprocessing is then applied to every client's rows. A dataset without table columns is
+    returned as is.
+    """
+    from flwr.serverapp import ServerApp
+
+    from fedflower.data.partition import FederatedData
+    from fedflower.engine.local import run_local
+    from fedflower.server.preprocessing import Query, federate
+
+    columns = source.columns
+    if columns is None or source.preprocessing is not None or not isinstance(fed, FederatedData):
+        return source
+    query = Query(cfg.num_clients, _plain(cfg.privacy), int(cfg.seed))
+    prepared: list[TabularSource] = []
+    server = ServerApp()
+    server.main()(lambda grid, _: prepared.append(federate(grid, source, query)))
+
+    def raw(context: Context, _: Columns) -> tuple[ClientData, Columns]:
+        return fed.client(int(context.node_config[keys.PARTITION_ID])), columns
+
+    run_local(server, client_app(_no_training, fixed_options(cfg), raw=raw), cfg.num_clients)
+    fitted = Fitted.from_dict(prepared[0].preprocessing or {})
+    fed.prepare(prepared[0], lambda x: features(fitted, x, columns.categories))
+    return prepared[0]
 
 
 def fixed_options(cfg: DictConfig) -> GroupOptions:
@@ -158,6 +206,7 @@ def server_app(
                 plots=cfg.output.plots,
                 rejected_updates=int(getattr(pipeline.strategy, "rejected", 0)),
                 **pipeline.run_report(),
+                **statistics_report(source),
             )
         )
 
@@ -181,6 +230,12 @@ def server_app(
         per_client=per_client,
     )
     return app, results
+
+
+def statistics_report(source: TabularSource) -> dict[str, Any]:
+    """``results.json``'s ``statistics`` entry: the table's statistics round, if it had one."""
+    report = (source.preprocessing or {}).get(keys.STATISTICS)
+    return {} if report is None else {"statistics": report}
 
 
 def private_strategy(cfg: DictConfig, strategy: Any) -> Any:
@@ -218,6 +273,10 @@ def save_model(model: keras.Model, path: Path, source: TabularSource | None = No
     else:  # a model shared with the in-process clients: no client's optimizer state
         reset_optimizer(model.optimizer, None)
     columns = source.columns if source is not None else None
+    text = getattr(source, "table_meta", lambda: None)()  # a table's text column
+    if text is not None:
+        model_inputs.save(model, path, text)
+        return
     if columns is None or source is None or source.preprocessing is None:
         model.save(path)
         return

@@ -19,6 +19,7 @@ import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from fedflower.backend import use_backend
 from fedflower.errors import ConfigError, FedflowerError
 from fedflower.startup import (
     CONFIG_MODULE,
@@ -124,18 +125,19 @@ def _with_config_dir(overrides: list[str], config_dir: str | None) -> list[str]:
     return [*kept, "hydra.searchpath=[" + ",".join(f"'{e}'" for e in entries) + "]"]
 
 
-def precheck(argv: Sequence[str]) -> None:
+def precheck(argv: Sequence[str]) -> list[DictConfig]:
     """Compose the config the command line asks for; exit with one line if that fails.
 
     The config is composed with Hydra's compose API as ``fedflower`` will compose it: with
     ``--config-dir`` and any ``hydra.searchpath`` override, so a user's own config folder is
-    found. Then the config's rules run (:func:`fedflower.server.rules.validate`).
+    found. Then the config's rules run (:func:`fedflower.server.rules.validate`). Returns the
+    composed configs (one per job of a sweep; none when the command only inspects).
     """
     from hydra import compose, initialize_config_module
 
     args = _parser().parse_args(list(argv))
     if _inspects_only(args):
-        return
+        return []
     try:
         variants = _sweep_variants(args.overrides)
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -158,6 +160,22 @@ def precheck(argv: Sequence[str]) -> None:
             check_latency(cfg.get("latency"))
         except FedflowerError as exc:
             fail(str(exc))
+    return configs
+
+
+def choose_backend(configs: Sequence[DictConfig]) -> str:
+    """Set the one Keras backend of this process's jobs (``backend``) before Keras is imported."""
+    backends = sorted({str(cfg.backend) for cfg in configs}) or ["tensorflow"]
+    if len(backends) > 1:
+        fail(
+            f"backend must be one value per command (a process runs one Keras backend), got "
+            f"{','.join(backends)}: run one command per backend"
+        )
+    try:
+        use_backend(backends[0])
+    except FedflowerError as exc:
+        fail(str(exc))
+    return backends[0]
 
 
 def check_latency(latency: Any) -> None:
@@ -274,8 +292,8 @@ def main() -> None:
         quiet_tensorflow_import()
         list_strategies()
         return
-    precheck(argv)  # bad overrides fail here, before TensorFlow's seconds-long import
-    if not _inspects_only(_parser().parse_args(argv)):
+    configs = precheck(argv)  # bad overrides fail here, before TensorFlow's seconds-long import
+    if configs and choose_backend(configs) == "tensorflow":
         quiet_tensorflow_import()
     _hydra_main()
 

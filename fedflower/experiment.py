@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower import apps
+from fedflower.backend import use_backend
 from fedflower.client.local_only import wants_local_baseline
 from fedflower.client.personalization import Personalization
 from fedflower.components import instantiate_data
@@ -24,7 +25,6 @@ from fedflower.data.source import TabularSource
 from fedflower.engine import simulate
 from fedflower.errors import DataError
 from fedflower.server.checkpoint import check_resumable
-from fedflower.server.preprocessing import prepare
 from fedflower.server.rules import validate
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,10 @@ def load_federation(cfg: DictConfig) -> tuple[TabularSource, FederatedData | Hos
 def load_data(
     cfg: DictConfig, source: TabularSource | None = None
 ) -> tuple[TabularSource, FederatedData]:
-    """Instantiate the dataset (unless given) and split it across ``cfg.num_clients`` clients."""
+    """Instantiate the dataset (unless given) and split it across ``cfg.num_clients`` clients.
+
+    A table's rows stay raw (see :func:`fedflower.apps.federated_preprocessing`).
+    """
     if source is None:
         source = instantiate_data(cfg.dataset, "dataset")
     if not isinstance(source, TabularSource):
@@ -63,7 +66,7 @@ def load_data(
     fed = FederatedData(
         source, partitioner, cfg.num_clients, val_fraction=cfg.client.val_fraction, seed=cfg.seed
     )
-    return prepare(source, fed), fed
+    return source, fed
 
 
 def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         directory outside Hydra).
     """
     validate(cfg)
+    use_backend(cfg.get("backend", "tensorflow"))  # Keras runs on it, or one error line
     wants_local_baseline(cfg.get("baseline"))  # bad values fail here, within a second
     Personalization(**OmegaConf.to_container(cfg.personalization, resolve=True))  # type: ignore[arg-type]
     absolute_data_paths(cfg)
@@ -87,6 +91,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         out = Path(cfg.resume)  # continue the run in its own directory
         check_resumable(out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     source, fed = load_federation(cfg)
+    source = apps.federated_preprocessing(cfg, source, fed)
     server_app, client_app, results = apps.build(cfg, out, source, fed)
     if isinstance(fed, FederatedData):
         print(write_partition_report(fed, out, plot=cfg.output.plots))

@@ -13,6 +13,12 @@ installed, else in TensorFlow's bundled ``tf.lite.Interpreter``. ``--quantize dy
 stores the weights as int8 (post-training dynamic-range quantization, about 4x smaller;
 Jacob et al. 2018, arXiv:1712.05877); its outputs differ more, so the default tolerance
 then is looser.
+
+A model trained on a table (:mod:`fedflower.model_inputs`) is exported taking one float row:
+its numeric columns (NaN where empty), then each categorical column as the index of its value
+in the vocabulary. LiteRT has no string lookup among its built-in operators, so that lookup
+stays on the device: ``<model>.vocab.json`` beside the flatbuffer lists each categorical
+column's values in index order (and the columns and class names), and the report says so.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class ExportReport:
     bytes_per_round_down: float | None = None
     bytes_per_round_up: float | None = None
     bytes_per_round_per_client: float | None = None
+    vocabulary_path: str | None = None
 
     @property
     def within_tolerance(self) -> bool:
@@ -83,6 +90,12 @@ class ExportReport:
             f"keras model {human_bytes(self.keras_file_bytes)} on disk, {self.parameters} "
             f"parameters = {human_bytes(self.weight_bytes)} of float32 weights",
         ]
+        if self.vocabulary_path is not None:
+            out.append(
+                f"LiteRT has no string lookup among its built-in operators: the TFLite model "
+                f"takes each categorical column as the index of its value in "
+                f"{self.vocabulary_path} (NaN or -1: empty or unknown)"
+            )
         if self.max_abs_diff is not None:
             out.append(
                 f"parity on {self.examples} test examples ({self.runtime} interpreter): "
@@ -199,8 +212,8 @@ def predicted_class(outputs: np.ndarray) -> np.ndarray:
     return np.argmax(outputs, axis=-1)
 
 
-def test_data_of_run(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The central test set of the run whose ``results.json`` sits next to ``model_path``."""
+def test_source_of_run(model_path: Path) -> Any:
+    """The dataset of the run whose ``results.json`` sits next to ``model_path`` (or None)."""
     run = RunDir(model_path.parent)
     if not run.finished:
         return None
@@ -210,8 +223,13 @@ def test_data_of_run(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     config = run.config()
     if "dataset" not in config:
         return None
-    source = instantiate(OmegaConf.create(config["dataset"]))
-    return source.x_test, source.y_test
+    return instantiate(OmegaConf.create(config["dataset"]))
+
+
+def test_data_of_run(model_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The central test set of the run whose ``results.json`` sits next to ``model_path``."""
+    source = test_source_of_run(model_path)
+    return None if source is None else (source.x_test, source.y_test)
 
 
 def traffic_of_run(model_path: Path) -> tuple[int, float, float] | None:
@@ -226,6 +244,95 @@ def traffic_of_run(model_path: Path) -> tuple[int, float, float] | None:
     down = float(np.mean([r["bytes_down"] for r in rows]))
     up = float(np.mean([r["bytes_up"] for r in rows]))
     return clients, down, up
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Test data for the parity check: the Keras model's inputs, TFLite's rows, labels."""
+
+    keras_inputs: Any
+    rows: np.ndarray
+    y: np.ndarray
+    model: Any
+
+
+def write_vocabulary(target: Path, meta: dict[str, Any]) -> Path:
+    """Write ``<model>.vocab.json`` beside the flatbuffer: each categorical column's values.
+
+    In index order: the TFLite model reads a category as the index of its value in that
+    list (NaN or -1: empty or unknown).
+    """
+    fitted = meta["preprocessing"]
+    vocab = {
+        "columns": [*meta["numeric"], *meta["categorical"]],
+        "numeric": meta["numeric"],
+        "categorical": dict(zip(meta["categorical"], fitted["vocabularies"], strict=True)),
+        "class_names": meta["class_names"],
+    }
+    path = target.with_suffix(".vocab.json")
+    path.write_text(json.dumps(vocab, indent=1) + "\n")
+    return path
+
+
+def table_parity_data(
+    model: Any, meta: dict[str, Any], numeric: np.ndarray, texts: list[np.ndarray], y: np.ndarray
+) -> Checked:
+    """A table model's parity data from raw columns (numbers with NaN, category text)."""
+    from fedflower import model_inputs
+
+    feed = model_inputs.feed(meta, numeric, texts)
+    return Checked(feed, model_inputs.numeric_rows(meta, numeric, texts), y, model)
+
+
+def parity_data(
+    path: Path, model: Any, meta: dict[str, Any] | None, data: str | Path | None, label: str
+) -> Checked | None:
+    """The rows to compare Keras and TFLite on: ``--data``, else the run's test set."""
+    if meta is not None:
+        columns = table_test_columns(path, meta, data)
+        return None if columns is None else table_parity_data(model, meta, *columns)
+    if data is not None:
+        from fedflower.deploy.local_data import load_file
+
+        client = load_file(data, label_column=label, val_fraction=0.0)
+        return Checked(client.x_train, client.x_train, client.y_train, model)
+    xy = test_data_of_run(path)
+    return None if xy is None else Checked(xy[0], xy[0], xy[1], model)
+
+
+def table_test_columns(
+    path: Path, meta: dict[str, Any], data: str | Path | None
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray] | None:
+    """Raw columns and labels of ``data`` (a table file) or of the run's test set."""
+    from fedflower.aggregation.preprocessing import split_raw
+    from fedflower.data import files, tables
+    from fedflower.predict import table_columns
+
+    if data is not None:
+        file = files.check_path(data, files.TABLE_SUFFIXES)
+        table = files.read_table(file)
+        tables.check_named(file, table, [meta["label"]])
+        y = files.label_codes(file, table[meta["label"]], "the file", meta["class_names"])
+        return (*table_columns(file, table, meta), y)
+    run = test_source_of_run(path)
+    if run is None or run.columns is None:
+        return None
+    numeric, texts = split_raw(run.x_test, run.columns.categories)
+    return numeric, texts, run.y_test
+
+
+def compare(report: ExportReport, flatbuffer: bytes, checked: Checked, tolerance: float) -> None:
+    """Run both models on the parity data and record the differences in ``report``."""
+    keras_out = np.asarray(checked.model.predict(checked.keras_inputs, batch_size=1024, verbose=0))
+    lite_out = tflite_predict(flatbuffer, checked.rows)
+    report.examples = len(checked.y)
+    report.runtime = runtime_name()
+    report.max_abs_diff = float(np.max(np.abs(keras_out - lite_out.reshape(keras_out.shape))))
+    report.tolerance = float(tolerance)
+    keras_cls, lite_cls = predicted_class(keras_out), predicted_class(lite_out)
+    report.keras_accuracy = float(np.mean(keras_cls == checked.y))
+    report.tflite_accuracy = float(np.mean(lite_cls == checked.y))
+    report.prediction_agreement = float(np.mean(keras_cls == lite_cls))
 
 
 def export(
@@ -254,25 +361,17 @@ def export(
     label : str
         The label column of ``data`` (a CSV file).
     """
-    import keras
-
     from fedflower import model_inputs
 
-    path = Path(model_path).expanduser()
-    if not path.is_file():
-        raise DataError(f"model file {str(path)!r} does not exist; give a run's model.keras")
-    model_inputs.check_keras_file(path)
-    meta = model_inputs.read_meta(path)
-    if meta is not None and meta["categorical"]:
+    path = model_inputs.model_file(model_path)
+    model, meta = model_inputs.load(path)
+    if meta is not None and meta.get("text"):
         raise DataError(
-            f"{str(path)!r} looks up categorical columns {meta['categorical']}, which TFLite "
-            "cannot; predict with: fedflower predict RUN_DIR DATA"
+            f"{str(path)!r} reads text (column {meta['text']!r}), which LiteRT's built-in "
+            "operators cannot tokenize; predict with: fedflower predict RUN_DIR DATA"
         )
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises several types for a bad file
-        raise DataError(f"cannot load {str(path)!r} as a Keras model: {exc}") from exc
-    flatbuffer = convert(model, quantize)
+    device = model if meta is None else model_inputs.with_numeric_row(model, meta)
+    flatbuffer = convert(device, quantize)
     target = (Path(out).expanduser() if out else path.with_suffix(".tflite")).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(flatbuffer)
@@ -286,26 +385,13 @@ def export(
         weight_bytes=int(sum(w.nbytes for w in weights)),
         parameters=int(sum(w.size for w in weights)),
     )
-    xy: tuple[np.ndarray, np.ndarray] | None
-    if data is not None:
-        from fedflower.deploy.local_data import load_file
-
-        client = load_file(data, label_column=label, val_fraction=0.0)
-        xy = client.x_train, client.y_train
-    else:
-        xy = test_data_of_run(path)
-    if xy is not None:
-        x, y = xy
-        keras_out = np.asarray(model.predict(x, batch_size=1024, verbose=0))
-        lite_out = tflite_predict(flatbuffer, x)
-        report.examples = len(x)
-        report.runtime = runtime_name()
-        report.max_abs_diff = float(np.max(np.abs(keras_out - lite_out.reshape(keras_out.shape))))
-        report.tolerance = TOLERANCE[quantize] if tolerance is None else float(tolerance)
-        keras_cls, lite_cls = predicted_class(keras_out), predicted_class(lite_out)
-        report.keras_accuracy = float(np.mean(keras_cls == y))
-        report.tflite_accuracy = float(np.mean(lite_cls == y))
-        report.prediction_agreement = float(np.mean(keras_cls == lite_cls))
+    if meta is not None and meta["categorical"]:
+        report.vocabulary_path = str(write_vocabulary(target, meta))
+    checked = parity_data(path, model, meta, data, label)
+    if checked is not None:
+        compare(
+            report, flatbuffer, checked, TOLERANCE[quantize] if tolerance is None else tolerance
+        )
     traffic = traffic_of_run(path)
     if traffic is not None:
         clients, down, up = traffic
@@ -323,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Export a run's global model for devices and check it against Keras.",
     )
     parser.add_argument(
-        "model", help="the Keras model file, e.g. outputs/<date>/<time>/model.keras"
+        "model", help="the Keras model file, e.g. outputs/<date>/<time>/model.keras, or its run"
     )
     parser.add_argument("--to", choices=FORMATS, default="tflite", help="target format")
     parser.add_argument(
@@ -333,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
     parser.add_argument("--data", help="CSV/NPZ test file (default: the run's central test set)")
-    parser.add_argument("--label", default="label", help="the label column of --data's CSV")
+    parser.add_argument(
+        "--label", default="label", help="the label column of --data's CSV (a table model: its own)"
+    )
     parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)

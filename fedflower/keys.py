@@ -83,3 +83,16 @@ FROZEN = "frozen"  # train config: positions of the weights not trained this tas
 CONTROL = "control"  # ArrayRecord of a SCAFFOLD train task: the server's control variate c
 CONTROL_DELTA = "control-delta"  # ArrayRecord of its reply: the client's c_i+ - c_i
 SCAFFOLD_STATE = "scaffold-control"  # Context.state ArrayRecord: the client's control variate
+# Federated statistics of a table (see fedflower.server.preprocessing): query messages before
+# training. The query's ConfigRecord CONFIG names its KIND; a reply to the STATISTICS kind
+# carries ArrayRecord STATISTICS and ConfigRecord CATEGORIES; the PREPROCESSING kind hands the
+# fitted preprocessing to the nodes, which keep it in Context.state under PREPROCESSING.
+QUERY_KIND = "kind"
+STATISTICS = "statistics"
+CATEGORIES = "categories"
+PREPROCESSING = "preprocessing"
+COLUMNS = "columns"  # JSON of the table's columns (names, roles, class names)
+FITTED = "fitted"  # JSON of the fitted preprocessing
+BOUNDS = "bounds"  # ArrayRecord of the query: per numeric column, the clip bound
+NOISE_MULTIPLIER = "noise-multiplier"  # std of the statistics' noise per unit of sensitivity
+NOISE_SEED = "noise-seed"

@@ -23,41 +23,23 @@ from fedflower.errors import DataError, FedflowerError
 from fedflower.startup import EXIT_USAGE
 
 
-def model_path(target: str | Path) -> Path:
-    """The ``.keras`` file a run directory holds, or the file given."""
-    path = Path(target).expanduser()
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise DataError(
-            f"{str(path)!r} does not exist; give a run directory holding model.keras "
-            "(output.save_model=true) or a .keras file"
-        )
-    return path
-
-
-def load(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The model and its stored columns; a damaged or foreign file is one ``DataError``."""
-    import keras
-
+def load(target: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The model and its stored columns; a model of feature arrays is refused in one line."""
     from fedflower import model_inputs
 
-    model_inputs.check_keras_file(path)
-    meta = model_inputs.read_meta(path)
+    model, meta = model_inputs.load(target)
     if meta is None:
         raise DataError(
-            f"{str(path)!r} takes feature arrays, not table rows (the model was not trained on a "
-            "CSV/Parquet table); predict with keras.saving.load_model(...).predict(x)"
+            f"{str(target)!r} takes feature arrays, not table rows (the model was not trained on "
+            "a CSV/Parquet table); predict with keras.saving.load_model(...).predict(x)"
         )
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a damaged archive
-        raise DataError(f"{str(path)!r} is not a Keras model file ({exc})") from exc
     return model, meta
 
 
-def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
-    """The model's inputs: numbers (NaN where empty) and text, by column name."""
+def table_columns(
+    path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The model's columns of a table: numbers (NaN where empty) and the categories' text."""
     for name in [*meta["numeric"], *meta["categorical"]]:
         if name not in table:
             raise files.fail(
@@ -65,18 +47,24 @@ def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> An
                 f"has no column {name!r} (the model reads {meta['numeric'] + meta['categorical']})",
                 "give the columns the model was trained on",
             )
-    numbers = [tables.numeric_column(path, table[c], c).astype("float32") for c in meta["numeric"]]
-    if not meta["categorical"]:  # one float row of the numeric columns, in the stored order
-        return np.stack(numbers, axis=1)
-    out: dict[str, Any] = {
-        name: values[:, None] for name, values in zip(meta["numeric"], numbers, strict=True)
-    }
-    out.update({name: table[name].astype(str)[:, None] for name in meta["categorical"]})
-    if meta["categorical"]:  # string tensors: Keras' StringLookup runs on TensorFlow
+    numbers = [tables.numeric_column(path, table[c], c) for c in meta["numeric"]]
+    numeric = (
+        np.stack(numbers, axis=1) if numbers else np.zeros((len(table[meta["categorical"][0]]), 0))
+    )
+    return numeric, [table[c].astype(str) for c in meta["categorical"]]
+
+
+def inputs(path: Path, table: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
+    """The model's inputs: numbers (NaN where empty) and text, by column name."""
+    from fedflower import model_inputs
+
+    if meta.get("text"):  # a text model: one string per row
         import tensorflow as tf
 
-        return {name: tf.constant(values) for name, values in out.items()}
-    return out
+        if meta["text"] not in table:
+            raise files.fail(path, f"has no column {meta['text']!r}", "give the text column")
+        return tf.constant(table[meta["text"]].astype(str)[:, None])
+    return model_inputs.feed(meta, *table_columns(path, table, meta))
 
 
 def probabilities(raw: np.ndarray, classes: int) -> np.ndarray:
@@ -101,7 +89,7 @@ def write(path: Path, names: Sequence[str], probs: np.ndarray) -> None:
 
 def predict(target: str, data: str, out: str | None = None) -> dict[str, Any]:
     """Predict every row of ``data``; write the predictions file; return the summary."""
-    model, meta = load(model_path(target))
+    model, meta = load(target)
     path = files.check_path(data, files.TABLE_SUFFIXES)
     table = files.read_table(path)
     names = [str(n) for n in meta["class_names"]]

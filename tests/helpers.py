@@ -5,17 +5,37 @@ Importable from every test as ``helpers`` (``tests/`` is on pytest's ``pythonpat
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedflower import keys
+
+REPO = Path(__file__).resolve().parents[1]
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+"""The README and every documentation page."""
+
+
+@functools.cache
+def docs_hooks() -> ModuleType:
+    """``docs/hooks/fedflower_docs.py``: the site generator, code-block and notebook reader."""
+    spec = importlib.util.spec_from_file_location(
+        "fedflower_docs", REPO / "docs/hooks/fedflower_docs.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
 """Environment of a ``fedflower`` subprocess: no TensorFlow banner, no progress bars."""

@@ -5,7 +5,8 @@
 ``systolic_bp``, ``glucose`` (numbers, about 5 % blank), ``smoker`` (never / former /
 current, a few blank), ``notes`` (free text) and ``readmitted`` (yes / no, the label). The
 label follows a logistic model of age, glucose, blood pressure and smoking, with a different
-base rate per hospital, so a model can learn it but not perfectly.
+base rate per hospital, so a model can learn it but not perfectly; four notes in five sound
+concerned for a readmitted patient and calm for the others (``model=text`` reads them).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import numpy as np
 
 HOSPITALS = ("north", "south", "east", "west")
 SMOKER = ("never", "former", "current")
-NOTES = (
+CALM = (
     "patient stable on discharge",
-    "reports mild chest pain at night",
-    "follow up with cardiology in two weeks",
     "no complaints at the visit",
     "family history of diabetes noted",
+)
+CONCERN = (
+    "reports mild chest pain at night",
+    "short of breath on exertion",
+    "missed two follow up visits",
 )
 
 
@@ -47,7 +51,9 @@ def _rows(n: int, rng: np.random.Generator) -> list[list[str]]:
         numbers = [f"{age[i]:.0f}", f"{bmi[i]:.1f}", f"{bp[i]:.0f}", f"{glucose[i]:.0f}"]
         numbers = ["" if rng.random() < 0.05 else v for v in numbers]
         smoke = "" if rng.random() < 0.03 else SMOKER[smoker[i]]
-        note = f"{NOTES[rng.integers(len(NOTES))]} (visit {i})"
+        k = int(rng.integers(5))  # 4 in 5 notes match the outcome
+        notes = CONCERN if bool(label[i]) == (k < 4) else CALM
+        note = f"{notes[k % len(notes)]} (visit {i})"
         rows.append([HOSPITALS[site[i]], *numbers, smoke, note, "yes" if label[i] else "no"])
     return rows
 

@@ -35,6 +35,7 @@ class Statistics:
         Per numeric column: filled cells, their sum, their sum of squares, empty cells.
     categories : list of dict
         Per categorical column: the count of each value (empty cells not counted).
+        Counts are floats: with privacy on they carry noise (:func:`noised`).
     """
 
     rows: int
@@ -42,12 +43,31 @@ class Statistics:
     total: np.ndarray
     squares: np.ndarray
     empty: np.ndarray
-    categories: list[dict[str, int]] = field(default_factory=list)
+    categories: list[dict[str, float]] = field(default_factory=list)
 
-    def nbytes(self) -> int:
-        """Size of the statistics as numbers (8 bytes each) plus the category names."""
-        numbers = 4 * self.count.size + 1 + sum(len(c) for c in self.categories)
-        return 8 * numbers + sum(len(k.encode()) for c in self.categories for k in c)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The numbers as named arrays (what a client's reply carries, with the categories)."""
+        return {
+            "rows": np.asarray([self.rows], dtype=np.float64),
+            "count": self.count,
+            "total": self.total,
+            "squares": self.squares,
+            "empty": self.empty,
+        }
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], categories: Sequence[dict[str, float]]
+    ) -> Statistics:
+        """The inverse of :meth:`arrays`."""
+        return cls(
+            rows=round(float(np.asarray(arrays["rows"])[0])),
+            count=np.asarray(arrays["count"], dtype=np.float64),
+            total=np.asarray(arrays["total"], dtype=np.float64),
+            squares=np.asarray(arrays["squares"], dtype=np.float64),
+            empty=np.asarray(arrays["empty"], dtype=np.float64),
+            categories=[dict(c) for c in categories],
+        )
 
 
 def statistics(numeric: np.ndarray, categorical: Sequence[np.ndarray]) -> Statistics:
@@ -62,7 +82,53 @@ def statistics(numeric: np.ndarray, categorical: Sequence[np.ndarray]) -> Statis
         total=values.sum(axis=0),
         squares=np.square(values).sum(axis=0),
         empty=(~filled).sum(axis=0).astype(np.float64),
-        categories=[dict(c) for c in counts],
+        categories=[{k: float(v) for k, v in c.items()} for c in counts],
+    )
+
+
+def bounds(numeric: np.ndarray) -> np.ndarray:
+    """Per numeric column the largest absolute filled value (1 where none is filled).
+
+    The server takes them from its own rows (the central test set): clients clip their values
+    to them, which bounds what one row adds to a sum (see :func:`noised`).
+    """
+    numeric = np.asarray(numeric, dtype=np.float64).reshape(len(numeric), -1)
+    filled = np.where(np.isnan(numeric), 0.0, np.abs(numeric))
+    out = filled.max(axis=0) if len(numeric) else np.zeros(numeric.shape[1])
+    return np.where(out > 0, out, 1.0)
+
+
+def clipped(numeric: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Numeric rows with every filled value clipped to ``[-limits, limits]`` (NaN kept)."""
+    return np.clip(np.asarray(numeric, dtype=np.float64), -limits, limits)
+
+
+def noised(
+    stats: Statistics, multiplier: float, limits: np.ndarray, rng: np.random.Generator
+) -> Statistics:
+    """The statistics with Gaussian noise of std ``multiplier`` x what one row can change.
+
+    One row changes a count (of filled or empty cells, or of a category's value) by 1, a sum
+    by at most ``limits[j]`` and a sum of squares by ``limits[j] ** 2`` once its values are
+    clipped (:func:`clipped`): the Gaussian mechanism applied to each statistic (Dwork & Roth
+    2014, "The Algorithmic Foundations of Differential Privacy", section 3.5.3). The names of
+    the categories and the number of rows (which every training reply carries too) are sent as
+    they are; only the counts and sums are noised.
+    """
+
+    def noise(scale: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
+        return rng.normal(0.0, 1.0, shape) * multiplier * np.asarray(scale)
+
+    n = stats.count.shape
+    return Statistics(
+        rows=stats.rows,
+        count=stats.count + noise(1.0, n),
+        total=stats.total + noise(limits, n),
+        squares=stats.squares + noise(np.square(limits), n),
+        empty=stats.empty + noise(1.0, n),
+        categories=[
+            {k: v + float(noise(1.0, ())) for k, v in sorted(c.items())} for c in stats.categories
+        ],
     )
 
 
@@ -149,7 +215,8 @@ def fit(stats: Statistics, normalize: bool = True, missing_indicator: bool = Fal
     variance[variance <= 1e-12] = 1.0
     vocabularies = tuple(tuple(sorted(c)) for c in stats.categories)
     modes = tuple(_most_frequent(v, c) for v, c in zip(vocabularies, stats.categories, strict=True))
-    indicators = tuple(int(i) for i in np.flatnonzero(stats.empty)) if missing_indicator else ()
+    flagged = np.flatnonzero(stats.empty >= 0.5)  # noised counts are not whole
+    indicators = tuple(int(i) for i in flagged) if missing_indicator else ()
     return Fitted(
         mean=mean if normalize else np.zeros_like(mean),
         variance=variance if normalize else np.ones_like(variance),
@@ -160,7 +227,7 @@ def fit(stats: Statistics, normalize: bool = True, missing_indicator: bool = Fal
     )
 
 
-def _most_frequent(vocabulary: Sequence[str], counts: dict[str, int]) -> int:
+def _most_frequent(vocabulary: Sequence[str], counts: dict[str, float]) -> int:
     """Index of the most frequent value (the first in sorted order on a tie)."""
     best = max(counts[v] for v in vocabulary) if vocabulary else 0
     return next((i for i, v in enumerate(vocabulary) if counts[v] == best), 0)
@@ -186,3 +253,25 @@ def transform(fitted: Fitted, numeric: np.ndarray, categorical: Sequence[np.ndar
         for values, vocab, mode in zip(categorical, fitted.vocabularies, fitted.modes, strict=True)
     ]
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def split_raw(
+    x: np.ndarray, categories: Sequence[Sequence[str]]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Raw-encoded rows as numeric columns (NaN where empty) and text columns (``""``: empty).
+
+    A table's rows are held as one float array: its numeric columns, then one column per
+    categorical column holding the index of the value in ``categories`` (NaN where empty).
+    """
+    k = x.shape[1] - len(categories)
+    texts = []
+    for j, cats in enumerate(categories):
+        codes = x[:, k + j]
+        table = np.asarray([*cats, ""], dtype=str)
+        texts.append(table[np.where(np.isnan(codes), len(cats), codes).astype(np.int64)])
+    return np.asarray(x[:, :k], dtype=np.float64), texts
+
+
+def features(fitted: Fitted, x: np.ndarray, categories: Sequence[Sequence[str]]) -> np.ndarray:
+    """Raw-encoded rows (see :func:`split_raw`) as the model's features."""
+    return transform(fitted, *split_raw(x, categories))

@@ -30,7 +30,11 @@ def _config(msg: Message) -> dict:
     return dict(record)
 
 
-def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
+def to_client_app(
+    client_fn: ClientFn,
+    mods: Sequence[Mod] = (),
+    query: Callable[[Message, Context], Message] | None = None,
+) -> ClientApp:
     """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
 
     Train replies carry ``arrays`` (the new weights, or the update ``w_global - w_local`` when
@@ -41,9 +45,12 @@ def to_client_app(client_fn: ClientFn, mods: Sequence[Mod] = ()) -> ClientApp:
     attack, :func:`fedflower.client.attacks.attack_mod`): they see the decoded model and the
     reply before it is encoded. FedDyn's and SCAFFOLD's states
     (:func:`~fedflower.client.dynamic.feddyn_mod`, :func:`~fedflower.client.scaffold.scaffold_mod`,
-    idle unless the server asks for them) are innermost.
+    idle unless the server asks for them) are innermost. ``query`` answers the server's query
+    messages (a table's statistics, :mod:`fedflower.client.statistics`).
     """
     app = ClientApp(mods=[compression_mod, *mods, feddyn_mod, scaffold_mod])
+    if query is not None:
+        app.query()(query)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

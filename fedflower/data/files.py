@@ -28,12 +28,16 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedflower.data import tables
-from fedflower.data.source import Columns, TabularSource
+from fedflower.data.source import ClientData, Columns, TabularSource
 from fedflower.errors import DataError
+
+if TYPE_CHECKING:  # sklearn, imported by the text module, is no SuperNode dependency
+    from fedflower.data.text import TextSource
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 SUFFIXES = (".csv", ".npz", ".parquet")
@@ -381,6 +385,7 @@ def load(
     missing_indicator: bool = False,
     standardize_features: bool = True,
     seed: int = 0,
+    text_column: str | None = None,
 ) -> TabularSource:
     """A user's data file as a dataset: a training pool for the clients and a central test set.
 
@@ -413,9 +418,26 @@ def load(
         images is scaled with its training pool's.
     seed : int
         Seed of the held-out split.
+    text_column : str, optional
+        A free-text column to classify with ``model=text``: the dataset's examples are then
+        that column's text (see :func:`text_table`), the other feature
+        columns unused.
     """
     options = tables.Options(features, exclude, missing, missing_indicator)
     labels = [label] if isinstance(label, str) else list(label)
+    if text_column is not None:
+        table = read_table(check_path(path, TABLE_SUFFIXES))
+        test_table = read_table(check_path(test_path, TABLE_SUFFIXES)) if test_path else None
+        return text_table(
+            Path(path),
+            table,
+            test_table,
+            text_column,
+            labels[0],
+            client_column,
+            test_fraction,
+            seed,
+        )
     rows, test_rows, columns = _read(path, test_path, labels, client_column, options)
     if test_rows is None:
         train, test = held_out(len(rows.y), test_fraction, seed)
@@ -477,3 +499,89 @@ def _features(
             "give both files the same feature columns",
         )
     return x, x_test
+
+
+def client_table(path: str | Path, columns: Columns, missing: str) -> tuple[ClientData, Columns]:
+    """A node's own table read in the server's ``columns``: raw-encoded rows, all training.
+
+    The categories are the file's own (a site may lack or add values); the returned columns
+    name them, so the node's statistics count values by name. The validation split is made
+    by the caller.
+    """
+    file = check_path(path, TABLE_SUFFIXES)
+    table = read_table(file)
+    tables.check_named(file, table, [columns.label])
+    categories = tuple(
+        tuple(sorted({str(v) for v in table.get(c, ()) if str(v)})) for c in columns.categorical
+    )
+    local = replace(columns, categories=categories)
+    rows = tables.rows(file, table, local, [columns.label], None, missing)
+    y = label_codes(file, rows.y, "train", columns.class_names)
+    if len(y) < MIN_ROWS:
+        raise fail(file, f"has {len(y)} examples", f"give at least {MIN_ROWS}")
+    x = rows.x.astype(np.float32)
+    return ClientData(x, y, x[:0], y[:0]), local
+
+
+PUBLIC_FRACTION = 0.1
+"""Share of a table's training rows held out as the public split its vocabulary comes from."""
+
+
+def text_table(
+    path: Path,
+    table: dict[str, np.ndarray],
+    test: dict[str, np.ndarray] | None,
+    column: str,
+    label: str,
+    client_column: str | None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> TextSource:
+    """A table's free-text column as a sentence-classification dataset (``model=text``).
+
+    The examples are the cells of ``column`` (an empty cell is an empty sentence), the labels
+    ``label``'s; ``client_column`` keeps each row's site. The vocabulary is adapted on a
+    public split of the training rows (:data:`PUBLIC_FRACTION`, seeded) that no client trains
+    on, as for the other text datasets (see the module docstring); the test set is the test
+    file, or ``test_fraction`` of the rows held out.
+    """
+    from fedflower.data.text import TextSource, adapt_vocabulary
+
+    for name, rows in (("the file", table), ("the test file", test)):
+        if rows is not None:
+            tables.check_named(path, rows, [label])
+            if column not in rows:
+                raise fail(
+                    path,
+                    f"{name} has no text column {column!r} (columns: {', '.join(rows)})",
+                    "name an existing column in dataset.text_column",
+                )
+    tables.check_client(path, table, client_column)
+    texts, labels = table[column].astype(str), table[label]
+    groups = table[client_column] if client_column else None
+    order = np.random.default_rng([seed, 1]).permutation(len(labels))
+    public = order[: max(1, round(PUBLIC_FRACTION * len(labels)))]
+    train = np.sort(order[len(public) :])
+    if test is None:
+        kept, held = held_out(len(train), test_fraction, seed)
+        test_idx, train = train[held], train[kept]
+        test_texts, test_labels = texts[test_idx], labels[test_idx]
+    else:
+        test_texts, test_labels = test[column].astype(str), test[label]
+    names = class_names(labels, test_labels)
+    y = label_codes(path, labels[train], "train", names)
+    y_test = label_codes(path, test_labels, "test", names)
+    tables.single_class(path, np.concatenate([labels, test_labels]), label)
+    return TextSource(
+        name=path.stem,
+        x=texts[train].reshape(-1, 1),
+        y=y,
+        x_test=np.asarray(test_texts).reshape(-1, 1),
+        y_test=y_test,
+        num_classes=num_classes(y, y_test, labels, names),
+        groups=None if groups is None else np.unique(groups[train], return_inverse=True)[1],
+        vocabulary=adapt_vocabulary(texts[public].tolist(), 2000),
+        class_names=tuple(names or (str(i) for i in range(max(2, int(y.max()) + 1)))),
+        text_column=column,
+        label_column=label,
+    )

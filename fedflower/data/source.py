@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,32 @@ class Columns:
     def names(self) -> tuple[str, ...]:
         """The feature columns in the order of the raw-encoded array."""
         return (*self.numeric, *self.categorical)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what the server's statistics query names)."""
+        return {
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "categories": [list(c) for c in self.categories],
+            "label": self.label,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "normalize": self.normalize,
+            "missing_indicator": self.missing_indicator,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Columns:
+        """The inverse of :meth:`as_dict`."""
+        names = data.get("class_names")
+        return cls(
+            numeric=tuple(data["numeric"]),
+            categorical=tuple(data["categorical"]),
+            categories=tuple(tuple(c) for c in data["categories"]),
+            label=str(data["label"]),
+            class_names=None if names is None else tuple(str(n) for n in names),
+            normalize=bool(data["normalize"]),
+            missing_indicator=bool(data["missing_indicator"]),
+        )
 
 
 @dataclass(frozen=True)

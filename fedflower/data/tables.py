@@ -297,7 +297,8 @@ def layout(
     if text:
         log.warning(
             "free-text columns %s are left out of the features "
-            "(dataset.exclude=[...] silences this; model=text reads a text column)",
+            "(dataset.exclude=[...] silences this; dataset.text_column=<name> model=text "
+            "classifies a text column)",
             text,
         )
     return columns, text
@@ -327,12 +328,25 @@ def rows(
     return Rows(path, x, y[keep], groups)
 
 
-def split_raw(columns: Columns, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Raw-encoded rows as numeric columns (NaN where empty) and text columns (``""``: empty)."""
+def write_rows(path: Path, columns: Columns, x: np.ndarray, y: np.ndarray) -> Path:
+    """Write raw-encoded rows as the table they came from: named columns, blanks, class names.
+
+    Numbers are written back as read (empty where NaN), category codes as their values and
+    labels by their class names, so a site's file reads as the original table's rows.
+    """
+    import csv
+
     k = len(columns.numeric)
-    texts = []
-    for j, cats in enumerate(columns.categories):
-        codes = x[:, k + j]
-        table = np.asarray([*cats, ""], dtype=str)
-        texts.append(table[np.where(np.isnan(codes), len(cats), codes).astype(np.int64)])
-    return np.asarray(x[:, :k], dtype=np.float64), texts
+    names = columns.class_names
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*columns.names, columns.label])
+        for row, label in zip(x, y, strict=True):
+            numbers = ["" if np.isnan(v) else f"{v:.7g}" for v in row[:k]]
+            cats = [
+                "" if np.isnan(code) else cats[int(code)]
+                for code, cats in zip(row[k:], columns.categories, strict=True)
+            ]
+            writer.writerow([*numbers, *cats, names[int(label)] if names else int(label)])
+    return path

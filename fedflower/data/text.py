@@ -49,10 +49,27 @@ class TextSource(TabularSource):
         The shared vocabulary, most frequent first, adapted on the public split.
     class_names : tuple of str
         Name of each label.
+    text_column, label_column : str, optional
+        The columns of a table the sentences and labels come from
+        (:func:`fedflower.data.files.text_table`).
     """
 
     vocabulary: tuple[str, ...] = ()
     class_names: tuple[str, ...] = field(default=())
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def table_meta(self) -> dict[str, Any] | None:
+        """What a model of a table's text column stores for ``fedflower predict`` (or None)."""
+        if self.text_column is None:
+            return None
+        return {
+            "text": self.text_column,
+            "numeric": [],
+            "categorical": [],
+            "label": self.label_column,
+            "class_names": list(self.class_names),
+        }
 
 
 def tokens(sentence: str) -> list[str]:

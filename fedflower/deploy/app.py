@@ -12,6 +12,8 @@ command from the run config's ``overrides`` string (:mod:`fedflower.deploy.confi
   (:mod:`fedflower.deploy.local_data`). Bad or missing data raises
   :class:`~fedflower.errors.DataError`, which Flower sends back as the node's error reply;
   the server logs it in one line and aggregates the other nodes' updates.
+* a table's preprocessing is fitted on the SuperNodes' statistics before training
+  (:mod:`fedflower.server.preprocessing`): each node answers the query from its own file;
 * attacks (a red-team exercise) run only when the run asks for them with
   ``attack=<name> attack.in_deployment=true`` in its overrides; then the SuperNodes whose node
   config says ``malicious=true`` attack (:func:`node_role`), never by default.
@@ -49,9 +51,9 @@ from fedflower.client.app import cached
 from fedflower.client.attacks import Attack, Role, attack_mod, seeded_role
 from fedflower.client.keras_client import KerasClient
 from fedflower.client.personalization import Personalization, local_indices
-from fedflower.data.source import ClientData, TabularSource
+from fedflower.data.source import ClientData, Columns, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
-from fedflower.deploy.local_data import content_id, node_data
+from fedflower.deploy.local_data import content_id, node_data, node_table
 from fedflower.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -63,16 +65,25 @@ ModelBuilder = Callable[[tuple[int, ...], int], Any]
 def load_source(cfg: Any) -> TabularSource:
     """The dataset whose held-out test set the server evaluates the global model on.
 
-    A table's test rows are preprocessed as the clients' rows are: with the preprocessing
-    fitted on the statistics of the run's partitions (the demo nodes' ``partition-id``).
+    A table's rows stay raw: :func:`federated_source` fits their preprocessing on the nodes'
+    statistics.
     """
     from fedflower.components import instantiate_data
-    from fedflower.experiment import load_data
 
-    source = instantiate_data(cfg.dataset, "server's dataset")
-    if isinstance(source, TabularSource) and source.columns is not None:
-        return load_data(cfg, source)[0]  # a table: preprocessing fitted on the partitions
+    source: TabularSource = instantiate_data(cfg.dataset, "server's dataset")
     return source
+
+
+def federated_source(grid: Grid, cfg: Any, source: TabularSource) -> TabularSource:
+    """``source`` with a table's preprocessing fitted on the SuperNodes' statistics."""
+    from omegaconf import OmegaConf
+
+    from fedflower.server.preprocessing import Query, federate
+
+    privacy = OmegaConf.to_container(cfg.privacy, resolve=True)
+    timeout = cfg.strategy.get("round_timeout")
+    query = Query(int(cfg.num_clients), privacy, int(cfg.seed), timeout)  # type: ignore[arg-type]
+    return federate(grid, source, query)
 
 
 SIMULATED_NODES_WAIT = 10.0
@@ -120,7 +131,8 @@ def _server_main(grid: Grid, context: Context) -> None:
     check_simulated_nodes(grid, int(cfg.num_clients))
     apps.prepare(cfg)
     out = output_dir(context.run_config, context.run_id)
-    app, results = apps.server_app(cfg, out, load_source(cfg))
+    source = federated_source(grid, cfg, load_source(cfg))
+    app, results = apps.server_app(cfg, out, source)
     app(grid, context)
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
@@ -223,7 +235,7 @@ def node_client_fn(context: Context) -> KerasClient:
     configure_threads(cfg.simulation.tf_threads)
     node_config = dict(context.node_config)
     overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
-    data = cached(
+    data = node_features(context, cfg) or cached(
         overrides, ("data", *sorted(node_config.items())), lambda: node_data(node_config, cfg)
     )
     num_classes = node_config.get(keys.NUM_CLASSES)
@@ -241,6 +253,28 @@ def node_client_fn(context: Context) -> KerasClient:
         seed=int(cfg.seed),
         num_classes=int(num_classes) if num_classes is not None else None,
     )
+
+
+def node_raw(context: Context, columns: Columns) -> tuple[ClientData, Columns]:
+    """The SuperNode's raw table rows for the server's statistics query (cached per run)."""
+    cfg = experiment_config(context.run_config)
+    node_config = dict(context.node_config)
+    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    key = ("table", *sorted(node_config.items()))
+    return cached(overrides, key, lambda: node_table(node_config, cfg, columns))
+
+
+def node_features(context: Context, cfg: Any) -> ClientData | None:
+    """The node's table rows as features, once it keeps the fitted preprocessing (else None)."""
+    from fedflower.client.statistics import kept, prepared
+
+    found = kept(context)
+    if found is None:
+        return None
+    columns, fitted, digest = found
+    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    key = ("features", digest, *sorted(dict(context.node_config).items()))
+    return cached(overrides, key, lambda: prepared(*node_raw(context, columns), fitted))
 
 
 def run_group(group: str) -> Callable[[Context], dict[str, Any]]:
@@ -312,5 +346,5 @@ def node_indices(
 
 
 client_app = apps.client_app(
-    node_client_fn, run_group, deployed_attack_mod(run_group("attack")), node_indices
+    node_client_fn, run_group, deployed_attack_mod(run_group("attack")), node_indices, node_raw
 )

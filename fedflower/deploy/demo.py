@@ -60,6 +60,7 @@ def write_site_files(
     """
     import numpy as np
 
+    from fedflower.data.tables import write_rows
     from fedflower.deploy.config import compose_config
     from fedflower.deploy.local_data import write_csv
     from fedflower.experiment import load_data
@@ -75,7 +76,9 @@ def write_site_files(
         idx = np.sort(fed.indices(i))
         x, y = source.x[idx], source.y[idx]
         path = out / f"site-{i + 1}.{fmt}"
-        if fmt == "csv":
+        if fmt == "csv" and source.columns is not None:  # a table: its own columns, raw
+            write_rows(path, source.columns, x, y)
+        elif fmt == "csv":
             write_csv(path, x.reshape(len(x), -1), y)
         else:
             np.savez(path, x=x, y=y)

@@ -24,6 +24,10 @@ NPZ
 Text class names are refused on a node: every node must number the classes alike, so the
 labels are written as integers (``dataset=csv`` numbers text labels in simulation).
 
+A run on a CSV/Parquet table (``dataset=csv|parquet``) reads the node's file as a table
+instead (:func:`node_table`): columns by name, categories, blank cells and class names, as
+the server's statistics query names them (:mod:`fedflower.client.statistics`).
+
 Every problem raises :class:`fedflower.errors.DataError` with the file, what was found and
 what is expected, so the node's error reply tells the server operator what to fix.
 """
@@ -41,7 +45,7 @@ import numpy as np
 
 from fedflower import keys
 from fedflower.data import files
-from fedflower.data.source import ClientData
+from fedflower.data.source import ClientData, Columns
 from fedflower.determinism import derive_seed
 from fedflower.errors import DataError
 
@@ -169,6 +173,11 @@ def node_data(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
 
 
 def _partition(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
+    return _partitioned(node_config, cfg)[0]
+
+
+def _partitioned(node_config: Mapping[str, Any], cfg: Any) -> tuple[ClientData, Columns | None]:
+    """The simulated client's data of the node's ``partition-id`` (and its table's columns)."""
     from fedflower.experiment import load_federation
 
     pid = int(node_config[keys.PARTITION_ID])
@@ -182,5 +191,28 @@ def _partition(node_config: Mapping[str, Any], cfg: Any) -> ClientData:
         )
     if not 0 <= pid < parts:
         raise DataError(f"node config {keys.PARTITION_ID}={pid} must lie in [0, {parts - 1}]")
-    _, fed = load_federation(cfg)
-    return fed.client(pid)
+    source, fed = load_federation(cfg)
+    return fed.client(pid), source.columns
+
+
+def node_table(
+    node_config: Mapping[str, Any], cfg: Any, columns: Columns
+) -> tuple[ClientData, Columns]:
+    """A SuperNode's raw table rows in the server's ``columns`` (and the columns they use).
+
+    ``data-path``: the node's own CSV/Parquet file, read by the simulation's table reader
+    with the run's ``dataset.missing``, a seeded validation split held out; a demo partition:
+    the simulated client's raw rows.
+    """
+    if keys.DATA_PATH not in node_config:
+        if keys.PARTITION_ID not in node_config:
+            node_data(node_config, cfg)  # raises: the node config names no data
+        data, own = _partitioned(node_config, cfg)  # a partition of the run's own table
+        return data, own or columns
+    path = str(node_config[keys.DATA_PATH])
+    if Path(path).suffix.lower() == ".npz":  # an archive of numeric rows: x0, x1, ...
+        return node_data(node_config, cfg), columns
+    rows, local = files.client_table(path, columns, str(cfg.dataset.get("missing", "error")))
+    seed = derive_seed(int(cfg.seed), content_id(path))
+    split = split_validation(rows.x_train, rows.y_train, float(cfg.client.val_fraction), seed)
+    return split, local

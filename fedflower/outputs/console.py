@@ -117,6 +117,11 @@ def _base_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
         ("bytes clients -> server", human_bytes(totals["bytes_up"])),
         ("measured total", human_bytes(comm["measured_bytes"])),
     ]
+    stats = results.get("statistics")
+    if stats:  # a table's statistics round, before training
+        noise = "no noise" if stats["noise_multiplier"] <= 0 else "noised on the nodes"
+        traffic = f"{human_bytes(stats['bytes_down'])} down, {human_bytes(stats['bytes_up'])} up"
+        rows.append((f"table statistics ({stats['nodes']} nodes)", f"{traffic}, {noise}"))
     if "async" not in results:  # asynchronous runs have no rounds of all clients
         per_round = comm["clients_per_round"]
         clients = f"{per_round:.0f}" if float(per_round).is_integer() else f"{per_round:.1f}"

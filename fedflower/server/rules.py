@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedflower.aggregation.codecs import codecs_from_options
+from fedflower.backend import check_backend
 from fedflower.checks import check_choice, check_number
 from fedflower.engine import BACKENDS
 from fedflower.errors import ConfigError
@@ -65,6 +66,7 @@ def validate(cfg: DictConfig) -> None:
         check_clients(n)
     build_typed_groups(cfg)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
+    check_backend(cfg.get("backend", "tensorflow"))
     _check_checkpoint(cfg)
     check_text_pairing(cfg)
     check_tracking(cfg.get("tracking"))
@@ -117,14 +119,15 @@ def check_text_pairing(cfg: DictConfig) -> None:
     """Pair text models and text data.
 
     A text model (one with a ``vocabulary``) needs a text dataset (one with a
-    ``vocabulary_size``), and a text dataset needs a text model.
+    ``vocabulary_size``, or a table's ``text_column``), and a text dataset needs a text model.
     """
     text_model = "vocabulary" in cfg.model
-    text_data = "vocabulary_size" in cfg.dataset
+    text_data = "vocabulary_size" in cfg.dataset or bool(cfg.dataset.get("text_column"))
     if text_model and not text_data:
         raise ConfigError(
             f"model={cfg.model._target_} reads sentences but dataset={cfg.dataset._target_} "
-            "has none: use a text dataset (dataset=financial_news or dataset=text_hub)"
+            "has none: use a text dataset (dataset=financial_news or dataset=text_hub), or name "
+            "a table's text column (dataset.text_column=<name>)"
         )
     if text_data and not text_model:
         raise ConfigError(

@@ -51,9 +51,12 @@ def test_clinical_csv_trains_in_one_command_and_predicts_raw_rows(tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
     log = (out / "cli.log").read_text()
     assert "categorical ['smoker']; text (left out) ['notes']" in log
-    assert "preprocessing fitted from 4 clients' statistics" in log
-    accuracy = json.loads((out / "results.json").read_text())["final"]["accuracy"]
-    assert accuracy > 0.65  # the base rate of the test file is 0.55
+    assert "preprocessing fitted from 4 nodes' statistics (480 rows, no row sent" in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["statistics"]["bytes_up"] > 0 and results["statistics"]["noise"] == "none"
+    assert "table statistics (4 nodes)" in done.stdout and "no noise" in done.stdout
+    accuracy = results["final"]["accuracy"]
+    assert accuracy > 0.65  # 87 of the 150 test rows are "yes": 0.58
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     raw = tmp_path / "clinical_test.csv"
@@ -107,12 +110,63 @@ def test_a_numeric_table_model_exports_to_tflite_from_any_folder(tmp_path: Path)
     assert report["max_abs_diff"] <= 1e-5
 
 
-def test_a_categorical_table_model_is_not_exported_and_says_why(tmp_path: Path) -> None:
+def test_a_categorical_table_model_exports_numeric_rows_and_its_vocabulary(
+    tmp_path: Path,
+) -> None:
     clinical(tmp_path)
     out = tmp_path / "run"
-    done = fedflower(*overrides(tmp_path), "num_rounds=1", f"hydra.run.dir={out}", cwd=tmp_path)
+    done = fedflower(*overrides(tmp_path), f"hydra.run.dir={out}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = json.loads((out / "results.json").read_text())["final"]["accuracy"]
+    done = fedflower("export", str(out / "model.keras"), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["examples"] == 150
+    assert report["keras_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert report["tflite_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert report["max_abs_diff"] <= 1e-5
+    vocab = json.loads((out / "model.vocab.json").read_text())
+    assert vocab["categorical"] == {"smoker": ["current", "former", "never"]}
+    assert vocab["columns"] == ["age", "bmi", "systolic_bp", "glucose", "smoker"]
     done = fedflower("export", str(out / "model.keras"), cwd=tmp_path)
-    assert done.returncode == 2
-    assert "looks up categorical columns ['smoker'], which TFLite cannot" in done.stderr
-    assert "fedflower predict" in done.stderr
+    assert "LiteRT has no string lookup" in done.stdout and "model.vocab.json" in done.stdout
+    labelled = fedflower(
+        "export", str(out), "--data", str(tmp_path / "clinical_test.csv"), "--json", cwd=tmp_path
+    )
+    assert json.loads(labelled.stdout)["tflite_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_supernodes_reading_their_own_site_files_fit_the_statistics_by_message(
+    tmp_path: Path,
+) -> None:
+    """Each node reads its own raw table (data-path), as a hospital would hold it."""
+    from fedflower.deploy.demo import write_site_files
+
+    clinical(tmp_path)
+    sites = write_site_files(overrides(tmp_path), 4, tmp_path / "sites")
+    header = sites[0].read_text().splitlines()[0]
+    assert header == "age,bmi,systolic_bp,glucose,smoker,readmitted"
+    assert ",," in "".join(p.read_text() for p in sites)  # the blank cells travel raw
+    nodes = [{"data-path": str(p)} for p in sites]
+    results = run_app_in_process(overrides(tmp_path), tmp_path / "dep", nodes)
+    stats = results["statistics"]
+    assert stats["nodes"] == 4 and stats["bytes_up"] > 0
+    train_rows = sum(len(p.read_text().splitlines()) - 1 for p in sites)
+    assert stats["rows"] == train_rows - sum(
+        round(0.2 * (len(p.read_text().splitlines()) - 1)) for p in sites
+    )
+    assert results["final"]["accuracy"] > 0.65
+
+
+def test_the_notes_column_trains_model_text_and_predicts_raw_rows(tmp_path: Path) -> None:
+    clinical(tmp_path)
+    out = tmp_path / "run"
+    text = ["dataset.text_column=notes", "model=text", "num_rounds=5"]
+    done = fedflower(*overrides(tmp_path), *text, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = json.loads((out / "results.json").read_text())["final"]["accuracy"]
+    assert accuracy > 0.7  # 4 notes in 5 match the outcome; 87 of the 150 test rows are "yes"
+    raw = tmp_path / "clinical_test.csv"
+    done = fedflower("predict", str(out), str(raw), "--out", "p.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"accuracy {accuracy:.4f}" in done.stdout

@@ -7,32 +7,16 @@ build writes); here each runs in a fresh directory with a Jupyter kernel. Blocks
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-
-
-def hooks() -> ModuleType:
-    """``docs/hooks/fedflower_docs.py``: it turns a page into its notebook."""
-    spec = importlib.util.spec_from_file_location(
-        "fedflower_docs", REPO / "docs/hooks/fedflower_docs.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from helpers import DOC_PAGES, REPO, docs_hooks
 
 NOTEBOOKS = {
-    str(page.relative_to(REPO)): hooks().notebook(page.read_text(encoding="utf-8"))
-    for page in PAGES
+    str(page.relative_to(REPO)): docs_hooks().notebook(page.read_text(encoding="utf-8"))
+    for page in DOC_PAGES
 }
 RUNNABLE = [name for name, nb in NOTEBOOKS.items() if len(nb["cells"]) > 1]
 

@@ -164,3 +164,37 @@ def test_nan_written_in_a_cell_is_an_error_naming_it(tmp_path: Path) -> None:
     path = write(tmp_path / "n.csv", ["1,y", "nan,n", "3,y"], header="a,y")
     with pytest.raises(DataError, match=r"column 'a' holds 'nan' in line 3"):
         load(str(path), label="y")
+
+
+def test_a_text_column_becomes_the_sentences_of_model_text(tmp_path: Path) -> None:
+    from fedflower.data.files import PUBLIC_FRACTION
+    from fedflower.data.text import TextSource
+
+    src = load(
+        str(clinic(tmp_path / "c.csv", n=60)),
+        label="y",
+        client_column="site",
+        text_column="notes",
+        test_fraction=0.2,
+    )
+    assert isinstance(src, TextSource) and src.x.shape[1:] == (1,) and src.x.dtype.kind == "U"
+    public = round(PUBLIC_FRACTION * 60)
+    assert len(src.y) + len(src.y_test) == 60 - public  # the public rows train no client
+    assert set(src.vocabulary) >= {"note", "taken", "at", "the", "visit"}
+    seen = {str(s[0]) for s in src.x} | {str(s[0]) for s in src.x_test}
+    numbers = {t for s in seen for t in s.split() if t.isdigit()}
+    held = {t for t in src.vocabulary if t.isdigit()}
+    assert held and not held & numbers  # the vocabulary's own rows are no client's rows
+    assert src.class_names == ("no", "yes") and src.groups is not None
+    assert src.table_meta() == {
+        "text": "notes",
+        "numeric": [],
+        "categorical": [],
+        "label": "y",
+        "class_names": ["no", "yes"],
+    }
+
+
+def test_an_unknown_text_column_names_the_columns(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"has no text column 'memo' \(columns: age, smoker"):
+        load(str(clinic(tmp_path / "c.csv")), label="y", text_column="memo")

@@ -128,3 +128,30 @@ def test_partition_node_gets_the_simulated_clients_data(
         node_data({"partition-id": 0, "num-partitions": 5}, cfg)
     with pytest.raises(DataError, match=r"must lie in \[0, 2\]"):
         node_data({"partition-id": 3, "num-partitions": 3}, cfg)
+
+
+def test_a_table_node_reads_its_own_file_in_the_servers_columns(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    from conftest import clinical
+
+    from fedflower.data.files import load
+    from fedflower.data.tables import write_rows
+    from fedflower.deploy.local_data import node_table
+
+    path = clinical(tmp_path)
+    src = load(str(path), label="readmitted", client_column="hospital", missing="impute")
+    assert src.columns is not None
+    site = write_rows(tmp_path / "site.csv", src.columns, src.x[:40], src.y[:40])
+    cfg = make_cfg([f"dataset.path={path}", "dataset=csv", "dataset.missing=impute"])
+    data, local = node_table({"data-path": str(site)}, cfg, src.columns)
+    assert len(data.y_train) + len(data.y_val) == 40 and data.x_train.shape[1] == 5
+    assert local.numeric == src.columns.numeric and local.class_names == ("no", "yes")
+    assert set(local.categories[0]) <= set(src.columns.categories[0])
+    with pytest.raises(DataError, match=r"column 'age' is empty in line \d+.*missing=impute"):
+        node_table(
+            {"data-path": str(site)}, make_cfg(["dataset=csv", f"dataset.path={path}"]), src.columns
+        )
+    npz = tmp_path / "site.npz"
+    np.savez(npz, x=np.zeros((10, 5)), y=np.arange(10) % 2)
+    assert node_table({"data-path": str(npz)}, cfg, src.columns)[1] == src.columns

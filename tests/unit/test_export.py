@@ -34,3 +34,14 @@ def test_a_damaged_model_file_is_not_a_keras_model_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(DataError, match=r"model\.keras' is not a Keras model file"):
         export(bad)
+
+
+def test_a_text_model_is_not_exported_and_says_why(tmp_path: Path) -> None:
+    from fedflower import model_inputs
+    from fedflower.errors import DataError
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    meta = {"text": "notes", "numeric": [], "categorical": [], "label": "y", "class_names": []}
+    model_inputs.save(model, tmp_path / "model.keras", meta)
+    with pytest.raises(DataError, match=r"reads text \(column 'notes'\).*fedflower predict"):
+        export(tmp_path)

@@ -47,6 +47,7 @@ PARTS = {
     "fedflower.checks": "base",
     "fedflower.determinism": "base",
     "fedflower.startup": "base",
+    "fedflower.backend": "base",  # the Keras backend a process trains on
     "fedflower.memory": "base",  # objects of this process a config names by key
     "fedflower.sites": "base",  # a client's name in per-client results
     "fedflower.aggregation": "aggregation",

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 import shlex
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from types import ModuleType
 
 import pytest
 from flwr.app import MetricRecord, RecordDict
+from helpers import DOC_PAGES, REPO, docs_hooks
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -30,9 +30,7 @@ from fedflower.server import recorder as recorder_module
 from fedflower.server.recorder import Recorder
 from fedflower.server.rules import validate
 
-REPO = Path(__file__).resolve().parents[2]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-TEXTS = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in PAGES}
+TEXTS = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in DOC_PAGES}
 README = TEXTS["README.md"]
 PLUGIN = REPO / "examples" / "strategy-plugin" / "fedflower_trimmedmean" / "strategy.py"
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2}
@@ -58,18 +56,7 @@ HISTORY = re.compile(
 """Development history: sessions, "it was", issue numbers."""
 
 
-def hooks() -> ModuleType:
-    """``docs/hooks/fedflower_docs.py``: the site's generator and its code-block reader."""
-    spec = importlib.util.spec_from_file_location(
-        "fedflower_docs", REPO / "docs/hooks/fedflower_docs.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BLOCKS = {page: hooks().code_blocks(text) for page, text in TEXTS.items()}
+BLOCKS = {page: docs_hooks().code_blocks(text) for page, text in TEXTS.items()}
 
 
 # -- numbers ----------------------------------------------------------------------------------
