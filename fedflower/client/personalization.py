@@ -29,8 +29,9 @@ Methods and where their settings come from:
   with weights, as FedPer) stays on the site; each round the site first trains its head for
   ``fedrep_head_epochs`` with the received body fixed, then the body for the round's local
   epochs with its head fixed, and sends the body. The paper trains the head for many more
-  local updates than the body (the authors' code: ``local_ep - local_rep_ep`` head epochs,
-  10 - 1 in its examples); default 5 head epochs to bound a round's cost.
+  local updates than the body (the authors' code, github.com/lgcollins/FedRep:
+  ``local_ep - local_rep_ep`` head epochs, ``local_rep_ep`` body epochs); default 5 head
+  epochs to one body epoch, to bound a round's cost.
 - ``apfl``: Deng et al., "Adaptive Personalized Federated Learning", arXiv:2003.13461
   (Algorithm 1). Besides the global update, each site keeps a local model ``v`` and its
   personal model is the mixture ``alpha v + (1 - alpha) w``; ``v`` descends the loss of the
