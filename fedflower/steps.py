@@ -128,7 +128,7 @@ class Steps:
 
             def zero() -> None:
                 for variable in state:
-                    variable.assign(keras.ops.zeros_like(variable))
+                    variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
 
             self._zero = (len(state), _compile(zero, False))
         self._zero[1]()
@@ -220,6 +220,9 @@ class Steps:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
+        if keras.backend.backend() != "tensorflow":  # Keras' own evaluation
+            own = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+            return _floats(own)
         self.build(x, y)
         self.model.reset_metrics()
         logs: Any = {}

@@ -23,6 +23,7 @@ from fedflower import keys
 from fedflower.aggregation.control import controlled_step
 from fedflower.checks import check_number
 from fedflower.server.checked import CheckedFedAvg
+from fedflower.wire import named_record
 
 
 class Scaffold(CheckedFedAvg):
@@ -54,10 +55,9 @@ class Scaffold(CheckedFedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         reference = self._reference or arrays.to_numpy_ndarrays()
         c = self.control or [np.zeros_like(a) for a in reference]
+        c = [a.astype(r.dtype) for a, r in zip(c, reference, strict=True)]
         for message in messages:
-            message.content[keys.CONTROL] = ArrayRecord(
-                [a.astype(r.dtype) for a, r in zip(c, reference, strict=True)]
-            )
+            message.content[keys.CONTROL] = named_record(list(arrays.keys()), c)
         return messages
 
     def accepted_updates(

@@ -17,16 +17,16 @@ import keras
 
 
 @contextmanager
-def frozen(model: keras.Model, positions: Sequence[int] | None) -> Iterator[None]:
-    """Train inside this block without changing the weights at ``positions`` (of ``model.weights``).
+def frozen(model: keras.Model, paths: Sequence[str] | None) -> Iterator[None]:
+    """Train inside this block without changing the weights named ``paths`` (variable paths).
 
-    Nothing happens for an empty or missing ``positions``.
+    Nothing happens for an empty or missing ``paths``.
     """
-    weights = model.weights
+    fixed = set(paths or ())
     optimizer = model.optimizer
-    if positions and optimizer is not None and not optimizer.built:  # knows every variable
+    if fixed and optimizer is not None and not optimizer.built:  # knows every variable
         optimizer.build(model.trainable_variables)
-    chosen = [weights[int(i)] for i in positions or () if weights[int(i)].trainable]
+    chosen = [v for v in model.weights if v.trainable and str(v.path) in fixed]
     for variable in chosen:
         variable.trainable = False
     try:

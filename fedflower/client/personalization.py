@@ -63,7 +63,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import Mod
 
-from fedflower import keys
+from fedflower import keys, wire
 from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError
 
@@ -152,8 +152,8 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def local_indices(model: keras.Model, settings: Personalization) -> list[int]:
-    """Positions in ``model.get_weights()`` of the weights of the layers kept local.
+def local_names(model: keras.Model, settings: Personalization) -> list[str]:
+    """Variable paths of the weights of the layers kept local: their keys on the wire.
 
     Raises
     ------
@@ -170,30 +170,43 @@ def local_indices(model: keras.Model, settings: Personalization) -> list[int]:
         chosen = {id(layers[-1])}
     else:
         chosen = {id(x) for x in layers if isinstance(x, NORMALIZATION)}
-    indices = [i for i, w in enumerate(model.weights) if id(owner.get(id(w))) in chosen]
-    if not indices:
-        names = ", ".join(x.name for x in layers)
+    names = [str(w.path) for w in model.weights if id(owner.get(id(w))) in chosen]
+    if not names:
+        layer_names = ", ".join(x.name for x in layers)
         raise ConfigError(
             f"personalization.local_layers must match a layer with weights for "
-            f"{settings.name}, got {list(settings.local_layers)}; the model's layers: {names}"
+            f"{settings.name}, got {list(settings.local_layers)}; the model's layers: "
+            f"{layer_names}"
         )
-    return indices
+    return names
 
 
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [x for x in model._flatten_layers(include_self=False, recursive=True)]
 
 
-def _derived(msg: Message, arrays: list[np.ndarray], config: dict, kind: str) -> Message:
+Named = dict[str, np.ndarray]
+"""Arrays keyed by variable path, in the order they travel."""
+
+
+def _derived(msg: Message, arrays: Named, config: dict, kind: str) -> Message:
     """A copy of ``msg`` of type ``kind`` carrying ``arrays`` and ``config`` (kept in-process)."""
     meta = copy.copy(msg.metadata)
     meta.message_type = kind
-    content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.CONFIG: ConfigRecord(config)})
+    content = RecordDict({keys.ARRAYS: _record(arrays), keys.CONFIG: ConfigRecord(config)})
     return Message(content=content, metadata=meta)  # type: ignore[call-overload]
 
 
-def _arrays(msg: Message, key: str = keys.ARRAYS) -> list[np.ndarray]:
-    return msg.content.array_records[key].to_numpy_ndarrays()
+def _record(arrays: Named) -> ArrayRecord:
+    return wire.named_record(list(arrays), list(arrays.values()))
+
+
+def _named(record: ArrayRecord) -> Named:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _arrays(msg: Message, key: str = keys.ARRAYS) -> Named:
+    return _named(msg.content.array_records[key])
 
 
 def _config(msg: Message) -> dict:
@@ -210,31 +223,29 @@ class PersonalModel:
     ----------
     settings : Personalization
         The method and its settings.
-    indices : sequence of int
-        Positions of the local layers' weights (FedPer, FedBN; see :func:`local_indices`).
+    names : sequence of str
+        Variable paths of the local layers' weights (FedPer, FedBN; see :func:`local_names`).
     """
 
-    def __init__(self, settings: Personalization, indices: Sequence[int]) -> None:
+    def __init__(self, settings: Personalization, names: Sequence[str]) -> None:
         self.settings = settings
-        self.indices = list(indices)
+        self.names = list(names)
 
-    def stored(self, context: Context) -> list[np.ndarray] | None:
+    def stored(self, context: Context) -> Named | None:
         """The node's kept arrays (local layers, or Ditto's whole personal model)."""
         record = context.state.array_records.get(keys.PERSONAL_STATE)
-        return None if record is None else record.to_numpy_ndarrays()
+        return None if record is None else _named(record)
 
-    def keep(self, context: Context, arrays: list[np.ndarray]) -> None:
+    def keep(self, context: Context, arrays: Named) -> None:
         """Keep ``arrays`` in the node's state for the next round."""
-        context.state[keys.PERSONAL_STATE] = ArrayRecord(arrays)
+        context.state[keys.PERSONAL_STATE] = _record(arrays)
 
-    def merged(self, global_arrays: list[np.ndarray], context: Context) -> list[np.ndarray]:
+    def merged(self, global_arrays: Named, context: Context) -> Named:
         """The global arrays with this node's local layers in place (if it has any yet)."""
         kept = self.stored(context)
-        out = list(global_arrays)
-        if kept is not None:
-            for i, a in zip(self.indices, kept, strict=True):
-                out[i] = a
-        return out
+        if kept is None:
+            return dict(global_arrays)
+        return {k: kept.get(k, a) if k in self.names else a for k, a in global_arrays.items()}
 
     def train(self, msg: Message, context: Context, call_next: CallNext) -> Message:
         """The round's training: the global reply, and the personal model's update kept."""
@@ -261,30 +272,29 @@ class PersonalModel:
             if head.has_error():
                 return head
             mine = _arrays(head)
-            config[keys.FROZEN] = list(self.indices)
+            config[keys.FROZEN] = list(self.names)
         reply = call_next(_derived(msg, mine, config, msg.metadata.message_type), context)
         if reply.has_error():
             return reply
         trained = _arrays(reply)
         update = bool(_config(msg).get(keys.RETURN_UPDATE))
         if update:  # the reply is w_sent - w_trained: the local layers' new values
-            self.keep(context, [mine[i] - trained[i] for i in self.indices])
+            self.keep(context, {n: mine[n] - trained[n] for n in self.names})
         else:
-            self.keep(context, [trained[i] for i in self.indices])
-        for i in self.indices:  # the server gets no information about the local layers
-            trained[i] = np.zeros_like(trained[i]) if update else received[i]
-        reply.content[keys.ARRAYS] = ArrayRecord(trained)
+            self.keep(context, {n: trained[n] for n in self.names})
+        for n in self.names:  # the server gets no information about the local layers
+            trained[n] = np.zeros_like(trained[n]) if update else received[n]
+        reply.content[keys.ARRAYS] = _record(trained)
         return reply
 
     def _train_head(
-        self, msg: Message, mine: list[np.ndarray], context: Context, call_next: CallNext
+        self, msg: Message, mine: Named, context: Context, call_next: CallNext
     ) -> Message:
         """FedRep's head epochs: the site's head trained on the received body (reply: the model)."""
         config = _config(msg)
         config.pop(keys.RETURN_UPDATE, None)
         config[keys.LOCAL_EPOCHS] = int(self.settings.fedrep_head_epochs)
-        local = set(self.indices)
-        config[keys.FROZEN] = [i for i in range(len(mine)) if i not in local]
+        config[keys.FROZEN] = [n for n in mine if n not in self.names]
         if not self.settings.fedrep_head_epochs:  # no head epochs: the model as it is
             return _derived(msg, mine, {}, MessageType.TRAIN)
         return call_next(_derived(msg, mine, config, MessageType.TRAIN), context)
@@ -303,8 +313,7 @@ class PersonalModel:
         mixture = mix(v, received, alpha)
         reply = call_next(_derived(msg, mixture, config, MessageType.TRAIN), context)
         if not reply.has_error() and alpha > 0:
-            trained = _arrays(reply)
-            self.keep(context, unmix(trained, received, alpha))
+            self.keep(context, unmix(_arrays(reply), received, alpha))
 
     def _train_ditto(self, msg: Message, context: Context, call_next: CallNext) -> None:
         config = _config(msg)
@@ -314,12 +323,12 @@ class PersonalModel:
             config[keys.LOCAL_EPOCHS] = int(self.settings.ditto_epochs)
         received = _arrays(msg)
         task = _derived(msg, received, config, MessageType.TRAIN)
-        task.content[keys.START] = ArrayRecord(self.stored(context) or received)
+        task.content[keys.START] = _record(self.stored(context) or received)
         reply = call_next(task, context)
         if not reply.has_error():
             self.keep(context, _arrays(reply))
 
-    def personal(self, msg: Message, context: Context) -> tuple[list, dict] | None:
+    def personal(self, msg: Message, context: Context) -> tuple[Named, dict] | None:
         """The personal model's arrays and evaluate config (``None``: none yet).
 
         A fine-tuned model is trained by the evaluate handler itself (``finetune-epochs``),
@@ -374,30 +383,34 @@ def _floating(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.floating)
 
 
-def mix(v: list[np.ndarray], w: list[np.ndarray], alpha: float) -> list[np.ndarray]:
+def mix(v: Named, w: Named, alpha: float) -> Named:
     """APFL's personal model ``alpha v + (1 - alpha) w`` (non-float arrays: ``w``'s)."""
-    return [
-        (alpha * a.astype(np.float64) + (1 - alpha) * b).astype(b.dtype) if _floating(b) else b
-        for a, b in zip(v, w, strict=True)
-    ]
+    return {
+        k: (alpha * v[k].astype(np.float64) + (1 - alpha) * b).astype(b.dtype)
+        if _floating(b)
+        else b
+        for k, b in w.items()
+    }
 
 
-def unmix(mixture: list[np.ndarray], w: list[np.ndarray], alpha: float) -> list[np.ndarray]:
+def unmix(mixture: Named, w: Named, alpha: float) -> Named:
     """``v`` from a mixture ``alpha v + (1 - alpha) w`` and ``w`` (``alpha > 0``)."""
-    return [
-        ((m.astype(np.float64) - (1 - alpha) * b) / alpha).astype(b.dtype) if _floating(b) else m
-        for m, b in zip(mixture, w, strict=True)
-    ]
+    return {
+        k: ((m.astype(np.float64) - (1 - alpha) * w[k]) / alpha).astype(w[k].dtype)
+        if _floating(w[k])
+        else m
+        for k, m in mixture.items()
+    }
 
 
-Indices = Callable[[Context, Personalization, list[np.ndarray]], Sequence[int]]
-"""Positions of a node's local layers' weights, given the settings and the received arrays."""
+LocalNames = Callable[[Context, Personalization, ArrayRecord], Sequence[str]]
+"""Variable paths of a node's local layers' weights, given the settings and the received model."""
 
 
-def personalization_mod(options: Callable[[Context], Mapping[str, Any]], indices: Indices) -> Mod:
+def personalization_mod(options: Callable[[Context], Mapping[str, Any]], local: LocalNames) -> Mod:
     """The Flower mod that gives each client its personal model (innermost of the mods).
 
-    ``options(context)`` is the run's ``personalization`` config group; ``indices`` finds
+    ``options(context)`` is the run's ``personalization`` config group; ``local`` names
     the local layers' weights in the node's model (a deployed node builds its model on the
     first message, from the received arrays' shapes).
     """
@@ -407,7 +420,8 @@ def personalization_mod(options: Callable[[Context], Mapping[str, Any]], indices
         kind = msg.metadata.message_type
         if not settings.active or not msg.content.array_records:
             return call_next(msg, context)
-        model = PersonalModel(settings, indices(context, settings, _arrays(msg)))
+        received = msg.content.array_records[keys.ARRAYS]
+        model = PersonalModel(settings, local(context, settings, received))
         if kind.startswith(MessageType.TRAIN):
             return model.train(msg, context, call_next)
         if kind.startswith(MessageType.EVALUATE):

@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.app import Context, Message, MessageType
 
 from fedflower import keys
 from fedflower.client.personalization import CallNext
+from fedflower.wire import named_record
 
 
 def local_steps(config: dict, num_examples: int) -> int:
@@ -39,11 +40,12 @@ def scaffold_mod(msg: Message, context: Context, call_next: CallNext) -> Message
     record = msg.content.array_records.get(keys.CONTROL)
     if record is None or not msg.metadata.message_type.startswith(MessageType.TRAIN):
         return call_next(msg, context)
-    c = record.to_numpy_ndarrays()
-    x = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+    c = record.to_numpy_ndarrays()  # in the order of the model's arrays
+    model = msg.content.array_records[keys.ARRAYS]
+    names, x = list(model.keys()), model.to_numpy_ndarrays()
     kept = context.state.array_records.get(keys.SCAFFOLD_STATE)
     ci = [np.zeros_like(a) for a in c] if kept is None else kept.to_numpy_ndarrays()
-    msg.content[keys.LINEAR] = ArrayRecord([a - b for a, b in zip(ci, c, strict=True)])
+    msg.content[keys.LINEAR] = named_record(names, [a - b for a, b in zip(ci, c, strict=True)])
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
@@ -57,6 +59,7 @@ def scaffold_mod(msg: Message, context: Context, call_next: CallNext) -> Message
         (a - b + scale * (xa.astype(np.float64) - ya)).astype(a.dtype)
         for a, b, xa, ya in zip(ci, c, x, y, strict=True)
     ]
-    context.state[keys.SCAFFOLD_STATE] = ArrayRecord(new)
-    reply.content[keys.CONTROL_DELTA] = ArrayRecord([a - b for a, b in zip(new, ci, strict=True)])
+    context.state[keys.SCAFFOLD_STATE] = named_record(names, new)
+    delta = [a - b for a, b in zip(new, ci, strict=True)]
+    reply.content[keys.CONTROL_DELTA] = named_record(names, delta)
     return reply

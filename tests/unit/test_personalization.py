@@ -16,7 +16,7 @@ from flwr.app import (
 )
 
 from fedflower import keys
-from fedflower.client.personalization import Personalization, local_indices, personalization_mod
+from fedflower.client.personalization import Personalization, local_names, personalization_mod
 from fedflower.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -67,7 +67,7 @@ def values(reply: Message) -> list[float]:
 
 def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> None:
     log: list = []
-    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: [1])
+    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: ["1"])
     ctx, call_next = context(), handler(log)
     assert values(mod(message(MessageType.TRAIN, [0, 0]), ctx, call_next)) == [1, 0]
     # round 2: the global head (5) is replaced by the site's own (1) before training
@@ -82,7 +82,7 @@ def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> No
 
 def test_fedper_with_updates_replies_zero_for_the_local_layers() -> None:
     log: list = []
-    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: [1])
+    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: ["1"])
     ctx = context()
 
     def update(msg: Message, c: Context) -> Message:  # reply w_sent - w_trained = -1
@@ -115,14 +115,16 @@ def test_ditto_trains_a_personal_model_proximal_to_the_global_one() -> None:
 def test_fedrep_trains_the_head_on_the_received_body_then_the_body_alone() -> None:
     log: list = []
     settings = {"name": "fedrep", "fedrep_head_epochs": 4}
-    mod = personalization_mod(lambda _: settings, lambda *_: [1])
+    mod = personalization_mod(lambda _: settings, lambda *_: ["1"])
     ctx, call_next = context(), handler(log)
     mod(message(MessageType.TRAIN, [0, 0], **{keys.LOCAL_EPOCHS: 2}), ctx, call_next)
     # round 2: head first (site's head 2 after round 1's head and body tasks), body fixed
     reply = mod(message(MessageType.TRAIN, [5, 5], **{keys.LOCAL_EPOCHS: 2}), ctx, call_next)
     (_, head_in, head_cfg), (_, body_in, body_cfg) = log[-2:]
-    assert head_in == [5, 2] and head_cfg[keys.FROZEN] == [0] and head_cfg[keys.LOCAL_EPOCHS] == 4
-    assert body_in == [6, 3] and body_cfg[keys.FROZEN] == [1] and body_cfg[keys.LOCAL_EPOCHS] == 2
+    assert head_in == [5, 2] and head_cfg[keys.FROZEN] == ["0"]
+    assert head_cfg[keys.LOCAL_EPOCHS] == 4
+    assert body_in == [6, 3] and body_cfg[keys.FROZEN] == ["1"]
+    assert body_cfg[keys.LOCAL_EPOCHS] == 2
     assert values(reply) == [7, 5]  # the server gets the body back, and its own head
     kept = ctx.state.array_records[keys.PERSONAL_STATE].to_numpy_ndarrays()
     assert float(kept[0][0]) == 4.0  # the head after the body task (the stand-in moves all)
@@ -153,12 +155,13 @@ def test_frozen_weights_stay_unchanged_in_real_keras_training() -> None:
     x, y = rng.normal(size=(16, 3)).astype("float32"), rng.integers(0, 2, 16)
     client = KerasClient(model, ClientData(x, y, x[:0], y[:0]))
     start = client.get_parameters({})
+    paths = [str(v.path) for v in model.weights]
+    trainable = [p for p in paths if "moving" not in p]  # statistics move in every forward pass
     config = {keys.LOCAL_EPOCHS: 2, keys.BATCH_SIZE: 4, keys.LEARNING_RATE: 0.1}
-    trainable = [0, 1, 2, 3, 6, 7]  # 4, 5: the moving statistics, updated by every forward pass
-    for fixed in ([0, 1, 2, 3], [6, 7]):  # the body, then the head
+    for fixed in (["body/kernel", "body/bias", "norm/gamma", "norm/beta"], HEAD):
         trained, _, _ = client.fit(start, {**config, keys.FROZEN: fixed})
-        moved = [i for i in trainable if (start[i] != trained[i]).any()]
-        assert moved == [i for i in trainable if i not in fixed]
+        moved = [p for p, a, b in zip(paths, start, trained, strict=True) if (a != b).any()]
+        assert [p for p in moved if p in trainable] == [p for p in trainable if p not in fixed]
     trained, _, _ = client.fit(start, config)  # nothing frozen: everything trainable moves
     assert all((a != b).any() for a, b in zip(start[:2], trained[:2], strict=True))
 
@@ -192,20 +195,25 @@ def tiny_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
 
 
+HEAD = ["head/kernel", "head/bias"]
+NORM = ["norm/gamma", "norm/beta", "norm/moving_mean", "norm/moving_variance"]
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({"name": "fedper"}, [6, 7]),  # the head: kernel, bias
-        ({"name": "fedbn"}, [2, 3, 4, 5]),  # gamma, beta, moving mean and variance
-        ({"name": "fedper", "local_layers": ["b*"]}, [0, 1]),
-        ({"name": "fedper", "local_layers": ["re:^(norm|head)$"]}, [2, 3, 4, 5, 6, 7]),
-        ({"name": "fedrep"}, [6, 7]),
+        ({"name": "fedper"}, HEAD),
+        ({"name": "fedbn"}, NORM),
+        ({"name": "fedper", "local_layers": ["b*"]}, ["body/kernel", "body/bias"]),
+        ({"name": "fedper", "local_layers": ["re:^(norm|head)$"]}, NORM + HEAD),
+        ({"name": "fedrep"}, HEAD),
         ({"name": "ditto"}, []),
         ({"name": "apfl"}, []),
     ],
 )
-def test_local_layers_by_keras_layer_name(settings: dict, expected: list[int]) -> None:
-    assert local_indices(tiny_model(), Personalization(**settings)) == expected
+def test_local_layers_by_keras_layer_name(settings: dict, expected: list[str]) -> None:
+    """The local layers' weights are named by variable path, their key on the wire."""
+    assert local_names(tiny_model(), Personalization(**settings)) == expected
 
 
 @pytest.mark.parametrize(
@@ -222,4 +230,4 @@ def test_local_layers_by_keras_layer_name(settings: dict, expected: list[int]) -
 )
 def test_bad_settings_are_one_line_config_errors(settings: dict) -> None:
     with pytest.raises(ConfigError, match="personalization"):
-        local_indices(tiny_model(), Personalization(**settings))
+        local_names(tiny_model(), Personalization(**settings))
