@@ -31,7 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": BASE | {"aggregation", "wire", "data", "models", "client"},
     "outputs": BASE | {"outputs"},  # run files, their reader, console and plot sinks
     "server": BASE | {"aggregation", "wire", "data", "models", "engine", "server"} | {"outputs"},
-    "strategies": BASE | {"aggregation", "server"},
+    "strategies": BASE | {"aggregation", "wire", "server"},  # wire: models keyed by variable path
     "components": BASE | {"data", "models"},
     "apps": BELOW_SERVER | {"server", "components"},
     "experiment": BELOW_SERVER | {"server", "components", "apps"},
