@@ -215,8 +215,11 @@ def compile_model(
     without activation outputs logits. ``loss`` (a Keras loss name) replaces that choice;
     ``metrics`` (Keras metric names) are computed besides accuracy. ``steps_per_execution``
     > 1 runs that many training steps per call of the compiled train function (Keras' own
-    option): much faster for tiny models with small batches.
+    option): much faster for tiny models with small batches. PyTorch's Keras trains one step
+    per call, so there it is 1 (the steps are the same, one call each).
     """
+    if keras.backend.backend() == "torch":
+        steps_per_execution = 1
     units = output_units(model, num_classes)
     logits = _outputs_logits(model)
     binary = units == 1
