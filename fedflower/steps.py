@@ -174,7 +174,8 @@ class Steps:
         if keras.backend.backend() != "tensorflow":  # PyTorch: Keras' step, one batch per call
             logs: Any = None
             for start in range(0, len(order), batch_size):
-                logs = self._one(x[order[start : start + batch_size]], y[order[start : start + batch_size]])
+                rows = order[start : start + batch_size]
+                logs = self._one(x[rows], y[rows])
             return logs
         full = len(order) // batch_size
         logs = self._full_batches(x, y, order[: full * batch_size], batch_size) if full else None
