@@ -49,8 +49,9 @@ bench: setup  ## every benchmark under bench/
 
 NODES ?= 3
 ROUNDS ?= 3
-deploy-demo: setup  ## SuperLink + NODES SuperNodes on 127.0.0.1 (TLS, node auth), the experiment via flwr run
-	$(BIN)/fedflower-deploy demo --nodes $(NODES) num_rounds=$(ROUNDS) $(ARGS)
+BACKENDS ?=  # Keras backends cycled over the SuperNodes, e.g. tensorflow,jax,torch (empty: tensorflow)
+deploy-demo: setup  ## SuperLink + NODES SuperNodes on 127.0.0.1 (TLS, node auth), the experiment via flwr run (BACKENDS=tensorflow,jax,torch: one per node)
+	$(BIN)/fedflower-deploy demo --nodes $(NODES) $(if $(BACKENDS),--backends $(BACKENDS)) num_rounds=$(ROUNDS) $(ARGS)
 
 flwr-sim: setup  ## `flwr run .` in Flower's local simulation (NODES virtual SuperNodes), cleaned up after
 	$(BIN)/fedflower-deploy simulate --nodes $(NODES) num_rounds=$(ROUNDS) $(ARGS)

@@ -29,9 +29,9 @@ from fedflower.client.attacks import Attack, attack_mod, warn_outnumbered
 from fedflower.client.keras_client import reset_optimizer
 from fedflower.client.local_only import wants_local_baseline
 from fedflower.client.personalization import (
-    Indices,
+    LocalNames,
     Personalization,
-    local_indices,
+    local_names,
     personalization_mod,
 )
 from fedflower.client.privacy import privacy_mod
@@ -69,18 +69,18 @@ def _plain(node: Any) -> dict[str, Any]:
 
 
 def client_mods(
-    options: GroupOptions, attack: Mod | None = None, indices: Indices | None = None
+    options: GroupOptions, attack: Mod | None = None, local: LocalNames | None = None
 ) -> list[Mod]:
     """The Flower client mods, outermost first: SecAgg+, DP, ``attack`` (if any), personalization.
 
     Secure aggregation masks what differential privacy clipped (and noised), which is the reply
     a simulated attacker made: a reply passes the mods from the last to the first. The personal
     models (:mod:`fedflower.client.personalization`) are innermost, so the other mods see only
-    the global model's traffic; ``indices`` finds a node's local layers.
+    the global model's traffic; ``local`` names a node's local layers' variables.
     """
     mods = [secagg_mod(options("secagg")), privacy_mod(options("privacy"))]
     mods = mods if attack is None else [*mods, attack]
-    personal = personalization_mod(options("personalization"), indices or (lambda *_: []))
+    personal = personalization_mod(options("personalization"), local or (lambda *_: []))
     return [*mods, personal]
 
 
@@ -88,7 +88,7 @@ def client_app(
     client_fn: ClientFn,
     options: GroupOptions,
     attack: Mod | None = None,
-    indices: Indices | None = None,
+    local: LocalNames | None = None,
     raw: RawData | None = None,
 ) -> ClientApp:
     """The ``ClientApp``: ``client_fn`` behind :func:`client_mods` (and compression first).
@@ -97,7 +97,7 @@ def client_app(
     :mod:`fedflower.client.statistics`).
     """
     query = None if raw is None else query_handler(raw)
-    return to_client_app(client_fn, mods=client_mods(options, attack, indices), query=query)
+    return to_client_app(client_fn, mods=client_mods(options, attack, local), query=query)
 
 
 def _no_training(_: Context) -> Any:
@@ -319,7 +319,7 @@ def build(
         cfg, out, source, virtual_clock=True, build_model=model, per_client=per_client
     )
     client_fn = keras_client_fn(model, fed.client, cfg.seed)
-    local = local_indices(model(), Personalization(**_plain(cfg.personalization)))
+    local = local_names(model(), Personalization(**_plain(cfg.personalization)))
     app = client_app(client_fn, fixed_options(cfg), simulated_attack(cfg), lambda *_: local)
     return server, app, results
 

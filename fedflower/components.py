@@ -1,18 +1,16 @@
-"""What every process that trains needs, with light imports: TensorFlow threads, the model.
+"""What every process that trains needs, with light imports: backend threads, the model.
 
 The simulation (:mod:`fedflower.experiment`) and a deployed SuperNode
-(:mod:`fedflower.deploy.app`) both build their model and limit TensorFlow's threads with
-these functions. Only Keras, TensorFlow and Hydra are imported, so a slim SuperNode install
-(no simulation, dataset or plotting packages) can use them.
+(:mod:`fedflower.deploy.app`) both build their model and limit the Keras backend's threads
+with these functions. Only Keras, its backend and Hydra are imported, so a slim SuperNode
+install (no simulation, dataset or plotting packages; no TensorFlow on JAX or PyTorch) can
+use them.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 def _instantiate(node: Any, error: type[Exception], what: str, **kwargs: Any) -> Any:
@@ -44,16 +42,10 @@ def instantiate_data(node: Any, what: str) -> Any:
 
 
 def configure_threads(threads: int) -> None:
-    """Limit TensorFlow's thread pools (only possible before TensorFlow first runs an op)."""
-    import tensorflow as tf
+    """Limit the Keras backend's threads (TensorFlow: only before it first runs an op)."""
+    from fedflower.startup import limit_threads
 
-    if threads <= 0:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        log.debug("TensorFlow already initialized; thread settings unchanged")
+    limit_threads(threads)
 
 
 def instantiate_model(node: Any, input_shape: tuple[int, ...], num_classes: int) -> Any:

@@ -11,9 +11,11 @@ def derive_seed(*parts: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy, TensorFlow and Keras, and ask TensorFlow for deterministic ops."""
+    """Seed Python, NumPy, Keras and its backend; on TensorFlow, ask for deterministic ops."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()

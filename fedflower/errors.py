@@ -24,5 +24,9 @@ class UpdateRejected(FedflowerError, ValueError):
     """A client's model update is malformed (wrong shapes, NaN or infinite values)."""
 
 
+class ModelMismatch(FedflowerError, ValueError):
+    """Arrays received do not fit the model's variables (a missing, extra or reshaped variable)."""
+
+
 class FederationError(FedflowerError, RuntimeError):
     """The federation cannot go on: too few nodes connected, or too many rounds without quorum."""

@@ -82,6 +82,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
     """
     validate(cfg)
     use_backend(cfg.get("backend", "tensorflow"))  # Keras runs on it, or one error line
+    backends = simulation_backends(cfg)  # installed: checked before any output
     wants_local_baseline(cfg.get("baseline"))  # bad values fail here, within a second
     Personalization(**OmegaConf.to_container(cfg.personalization, resolve=True))  # type: ignore[arg-type]
     absolute_data_paths(cfg)
@@ -105,6 +106,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         backend_config=OmegaConf.to_container(cfg.simulation.backend_config, resolve=True),  # type: ignore[arg-type]
         workers=simulation_workers(cfg),
         address=cfg.simulation.get("address"),
+        backends=backends,
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
@@ -117,6 +119,16 @@ def simulation_workers(cfg: DictConfig) -> int:
 
     workers = cfg.simulation.get("workers", 1)
     return default_workers(cfg.num_clients) if workers == "auto" else check_workers(workers)
+
+
+def simulation_backends(cfg: DictConfig) -> list[str]:
+    """``simulation.backends``: the Keras backends cycled over the clients (empty: none).
+
+    :func:`~fedflower.server.rules.validate` checked the names; here each must be installed.
+    """
+    from fedflower.engine.pool import check_backends
+
+    return check_backends(cfg.simulation.get("backends"), cfg.simulation.backend, installed=True)
 
 
 DATA_PATH_KEYS = ("path", "test_path")

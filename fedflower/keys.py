@@ -6,6 +6,7 @@ instead of a silently missing value.
 
 # Records inside a Message's RecordDict (Flower's defaults for its strategies).
 ARRAYS = "arrays"
+ARRAY_NAMES = "array-names"  # legacy FitIns config (SecAgg+): variable paths, a line each
 CONFIG = "config"
 METRICS = "metrics"
 

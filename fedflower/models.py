@@ -215,8 +215,8 @@ def compile_model(
     without activation outputs logits. ``loss`` (a Keras loss name) replaces that choice;
     ``metrics`` (Keras metric names) are computed besides accuracy. ``steps_per_execution``
     > 1 runs that many training steps per call of the compiled train function (Keras' own
-    option): much faster for tiny models with small batches. PyTorch's Keras trains one step
-    per call, so there it is 1 (the steps are the same, one call each).
+    option): much faster for tiny models with small batches; Keras on PyTorch runs one step
+    per call, so there it is 1.
     """
     if keras.backend.backend() == "torch":
         steps_per_execution = 1

@@ -19,6 +19,7 @@ The steps are Keras' own; only their compilation is backend-specific: ``tf.funct
 TensorFlow; on JAX, Keras' stateless ``train_step(state, data)`` jitted once
 (:class:`_JaxSteps`, as Keras' JAX trainer builds its train function) with the state carried
 from batch to batch as arrays; on PyTorch the model's ``train_step`` one batch at a time.
+Evaluation on JAX and PyTorch is Keras' own ``Model.evaluate``.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class Steps:
 
             def zero() -> None:
                 for variable in state:
-                    variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+                    variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
 
             self._zero = (len(state), _compile(zero, False))
         self._zero[1]()
@@ -225,10 +226,11 @@ class Steps:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
+        if keras.backend.backend() != "tensorflow":  # Keras' own evaluation
+            own = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+            return _floats(own)
         self.build(x, y)
         self.model.reset_metrics()
-        if self._jax is not None:
-            return _floats(self._jax.evaluate(x, y, batch_size))
         logs: Any = {}
         for start in range(0, len(y), batch_size):
             logs = self._test(x[start : start + batch_size], y[start : start + batch_size])
@@ -254,7 +256,7 @@ def _captured(model: keras.Model) -> list[Any]:
 
 
 class _JaxSteps:
-    """Keras' stateless JAX ``train_step``/``test_step``, jitted once per model.
+    """Keras' stateless JAX ``train_step``, jitted once per model.
 
     The model's state (trainable, non-trainable, optimizer and metric variables) goes through
     the steps as arrays and is written back to the variables once per epoch, as Keras' own
@@ -265,7 +267,6 @@ class _JaxSteps:
         self.model = model
         self.extra = _captured(model)
         self._train = self._jit(model.train_step)
-        self._test = self._jit(model.test_step)
 
     def _jit(self, step: Callable[..., Any]) -> Callable[..., Any]:
         import jax
@@ -282,15 +283,14 @@ class _JaxSteps:
 
         return jax.jit(run)
 
-    def _groups(self, train: bool) -> list[list[Any]]:
+    def _run(self, step: Callable[..., Any], batches: Any) -> Any:
         model = self.model
-        groups = [model.trainable_variables, model.non_trainable_variables]
-        if train:
-            groups.append(model.optimizer.variables)
-        return [*groups, model.metrics_variables]
-
-    def _run(self, step: Callable[..., Any], train: bool, batches: Any) -> Any:
-        groups = self._groups(train)
+        groups = [
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        ]
         state = [[v.value for v in group] for group in groups]
         extra = [v.value for v in self.extra]
         logs: Any = None
@@ -304,12 +304,7 @@ class _JaxSteps:
     def epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, size: int) -> Any:
         """Train on ``order``'s batches of ``size`` rows; the epoch's loss and metrics."""
         rows = (order[i : i + size] for i in range(0, len(order), size))
-        return self._run(self._train, True, ((x[r], y[r]) for r in rows))
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray, size: int) -> Any:
-        """Loss and metrics over all rows in batches of ``size``."""
-        spans = range(0, len(y), size)
-        return self._run(self._test, False, ((x[i : i + size], y[i : i + size]) for i in spans))
+        return self._run(self._train, ((x[r], y[r]) for r in rows))
 
 
 def steps_of(model: keras.Model) -> Steps:

@@ -1,4 +1,10 @@
-"""The wire format of compressed arrays in Flower records, shared by both sides.
+"""The wire format of models and compressed arrays in Flower records, shared by both sides.
+
+A model travels as an ``ArrayRecord`` keyed by its Keras variable paths
+(``variable.path``, e.g. ``hidden_0/kernel``), not by position: Keras 3 names a model's
+variables the same way on TensorFlow, JAX and PyTorch, so a server on one backend and
+clients on others exchange one model, and a mismatch names the variable that differs
+(:func:`model_record`, :func:`arrays_for`).
 
 The ClientApp's :func:`~fedflower.client.compression.compression_mod` and the server's
 :class:`~fedflower.server.compression.CompressedGrid` agree on it: a
@@ -9,12 +15,14 @@ The ClientApp's :func:`~fedflower.client.compression.compression_mod` and the se
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedflower import keys
 from fedflower.aggregation.codecs import Codec, decode_arrays
+from fedflower.errors import ConfigError, ModelMismatch
 
 BASE_RECEIVED = "received"
 """A reply's arrays are its update from the model it received; the server adds its model."""
@@ -67,3 +75,106 @@ def from_record(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
 def named_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
     """A plain ``ArrayRecord`` of named arrays."""
     return ArrayRecord({k: Array(np.asarray(a)) for k, a in zip(names, arrays, strict=True)})
+
+
+def variable_names(model: Any) -> list[str]:
+    """A Keras model's variable paths in ``model.weights`` order: the keys of its arrays.
+
+    Raises
+    ------
+    ConfigError
+        If two variables share a path (layers of the same name in nested models): name the
+        layers so each variable has its own path.
+    """
+    names = [str(v.path) for v in model.weights]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(
+                f"model variable paths must be unique, got {name!r} twice; give the layers "
+                "distinct names"
+            )
+        seen.add(name)
+    return names
+
+
+def model_record(model: Any) -> ArrayRecord:
+    """The model's weights as an ``ArrayRecord`` keyed by variable path."""
+    return named_record(variable_names(model), model.get_weights())
+
+
+def arrays_for(
+    record: ArrayRecord,
+    names: Sequence[str],
+    shapes: Sequence[tuple[int, ...]] | None = None,
+    what: str = "the received model",
+) -> list[np.ndarray]:
+    """The record's arrays in the order of ``names`` (a model's variable paths).
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        Arrays keyed by variable path, in any order.
+    names : sequence of str
+        The receiving model's variable paths.
+    shapes : sequence of tuple, optional
+        The receiving model's variable shapes, checked when given.
+    what : str
+        How the record is named in the error.
+
+    Raises
+    ------
+    ModelMismatch
+        One line naming the first variable that is missing, extra or of another shape.
+    """
+    reason = mismatch(list(record.keys()), names)
+    arrays = [record[name].numpy() for name in names] if reason is None else []
+    if reason is None and shapes is not None:
+        reason = shape_mismatch(names, [a.shape for a in arrays], shapes)
+    if reason is not None:
+        raise ModelMismatch(
+            f"{what} does not fit this model: {reason}; every node must build the same model "
+            "(same model config, same layer names)"
+        )
+    return arrays
+
+
+def mismatch(got: Sequence[str], expected: Sequence[str]) -> str | None:
+    """The first variable ``got`` lacks or adds compared to ``expected`` (``None``: same set)."""
+    have = set(got)
+    for name in expected:
+        if name not in have:
+            return f"variable {name!r} is missing (received {_head(got)})"
+    wanted = set(expected)
+    for name in got:
+        if name not in wanted:
+            return f"variable {name!r} is not in this model (which has {_head(expected)})"
+    return None
+
+
+def shape_mismatch(
+    names: Sequence[str], got: Sequence[tuple[int, ...]], expected: Sequence[tuple[int, ...]]
+) -> str | None:
+    """The first variable whose shape differs (``None``: all equal)."""
+    for name, a, b in zip(names, got, expected, strict=True):
+        if tuple(a) != tuple(b):
+            return f"variable {name!r} has shape {tuple(a)}, this model's has {tuple(b)}"
+    return None
+
+
+def _head(names: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(repr(x) for x in list(names)[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
+def reordered(
+    record: ArrayRecord, names: Sequence[str], arrays: Sequence[np.ndarray]
+) -> ArrayRecord:
+    """``arrays`` (in the order of ``names``) keyed as ``record`` is, in its key order.
+
+    A client replies in the order the server sent, whatever order its backend lists its
+    variables in.
+    """
+    by_name = dict(zip(names, arrays, strict=True))
+    order = list(record.keys())
+    return named_record(order, [by_name[k] for k in order])

@@ -221,7 +221,11 @@ def weighted_mean(
     return acc.result(consume=True)
 
 
-def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> None:
+def check_update(
+    arrays: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+) -> None:
     """Raise ``UpdateRejected`` unless ``arrays`` has the reference's shapes and finite values.
 
     Parameters
@@ -230,16 +234,19 @@ def check_update(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
         The update a client sent.
     reference : list of ndarray
         The global model the update must match, layer by layer.
+    names : list of str, optional
+        The arrays' names (the model's variable paths), for the message.
     """
     if len(arrays) != len(reference):
         raise UpdateRejected(f"update has {len(arrays)} arrays, the model has {len(reference)}")
     for i, (arr, ref) in enumerate(zip(arrays, reference, strict=True)):
+        what = f"array {i}" if names is None else f"variable {names[i]!r}"
         if np.shape(arr) != np.shape(ref):
             raise UpdateRejected(
-                f"array {i} has shape {np.shape(arr)}, the model's has {np.shape(ref)}"
+                f"{what} has shape {np.shape(arr)}, the model's has {np.shape(ref)}"
             )
         if np.issubdtype(np.asarray(arr).dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise UpdateRejected(f"array {i} contains NaN or infinite values")
+            raise UpdateRejected(f"{what} contains NaN or infinite values")
 
 
 def cast_like(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> Arrays:

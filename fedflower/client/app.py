@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import keras
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
@@ -36,6 +36,10 @@ def to_client_app(
 ) -> ClientApp:
     """Wrap ``client_fn(context) -> KerasClient`` into a ``ClientApp`` with train/evaluate handlers.
 
+    The model arrives keyed by variable path: the client's ``receive`` matches it to its own
+    variables (one line naming the first that differs) and ``send`` keys the reply as the
+    model was keyed (:mod:`fedflower.wire`), so nodes on different Keras backends exchange it.
+
     Train replies carry ``arrays`` (the new weights, or the update ``w_global - w_local`` when
     the config asks for ``return-update``) and ``metrics`` (training metrics plus
     ``num-examples``); evaluate replies carry ``metrics`` (``eval_loss``, ``eval_accuracy``,
@@ -53,10 +57,11 @@ def to_client_app(
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         client = client_fn(context)
-        parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        received = msg.content.array_records[keys.ARRAYS]
+        parameters = client.receive(received)
         config = _config(msg)
         extra = {  # Ditto's personal model, FedDyn's linear term
-            name: record.to_numpy_ndarrays()
+            name: client.receive(record, what=f"the {key!r} arrays")
             for name, key in (("start", keys.START), ("linear", keys.LINEAR))
             if (record := msg.content.array_records.get(key)) is not None
         }
@@ -67,7 +72,7 @@ def to_client_app(
             ]
         content = RecordDict(
             {
-                keys.ARRAYS: ArrayRecord(weights),
+                keys.ARRAYS: client.send(weights, received),
                 keys.METRICS: MetricRecord({**metrics, keys.NUM_EXAMPLES: num_examples}),
             }
         )
@@ -76,7 +81,7 @@ def to_client_app(
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         client = client_fn(context)
-        parameters = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+        parameters = client.receive(msg.content.array_records[keys.ARRAYS])
         config = _config(msg)
         epochs = config.get(keys.FINETUNE_EPOCHS)
         if epochs:  # personalization=finetune: the global model trained locally first

@@ -20,11 +20,12 @@ from typing import Any
 
 import keras
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.app import Context, Message, MessageType
 from keras import ops
 
 from fedflower import keys
 from fedflower.client.personalization import CallNext
+from fedflower.wire import named_record
 
 _ATTR = "_fedflower_linear"
 
@@ -93,14 +94,15 @@ def feddyn_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
     alpha = None if config is None else config.get(keys.FEDDYN_ALPHA)
     if alpha is None or not msg.metadata.message_type.startswith(MessageType.TRAIN):
         return call_next(msg, context)
-    received = msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+    record = msg.content.array_records[keys.ARRAYS]
+    names, received = list(record.keys()), record.to_numpy_ndarrays()
     kept = context.state.array_records.get(keys.FEDDYN_STATE)
     g = [np.zeros_like(a) for a in received] if kept is None else kept.to_numpy_ndarrays()
-    msg.content[keys.LINEAR] = ArrayRecord(g)
+    msg.content[keys.LINEAR] = named_record(names, g)  # keyed as the model is
     reply = call_next(msg, context)
     if not reply.has_error():
         trained = reply.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
         step = float(alpha)  # type: ignore[arg-type]
         g = [gi - step * (t - r) for gi, t, r in zip(g, trained, received, strict=True)]
-        context.state[keys.FEDDYN_STATE] = ArrayRecord(g)
+        context.state[keys.FEDDYN_STATE] = named_record(names, g)
     return reply

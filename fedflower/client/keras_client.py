@@ -10,8 +10,9 @@ from typing import Any
 
 import keras
 import numpy as np
+from flwr.app import ArrayRecord
 
-from fedflower import keys
+from fedflower import keys, wire
 from fedflower.client.dynamic import linear_term
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
@@ -58,6 +59,20 @@ class KerasClient:
         self.cid = cid
         self.seed = seed
 
+    def receive(self, record: ArrayRecord, what: str = "the received model") -> list[np.ndarray]:
+        """A received model's arrays in this model's variable order, matched by variable path.
+
+        Raises :class:`~fedflower.errors.ModelMismatch` naming the first variable that is
+        missing, extra or of another shape.
+        """
+        variables = self.model.weights
+        names = wire.variable_names(self.model)
+        return wire.arrays_for(record, names, [tuple(v.shape) for v in variables], what)
+
+    def send(self, arrays: list[np.ndarray], received: ArrayRecord) -> ArrayRecord:
+        """``arrays`` (in this model's variable order) keyed as ``received`` is, in its order."""
+        return wire.reordered(received, wire.variable_names(self.model), arrays)
+
     def get_parameters(self, config: Config) -> list[np.ndarray]:
         """Return the model's weights."""
         return [np.asarray(w) for w in self.model.get_weights()]
@@ -97,7 +112,7 @@ class KerasClient:
         and the training metrics of the last local epoch. Training runs the model's compiled
         steps (:mod:`fedflower.steps`).
         """
-        self.set_parameters(parameters)  # a SuperNode's client builds its model here
+        self.set_parameters(parameters)
         steps_of(self.model).reset_optimizer(config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
         flip = bool(config.get(keys.FLIP_LABELS, False))

@@ -46,7 +46,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import Mod
 
-from fedflower import keys
+from fedflower import keys, wire
 from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError
 
@@ -119,8 +119,8 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def local_indices(model: keras.Model, settings: Personalization) -> list[int]:
-    """Positions in ``model.get_weights()`` of the weights of the layers kept local.
+def local_names(model: keras.Model, settings: Personalization) -> list[str]:
+    """Variable paths of the weights of the layers kept local: their keys on the wire.
 
     Raises
     ------
@@ -137,30 +137,43 @@ def local_indices(model: keras.Model, settings: Personalization) -> list[int]:
         chosen = {id(layers[-1])}
     else:
         chosen = {id(x) for x in layers if isinstance(x, NORMALIZATION)}
-    indices = [i for i, w in enumerate(model.weights) if id(owner.get(id(w))) in chosen]
-    if not indices:
-        names = ", ".join(x.name for x in layers)
+    names = [str(w.path) for w in model.weights if id(owner.get(id(w))) in chosen]
+    if not names:
+        layer_names = ", ".join(x.name for x in layers)
         raise ConfigError(
             f"personalization.local_layers must match a layer with weights for "
-            f"{settings.name}, got {list(settings.local_layers)}; the model's layers: {names}"
+            f"{settings.name}, got {list(settings.local_layers)}; the model's layers: "
+            f"{layer_names}"
         )
-    return indices
+    return names
 
 
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [x for x in model._flatten_layers(include_self=False, recursive=True)]
 
 
-def _derived(msg: Message, arrays: list[np.ndarray], config: dict, kind: str) -> Message:
+Named = dict[str, np.ndarray]
+"""Arrays keyed by variable path, in the order they travel."""
+
+
+def _derived(msg: Message, arrays: Named, config: dict, kind: str) -> Message:
     """A copy of ``msg`` of type ``kind`` carrying ``arrays`` and ``config`` (kept in-process)."""
     meta = copy.copy(msg.metadata)
     meta.message_type = kind
-    content = RecordDict({keys.ARRAYS: ArrayRecord(arrays), keys.CONFIG: ConfigRecord(config)})
+    content = RecordDict({keys.ARRAYS: _record(arrays), keys.CONFIG: ConfigRecord(config)})
     return Message(content=content, metadata=meta)  # type: ignore[call-overload]
 
 
-def _arrays(msg: Message, key: str = keys.ARRAYS) -> list[np.ndarray]:
-    return msg.content.array_records[key].to_numpy_ndarrays()
+def _record(arrays: Named) -> ArrayRecord:
+    return wire.named_record(list(arrays), list(arrays.values()))
+
+
+def _named(record: ArrayRecord) -> Named:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _arrays(msg: Message, key: str = keys.ARRAYS) -> Named:
+    return _named(msg.content.array_records[key])
 
 
 def _config(msg: Message) -> dict:
@@ -177,31 +190,29 @@ class PersonalModel:
     ----------
     settings : Personalization
         The method and its settings.
-    indices : sequence of int
-        Positions of the local layers' weights (FedPer, FedBN; see :func:`local_indices`).
+    names : sequence of str
+        Variable paths of the local layers' weights (FedPer, FedBN; see :func:`local_names`).
     """
 
-    def __init__(self, settings: Personalization, indices: Sequence[int]) -> None:
+    def __init__(self, settings: Personalization, names: Sequence[str]) -> None:
         self.settings = settings
-        self.indices = list(indices)
+        self.names = list(names)
 
-    def stored(self, context: Context) -> list[np.ndarray] | None:
+    def stored(self, context: Context) -> Named | None:
         """The node's kept arrays (local layers, or Ditto's whole personal model)."""
         record = context.state.array_records.get(keys.PERSONAL_STATE)
-        return None if record is None else record.to_numpy_ndarrays()
+        return None if record is None else _named(record)
 
-    def keep(self, context: Context, arrays: list[np.ndarray]) -> None:
+    def keep(self, context: Context, arrays: Named) -> None:
         """Keep ``arrays`` in the node's state for the next round."""
-        context.state[keys.PERSONAL_STATE] = ArrayRecord(arrays)
+        context.state[keys.PERSONAL_STATE] = _record(arrays)
 
-    def merged(self, global_arrays: list[np.ndarray], context: Context) -> list[np.ndarray]:
+    def merged(self, global_arrays: Named, context: Context) -> Named:
         """The global arrays with this node's local layers in place (if it has any yet)."""
         kept = self.stored(context)
-        out = list(global_arrays)
-        if kept is not None:
-            for i, a in zip(self.indices, kept, strict=True):
-                out[i] = a
-        return out
+        if kept is None:
+            return dict(global_arrays)
+        return {k: kept.get(k, a) if k in self.names else a for k, a in global_arrays.items()}
 
     def train(self, msg: Message, context: Context, call_next: CallNext) -> Message:
         """The round's training: the global reply, and the personal model's update kept."""
@@ -226,12 +237,12 @@ class PersonalModel:
         trained = _arrays(reply)
         update = bool(_config(msg).get(keys.RETURN_UPDATE))
         if update:  # the reply is w_sent - w_trained: the local layers' new values
-            self.keep(context, [mine[i] - trained[i] for i in self.indices])
+            self.keep(context, {n: mine[n] - trained[n] for n in self.names})
         else:
-            self.keep(context, [trained[i] for i in self.indices])
-        for i in self.indices:  # the server gets no information about the local layers
-            trained[i] = np.zeros_like(trained[i]) if update else received[i]
-        reply.content[keys.ARRAYS] = ArrayRecord(trained)
+            self.keep(context, {n: trained[n] for n in self.names})
+        for n in self.names:  # the server gets no information about the local layers
+            trained[n] = np.zeros_like(trained[n]) if update else received[n]
+        reply.content[keys.ARRAYS] = _record(trained)
         return reply
 
     def _train_ditto(self, msg: Message, context: Context, call_next: CallNext) -> None:
@@ -242,12 +253,12 @@ class PersonalModel:
             config[keys.LOCAL_EPOCHS] = int(self.settings.ditto_epochs)
         received = _arrays(msg)
         task = _derived(msg, received, config, MessageType.TRAIN)
-        task.content[keys.START] = ArrayRecord(self.stored(context) or received)
+        task.content[keys.START] = _record(self.stored(context) or received)
         reply = call_next(task, context)
         if not reply.has_error():
             self.keep(context, _arrays(reply))
 
-    def personal(self, msg: Message, context: Context) -> tuple[list, dict] | None:
+    def personal(self, msg: Message, context: Context) -> tuple[Named, dict] | None:
         """The personal model's arrays and evaluate config (``None``: none yet).
 
         A fine-tuned model is trained by the evaluate handler itself (``finetune-epochs``),
@@ -291,14 +302,14 @@ class PersonalModel:
         return reply
 
 
-Indices = Callable[[Context, Personalization, list[np.ndarray]], Sequence[int]]
-"""Positions of a node's local layers' weights, given the settings and the received arrays."""
+LocalNames = Callable[[Context, Personalization, ArrayRecord], Sequence[str]]
+"""Variable paths of a node's local layers' weights, given the settings and the received model."""
 
 
-def personalization_mod(options: Callable[[Context], Mapping[str, Any]], indices: Indices) -> Mod:
+def personalization_mod(options: Callable[[Context], Mapping[str, Any]], local: LocalNames) -> Mod:
     """The Flower mod that gives each client its personal model (innermost of the mods).
 
-    ``options(context)`` is the run's ``personalization`` config group; ``indices`` finds
+    ``options(context)`` is the run's ``personalization`` config group; ``local`` names
     the local layers' weights in the node's model (a deployed node builds its model on the
     first message, from the received arrays' shapes).
     """
@@ -308,7 +319,8 @@ def personalization_mod(options: Callable[[Context], Mapping[str, Any]], indices
         kind = msg.metadata.message_type
         if not settings.active or not msg.content.array_records:
             return call_next(msg, context)
-        model = PersonalModel(settings, indices(context, settings, _arrays(msg)))
+        received = msg.content.array_records[keys.ARRAYS]
+        model = PersonalModel(settings, local(context, settings, received))
         if kind.startswith(MessageType.TRAIN):
             return model.train(msg, context, call_next)
         if kind.startswith(MessageType.EVALUATE):

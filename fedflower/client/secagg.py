@@ -5,7 +5,9 @@ training instruction as ``FitIns`` records and reads the reply as ``FitRes`` rec
 :func:`legacy_layout_mod` placed inside it translates both ways, so the ClientApp (and the mods
 after it, e.g. DP clipping) see the ordinary ``arrays``/``config`` message. With the
 ``unit-weight`` config flag (set by the DP wrappers) the client reports weight 1, so the
-secure sum is the unweighted sum the noise is calibrated for.
+secure sum is the unweighted sum the noise is calibrated for. ``FitIns`` parameters carry no
+names: the server sends the model's variable paths in the config (``array-names``, one
+string, a line per variable).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
 from fedflower import keys
+from fedflower.wire import named_record
 
 SecaggOptions = Callable[[Context], Mapping[str, Any]]
 
@@ -27,10 +30,12 @@ SecaggOptions = Callable[[Context], Mapping[str, Any]]
 def legacy_layout_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Translate a legacy ``FitIns`` message for the ClientApp and its reply to ``FitRes``."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    config: dict[str, Any] = dict(fitins.config)
+    names = str(config.pop(keys.ARRAY_NAMES)).split("\n")  # Parameters carry no names
     content = RecordDict(
         {
-            keys.ARRAYS: ArrayRecord(parameters_to_ndarrays(fitins.parameters)),
-            keys.CONFIG: ConfigRecord(dict(fitins.config)),
+            keys.ARRAYS: named_record(names, parameters_to_ndarrays(fitins.parameters)),
+            keys.CONFIG: ConfigRecord(config),
         }
     )
     inner = Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=MessageType.TRAIN)

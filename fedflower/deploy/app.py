@@ -41,16 +41,16 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import open_dict
 
-from fedflower import apps, keys
+from fedflower import apps, keys, wire
 from fedflower.client.app import cached
 from fedflower.client.attacks import Attack, Role, attack_mod, seeded_role
 from fedflower.client.keras_client import KerasClient
-from fedflower.client.personalization import Personalization, local_indices
+from fedflower.client.personalization import Personalization, local_names
 from fedflower.data.source import ClientData, Columns, TabularSource
 from fedflower.deploy.config import experiment_config, output_dir
 from fedflower.deploy.local_data import content_id, node_data, node_table
@@ -147,7 +147,10 @@ def num_classes_of(parameters: list[np.ndarray]) -> int:
 
 
 def describe_mismatch(
-    local: list[tuple[int, ...]], received: list[tuple[int, ...]], input_shape: tuple[int, ...]
+    local: list[tuple[int, ...]],
+    received: list[tuple[int, ...]],
+    input_shape: tuple[int, ...],
+    names: list[str],
 ) -> str:
     """Say how the node's model (built for its data) differs from the global model."""
     if len(local) != len(received):
@@ -159,7 +162,7 @@ def describe_mismatch(
                     f"the global model expects {b[0]} features per example but this node's "
                     f"data has {a[0]} (input shape {input_shape})"
                 )
-            return f"weight array {i} has shape {b} in the global model, {a} on this node"
+            return f"variable {names[i]!r} has shape {b} in the global model, {a} on this node"
     return "shapes differ"
 
 
@@ -196,26 +199,42 @@ class NodeClient(KerasClient):
         self._build = build
         self._num_classes = num_classes
 
+    def receive(self, record: ArrayRecord, what: str = "the received model") -> list[np.ndarray]:
+        """Build the model if needed; the global model's arrays, matched by variable path."""
+        self._build_for(record.to_numpy_ndarrays())
+        arrays = wire.arrays_for(record, wire.variable_names(self.model), None, what)
+        self._check_fit(arrays)
+        return arrays
+
     def set_parameters(self, parameters: list[np.ndarray]) -> None:
         """Build the model if needed, check the global weights fit it, load them."""
-        input_shape = tuple(int(d) for d in self.data.x_train.shape[1:])
-        num_classes = self._num_classes or num_classes_of(parameters)
+        self._build_for(parameters)
+        self._check_fit(parameters)
+        super().set_parameters(parameters)
+
+    def _build_for(self, parameters: list[np.ndarray]) -> None:
         if self.model is None:
-            self.model = self._build(input_shape, num_classes)
-        local = [tuple(w.shape) for w in self.model.get_weights()]
+            input_shape = tuple(int(d) for d in self.data.x_train.shape[1:])
+            self.model = self._build(input_shape, self._num_classes or num_classes_of(parameters))
+
+    def _check_fit(self, parameters: list[np.ndarray]) -> None:
+        """Raise ``DataError`` unless the global model fits this node's data and labels."""
+        input_shape = tuple(int(d) for d in self.data.x_train.shape[1:])
+        local = [tuple(v.shape) for v in self.model.weights]
         received = [tuple(np.shape(p)) for p in parameters]
         if local != received:
+            names = wire.variable_names(self.model)
             raise DataError(
                 "this node's data does not fit the global model: "
-                f"{describe_mismatch(local, received, input_shape)}"
+                f"{describe_mismatch(local, received, input_shape, names)}"
             )
+        num_classes = self._num_classes or num_classes_of(parameters)
         labels = np.concatenate([self.data.y_train, self.data.y_val])
         if labels.size and labels.max() >= num_classes:
             raise DataError(
                 f"this node's labels go up to {labels.max()} but the global model has "
                 f"{num_classes} classes (labels 0..{num_classes - 1})"
             )
-        super().set_parameters(parameters)
 
 
 def node_cid(node_config: dict[str, Any], node_id: int) -> int:
@@ -336,15 +355,13 @@ def deployed_attack_mod(options: Callable[[Context], dict[str, Any]]) -> Mod:
     return mod
 
 
-def node_indices(
-    context: Context, settings: Personalization, arrays: list[np.ndarray]
-) -> list[int]:
-    """The local layers' weights in this node's model (built from the received arrays)."""
+def node_local_names(context: Context, settings: Personalization, record: ArrayRecord) -> list[str]:
+    """The local layers' variables in this node's model (built from the received model)."""
     client = node_client_fn(context)
-    client.set_parameters(arrays)
-    return local_indices(client.model, settings)
+    client.receive(record)
+    return local_names(client.model, settings)
 
 
 client_app = apps.client_app(
-    node_client_fn, run_group, deployed_attack_mod(run_group("attack")), node_indices, node_raw
+    node_client_fn, run_group, deployed_attack_mod(run_group("attack")), node_local_names, node_raw
 )

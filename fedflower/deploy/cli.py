@@ -4,7 +4,8 @@ Subcommands::
 
     fedflower-deploy certs --out DIR --nodes N [--host 127.0.0.1 --host localhost]
     fedflower-deploy make-data --out DIR --nodes N [--format csv|npz] [OVERRIDE ...]
-    fedflower-deploy demo [--nodes 3] [--data csv|npz|partition] [--insecure] [OVERRIDE ...]
+    fedflower-deploy demo [--nodes 3] [--data csv|npz|partition] [--insecure]
+                          [--backends tensorflow,jax,torch] [OVERRIDE ...]
     fedflower-deploy simulate [--nodes 3] [--app DIR] [OVERRIDE ...]
     fedflower-deploy export MODEL --to tflite [...]      (same as ``fedflower export``)
 
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", choices=("csv", "npz", "partition"), default="csv")
     demo.add_argument("--workdir", default="outputs/deploy-demo")
     demo.add_argument("--insecure", action="store_true", help="no TLS, no node auth")
+    demo.add_argument(
+        "--backends",
+        default="",
+        help="Keras backends cycled over the SuperNodes, e.g. tensorflow,jax,torch",
+    )
     demo.add_argument("--timeout", type=float, default=1800.0, help="seconds for the run")
     demo.add_argument("overrides", nargs="*", help="Hydra overrides of the experiment")
 
@@ -101,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data=args.data,
                 secure=not args.insecure,
                 timeout=args.timeout,
+                backends=[b.strip() for b in args.backends.split(",") if b.strip()],
             )
         elif args.command == "simulate":
             from fedflower.deploy.demo import simulate

@@ -106,6 +106,7 @@ def demo(
     secure: bool = True,
     timeout: float = 1800.0,
     echo: IO[str] | None = None,
+    backends: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the experiment on a local federation of real processes and return its results.
 
@@ -126,18 +127,27 @@ def demo(
         Seconds after which the run is given up.
     echo : text stream, optional
         Where the streamed run output goes (default: standard output).
+    backends : sequence of str
+        Keras backends cycled over the SuperNodes (e.g. ``tensorflow, jax, torch``: one
+        federation of three backends); empty: every node on the environment's backend.
     """
+    from fedflower.engine.pool import check_backends
+
     if num_nodes < 1:
         raise ConfigError(f"the demo needs at least 1 SuperNode, got {num_nodes}")
+    backends = check_backends(backends, key="--backends", installed=True)
     echo = sys.stdout if echo is None else echo
     root = Path(workdir) / time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = with_nodes(overrides, num_nodes)
     configs = node_configs(overrides, num_nodes, root, data)
     mode = "TLS + SuperNode authentication" if secure else "INSECURE (no TLS, no node auth)"
     echo.write(f"starting a SuperLink and {num_nodes} SuperNodes on 127.0.0.1 ({mode})\n")
+    if backends:
+        each = [f"{i + 1}: {backends[i % len(backends)]}" for i in range(num_nodes)]
+        echo.write(f"Keras backends of the SuperNodes: {', '.join(each)}\n")
     echo.flush()
     t0 = time.perf_counter()
-    with LocalFederation(root, configs, secure=secure) as fed:
+    with LocalFederation(root, configs, secure=secure, backends=backends) as fed:
         echo.write(
             f"{len(fed.online_nodes())} SuperNodes online after {time.perf_counter() - t0:.1f} s;"
             f" flwr run with overrides: {' '.join(overrides)}\n"

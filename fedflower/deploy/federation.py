@@ -90,6 +90,9 @@ class LocalFederation:
         ``pyproject.toml``. By default a minimal one is written into ``workdir``.
     startup_timeout : float
         Seconds to wait for the SuperLink and for the nodes to come online.
+    backends : sequence of str
+        Keras backends cycled over the SuperNodes (node ``i`` trains with
+        ``KERAS_BACKEND=backends[i % len(backends)]``); empty: the environment's.
     """
 
     def __init__(
@@ -99,7 +102,9 @@ class LocalFederation:
         secure: bool = True,
         app_dir: str | Path | None = None,
         startup_timeout: float = 90.0,
+        backends: Sequence[str] = (),
     ) -> None:
+        self.backends = list(backends)
         self.workdir = Path(workdir).resolve()
         self.node_configs = [dict(c) for c in node_configs]
         self.secure = secure
@@ -156,13 +161,15 @@ class LocalFederation:
         self.processes.clear()
 
     # -- processes ---------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], home: Path) -> Managed:
+    def _spawn(
+        self, name: str, args: list[str], home: Path, env: Mapping[str, str] | None = None
+    ) -> Managed:
         log_path = self.logs / f"{name}.log"
         log_file = log_path.open("ab")
         proc = subprocess.Popen(
             args,
             cwd=self.workdir,
-            env=flower_env(home, self.tag),
+            env=flower_env(home, self.tag, env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -221,7 +228,13 @@ class LocalFederation:
         if private_key is not None:
             args += ["--auth-supernode-private-key", str(private_key)]
         name = f"supernode-{index + 1}"
-        return self._spawn(name, args, self.workdir / f"flwr-{name}")
+        return self._spawn(name, args, self.workdir / f"flwr-{name}", self.node_env(index))
+
+    def node_env(self, index: int) -> dict[str, str]:
+        """Node ``index``'s environment: its Keras backend (its ClientApp process inherits it)."""
+        if not self.backends:
+            return {}
+        return {"KERAS_BACKEND": self.backends[index % len(self.backends)]}
 
     def start_unknown_supernode(self, node_config: Mapping[str, Any]) -> Managed:
         """Start a SuperNode whose fresh key pair was never registered: it must be refused."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -49,6 +49,7 @@ def simulate(
     backend_config: dict[str, Any] | None = None,
     workers: int = 1,
     address: str | None = None,
+    backends: Sequence[str] = (),
 ) -> None:
     """Run a federation of ``num_nodes`` virtual SuperNodes.
 
@@ -70,16 +71,21 @@ def simulate(
     address : str, optional
         ``ray`` only: join the Ray cluster at this address instead of starting Ray (see
         :mod:`fedflower.engine.ray_cluster`).
+    backends : sequence of str
+        ``local`` only: Keras backends cycled over the clients (client ``i`` on
+        ``backends[i % len(backends)]``), each in worker processes of its own (at least one
+        per backend); empty: every client on this process's backend.
     """
     if backend == "local":
         from fedflower.engine.local import run_local
-        from fedflower.engine.pool import run_pool
+        from fedflower.engine.pool import run_pool, worker_backends
 
-        if workers == 1:
+        if workers == 1 and not backends:
             run_local(server_app, client_app, num_nodes)
         else:
-            threads = max(1, len(os.sched_getaffinity(0)) // workers)
-            run_pool(server_app, client_app, num_nodes, workers, threads)
+            size = len(worker_backends(backends, workers))
+            threads = max(1, len(os.sched_getaffinity(0)) // size)
+            run_pool(server_app, client_app, num_nodes, size, threads, backends)
     elif backend == "ray":
         from flwr.simulation import run_simulation
 

@@ -25,7 +25,7 @@ import multiprocessing as mp
 import os
 import signal
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
@@ -38,7 +38,16 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedflower.engine.local import RUN_ID, LocalGrid, deflate, inflate, run_client_app, serve
+from fedflower.backend import BACKENDS
+from fedflower.engine.local import (
+    FIRST_NODE_ID,
+    RUN_ID,
+    LocalGrid,
+    deflate,
+    inflate,
+    run_client_app,
+    serve,
+)
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,47 @@ def default_workers(num_clients: int, cores: int | None = None) -> int:
     return max(1, min(cores, num_clients))
 
 
+def check_backends(
+    backends: Any, engine: str = "local", key: str = "simulation.backends", installed: bool = False
+) -> list[str]:
+    """``backends`` as a list of Keras backends, or a ``ConfigError`` naming ``key``.
+
+    Worker processes per backend are the ``local`` engine's (``engine``: the
+    ``simulation.backend``); ``installed``: each backend's package must be importable here.
+    """
+    import importlib.util
+
+    names = [str(b) for b in (backends or [])]
+    if names and engine != "local":
+        raise ConfigError(
+            f"simulation.backends needs simulation=local (worker processes per backend), got "
+            f"simulation.backend={engine!r}; use simulation=local or leave simulation.backends"
+        )
+    for name in names:
+        if name not in BACKENDS:
+            raise ConfigError(
+                f"{key} must list Keras backends of {list(BACKENDS)}, "
+                f"got {name!r}; e.g. tensorflow,jax"
+            )
+        if installed and importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"{key} must list installed backends, got {name!r}, which is "
+                f"not installed; install it (pip install {name}) or leave it out"
+            )
+    return names
+
+
+def worker_backends(backends: Sequence[str], workers: int) -> list[str | None]:
+    """The backend of each worker process: every backend of ``backends`` gets at least one.
+
+    Without ``backends`` every worker runs this process's backend (``None``: inherited).
+    """
+    groups = list(dict.fromkeys(backends))
+    if not groups:
+        return [None] * workers
+    return [groups[i % len(groups)] for i in range(max(workers, len(groups)))]
+
+
 def check_workers(workers: Any) -> int:
     """``workers`` as a positive int, or a ``ConfigError`` saying how to fix it."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -61,6 +111,23 @@ def check_workers(workers: Any) -> int:
             "e.g. simulation.workers=2"
         )
     return workers
+
+
+@contextlib.contextmanager
+def keras_backend_env(backend: str | None) -> Iterator[None]:
+    """``KERAS_BACKEND=backend`` in this process's environment for the block (``None``: as is)."""
+    if backend is None:
+        yield
+        return
+    saved = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["KERAS_BACKEND"]
+        else:
+            os.environ["KERAS_BACKEND"] = saved
 
 
 @dataclass(frozen=True)
@@ -95,11 +162,18 @@ def _read(task: Task) -> dict[str, bytes]:
 
 
 def random_settings() -> tuple[int | None, bool]:
-    """The TensorFlow global seed of this process, and whether it asked for deterministic ops.
+    """The global seed of this process, and whether TensorFlow was asked for deterministic ops.
 
     A seeded op (e.g. a client's shuffle) draws from the pair (global seed, op seed), so a
-    worker must start with the server process's global seed to give the same batches.
+    worker must start with the server process's global seed to give the same batches. On
+    TensorFlow the seed is TensorFlow's; on the other backends Keras' (``set_random_seed``).
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        from keras.src.utils.rng_utils import get_random_seed  # no public getter
+
+        return get_random_seed(), False
     from tensorflow.python.eager import context
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
@@ -111,16 +185,18 @@ def _serve(
 ) -> None:
     """A worker's loop: run tasks until told to stop (``None``) or the server process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    import keras
-    import tensorflow as tf
+    from fedflower.startup import limit_threads, quiet_tensorflow_import
 
-    if threads > 0:  # before the first op: a fresh process, so TensorFlow has run none
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    quiet_tensorflow_import(if_installed=True)  # Keras' seeding imports it on every backend
+    import keras
+
+    limit_threads(threads)  # before the first op: a fresh process, so its backend has run none
     seed, deterministic = settings
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    if deterministic:
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
     client_app: ClientApp = cloudpickle.loads(payload)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
@@ -163,25 +239,35 @@ class Segment:
 
 
 class WorkerPool:
-    """``size`` persistent worker processes running one ClientApp; tasks go to idle workers.
+    """Persistent worker processes running one ClientApp; tasks go to idle workers.
 
     Parameters
     ----------
     client_app : ClientApp
         The app each worker runs (shipped once, with cloudpickle).
     size : int
-        Number of worker processes.
+        Number of worker processes (with ``backends``: at least one per backend).
     threads : int
-        TensorFlow threads of each worker (``0``: TensorFlow's default).
+        CPU threads of each worker's Keras backend (``0``: the backend's default).
+    backends : sequence of str or None, optional
+        The Keras backend of each worker (``KERAS_BACKEND`` in its environment; ``None``:
+        this process's); a task names the backend it must run on.
     """
 
-    def __init__(self, client_app: ClientApp, size: int, threads: int = 1) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        size: int,
+        threads: int = 1,
+        backends: Sequence[str | None] | None = None,
+    ) -> None:
         payload = cloudpickle.dumps(client_app)
         settings = random_settings()
         spawn = mp.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
-        for i in range(size):
+        self.backends = list(backends) if backends is not None else [None] * size
+        for i, backend in enumerate(self.backends):
             ours, theirs = spawn.Pipe()
             proc = spawn.Process(
                 target=_serve,
@@ -189,24 +275,36 @@ class WorkerPool:
                 name=f"fedflower-worker-{i}",
             )
             proc.daemon = True  # never outlives the server process
-            proc.start()
+            with keras_backend_env(backend):  # a spawned process starts with this environment
+                proc.start()
             theirs.close()
             self._conns.append(ours)
             self._procs.append(proc)
-        self._idle = deque(range(size))
-        self._queue: deque[Task] = deque()
+        self._idle: dict[str | None, deque[int]] = {}
+        for worker, backend in enumerate(self.backends):
+            self._idle.setdefault(backend, deque()).append(worker)
+        self._queue: deque[tuple[str | None, Task]] = deque()
         self._busy: dict[int, Task] = {}
 
-    def submit(self, task: Task) -> None:
-        """Queue a task; it starts as soon as a worker is idle."""
-        self._queue.append(task)
+    def submit(self, task: Task, backend: str | None = None) -> None:
+        """Queue a task for a worker of ``backend``; it starts as soon as one is idle."""
+        if backend not in self._idle:
+            backend = None if None in self._idle else next(iter(self._idle))
+        self._queue.append((backend, task))
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._idle and self._queue:
-            worker = self._idle.popleft()
-            task = self._busy[worker] = self._queue.popleft()
+        waiting: deque[tuple[str | None, Task]] = deque()
+        while self._queue:
+            backend, task = self._queue.popleft()
+            idle = self._idle[backend]
+            if not idle:  # tasks of one backend start in the order they came
+                waiting.append((backend, task))
+                continue
+            worker = idle.popleft()
+            self._busy[worker] = task
             self._conns[worker].send(task)
+        self._queue = waiting
 
     def collect(self) -> list[Done]:
         """Wait until at least one task ends; return every answer that has arrived."""
@@ -221,7 +319,7 @@ class WorkerPool:
                 code = self._procs[worker].exitcode
                 raise RuntimeError(f"worker process {worker} died (exit code {code})") from exc
             del self._busy[worker]
-            self._idle.append(worker)
+            self._idle[self.backends[worker]].append(worker)
         self._dispatch()
         return done
 
@@ -255,17 +353,34 @@ class PoolGrid(LocalGrid):
     workers : int
         Number of worker processes.
     threads : int
-        TensorFlow threads of each worker.
+        CPU threads of each worker's Keras backend.
+    backends : sequence of str, optional
+        Keras backends cycled over the nodes (partition ``i`` runs on ``backends[i % n]``),
+        each in worker processes of its own; empty: every worker on this process's backend.
     **options
         ``node_configs`` and ``run_config``, as for :class:`LocalGrid`.
     """
 
     def __init__(
-        self, client_app: ClientApp, num_nodes: int, workers: int, threads: int = 1, **options: Any
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        workers: int,
+        threads: int = 1,
+        backends: Sequence[str] = (),
+        **options: Any,
     ) -> None:
         super().__init__(client_app, num_nodes, **options)
-        self.pool = WorkerPool(client_app, check_workers(workers), threads)
+        self.backends = list(backends)
+        groups = worker_backends(self.backends, check_workers(workers))
+        self.pool = WorkerPool(client_app, len(groups), threads, groups)
         self._running: dict[str, tuple[Segment, int]] = {}  # message id -> (segment, node)
+
+    def backend_of(self, node: int) -> str | None:
+        """The Keras backend node ``node`` runs on (``None``: this process's)."""
+        if not self.backends:
+            return None
+        return self.backends[(node - FIRST_NODE_ID) % len(self.backends)]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Serialize the messages, put their objects in shared memory and queue their tasks."""
@@ -287,7 +402,7 @@ class PoolGrid(LocalGrid):
             self._running[message_id] = (segment, node)
             index = {oid: segment.index[oid] for oid in objects}
             task = Task(message_id, message.object_id, segment.shm.name, index, self.context(node))
-            self.pool.submit(task)
+            self.pool.submit(task, self.backend_of(node))
         return [message_id for message_id, _, _ in tasks]
 
     def _wait_for_node(self, node: int) -> None:
@@ -320,13 +435,19 @@ class PoolGrid(LocalGrid):
 
 
 def run_pool(
-    server_app: ServerApp, client_app: ClientApp, num_nodes: int, workers: int, threads: int = 1
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_nodes: int,
+    workers: int,
+    threads: int = 1,
+    backends: Sequence[str] = (),
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` virtual SuperNodes served by worker processes.
 
-    The workers are stopped when the run ends or fails (Ctrl-C included).
+    ``backends`` cycles Keras backends over the nodes (see :class:`PoolGrid`). The workers
+    are stopped when the run ends or fails (Ctrl-C included).
     """
-    grid = PoolGrid(client_app, num_nodes, workers, threads)
+    grid = PoolGrid(client_app, num_nodes, workers, threads, backends)
     try:
         serve(server_app, grid)
     finally:

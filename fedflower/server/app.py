@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedflower import keys
+from fedflower import keys, wire
 from fedflower.data.source import TabularSource
 from fedflower.engine.latency import LatencyModel
 from fedflower.errors import ConfigError
@@ -85,6 +85,12 @@ def checkpointer(
     )
 
 
+def load_record(model: Any, record: ArrayRecord) -> None:
+    """Set the server's model to the global model ``record`` (keyed by variable path)."""
+    names = wire.variable_names(model)
+    model.set_weights(wire.arrays_for(record, names, None, "the global model"))
+
+
 def run_strategy(
     pipeline: Pipeline,
     *,
@@ -120,7 +126,7 @@ def run_strategy(
         )
     done, arrays = 0, initial_arrays
     if checkpointer.resume:
-        done, arrays = checkpointer.restore()
+        done, arrays = checkpointer.restore(list(initial_arrays.keys()))
         log.info("resuming after round %s from %s", done, checkpointer.path)
     options["evaluate_fn"] = checkpointed(options["evaluate_fn"], checkpointer, done, num_rounds)
     return (Resumed(strategy, done) if done else strategy).start(
@@ -182,7 +188,7 @@ def make_server_app(
         with_deadline(pipeline, strategy, strategy_options)
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-            model.set_weights(arrays.to_numpy_ndarrays())
+            load_record(model, arrays)
             res = evaluate(model, source.x_test, source.y_test, batch_size=1024)
             down, up = pipeline.meter.take()
             recorder.round_end(
@@ -198,7 +204,7 @@ def make_server_app(
         recorder.start()
         result = run_strategy(
             pipeline,
-            initial_arrays=ArrayRecord(model.get_weights()),
+            initial_arrays=wire.model_record(model),
             num_rounds=num_rounds,
             train_config=train_config(client_options),
             evaluate_config=ConfigRecord({keys.BATCH_SIZE: 1024}),
@@ -206,7 +212,7 @@ def make_server_app(
             checkpointer=checkpointer(checkpoint, pipeline, recorder),
         )
         if len(result.arrays):
-            model.set_weights(result.arrays.to_numpy_ndarrays())
+            load_record(model, result.arrays)
         on_finish(model, pipeline)
 
     return app

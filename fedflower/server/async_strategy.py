@@ -172,7 +172,7 @@ class AsyncLoop:
         if not checkpoint.resume:
             return
         s, table = self.strategy, self.strategy.table
-        self.saved, _ = checkpoint.restore()
+        self.saved, _ = checkpoint.restore(s._names)
         s._record = None
         moved = list(table.tasks.items())  # in dispatch order
         messages = [

@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedflower import wire
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,19 @@ class Checkpointer:
         save(self.path, state)
         log.debug("checkpoint after round %s written to %s", server_round, self.path)
 
-    def restore(self) -> tuple[int, ArrayRecord]:
-        """Load the checkpoint into the objects; return its round and global model."""
+    def restore(self, names: Sequence[str] | None = None) -> tuple[int, ArrayRecord]:
+        """Load the checkpoint into the objects; return its round and global model.
+
+        ``names`` (the model's variable paths) must be the checkpoint model's keys: a
+        checkpoint of another model, or one keyed by position, fails in one line.
+        """
         state = check_resumable(self.path.parent, self.config)
+        reason = None if names is None else wire.mismatch(state["names"], names)
+        if reason is not None:
+            raise ConfigError(
+                f"the checkpoint's model must be keyed by this model's variable paths: "
+                f"{reason}; start a new run without resume"
+            )
         for key, obj in self.objects.items():
             if key in state["objects"]:
                 obj.load_state_dict(state["objects"][key])

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import Message
 
-from fedflower import aggregation
+from fedflower import aggregation, wire
 from fedflower.errors import UpdateRejected
 
 Arrays = list[np.ndarray]
@@ -39,7 +39,8 @@ def unpack_reply(
         The metric holding the aggregation weight (the client's number of examples); exactly
         one of the reply's metric records must carry it.
     names : sequence of str, optional
-        The global model's array names, which the update's must equal (in order).
+        The global model's array names (its variable paths), which the update's must equal;
+        the arrays are returned in this order.
     reference : list of ndarray, optional
         The global model the update was trained from: shapes must match and values be finite
         (:func:`fedflower.aggregation.check_update`); arrays of another dtype are cast to
@@ -70,20 +71,16 @@ def unpack_reply(
     got = list(record.keys())
     if names is not None:
         check_names(got, list(names))
-    arrays = record.to_numpy_ndarrays()
+        got = list(names)  # a client on another backend may list its variables in another order
+    arrays = [record[name].numpy() for name in got]
     if reference is not None:
-        aggregation.check_update(arrays, reference)
+        aggregation.check_update(arrays, reference, got)
         arrays = aggregation.cast_like(arrays, reference)
     return got, arrays, weight
 
 
 def check_names(names: list[str], expected: list[str]) -> None:
-    """Raise ``UpdateRejected`` naming the first array an update lacks, adds or reorders."""
-    missing = [n for n in expected if n not in names]
-    if missing:
-        raise UpdateRejected(f"update lacks array {missing[0]!r}")
-    extra = [n for n in names if n not in expected]
-    if extra:
-        raise UpdateRejected(f"update has an array the model lacks: {extra[0]!r}")
-    if names != expected:
-        raise UpdateRejected("update's arrays are in another order than the model's")
+    """Raise ``UpdateRejected`` naming the first variable an update lacks or adds."""
+    reason = wire.mismatch(names, expected)
+    if reason is not None:
+        raise UpdateRejected(f"update does not fit the global model: {reason}")

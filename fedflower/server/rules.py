@@ -23,6 +23,7 @@ from fedflower.aggregation.codecs import codecs_from_options
 from fedflower.backend import check_backend
 from fedflower.checks import check_choice, check_number
 from fedflower.engine import BACKENDS
+from fedflower.engine.pool import check_backends
 from fedflower.errors import ConfigError
 from fedflower.server import registry
 from fedflower.server.options import PRIVACY, SECAGG, build_options
@@ -67,6 +68,7 @@ def validate(cfg: DictConfig) -> None:
     build_typed_groups(cfg)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
     check_backend(cfg.get("backend", "tensorflow"))
+    check_backends(cfg.simulation.get("backends"), cfg.simulation.backend)
     _check_checkpoint(cfg)
     check_text_pairing(cfg)
     check_tracking(cfg.get("tracking"))

@@ -127,9 +127,11 @@ class SecureRound:
         fitins = []
         for message in messages:
             config = message.content.config_records.get(keys.CONFIG, ConfigRecord())
-            weights = message.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
+            record = message.content.array_records[keys.ARRAYS]
+            weights = record.to_numpy_ndarrays()
             proxy = GridClientProxy(message.metadata.dst_node_id, grid, run_id)
-            settings: dict[str, Any] = dict(config.items())
+            names = "\n".join(record.keys())  # a legacy config holds scalars, not lists
+            settings: dict[str, Any] = {**config, keys.ARRAY_NAMES: names}
             fitins.append((proxy, FitIns(ndarrays_to_parameters(weights), settings)))
         if len(fitins) < 2:
             log.warning(

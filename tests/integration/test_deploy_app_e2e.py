@@ -4,8 +4,10 @@ the ``fedflower`` command on a client-only install."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +21,13 @@ from omegaconf import DictConfig
 from fedflower.experiment import run
 
 pytestmark = pytest.mark.slow
+
+
+def needs(module: str) -> pytest.MarkDecorator:
+    """Skip where ``module`` (a Keras backend's package) is not installed."""
+    missing = importlib.util.find_spec(module) is None
+    return pytest.mark.skipif(missing, reason=f"{module} is not installed")
+
 
 COMPARED = ("round", "loss", "accuracy", "fed_loss", "fed_accuracy", "bytes_down", "bytes_up")
 
@@ -78,33 +87,49 @@ def test_a_node_with_bad_data_is_reported_and_the_run_goes_on(
     assert results["final"]["accuracy"] > results["initial"]["accuracy"]
 
 
-def run_script(script: Path, arg: str) -> subprocess.CompletedProcess[str]:
-    """Run a Python script with one argument in a fresh interpreter, output captured."""
+def run_script(
+    script: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a Python script with arguments in a fresh interpreter, output captured."""
     return subprocess.run(
-        [sys.executable, str(script), arg], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
-def test_slim_client_imports_no_simulation_or_plotting_package(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "blocked"),
+    [
+        ("tensorflow", ""),
+        pytest.param("jax", "tensorflow", marks=needs("jax")),
+        pytest.param("torch", "tensorflow", marks=needs("torch")),
+    ],
+)
+def test_slim_client_imports_no_simulation_or_plotting_package(
+    tmp_path: Path, backend: str, blocked: str
+) -> None:
     """A SuperNode with a data file runs the ClientApp with ray, datasets, flwr-datasets,
-    scikit-learn, pandas and matplotlib made unimportable."""
+    scikit-learn, pandas and matplotlib made unimportable; on JAX and PyTorch, TensorFlow too
+    (what a ``fedflower[client-jax]`` or ``[client-torch]`` install lacks)."""
     script = tmp_path / "slim.py"
     script.write_text(SLIM_CLIENT)
-    res = run_script(script, str(tmp_path / "site.csv"))
+    res = run_script(script, str(tmp_path / "site.csv"), blocked, env={"KERAS_BACKEND": backend})
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "OK loaded=[]" in res.stdout
+    assert f"OK backend={backend} loaded=[]" in res.stdout
 
 
 SLIM_CLIENT = """
-import importlib.abc, sys
-BLOCKED = ("ray", "datasets", "flwr_datasets", "sklearn", "matplotlib", "pandas")
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"blocked: {name}")
-sys.meta_path.insert(0, Block())
+import sys
+BLOCKED = ("ray", "datasets", "flwr_datasets", "sklearn", "matplotlib", "pandas",
+           *filter(None, sys.argv[2].split(",")))
+for name in BLOCKED:  # as if not installed: import fails, importlib.util.find_spec gives None
+    sys.modules[name] = None
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.grid import InMemoryGrid
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -115,14 +140,18 @@ x = rng.normal(size=(40, 4)).astype("float32")
 path = write_csv(sys.argv[1], x, (x[:, 0] > 0).astype(int))
 w = [np.zeros((4, 128), "float32"), np.zeros(128, "float32"),
      np.zeros((128, 1), "float32"), np.zeros(1, "float32")]
-content = RecordDict({"arrays": ArrayRecord(w), "config": ConfigRecord({"batch-size": 8})})
+names = ["hidden_0/kernel", "hidden_0/bias", "output/kernel", "output/bias"]
+record = ArrayRecord(dict(zip(names, map(Array, w))))
+content = RecordDict({"arrays": record, "config": ConfigRecord({"batch-size": 8})})
 msg = Message(content, dst_node_id=5, message_type="train")
 ctx = Context(run_id=1, node_id=5, node_config={"data-path": str(path)}, state=RecordDict(),
               run_config={"overrides": ""})
 reply = client_app(msg, ctx)
 assert not reply.has_error(), reply.error
 assert reply.content["metrics"]["num-examples"] == 32
-print("OK loaded=" + str(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)))
+import keras
+loaded = sorted(m for m, mod in sys.modules.items() if m.split(".")[0] in BLOCKED and mod)
+print(f"OK backend={keras.backend.backend()} loaded={loaded}")
 """
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -54,3 +55,33 @@ def test_two_workers_give_the_rows_of_one_process_in_every_round(
     assert len(one) >= 3
     assert one == two
     assert workers() == before  # the workers stopped
+
+
+@pytest.mark.slow
+def test_one_backend_in_worker_groups_gives_the_rows_of_one_process(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """``simulation.backends=[tensorflow]`` moves the clients to a worker of that backend:
+    the same run, round by round."""
+    common = ["num_clients=3", "num_rounds=3", *QUIET]
+    run(tiny_cfg(*common), tmp_path / "one")
+    run(tiny_cfg(*common, "simulation.backends=[tensorflow]"), tmp_path / "group")
+    assert rows(tmp_path / "one") == rows(tmp_path / "group")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_tensorflow_and_jax_federation_trains_as_a_tensorflow_one(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """Clients alternate between TensorFlow and JAX workers; the server (TensorFlow) averages
+    their models, keyed by variable path, to the accuracy of an all-TensorFlow run."""
+    common = ["num_clients=4", "num_rounds=3", *QUIET]
+    run(tiny_cfg(*common), tmp_path / "tf")
+    run(tiny_cfg(*common, "simulation.backends=[tensorflow,jax]"), tmp_path / "mixed")
+    tf, mixed = rows(tmp_path / "tf"), rows(tmp_path / "mixed")
+    assert [r["round"] for r in mixed] == [r["round"] for r in tf]
+    assert all(r["train_clients"] == 4 for r in mixed)  # no client failed
+    for a, b in zip(tf, mixed, strict=True):
+        assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.01)
+        assert b["loss"] == pytest.approx(a["loss"], abs=0.01)

@@ -18,10 +18,12 @@ from fedflower.client.privacy import privacy_mod
 from fedflower.client.secagg import secagg_mod
 from fedflower.engine.local import run_local
 from fedflower.server.privacy import make_private
+from fedflower.wire import named_record
 
 NODES = 3
 ROUNDS = 3
 SHAPES = [(20, 8), (8,)]
+NAMES = ["dense/kernel", "dense/bias"]
 SECAGG = {
     "name": "secaggplus",
     "num_shares": 1.0,
@@ -39,6 +41,13 @@ class FixedStepClient:
     def __init__(self, cid: int) -> None:
         self.cid = cid
         self.rng = np.random.default_rng(100 + cid)
+
+    def receive(self, record: ArrayRecord, what: str = "") -> list[np.ndarray]:
+        assert list(record.keys()) == NAMES  # the names travel through SecAgg+'s legacy layout
+        return record.to_numpy_ndarrays()
+
+    def send(self, arrays: list[np.ndarray], received: ArrayRecord) -> ArrayRecord:
+        return named_record(list(received.keys()), arrays)
 
     def fit(self, parameters: list[np.ndarray], config: Any) -> tuple[list[np.ndarray], int, dict]:
         step = [0.1 * self.rng.standard_normal(p.shape).astype(p.dtype) for p in parameters]
@@ -68,7 +77,7 @@ def models_per_round(wrap: Callable[[Strategy], Strategy], secagg: dict[str, Any
             if server_round:
                 models.append(arrays.to_numpy_ndarrays())
 
-        strategy.start(grid, ArrayRecord(initial), num_rounds=ROUNDS, evaluate_fn=keep)  # type: ignore[arg-type]
+        strategy.start(grid, named_record(NAMES, initial), num_rounds=ROUNDS, evaluate_fn=keep)  # type: ignore[arg-type]
 
     mods = [secagg_mod(lambda _: secagg), privacy_mod(lambda _: {"name": "none"})]
     run_local(app, to_client_app(client_fn, mods=mods), NODES)  # type: ignore[arg-type]

@@ -163,3 +163,19 @@ def test_flowers_loop_resumed_continues_with_the_same_rounds_and_models(tmp_path
         for a, b in zip(full[rnd], resumed[rnd], strict=True):
             np.testing.assert_array_equal(a, b)
     assert load(tmp_path / "cut" / FILENAME)["round"] == 3
+
+
+def test_a_checkpoint_keyed_by_position_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The global model is keyed by variable path; a checkpoint keyed otherwise cannot resume."""
+    from flwr.app import ArrayRecord
+
+    from fedflower.server.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path, {}, every=1, objects={})
+    ckpt.save(1, ArrayRecord([np.zeros(3, np.float32), np.ones(1, np.float32)]), last=True)
+    with pytest.raises(
+        ConfigError, match=r"variable 'output/kernel' is missing \(received '0', '1'\)"
+    ):
+        ckpt.restore(["output/kernel", "output/bias"])
+    done, arrays = ckpt.restore(["0", "1"])  # the same keys: restored
+    assert done == 1 and list(arrays.keys()) == ["0", "1"]

@@ -78,6 +78,10 @@ def node_client(
     return NodeClient(lambda shape, k: model_factory(cfg, shape, k)(), data)
 
 
+MLP_NAMES = ["hidden_0/kernel", "hidden_0/bias", "output/kernel", "output/bias"]
+"""The variable paths of ``model=mlp``: the keys its weights travel under."""
+
+
 def global_weights(tiny_cfg: Callable[..., DictConfig], features: int) -> list[np.ndarray]:
     return model_factory(tiny_cfg(), (features,), 2)().get_weights()
 
@@ -149,15 +153,16 @@ def deployed_train_replies(
     weights: list[np.ndarray], extra: list[str], nodes: list[dict[str, Any]]
 ) -> list[RecordDict]:
     """One training task from ``weights`` per node through the deployed ClientApp."""
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+    from flwr.app import ConfigRecord, Message, MessageType
 
     from fedflower import keys
+    from fedflower.wire import named_record
 
     overrides = [*TINY, *extra]
     run_config = {"overrides": " ".join(overrides), "output-dir": "unused"}
     grid = LocalGrid(client_app, len(nodes), nodes, run_config)
     config = ConfigRecord({keys.LOCAL_EPOCHS: 1, keys.BATCH_SIZE: 32, keys.SERVER_ROUND: 1})
-    content = RecordDict({keys.ARRAYS: ArrayRecord(weights), keys.CONFIG: config})
+    content = RecordDict({keys.ARRAYS: named_record(MLP_NAMES, weights), keys.CONFIG: config})
     messages = [
         Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
         for node in grid.get_node_ids()

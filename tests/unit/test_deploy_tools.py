@@ -175,3 +175,26 @@ def test_run_output_piped_to_a_file_has_no_terminal_colour_codes(tmp_path: Path)
     handle._reader.join(timeout=30)
     assert echo.getvalue() == "INFO :      round 1\ndone\n"
     assert "\x1b" not in handle.output
+
+
+def test_supernodes_cycle_the_keras_backends(tmp_path: Path) -> None:
+    """Each SuperNode (and the ClientApp process it starts) gets its own KERAS_BACKEND."""
+    from fedflower.deploy.federation import LocalFederation
+
+    fed = LocalFederation(tmp_path, [{}] * 4, backends=["tensorflow", "jax", "torch"])
+    envs = [fed.node_env(i) for i in range(4)]
+    assert [e["KERAS_BACKEND"] for e in envs] == ["tensorflow", "jax", "torch", "tensorflow"]
+    assert LocalFederation(tmp_path, [{}]).node_env(0) == {}  # the environment's backend
+
+
+def test_the_demo_refuses_an_unknown_backend_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedflower.deploy.cli import main
+
+    argv = ["demo", "--backends", "tensorflow,mxnet", "--workdir", str(tmp_path / "demo")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedflower-deploy: error: --backends must list Keras backends")
+    assert "got 'mxnet'" in err and "\n" not in err
+    assert not (tmp_path / "demo").exists()  # nothing started, nothing written

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 from fedflower.strategies.feddyn import FedDyn
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedflower import keys
 from fedflower.aggregation.dynamic import dynamic_step
@@ -30,7 +30,9 @@ def test_client_state_follows_the_papers_update() -> None:
     seen: list = []
 
     def train(msg: Message, context: Context) -> Message:
-        seen.append(msg.content.array_records[keys.LINEAR].to_numpy_ndarrays()[0][0])
+        linear = msg.content.array_records[keys.LINEAR]
+        assert list(linear.keys()) == ["dense/kernel"]  # keyed as the model's arrays
+        seen.append(linear.to_numpy_ndarrays()[0][0])
         new = ArrayRecord([np.array([3.0])])
         return Message(RecordDict({keys.ARRAYS: new}), reply_to=msg)
 
@@ -38,7 +40,7 @@ def test_client_state_follows_the_papers_update() -> None:
     for _ in range(2):
         content = RecordDict(
             {
-                keys.ARRAYS: ArrayRecord([np.array([1.0])]),
+                keys.ARRAYS: ArrayRecord({"dense/kernel": Array(np.array([1.0]))}),
                 keys.CONFIG: ConfigRecord({keys.FEDDYN_ALPHA: 0.5}),
             }
         )

@@ -19,6 +19,7 @@ from fedflower.models import compile_model, logreg
 from fedflower.server import registry
 from fedflower.server.app import build_strategy
 from fedflower.server.checked import CheckedFedAvg
+from fedflower.wire import named_record
 
 NODES = [1, 2, 3]
 WEIGHTS = [10, 30, 60]
@@ -132,7 +133,7 @@ def tiny_client(seed: int = 0) -> tuple[KerasClient, list[np.ndarray]]:
 def train_message(weights: list[np.ndarray], config: dict) -> Message:
     content = RecordDict(
         {
-            keys.ARRAYS: ArrayRecord(weights),
+            keys.ARRAYS: named_record(["output/kernel", "output/bias"], weights),  # logreg's
             keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1, **config}),
         }
     )

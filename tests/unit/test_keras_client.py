@@ -5,13 +5,15 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedflower import keys
 from fedflower.client import KerasClient
 from fedflower.client.app import keras_client_fn, to_client_app
 from fedflower.data.source import ClientData
+from fedflower.errors import ModelMismatch
 from fedflower.models import compile_model, mlp
+from fedflower.wire import named_record, variable_names
 
 NUM_FEATURES = 4
 CONFIG = {keys.LOCAL_EPOCHS: 2, keys.BATCH_SIZE: 8, keys.LEARNING_RATE: 0.05, keys.SERVER_ROUND: 1}
@@ -235,8 +237,12 @@ def node_context(partition_id: int, node_id: int = 5) -> Context:
     )
 
 
-def instruction(message_type: str, weights: list[np.ndarray], config: dict) -> Message:
-    content = RecordDict({keys.ARRAYS: ArrayRecord(weights), keys.CONFIG: ConfigRecord(config)})
+def instruction(
+    message_type: str, weights: list[np.ndarray], config: dict, names: list[str] | None = None
+) -> Message:
+    """A task carrying ``weights`` keyed by the tiny model's variable paths (or ``names``)."""
+    record = named_record(names or variable_names(tiny_model()), weights)
+    content = RecordDict({keys.ARRAYS: record, keys.CONFIG: ConfigRecord(config)})
     return Message(content, dst_node_id=5, message_type=message_type)
 
 
@@ -316,3 +322,33 @@ def test_a_shipped_client_fn_reuses_the_process_model() -> None:
     assert other is not models[0]
     assert list(app._PROCESS.items) == ["model"]
     assert app._PROCESS.items["model"] is other
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_client_app_matches_arrays_by_variable_path_in_any_order(
+    initial: list[np.ndarray],
+) -> None:
+    """A server on another backend may list the variables in another order: the client matches
+    them by name and replies in the order it received."""
+    app = to_client_app(keras_client_fn(tiny_model, {0: tiny_data()}.__getitem__, seed=0))
+    names = variable_names(tiny_model())
+    in_order = app(instruction(MessageType.TRAIN, initial, CONFIG), node_context(0))
+    backwards = instruction(MessageType.TRAIN, initial[::-1], CONFIG, names=names[::-1])
+    reply = app(backwards, node_context(0))
+    record = reply.content.array_records[keys.ARRAYS]
+    assert list(record.keys()) == names[::-1]
+    assert_same(record.to_numpy_ndarrays()[::-1], in_order.content[keys.ARRAYS].to_numpy_ndarrays())
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_client_app_names_the_first_variable_that_does_not_fit(
+    initial: list[np.ndarray],
+) -> None:
+    app = to_client_app(keras_client_fn(tiny_model, {0: tiny_data()}.__getitem__, seed=0))
+    names = ["hidden_0/kernel", "hidden_0/bias", "head/kernel", "output/bias"]
+    with pytest.raises(ModelMismatch, match="variable 'output/kernel' is missing"):
+        app(instruction(MessageType.EVALUATE, initial, {}, names=names), node_context(0))
+    wide = [np.zeros((NUM_FEATURES + 1, 8), np.float32), *initial[1:]]
+    shape = r"variable 'hidden_0/kernel' has shape \(5, 8\), this model's has \(4, 8\)"
+    with pytest.raises(ModelMismatch, match=shape):
+        app(instruction(MessageType.TRAIN, wide, CONFIG), node_context(0))

@@ -7,10 +7,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord
 
 from fedflower.errors import ConfigError
 from fedflower.models import cnn, compile_model, text_classifier
+from fedflower.wire import arrays_for, model_record, variable_names
 
 VOCABULARY = ("profit", "rose", "fell", "loss", "company")
 SENTENCES = np.array([["Profit rose."], ["The loss fell"], ["unknown words only"]], dtype=np.str_)
@@ -55,8 +55,8 @@ def test_only_weights_travel_and_the_vocabulary_is_rebuilt_identically(tmp_path:
     weights = sender.get_weights()
     assert weights[0].shape == (len(VOCABULARY) + 2, 32)  # padding + [UNK] + words
     assert all(np.issubdtype(w.dtype, np.floating) for w in weights)
-    record = ArrayRecord([np.asarray(w) for w in weights])
-    receiver.set_weights(record.to_numpy_ndarrays())
+    record = model_record(sender)
+    receiver.set_weights(arrays_for(record, variable_names(receiver)))
     np.testing.assert_array_equal(np.asarray(receiver(SENTENCES)), np.asarray(sender(SENTENCES)))
     compile_model(sender, keras.optimizers.Adam(), 3)
     sender.save(tmp_path / "model.keras")

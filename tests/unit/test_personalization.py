@@ -16,7 +16,7 @@ from flwr.app import (
 )
 
 from fedflower import keys
-from fedflower.client.personalization import Personalization, local_indices, personalization_mod
+from fedflower.client.personalization import Personalization, local_names, personalization_mod
 from fedflower.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -67,7 +67,7 @@ def values(reply: Message) -> list[float]:
 
 def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> None:
     log: list = []
-    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: [1])
+    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: ["1"])
     ctx, call_next = context(), handler(log)
     assert values(mod(message(MessageType.TRAIN, [0, 0]), ctx, call_next)) == [1, 0]
     # round 2: the global head (5) is replaced by the site's own (1) before training
@@ -82,7 +82,7 @@ def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> No
 
 def test_fedper_with_updates_replies_zero_for_the_local_layers() -> None:
     log: list = []
-    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: [1])
+    mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: ["1"])
     ctx = context()
 
     def update(msg: Message, c: Context) -> Message:  # reply w_sent - w_trained = -1
@@ -141,18 +141,23 @@ def tiny_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
 
 
+HEAD = ["head/kernel", "head/bias"]
+NORM = ["norm/gamma", "norm/beta", "norm/moving_mean", "norm/moving_variance"]
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({"name": "fedper"}, [6, 7]),  # the head: kernel, bias
-        ({"name": "fedbn"}, [2, 3, 4, 5]),  # gamma, beta, moving mean and variance
-        ({"name": "fedper", "local_layers": ["b*"]}, [0, 1]),
-        ({"name": "fedper", "local_layers": ["re:^(norm|head)$"]}, [2, 3, 4, 5, 6, 7]),
+        ({"name": "fedper"}, HEAD),
+        ({"name": "fedbn"}, NORM),
+        ({"name": "fedper", "local_layers": ["b*"]}, ["body/kernel", "body/bias"]),
+        ({"name": "fedper", "local_layers": ["re:^(norm|head)$"]}, NORM + HEAD),
         ({"name": "ditto"}, []),
     ],
 )
-def test_local_layers_by_keras_layer_name(settings: dict, expected: list[int]) -> None:
-    assert local_indices(tiny_model(), Personalization(**settings)) == expected
+def test_local_layers_by_keras_layer_name(settings: dict, expected: list[str]) -> None:
+    """The local layers' weights are named by variable path, their key on the wire."""
+    assert local_names(tiny_model(), Personalization(**settings)) == expected
 
 
 @pytest.mark.parametrize(
@@ -167,4 +172,4 @@ def test_local_layers_by_keras_layer_name(settings: dict, expected: list[int]) -
 )
 def test_bad_settings_are_one_line_config_errors(settings: dict) -> None:
     with pytest.raises(ConfigError, match="personalization"):
-        local_indices(tiny_model(), Personalization(**settings))
+        local_names(tiny_model(), Personalization(**settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 
@@ -21,7 +22,13 @@ from flwr.clientapp import ClientApp
 
 from fedflower import keys
 from fedflower.engine.metered import MeteredGrid, message_nbytes
-from fedflower.engine.pool import PoolGrid, check_workers, default_workers
+from fedflower.engine.pool import (
+    PoolGrid,
+    check_backends,
+    check_workers,
+    default_workers,
+    worker_backends,
+)
 from fedflower.errors import ConfigError
 
 
@@ -127,3 +134,48 @@ def test_workers_setting() -> None:
     for bad in (0, -1, 1.5, "two", True):
         with pytest.raises(ConfigError, match=r"simulation\.workers must be a positive integer"):
             check_workers(bad)
+
+
+def backend_app() -> ClientApp:
+    """Replies with the Keras backend its worker process runs (what KERAS_BACKEND chose)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        import keras
+
+        name = ConfigRecord({"backend": keras.backend.backend(), "os-pid": os.getpid()})
+        return Message(RecordDict({"info": name}), reply_to=msg)
+
+    return app
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_each_backend_runs_in_workers_of_its_own(task_identity: None) -> None:
+    """Backends cycle over the nodes; each node's task runs in a worker of its backend."""
+    grid = PoolGrid(backend_app(), 5, workers=1, threads=0, backends=["tensorflow", "jax"])
+    try:
+        replies = list(grid.send_and_receive([message(n) for n in range(1, 6)]))
+        info = [r.content.config_records["info"] for r in replies]
+        assert [i["backend"] for i in info] == ["tensorflow", "jax"] * 2 + ["tensorflow"]
+        assert len({i["os-pid"] for i in info}) == 2  # one worker per backend
+    finally:
+        grid.close()
+
+
+def test_backends_setting() -> None:
+    assert worker_backends([], 2) == [None, None]  # this process's backend
+    assert worker_backends(["tensorflow", "jax", "tensorflow"], 1) == ["tensorflow", "jax"]
+    assert worker_backends(["jax", "tensorflow"], 3) == ["jax", "tensorflow", "jax"]
+    assert check_backends(["tensorflow"]) == ["tensorflow"]
+    with pytest.raises(ConfigError, match=r"simulation\.backends must list Keras backends"):
+        check_backends(["mxnet"])
+    with pytest.raises(ConfigError, match=r"simulation\.backends needs simulation=local"):
+        check_backends(["tensorflow"], engine="ray")
+
+
+def test_a_backend_that_is_not_installed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_backends(["jax"]) == ["jax"]  # validate checks names only, within a second
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"backends must list installed backends, got 'jax'"):
+        check_backends(["jax"], installed=True)

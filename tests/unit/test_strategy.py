@@ -242,7 +242,7 @@ def test_a_missing_array_is_named(
     reply.content[keys.ARRAYS] = ArrayRecord({k: v for k, v in record.items() if k != "2"})
     with caplog.at_level(logging.WARNING):
         strategy.aggregate_train(1, [reply, make_reply(ins[12], client_update(model, 2), 10)])
-    assert "update lacks array '2'" in caplog.text
+    assert "variable '2' is missing" in caplog.text
     assert strategy.rejected == 1
 
 
