@@ -80,6 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=list(MODULES))
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other rows of bench/results/backends.json"
+    )
     args = parser.parse_args()
     rows = []
     for experiment in args.experiments:
@@ -91,12 +94,16 @@ def main() -> None:
             row.update(one_run(backend, EXPERIMENTS[experiment]))
             print(row, flush=True)
             rows.append(row)
-            write(rows)  # after every run: a partial table survives an interrupted bench
+            write(rows, args.merge)  # after every run: a partial table survives an interruption
 
 
-def write(rows: list[dict[str, object]]) -> None:
-    """``bench/results/backends.{json,md}``."""
+def write(rows: list[dict[str, object]], merge: bool) -> None:
+    """``bench/results/backends.{json,md}`` (with ``merge``, the file's other rows kept)."""
     RESULTS.mkdir(exist_ok=True)
+    if merge and (RESULTS / "backends.json").exists():
+        new = {(r["experiment"], r["backend"]) for r in rows}
+        old = json.loads((RESULTS / "backends.json").read_text())
+        rows = [r for r in old if (r["experiment"], r["backend"]) not in new] + rows
     (RESULTS / "backends.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = (
         "# Keras backends: seconds per round and final accuracy\n\n"
