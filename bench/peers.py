@@ -67,6 +67,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; median kept")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated sides")
     parser.add_argument(
         "--venv",
         type=Path,
@@ -104,6 +105,7 @@ def write_work(task: str, work: Path) -> None:
         data = fed.client(i)
         arrays[f"x{i}"], arrays[f"y{i}"] = data.x_train, data.y_train
     np.savez(work / "data.npz", **arrays)
+    write_token_work(model, arrays, work)
     settings = {
         "overrides": TASKS[task],
         "clients": cfg.num_clients,
@@ -115,25 +117,70 @@ def write_work(task: str, work: Path) -> None:
     (work / "work.json").write_text(json.dumps(settings))
 
 
-def load_work(work: Path) -> tuple[dict[str, Any], Any, Any]:
-    """Settings, arrays and the initial compiled model of a task."""
+def write_token_work(model: Any, arrays: dict[str, Any], work: Path) -> None:
+    """For a text model: the arrays as token ids and the model after its ``TextVectorization``.
+
+    pfl's ``TFModel`` hands a batch's raw inputs to Keras as NumPy arrays, and Keras takes no
+    string arrays; so pfl gets every sentence mapped to token ids once, by the model's own
+    vectorization layer, and the rest of the same model (same initial weights, loss and
+    optimizer). fedflower keeps vectorizing inside its model, in every step: its work is the
+    same plus the vectorization.
+    """
+    import keras
+    import numpy as np
+
+    names = [layer.name for layer in model.layers]
+    if "vectorize" not in names:
+        return
+    vectorize = model.get_layer("vectorize")
+    tokens = {k: np.asarray(vectorize(v)) if k.startswith("x") else v for k, v in arrays.items()}
+    inputs = keras.Input(shape=tokens["x_test"].shape[1:], dtype="int64", name="tokens")
+    x = inputs
+    for layer in model.layers[names.index("vectorize") + 1 :]:
+        x = layer(x)
+    rest = keras.Model(inputs, x, name="after_vectorize")
+    rest.compile(
+        optimizer=model.optimizer.__class__.from_config(model.optimizer.get_config()),
+        loss=model.loss,
+        metrics=["accuracy"],
+    )
+    rest.save(work / "model_tokens.keras")
+    np.savez(work / "data_tokens.npz", **tokens)
+
+
+def load_work(work: Path, tokens: bool = False) -> tuple[dict[str, Any], Any, Any]:
+    """Settings, arrays and the initial compiled model of a task (``tokens``: as token ids)."""
     import keras
     import numpy as np
 
     settings = json.loads((work / "work.json").read_text())
-    with np.load(work / "data.npz") as data:
+    suffix = "_tokens" if tokens and (work / "model_tokens.keras").exists() else ""
+    with np.load(work / f"data{suffix}.npz") as data:
         arrays = dict(data)
-    return settings, arrays, keras.models.load_model(work / "model.keras")
+    return settings, arrays, keras.models.load_model(work / f"model{suffix}.keras")
 
 
 def side_fedflower(work: Path) -> dict[str, float]:
     """Fedflower's experiment on the same partition (it partitions the data the same way)."""
-    from fedflower.experiment import run
+    from fedflower import experiment
 
     settings = json.loads((work / "work.json").read_text())
+    cpu: list[float] = []
+    simulate = experiment.simulate
+
+    def timed(*args: Any, **kwargs: Any) -> None:  # the engine's run: CPU seconds of the loop
+        c0 = time.process_time()
+        simulate(*args, **kwargs)
+        cpu.append(time.process_time() - c0)
+
+    experiment.simulate = timed
     with tempfile.TemporaryDirectory() as out:
-        results = run(compose_cfg(settings["overrides"]), output_dir=out)
-    return {"loop": results["totals"]["seconds"], "accuracy": results["final"]["accuracy"]}
+        results = experiment.run(compose_cfg(settings["overrides"]), output_dir=out)
+    return {
+        "loop": results["totals"]["seconds"],
+        "cpu": cpu[0],
+        "accuracy": results["final"]["accuracy"],
+    }
 
 
 def accuracy_metric(model: Any) -> Any:
@@ -156,7 +203,7 @@ def side_pfl(work: Path) -> dict[str, float]:
     from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
     from pfl.model.tensorflow import TFModel
 
-    settings, arrays, keras_model = load_work(work)
+    settings, arrays, keras_model = load_work(work, tokens=True)
     users = list(range(settings["clients"]))
     train = FederatedDataset(
         lambda u: Dataset((arrays[f"x{u}"], arrays[f"y{u}"]), user_id=str(u)),
@@ -177,7 +224,7 @@ def side_pfl(work: Path) -> dict[str, float]:
         local_batch_size=settings["batch"],
     )
     eval_params = NNEvalHyperParams(local_batch_size=1024)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     FederatedAveraging().run(
         algorithm_params=params,
         backend=SimulatedBackend(training_data=train, val_data=train),
@@ -186,10 +233,10 @@ def side_pfl(work: Path) -> dict[str, float]:
         model_eval_params=eval_params,
         callbacks=[CentralEvaluationCallback(central, eval_params, frequency=1)],
     )
-    loop = time.perf_counter() - t0
+    loop, cpu = time.perf_counter() - t0, time.process_time() - c0
     keras_model.compile(loss=keras_model.loss, metrics=[accuracy_metric(keras_model)])
     accuracy = keras_model.evaluate(arrays["x_test"], arrays["y_test"], 1024, verbose=0)[1]
-    return {"loop": loop, "accuracy": float(accuracy)}
+    return {"loop": loop, "cpu": cpu, "accuracy": float(accuracy)}
 
 
 def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
@@ -227,7 +274,7 @@ def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
             timing["accuracy"] = float(acc)
             return MetricRecord({"loss": float(loss), "accuracy": float(acc)})
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         FedAvg(fraction_evaluate=0.0).start(
             grid=grid,
             initial_arrays=ArrayRecord(model.get_weights()),
@@ -236,6 +283,7 @@ def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
             evaluate_fn=central,
         )
         timing["loop"] = time.perf_counter() - t0
+        timing["cpu"] = time.process_time() - c0  # the server process only (Ray's actors not)
 
     return server_app, client_app
 
@@ -286,16 +334,23 @@ def run_child(python: Path, side: str, work: Path) -> dict[str, float]:
     return {**answer, "process": time.perf_counter() - t0}
 
 
-def table(task: str, med: dict[str, dict[str, float]]) -> list[str]:
-    ref = med["fedflower"]["loop"]
-    lines = [f"{task}: side       loop s  x fedflower  process s  final acc"]
+def table(task: str, med: dict[str, dict[str, float]], load: tuple[float, float]) -> list[str]:
+    ref = med["fedflower"]
+    lines = [
+        f"{task}: side       loop s  x fedflower  loop CPU s  x fedflower  process s  final acc"
+    ]
     for side, m in med.items():
         lines.append(
-            f"  {side:<16} {m['loop']:7.2f}  {m['loop'] / ref:10.2f}  {m['process']:9.2f}"
+            f"  {side:<16} {m['loop']:7.2f}  {m['loop'] / ref['loop']:10.2f}"
+            f"  {m['cpu']:10.2f}  {m['cpu'] / ref['cpu']:10.2f}  {m['process']:9.2f}"
             f"  {m['accuracy']:9.4f}"
         )
-    ratio = ref / med["pfl"]["loop"]
-    lines.append(f"  fedflower loop time / pfl's: {ratio:.2f}")
+    if "pfl" in med:
+        lines.append(
+            f"  fedflower / pfl: loop time {ref['loop'] / med['pfl']['loop']:.2f},"
+            f" loop CPU time {ref['cpu'] / med['pfl']['cpu']:.2f}"
+        )
+    lines.append(f"  load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}")
     return lines
 
 
@@ -305,8 +360,10 @@ def main() -> None:
         answer = {"fedflower": side_fedflower, "pfl": side_pfl, "flower": side_flower}[args.side]
         print(json.dumps(answer(args.work)))
         return
-    pfl_python = ensure_venv(args.venv)
-    pythons = {"fedflower": Path(sys.executable), "pfl": pfl_python, "flower": Path(sys.executable)}
+    sides = tuple(s for s in SIDES if s in args.sides.split(","))
+    pythons = {s: Path(sys.executable) for s in sides}
+    if "pfl" in sides:
+        pythons["pfl"] = ensure_venv(args.venv)
     lines: list[str] = []
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,6 +371,7 @@ def main() -> None:
             work = Path(tmp) / task
             work.mkdir()
             write_work(task, work)
+            before = os.getloadavg()[0]
             try:
                 runs = run_task(task, work, pythons, args.repeats)
             except RuntimeError as exc:  # one side failing leaves the other tasks' numbers
@@ -323,8 +381,9 @@ def main() -> None:
             med = {
                 s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()
             }
-            raw[task] = runs
-            lines += [*table(task, med), ""]
+            load = (before, os.getloadavg()[0])
+            raw[task] = {"runs": runs, "load_average": load}
+            lines += [*table(task, med, load), ""]
             write_results(args, lines, raw)
 
 
@@ -332,9 +391,10 @@ def run_task(
     task: str, work: Path, pythons: dict[str, Path], repeats: int
 ) -> dict[str, list[dict[str, float]]]:
     """Every side ``repeats`` times, interleaved (the order reversed every other repeat)."""
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
+    sides = tuple(pythons)
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in sides}
     for repeat in range(repeats):
-        for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
             runs[side].append(run_child(pythons[side], side, work))
             print(task, side, runs[side][-1], flush=True)
     return runs
@@ -343,13 +403,35 @@ def run_task(
 def write_results(args: argparse.Namespace, lines: list[str], raw: dict[str, Any]) -> None:
     head = f"median of {args.repeats} interleaved runs per side"
     machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
-    command = f"python bench/peers.py --tasks {args.tasks} --repeats {args.repeats}"
+    command = (
+        f"python bench/peers.py --tasks {args.tasks} --sides {args.sides} --repeats {args.repeats}"
+    )
     print("\n".join(lines), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.json").write_text(json.dumps({"machine": machine, "runs": raw}, indent=1))
-    (RESULTS / "peers.md").write_text(
-        f"Machine: {machine}; {head}. Command: `{command}`\n\n```\n" + "\n".join(lines) + "```\n"
+    (RESULTS / "peers.json").write_text(
+        json.dumps({"machine": machine, "command": command, "tasks": raw}, indent=1)
     )
+    (RESULTS / "peers.md").write_text(
+        f"Machine: {machine}; {head}. Command: `{command}`\n\n```\n"
+        + "\n".join(lines)
+        + "```\n"
+        + NOTES
+    )
+
+
+NOTES = """
+Every side trains the same initial model on the same client arrays and evaluates on the same
+test set (see the script's docstring). On the text task pfl gets the sentences as token ids,
+mapped once by the model's own `TextVectorization`, and the model after that layer (pfl's
+`TFModel` passes raw batches to Keras, which takes no string arrays); fedflower and Flower
+vectorize inside the model in every step, so their work is pfl's plus the vectorization.
+Loop seconds: the rounds, after start-up (wall clock); loop CPU seconds: the CPU time of the
+side's process over its round loop (all its threads; fedflower: the engine's run, which also
+builds the server's model; Flower: the server process only) — on a shared machine the wall
+clock also counts the time other jobs hold the cores, the CPU time much less so; process
+seconds: the whole process as the parent times it (imports, data loading, compilation). A
+side missing from a table was not run (`--sides`).
+"""
 
 
 if __name__ == "__main__":

@@ -8,18 +8,21 @@ optimizer and regularizers, FedProx's term included, are Keras') run inside func
 once per model and reused by every client and round of the process:
 
 * training: up to ``steps_per_execution`` (the model's compile option) full batches per call
-  in one compiled loop (XLA when the model allows it), padded to that many batches so every
-  client of every round shares one compiled shape, then the last partial batch, as Keras
-  would order them;
-* evaluation: one call per batch, no iterator.
+  in one compiled loop, padded to that many batches so every client of every round shares
+  one compiled shape, then the last partial batch, as Keras would order them;
+* evaluation: one call per batch, no iterator;
+* loading weights and zeroing the optimizer: one call each.
+
+Each is traced once per input signature and called as a concrete function (:class:`_Compiled`),
+skipping ``tf.function``'s per-call dispatch.
 
 Batches come from a NumPy permutation seeded by the caller (:func:`batch_order`), so a
 client's batches depend only on (seed, round, client), whatever engine or process runs it.
-The steps are Keras' own; only their compilation is backend-specific: ``tf.function`` on
-TensorFlow; on JAX, Keras' stateless ``train_step(state, data)`` jitted once
-(:class:`_JaxSteps`, as Keras' JAX trainer builds its train function) with the state carried
-from batch to batch as arrays; on PyTorch the model's ``train_step`` one batch at a time.
-Evaluation on JAX and PyTorch is Keras' own ``Model.evaluate``.
+The steps are Keras' own; only their compilation is backend-specific: :class:`_Compiled`
+(``tf.function``) on TensorFlow; on JAX, Keras' stateless ``train_step(state, data)`` jitted
+once (:class:`_JaxSteps`, as Keras' JAX trainer builds its train function) with the state
+carried from batch to batch as arrays; on PyTorch the model's ``train_step`` one batch at a
+time. Evaluation on JAX and PyTorch is Keras' own ``Model.evaluate``.
 """
 
 from __future__ import annotations
@@ -47,42 +50,46 @@ def batch_order(n: int, epochs: int, seed: int) -> list[np.ndarray]:
     return [rng.permutation(n) for _ in range(epochs)]
 
 
-def _compile(fn: Callable[..., Any], jit: bool) -> Callable[..., Any]:
-    """``fn`` compiled by the backend (TensorFlow: a ``tf.function``), or ``fn`` itself."""
-    if keras.backend.backend() != "tensorflow":
-        return fn
+def _spec(a: np.ndarray, any_rows: bool) -> Any:
+    """The ``tf.TensorSpec`` of ``a`` (an unknown row count if ``any_rows``)."""
     import tensorflow as tf
 
-    return tf.function(fn, jit_compile=jit, reduce_retracing=True)
+    shape = (None, *a.shape[1:]) if any_rows else a.shape
+    return tf.TensorSpec(shape, tf.string if a.dtype.kind in "USO" else a.dtype)
 
 
-class _AnyRows:
-    """``fn(x, y)`` compiled once for any number of rows (per dtype and row shape).
+class _Compiled:
+    """``fn`` traced once per input signature and called as a concrete function.
 
-    A function traced for one batch's exact shape and later relaxed to any shape computes in
-    float32 slightly differently (kernels chosen per shape), and which happens would depend on
-    the order in which a process met the shapes: on which clients a worker ran before. One
-    graph with an unknown row count from the first call makes the result independent of it.
+    A ``tf.function`` matches every call's arguments against its traces (and may relax a
+    shape and trace again); for a small model that dispatch costs more than the step itself.
+    Here each signature (dtypes and shapes, the row count left unknown if ``any_rows``) is
+    traced once into its own graph, which is then called directly. One graph per signature
+    also makes results independent of the order in which a process met the shapes (a graph
+    traced for one shape and later relaxed to any shape computes in float32 slightly
+    differently, and which clients a worker ran first would decide it). Keras' own trainer
+    traces its steps without AutoGraph too: Keras code has no Python control flow on tensors.
+    Other backends call ``fn`` itself.
     """
 
-    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], jit: bool = False, any_rows: bool = False) -> None:
         self.fn = fn
-        self._compiled: dict[tuple[Any, ...], Callable[[Any, Any], Any]] = {}
+        self.jit = jit
+        self.any_rows = any_rows
+        self._traced: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> Any:
+    def __call__(self, *args: np.ndarray) -> Any:
         if keras.backend.backend() != "tensorflow":
-            return self.fn(x, y)
-        key = (x.dtype.str, x.shape[1:], y.dtype.str, y.shape[1:])
-        compiled = self._compiled.get(key)
-        if compiled is None:
+            return self.fn(*args)
+        key = tuple((a.dtype.str, a.shape[1:] if self.any_rows else a.shape) for a in args)
+        traced = self._traced.get(key)
+        if traced is None:
             import tensorflow as tf
 
-            signature = [
-                tf.TensorSpec((None, *a.shape[1:]), tf.string if a.dtype.kind in "USO" else a.dtype)
-                for a in (x, y)
-            ]
-            compiled = self._compiled[key] = tf.function(self.fn, input_signature=signature)
-        return compiled(x, y)
+            function = tf.function(self.fn, jit_compile=self.jit, autograph=False)
+            specs = [_spec(a, self.any_rows) for a in args]
+            traced = self._traced[key] = function.get_concrete_function(*specs)
+        return traced(*args)
 
 
 def _floats(logs: dict[str, Any]) -> Logs:
@@ -97,47 +104,72 @@ class Steps:
     model : keras.Model
         A compiled model; its ``steps_per_execution`` is the number of full batches per
         training call.
+    jit : bool
+        Compile the training loop with XLA. Off by default: on CPU, for the models of
+        ``bench/peers.py`` (Dense, a small CNN), XLA's compilation took seconds per process
+        and its loop ran no faster (the CNN's twice as slow) than TensorFlow's own kernels.
     """
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, jit: bool = False) -> None:
         self.model = model
-        self.jit = keras.backend.backend() == "tensorflow"
-        self._many = _compile(self._train_many, self.jit)
-        self._one = _AnyRows(self._train_one)
-        self._test = _AnyRows(self._test_one)
-        self._assign = _compile(self._assign_all, False)
-        self._zero: tuple[int, Callable[[], Any]] | None = None
+        self.jit = jit and keras.backend.backend() == "tensorflow"
+        self._many = _Compiled(self._train_many, self.jit)
+        self._one = _Compiled(self._train_one, any_rows=True)
+        self._test = _Compiled(self._test_one, any_rows=True)
+        self._assign = _Compiled(self._assign_all)
+        self._zero: tuple[int, Callable[..., Any]] | None = None
+        self._reset: tuple[int, Callable[[], Any]] | None = None
         self._jax = _JaxSteps(model) if keras.backend.backend() == "jax" else None
 
-    def _assign_all(self, values: Sequence[Any]) -> None:
+    def _assign_all(self, *values: Any) -> None:
         for variable, value in zip(self.model.weights, values, strict=True):
             variable.assign(value)
 
     def set_weights(self, values: Sequence[np.ndarray]) -> None:
         """``model.set_weights(values)`` in one compiled call instead of one per variable."""
-        if len(values) != len(self.model.weights):
+        weights = self.model.weights
+        arrays = [np.asarray(v, dtype=w.dtype) for v, w in zip(values, weights, strict=False)]
+        if len(values) != len(weights) or any(
+            a.shape != tuple(w.shape) for a, w in zip(arrays, weights, strict=True)
+        ):
             self.model.set_weights(values)  # Keras' own message
-        self._assign(list(values))
+        self._assign(*arrays)
 
     def reset_optimizer(self, learning_rate: float | None) -> None:
         """Zero the optimizer's state (moments, step count) and set its learning rate.
 
         Local training starts from fresh optimizer state every round, as in FedAvg; one
-        compiled call zeroes every variable but the learning rate.
+        compiled call zeroes every variable but the learning rate, and sets the learning
+        rate when it is a plain variable (not a schedule).
         """
         optimizer = self.model.optimizer
-        lr_var = getattr(optimizer, "_learning_rate", None)
+        lr_var: Any = getattr(optimizer, "_learning_rate", None)
         state = [v for v in optimizer.variables if v is not lr_var]
         if self._zero is None or self._zero[0] != len(state):  # built on first training
 
-            def zero() -> None:
+            def zero(*learning_rate: Any) -> None:
                 for variable in state:
                     variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
+                for value in learning_rate:
+                    lr_var.assign(value)
 
-            self._zero = (len(state), _compile(zero, False))
+            self._zero = (len(state), _Compiled(zero))
+        if learning_rate is not None and isinstance(lr_var, keras.Variable):
+            self._zero[1](np.asarray(learning_rate, dtype=lr_var.dtype))
+            return
         self._zero[1]()
         if learning_rate is not None:
             optimizer.learning_rate = float(learning_rate)
+
+    def reset_metrics(self) -> None:
+        """``model.reset_metrics()`` in one compiled call instead of one per metric variable.
+
+        Traced again if the model's metrics gained variables (built by a first training step).
+        """
+        count = len(self.model.metrics_variables)
+        if self._reset is None or self._reset[0] != count:
+            self._reset = (count, _Compiled(self.model.reset_metrics))
+        self._reset[1]()
 
     def _train_many(self, xs: Any, ys: Any, steps: Any) -> Any:
         def body(i: Any, carry: Any) -> Any:
@@ -167,7 +199,7 @@ class Steps:
     def _no_xla(self, why: object) -> None:
         log.debug("training without XLA: %s", why)
         self.jit = False
-        self._many = _compile(self._train_many, False)
+        self._many = _Compiled(self._train_many)
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int) -> Any:
         if self._jax is not None:
@@ -220,7 +252,7 @@ class Steps:
         self.build(x, y)
         logs: Any = {}
         for order in orders:
-            self.model.reset_metrics()
+            self.reset_metrics()
             logs = self._epoch(x, y, order, batch_size)
         return _floats(logs or self.model.get_metrics_result())
 
@@ -230,7 +262,7 @@ class Steps:
             own = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
             return _floats(own)
         self.build(x, y)
-        self.model.reset_metrics()
+        self.reset_metrics()
         logs: Any = {}
         for start in range(0, len(y), batch_size):
             logs = self._test(x[start : start + batch_size], y[start : start + batch_size])

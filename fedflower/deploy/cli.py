@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="outputs/deploy-demo")
     demo.add_argument("--insecure", action="store_true", help="no TLS, no node auth")
     demo.add_argument(
+        "--cold-tasks",
+        action="store_true",
+        help="a new flwr-clientapp process per task (Flower's own) instead of forked warm ones",
+    )
+    demo.add_argument(
         "--backends",
         default="",
         help="Keras backends cycled over the SuperNodes, e.g. tensorflow,jax,torch",
@@ -106,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir=args.workdir,
                 data=args.data,
                 secure=not args.insecure,
+                warm_tasks=not args.cold_tasks,
                 timeout=args.timeout,
                 backends=[b.strip() for b in args.backends.split(",") if b.strip()],
             )

@@ -106,6 +106,7 @@ def demo(
     secure: bool = True,
     timeout: float = 1800.0,
     echo: IO[str] | None = None,
+    warm_tasks: bool = True,
     backends: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the experiment on a local federation of real processes and return its results.
@@ -127,6 +128,9 @@ def demo(
         Seconds after which the run is given up.
     echo : text stream, optional
         Where the streamed run output goes (default: standard output).
+    warm_tasks : bool
+        Fork each ClientApp task from a warm process (:mod:`fedflower.deploy.warm`, default)
+        or start a new ``flwr-clientapp`` per task (Flower's own, ``False``).
     backends : sequence of str
         Keras backends cycled over the SuperNodes (e.g. ``tensorflow, jax, torch``: one
         federation of three backends); empty: every node on the environment's backend.
@@ -147,7 +151,9 @@ def demo(
         echo.write(f"Keras backends of the SuperNodes: {', '.join(each)}\n")
     echo.flush()
     t0 = time.perf_counter()
-    with LocalFederation(root, configs, secure=secure, backends=backends) as fed:
+    with LocalFederation(
+        root, configs, secure=secure, warm_tasks=warm_tasks, backends=backends
+    ) as fed:
         echo.write(
             f"{len(fed.online_nodes())} SuperNodes online after {time.perf_counter() - t0:.1f} s;"
             f" flwr run with overrides: {' '.join(overrides)}\n"

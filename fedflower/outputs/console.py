@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -49,6 +50,58 @@ def round_line(row: dict[str, Any], num_rounds: int) -> str:
     ) + round_suffix(row)
 
 
+class NotebookProgress:
+    """A progress bar for Jupyter: one HTML ``<progress>`` output updated in place.
+
+    Rich's live display needs ``ipywidgets`` in a notebook; an IPython display handle needs
+    nothing beyond the kernel, and an executed notebook keeps its last state (``nbclient``
+    applies the updates to the cell's output).
+
+    Parameters
+    ----------
+    total : int
+        Planned number of rounds.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.completed = 0
+        self._handle: Any = None
+
+    def _html(self) -> dict[str, str]:
+        text = f"federated training {self.completed}/{self.total} rounds"
+        bar = f'<progress value="{self.completed}" max="{self.total}"></progress>'
+        return {"text/plain": text, "text/html": f"{bar} {text}"}
+
+    def start(self) -> None:
+        """Show the bar (an output of the running cell)."""
+        from IPython.display import display
+
+        self._handle = display(self._html(), raw=True, display_id=True)
+
+    def add_task(self, _description: str, total: int) -> TaskID:
+        """The one task: the rounds (as rich's ``Progress.add_task``)."""
+        self.total = total
+        return TaskID(0)
+
+    def update(self, _task: Any, completed: int) -> None:
+        """Set the rounds done (a resumed run)."""
+        self.completed = completed
+        self._show()
+
+    def advance(self, _task: Any) -> None:
+        """One more round done."""
+        self.completed += 1
+        self._show()
+
+    def _show(self) -> None:
+        if self._handle is not None:
+            self._handle.update(self._html(), raw=True)
+
+    def stop(self) -> None:
+        """Leave the bar at its last state (a record of the run in the notebook)."""
+
+
 class ConsoleSink:
     """Print the run: a transient progress bar, a line per round, a summary table.
 
@@ -59,14 +112,21 @@ class ConsoleSink:
     num_rounds : int
         Planned number of rounds (for the progress bar and the round lines).
     progress : bool
-        Show a progress bar when the console is a terminal.
+        Show a progress bar when the console is a terminal or a Jupyter notebook.
     """
 
     def __init__(self, output_dir: Path, num_rounds: int, progress: bool = True) -> None:
         self.output_dir = output_dir
         self.num_rounds = num_rounds
         self.console = Console(highlight=False)
-        self._progress = Progress(
+        self._progress = self._make_progress(progress)
+        self._task = self._progress.add_task("rounds", total=num_rounds)
+
+    def _make_progress(self, progress: bool) -> Progress | NotebookProgress:
+        """Rich's bar in a terminal, an HTML bar in Jupyter, none in a pipe."""
+        if progress and self.console.is_jupyter:
+            return NotebookProgress(self.num_rounds)
+        return Progress(
             TextColumn("[bold]federated training"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -77,7 +137,6 @@ class ConsoleSink:
             transient=True,
             disable=not (progress and self.console.is_terminal),
         )
-        self._task = self._progress.add_task("rounds", total=num_rounds)
 
     def start(self) -> None:
         """Show the progress bar."""

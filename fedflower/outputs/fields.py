@@ -87,7 +87,7 @@ def _replies_round(row: Row) -> str:
 
 def _deadline_round(row: Row) -> str:
     text = " | round skipped (no quorum)" if row.get("skipped") else ""
-    for key in ("train_missing", "train_failed"):
+    for key in ("train_missing", "train_late", "train_failed"):
         if row.get(key):
             text += f" | {key.split('_')[1]} nodes {row[key]}"
     return text

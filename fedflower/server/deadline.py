@@ -7,9 +7,11 @@ stalls a run. :class:`DeadlineGrid` gives each ``send_and_receive`` the round's 
 (``min_train_nodes`` / ``min_evaluate_nodes``; otherwise the round is skipped and the model
 is unchanged) and ends the run with :class:`~fedflower.errors.FederationError` after
 ``max_failed_rounds`` rounds in a row without quorum. ``min_available_nodes`` is waited for
-once, before the first round (``wait_timeout``), with a line every few seconds. Replies that
-arrive after their round's deadline are never pulled into a later round: Flower's grid only
-pulls the replies of the messages of the current call.
+once, before the first round (``wait_timeout``), with a line every few seconds. Each node a
+round sent to is counted once, as ok, failed, missing or late: a reply is attributed through
+its ``reply_to_message_id`` to the node its message went to, and a reply to a message of an
+earlier round is discarded (counted late), never aggregated. On a deployment the replies
+are pulled every :data:`DEPLOYED_POLL_INTERVAL` s instead of Flower's 3 s.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ DEADLINE_KEYS = ("round_timeout", "max_failed_rounds", "wait_timeout")
 
 WAIT_LOG_EVERY = 5.0
 """Seconds between two "waiting for nodes" lines."""
+
+DEPLOYED_POLL_INTERVAL = 0.2
+"""Seconds between two pulls of replies from the SuperLink (Flower's own grid: 3 s)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ class DeadlineGrid(GridWrapper):
         round starts, so later rounds do not wait for it again).
     options : DeadlineOptions
         The round deadline, the rounds without quorum allowed in a row, the first wait.
+    poll_interval : float, optional
+        Pull replies every this many seconds (push and pull here); ``None`` leaves the
+        waiting to the wrapped grid's ``send_and_receive``.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class DeadlineGrid(GridWrapper):
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        poll_interval: float | None = None,
     ) -> None:
         super().__init__(grid)
         self.strategy = strategy
@@ -101,7 +110,8 @@ class DeadlineGrid(GridWrapper):
         self.started = False
         self.failed_in_a_row = 0
         self._row: dict[str, Any] = {}
-        self._totals = {"missing": 0, "failed_nodes": 0, "skipped_rounds": 0}
+        self.poll_interval = poll_interval
+        self._totals = {"missing": 0, "failed_nodes": 0, "late_replies": 0, "skipped_rounds": 0}
 
     def wait_for_nodes(self) -> None:
         """Block until ``min_available_nodes`` are connected, or raise after ``wait_timeout``."""
@@ -133,40 +143,87 @@ class DeadlineGrid(GridWrapper):
         if not messages:
             return []
         deadline = self.round_timeout if timeout is None else min(timeout, self.round_timeout)
-        replies = list(self.inner.send_and_receive(messages, timeout=deadline))
+        if self.poll_interval is None:
+            replies = list(self.inner.send_and_receive(messages, timeout=deadline))
+            ids: list[str | None] = [m.metadata.message_id or None for m in messages]
+        else:
+            ids, replies = self._push_and_poll(messages, deadline)
+        sent = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
         train = messages[0].metadata.message_type == MessageType.TRAIN
-        return self._judge(messages, replies, train)
+        nodes = [m.metadata.dst_node_id for m in messages]
+        return self._judge(nodes, sent, replies, train)
 
-    def _judge(self, messages: list[Message], replies: list[Message], train: bool) -> list[Message]:
-        sent = {m.metadata.dst_node_id for m in messages}
-        answered = {r.metadata.src_node_id for r in replies}
-        failed = sorted(r.metadata.src_node_id for r in replies if r.has_error())
-        missing = sorted(sent - answered)
-        ok = len(replies) - len(failed)
+    def _push_and_poll(
+        self, messages: list[Message], deadline: float
+    ) -> tuple[list[str | None], list[Message]]:
+        """Push, then pull every ``poll_interval`` s until all replied or ``deadline`` passed.
+
+        Flower's deployment grid pulls every 3 s; a round waits on average half of that
+        twice (train, evaluate) for replies that are already there.
+        """
+        ids = [i or None for i in self.inner.push_messages(messages)]
+        waiting = {i for i in ids if i}
+        replies: list[Message] = []
+        end = self.clock() + deadline
+        while waiting:
+            got = list(self.inner.pull_messages(waiting))
+            replies += got
+            waiting -= {r.metadata.reply_to_message_id for r in got}
+            if not waiting or self.clock() >= end:
+                break
+            self.sleep(self.poll_interval or 0.0)
+        return ids, replies
+
+    def _judge(
+        self, nodes: list[int], sent: dict[str, int], replies: list[Message], train: bool
+    ) -> list[Message]:
+        """Each node sent to is exactly one of ok, failed, late or missing this round.
+
+        A reply belongs to the node its message was sent to (``reply_to_message_id``), not
+        to its ``src_node_id``: the SuperLink answers for a node it lost with an error
+        reply of its own. A reply to a message of an earlier call is discarded (late).
+        """
+        current = [r for r in replies if r.metadata.reply_to_message_id in sent]
+        stale = [r for r in replies if r.metadata.reply_to_message_id not in sent]
+        status = {n: "missing" for n in nodes}
+        for r in stale:
+            if status.get(r.metadata.src_node_id, "missing") == "missing":
+                status[r.metadata.src_node_id] = "late"
+        for r in current:
+            status[sent[r.metadata.reply_to_message_id]] = "failed" if r.has_error() else "ok"
         kind = "train" if train else "evaluate"
+        for what in ("missing", "late", "failed"):
+            self._row[f"{kind}_{what}"] = sorted(n for n, s in status.items() if s == what)
+        self._totals["missing"] += len(self._row[f"{kind}_missing"])
+        self._totals["failed_nodes"] += len(self._row[f"{kind}_failed"])
+        self._totals["late_replies"] += len(stale)
+        ok = sum(s == "ok" for s in status.values())
         quorum = int(getattr(self.strategy, f"min_{kind}_nodes", 1))
-        self._row[f"{kind}_missing"] = missing
-        self._row[f"{kind}_failed"] = failed
-        self._totals["missing"] += len(missing)
-        self._totals["failed_nodes"] += len(failed)
         if ok >= quorum:
             if train:
                 self.failed_in_a_row = 0
-            return replies
-        log.warning(
-            "%s round skipped: %d usable replies of %d sent, quorum %d (missing %s, failed %s)",
-            kind, ok, len(sent), quorum, missing, failed,
-        )  # fmt: skip
-        if train:
-            self._row["skipped"] = True
-            self._totals["skipped_rounds"] += 1
-            self.failed_in_a_row += 1
-            if self.failed_in_a_row >= self.max_failed_rounds:
-                raise FederationError(
-                    f"{self.failed_in_a_row} rounds in a row without strategy.min_train_nodes="
-                    f"{quorum} replies; the federation lost too many nodes"
-                )
+            return current
+        self._skip(kind, ok, len(nodes), quorum)
         return []
+
+    def _skip(self, kind: str, ok: int, sent: int, quorum: int) -> None:
+        """Log the skipped round; end the run after ``max_failed_rounds`` in a row."""
+        r = self._row
+        log.warning(
+            "%s round skipped: %d usable replies of %d sent, quorum %d (missing %s, late %s, "
+            "failed %s)", kind, ok, sent, quorum, r[f"{kind}_missing"], r[f"{kind}_late"],
+            r[f"{kind}_failed"],
+        )  # fmt: skip
+        if kind != "train":
+            return
+        r["skipped"] = True
+        self._totals["skipped_rounds"] += 1
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row >= self.max_failed_rounds:
+            raise FederationError(
+                f"{self.failed_in_a_row} rounds in a row without strategy.min_train_nodes="
+                f"{quorum} replies; the federation lost too many nodes"
+            )
 
     def round_report(self) -> dict[str, Any]:
         """The round's missing and failed nodes and whether the round got skipped."""
@@ -188,4 +245,16 @@ def with_deadline(pipeline: Any, strategy: Any, options: dict[str, Any]) -> None
 
     deadline, _ = DeadlineOptions.split(options)
     if deadline.round_timeout is not None and not isinstance(strategy, AsyncStrategy):
-        pipeline.deadline = pipeline.grid = DeadlineGrid(pipeline.grid, strategy, deadline)
+        poll = DEPLOYED_POLL_INTERVAL if _deployed(pipeline.grid) else None
+        pipeline.deadline = pipeline.grid = DeadlineGrid(
+            pipeline.grid, strategy, deadline, poll_interval=poll
+        )
+
+
+def _deployed(grid: Any) -> bool:
+    """Whether the grid under the wrappers is Flower's deployment grid (the SuperLink's)."""
+    from flwr.superlink.grid.http_grid import HttpGrid
+
+    while isinstance(grid, GridWrapper):
+        grid = grid.inner
+    return isinstance(grid, HttpGrid)

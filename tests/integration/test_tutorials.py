@@ -12,12 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DOC_PAGES, REPO, docs_hooks
+from docs_pages import notebooks
 
-NOTEBOOKS = {
-    str(page.relative_to(REPO)): docs_hooks().notebook(page.read_text(encoding="utf-8"))
-    for page in DOC_PAGES
-}
+NOTEBOOKS = notebooks()
 RUNNABLE = [name for name, nb in NOTEBOOKS.items() if len(nb["cells"]) > 1]
 
 
@@ -53,5 +50,6 @@ def test_the_tutorials_and_get_started_pages_have_notebooks() -> None:
 def test_the_pages_python_runs_as_a_notebook(page: str, tmp_path: Path) -> None:
     nb = execute(NOTEBOOKS[page], tmp_path)
     assert list(tmp_path.glob("outputs/*/*/metrics.jsonl")) or list(tmp_path.glob("multirun/*/*"))
-    if page == "docs/tutorials/hospital-data.md":  # the per-round lines reach the notebook
+    if page == "docs/tutorials/hospital-data.md":  # the round lines and the progress bar show
         assert "round   5/5 |" in text_of(nb)
+        assert "federated training 5/5 rounds" in text_of(nb)  # the bar's last update

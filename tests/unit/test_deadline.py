@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import helpers
 import pytest
 from flwr.app import MessageType
 
@@ -30,17 +31,25 @@ class FakeGrid:
     def send_and_receive(self, messages, *, timeout=None):
         self.timeouts.append(timeout)
         out = []
-        for m in messages:
+        for i, m in enumerate(messages):
+            m.metadata.message_id = f"{len(self.timeouts)}-{i}"  # as Flower's grids do
             node = m.metadata.dst_node_id
             if node in self.silent or (node in self.slow and self.delay > timeout):
                 continue
-            out.append(message(src_node_id=node, error=node in self.broken))
+            out.append(reply(m, error=node in self.broken))
         return out
 
 
 def message(error=False, **metadata):
     """The parts of a Flower ``Message`` the deadline grid reads."""
+    metadata.setdefault("message_id", "")
     return SimpleNamespace(metadata=SimpleNamespace(**metadata), has_error=lambda: error)
+
+
+def reply(to, error=False, src=None):
+    """The reply to ``to``; ``src`` another sender (the SuperLink answers for a lost node)."""
+    src = to.metadata.dst_node_id if src is None else src
+    return message(error, src_node_id=src, reply_to_message_id=to.metadata.message_id)
 
 
 def strategy(min_train=2, min_available=3):
@@ -61,7 +70,7 @@ def test_round_proceeds_with_quorum_and_records_missing_and_failed():
     assert fake.timeouts == [5.0]
     assert len(replies) == 2  # node 1 and node 4's error (the strategy drops errors)
     row = grid.round_report()
-    assert row == {"train_missing": [2, 3], "train_failed": [4]}
+    assert row == {"train_missing": [2, 3], "train_late": [], "train_failed": [4]}
     assert "missing nodes [2, 3]" in round_suffix(row)
     assert grid.round_report() == {}
 
@@ -104,3 +113,81 @@ def test_bad_timeout_is_a_config_error():
     with pytest.raises(ConfigError, match="max_failed_rounds must be"):
         DeadlineOptions.split({"name": "fedavg", "round_timeout": 5, "max_failed_rounds": 0})
     assert DeadlineOptions.split({"name": "fedavg", "round_timeout": 5})[1] == {"name": "fedavg"}
+
+
+class PollingGrid(helpers.FakeGrid):
+    """The shared fake grid with replies to pull (``queued``), ids unique over the run."""
+
+    def __init__(self, nodes):
+        super().__init__(nodes)
+        self.queued, self.pulls, self.pushes = [], 0, 0
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        self.pushes += 1
+        self.round_ids = [f"r{self.pushes}-{i}" for i in ids]
+        for m, i in zip(messages, self.round_ids, strict=True):
+            m.metadata.message_id = i
+        return self.round_ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        out, self.queued = list(self.queued), []
+        return out
+
+
+def test_a_node_lost_by_the_superlink_is_counted_once_as_failed():
+    fake = FakeGrid(3)
+    grid = DeadlineGrid(fake, strategy(min_train=2), DeadlineOptions(round_timeout=5.0))
+    fake.broken = {2}
+    inner = fake.send_and_receive
+
+    def superlink_answers_for_2(msgs, timeout=None):
+        out = inner(msgs, timeout=timeout)  # the SuperLink (node 0) sends node 2's error
+        return [reply(msgs[1], error=True, src=0) if r.has_error() else r for r in out]
+
+    fake.send_and_receive = superlink_answers_for_2
+    assert len(send(grid, [1, 2, 3])) == 3
+    assert grid.round_report() == {"train_missing": [], "train_late": [], "train_failed": [2]}
+
+
+def test_late_reply_of_an_earlier_round_is_discarded_and_counted():
+    fake = PollingGrid([1, 2, 3])
+    now = [0.0]
+    grid = DeadlineGrid(
+        fake, strategy(min_train=2), DeadlineOptions(round_timeout=1.0),
+        clock=lambda: now[0], sleep=lambda d: now.__setitem__(0, now[0] + d), poll_interval=0.25,
+    )  # fmt: skip
+    first = [message(dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2, 3)]
+    old = list(first)
+
+    def answer(nodes, batch):
+        fake.queued = [reply(m) for m in batch if m.metadata.dst_node_id in nodes]
+
+    fake.pull_messages = _pulling(fake, lambda: answer({1, 2}, first))
+    assert len(list(grid.send_and_receive(first))) == 2  # node 3 misses the 1 s deadline
+    assert fake.pulls == 5  # pulls at 0, .25, .5, .75, 1.0 s: the deadline ends the wait
+    assert grid.round_report()["train_missing"] == [3]
+    second = [message(dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2, 3)]
+    fake.pull_messages = _pulling(fake, lambda: answer({1, 2}, second) or fake.queued.append(
+        reply(old[2])  # node 3's round-1 reply arrives now; it has no round-2 reply
+    ))  # fmt: skip
+    replies = list(grid.send_and_receive(second))
+    assert {r.metadata.reply_to_message_id for r in replies} == {
+        m.metadata.message_id for m in second[:2]
+    }  # the stale update is not among the replies the strategy aggregates
+    assert grid.round_report() == {"train_missing": [], "train_late": [3], "train_failed": []}
+    assert grid.run_report()["deadline"]["late_replies"] == 1
+
+
+def _pulling(fake, fill):
+    """A ``pull_messages`` that fills the queue once (first pull), then returns nothing."""
+    state = {"filled": False}
+
+    def pull(message_ids):
+        if not state["filled"]:
+            fill()
+            state["filled"] = True
+        return PollingGrid.pull_messages(fake, message_ids)
+
+    return pull

@@ -83,3 +83,21 @@ def test_a_registered_field_adds_its_text(monkeypatch: pytest.MonkeyPatch) -> No
     fields_module.register(field)  # once only
     assert round_suffix({"votes": 7}) == " | votes 7"
     assert summary_rows({}) == [("votes", "7")]
+
+
+def test_in_jupyter_the_progress_is_a_bar_updated_in_place(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rich import console
+
+    from fedflower.outputs.console import ConsoleSink, NotebookProgress
+
+    monkeypatch.setattr(console, "_is_jupyter", lambda: True)
+    sink = ConsoleSink(tmp_path, num_rounds=4)
+    assert isinstance(sink._progress, NotebookProgress)
+    updates: list[dict[str, str]] = []
+    sink._progress._handle = type("Handle", (), {"update": lambda _, d, raw: updates.append(d)})()
+    sink.restored(1)
+    sink._progress.advance(sink._task)
+    assert updates[-1]["text/html"].startswith('<progress value="2" max="4">')
+    assert updates[-1]["text/plain"] == "federated training 2/4 rounds"

@@ -4,7 +4,8 @@
   from the code, configs or tests that produce or check it.
 - Every command a page shows is run by a test or marked ``<!-- not run: why -->`` right above its
   block: ``fedflower <overrides>`` lines are composed and validated here (the command's own first
-  step); Python blocks run as notebooks in ``tests/integration/test_tutorials.py``.
+  step) and run in ``tests/integration/test_docs_commands.py``; Python blocks run as notebooks in
+  ``tests/integration/test_tutorials.py``.
 - Example round lines are the recorder's own line for their numbers, and the example plugin's
   quoted line counts are the file's.
 - No development history: no issue numbers, sessions or "it was" in any page or comment.
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 import ast
 import re
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from docs_pages import BASH, BLOCKS, READERS_FILES, TEXTS, fedflower_overrides, shell_lines
 from flwr.app import MetricRecord, RecordDict
-from helpers import DOC_PAGES, REPO, docs_hooks
+from helpers import REPO
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -30,7 +31,6 @@ from fedflower.server import recorder as recorder_module
 from fedflower.server.recorder import Recorder
 from fedflower.server.rules import validate
 
-TEXTS = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8") for p in DOC_PAGES}
 README = TEXTS["README.md"]
 PLUGIN = REPO / "examples" / "strategy-plugin" / "fedflower_trimmedmean" / "strategy.py"
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2}
@@ -54,9 +54,6 @@ HISTORY = re.compile(
     r"|\b[Ii]ssue #?\d+|(?<![\w&])#\d{1,3}\b"
 )
 """Development history: sessions, "it was", issue numbers."""
-
-
-BLOCKS = {page: docs_hooks().code_blocks(text) for page, text in TEXTS.items()}
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -100,39 +97,6 @@ def test_every_quoted_number_has_a_source(page: str, sourced: set[tuple[int, flo
 # -- commands ---------------------------------------------------------------------------------
 
 
-def shell_lines(code: str) -> list[str]:
-    """A bash block's commands: continuation lines joined, comments and blank lines dropped."""
-    joined = re.sub(r"\\\n\s*", " ", code)
-    return [
-        line.split(" #")[0].strip()
-        for line in joined.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-
-
-def fedflower_overrides(line: str) -> list[list[str]] | None:
-    """The override lists a plain ``fedflower [-m] <overrides>`` line runs (``None``: another
-    command, or one naming the reader's own files with ``<...>``)."""
-    words = shlex.split(line)
-    if not words or words[0] != "fedflower":
-        return None
-    inspect = {"--cfg", "--info", "--help", "--list-strategies", "job", "all", "searchpath"}
-    args = [w for w in words[1:] if w not in ("-m", "--multirun", *inspect)]
-    if any(w.startswith("-") or "<" in w or "=" not in w for w in args):
-        return None
-    return api._combinations(args) if {"-m", "--multirun"} & set(words) else [args]
-
-
-BASH = [
-    (page, block)
-    for page, blocks in BLOCKS.items()
-    for block in blocks
-    if block.lang in ("bash", "sh", "shell") and block.not_run is None
-]
-READERS_FILES = ("resume=", "dataset.path=", "model.path=", "dataset.data_files=")
-"""Overrides naming a run directory or file of the reader's (tests/integration use their own)."""
-
-
 @pytest.mark.parametrize(("page", "block"), BASH, ids=[f"{p}:{b.line}" for p, b in BASH])
 def test_every_shown_command_is_checked_or_marked_not_run(page: str, block: ModuleType) -> None:
     for command in shell_lines(block.code):
@@ -144,6 +108,22 @@ def test_every_shown_command_is_checked_or_marked_not_run(page: str, block: Modu
         for overrides in runs:
             if not any(o.startswith(READERS_FILES) for o in overrides):
                 validate(api.compose(*overrides))
+
+
+def test_the_readmes_csv_command_is_the_one_the_quickstart_test_runs() -> None:
+    """The README's CLI example (marked not run there) is the get-started page's command, which
+    ``tests/integration/test_quickstart.py`` runs on the files the page makes."""
+
+    def csv_commands(page: str) -> list[str]:
+        return [
+            c
+            for b in BLOCKS[page]
+            if b.lang == "bash"
+            for c in shell_lines(b.code)
+            if "dataset=csv" in c
+        ]
+
+    assert csv_commands("README.md") == csv_commands("docs/get-started/your-data.md") != []
 
 
 def test_not_run_marks_say_why() -> None:
