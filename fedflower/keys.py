@@ -79,6 +79,11 @@ FEDDYN_STATE = "feddyn-gradient"  # Context.state ArrayRecord: the client's g_i
 LINEAR = "linear"  # ArrayRecord of a train task: coefficients of the linear term -<g, w>
 FINETUNE_CONFIG = "finetune-config"  # Context.state ConfigRecord: the last train settings
 FINETUNE_EPOCHS = "finetune-epochs"  # evaluate config: fine-tune this many epochs first
+FROZEN = "frozen"  # train config: positions of the weights not trained this task (FedRep)
+# SCAFFOLD (see fedflower.client.scaffold).
+CONTROL = "control"  # ArrayRecord of a SCAFFOLD train task: the server's control variate c
+CONTROL_DELTA = "control-delta"  # ArrayRecord of its reply: the client's c_i+ - c_i
+SCAFFOLD_STATE = "scaffold-control"  # Context.state ArrayRecord: the client's control variate
 # Federated statistics of a table (see fedflower.server.preprocessing): query messages before
 # training. The query's ConfigRecord CONFIG names its KIND; a reply to the STATISTICS kind
 # carries ArrayRecord STATISTICS and ConfigRecord CATEGORIES; the PREPROCESSING kind hands the

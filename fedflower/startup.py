@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 CONFIG_MODULE = "fedflower.conf"
 CONFIG_NAME = "config"
@@ -139,6 +140,11 @@ def _type_rule(node_type: object, key: object) -> str:
     return rule + " or null" if len(types) < len(typing.get_args(hint)) else rule
 
 
+def type_error_line(err: Any) -> str:
+    """``<key> must be <type>, got <value>`` from an OmegaConf ``ValidationError``."""
+    return f"{err.full_key} must be {_type_rule(err.object_type, err.key)}, got {err.value!r}"
+
+
 def hydra_error_line(exc: Exception) -> str:
     """One line from a Hydra/OmegaConf composition error, read from the exception's fields."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -152,8 +158,7 @@ def hydra_error_line(exc: Exception) -> str:
         return f"malformed override {exc.override!r}: {exc.message.splitlines()[0]}"
     cause = exc.__cause__
     if isinstance(cause, ValidationError) and cause.full_key:
-        rule = _type_rule(cause.object_type, cause.key)
-        return f"{cause.full_key} must be {rule}, got {cause.value!r}"
+        return type_error_line(cause)
     if isinstance(cause, ConfigAttributeError | ConfigKeyError) and cause.full_key:
         name = cause.full_key
         return f"unknown config key {name!r} (to add a new key on purpose: +{name}=...)"

@@ -343,11 +343,16 @@ def steps_of(model: keras.Model) -> Steps:
     """The :class:`Steps` of ``model``, built on first use and kept with the model.
 
     A new set is built when the model's training objective changes (FedProx's term is
-    attached, which resets Keras' own ``train_function`` to ``None``).
+    attached, which resets Keras' own ``train_function`` to ``None``); one set is kept per
+    set of trainable variables (FedRep trains the head and the body in turn,
+    :mod:`fedflower.client.frozen`), since Keras reads them when it traces the train step.
     """
-    steps: Steps | None = getattr(model, _ATTR, None)
-    if steps is None or model.train_function is None:
-        steps = Steps(model)
-        setattr(model, _ATTR, steps)
-        model.make_train_function()  # marks the objective this set was traced with
-    return steps
+    kept: dict[tuple[int, ...], Steps] | None = getattr(model, _ATTR, None)
+    if kept is None or model.train_function is None:
+        kept = {}
+        setattr(model, _ATTR, kept)
+        model.make_train_function()  # marks the objective these sets were traced with
+    trainable = tuple(id(v) for v in model.trainable_weights)
+    if trainable not in kept:
+        kept[trainable] = Steps(model)
+    return kept[trainable]

@@ -17,6 +17,7 @@ from fedflower import keys
 from fedflower.client.compression import compression_mod
 from fedflower.client.dynamic import feddyn_mod
 from fedflower.client.keras_client import KerasClient
+from fedflower.client.scaffold import scaffold_mod
 from fedflower.data.source import ClientData
 from fedflower.sites import site_name
 
@@ -46,11 +47,12 @@ def to_client_app(
     ``num-examples``). The :func:`~fedflower.client.compression.compression_mod` comes first
     (it does nothing unless the server compresses), then ``mods`` in order (e.g. a simulated
     attack, :func:`fedflower.client.attacks.attack_mod`): they see the decoded model and the
-    reply before it is encoded. FedDyn's state (:func:`~fedflower.client.dynamic.feddyn_mod`,
-    idle unless the server asks for it) is innermost. ``query`` answers the server's query
+    reply before it is encoded. FedDyn's and SCAFFOLD's states
+    (:func:`~fedflower.client.dynamic.feddyn_mod`, :func:`~fedflower.client.scaffold.scaffold_mod`,
+    idle unless the server asks for them) are innermost. ``query`` answers the server's query
     messages (a table's statistics, :mod:`fedflower.client.statistics`).
     """
-    app = ClientApp(mods=[compression_mod, *mods, feddyn_mod])
+    app = ClientApp(mods=[compression_mod, *mods, feddyn_mod, scaffold_mod])
     if query is not None:
         app.query()(query)
 

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord
 
 from fedflower import keys, wire
 from fedflower.client.dynamic import linear_term
+from fedflower.client.frozen import frozen
 from fedflower.client.proximal import proximal
 from fedflower.data.source import ClientData
 from fedflower.determinism import derive_seed
@@ -108,7 +109,8 @@ class KerasClient:
         and ``proximal-mu`` for FedProx (``attack-flip-labels``: train on flipped labels).
         ``start`` (Ditto's personal model) is trained instead of ``parameters``, which stay
         the proximal term's anchor; ``linear`` (FedDyn's ``g_i``) adds ``-<linear, w>`` to
-        the loss. Returns the new weights, the number of training examples
+        the loss; ``frozen`` in ``config`` lists weights (by variable path) left unchanged.
+        Returns the new weights, the number of training examples
         and the training metrics of the last local epoch. Training runs the model's compiled
         steps (:mod:`fedflower.steps`).
         """
@@ -122,7 +124,8 @@ class KerasClient:
         )
         # FedProx: mu/2 * ||w - w_global||^2 joins the loss while mu > 0 (see client.proximal).
         mu = float(config.get(keys.PROXIMAL_MU, 0.0))
-        with proximal(self.model, mu), linear_term(self.model, linear):
+        fixed = config.get(keys.FROZEN)  # FedRep: the head, then the body, stays fixed
+        with proximal(self.model, mu), linear_term(self.model, linear), frozen(self.model, fixed):
             if start is not None:
                 self.set_parameters(start)
             logs = steps_of(self.model).fit(  # a term may have just been attached

@@ -24,6 +24,23 @@ Methods and where their settings come from:
   a personal model ``v`` on ``f_k(v) + lambda/2 ||v - w_global||^2`` (Algorithm 1; the
   paper tunes ``lambda`` in {0.01, 0.1, 1, 2}; default 0.1), ``ditto_epochs`` per round
   (default: the round's local epochs, as the paper's ``s`` local steps).
+- ``fedrep``: Collins et al., "Exploiting Shared Representations for Personalized Federated
+  Learning", ICML 2021, arXiv:2102.07078 (Algorithm 1). The head (default: the last layer
+  with weights, as FedPer) stays on the site; each round the site first trains its head for
+  ``fedrep_head_epochs`` with the received body fixed, then the body for the round's local
+  epochs with its head fixed, and sends the body. The paper trains the head for many more
+  local updates than the body (the authors' code, github.com/lgcollins/FedRep:
+  ``local_ep - local_rep_ep`` head epochs, ``local_rep_ep`` body epochs); default 5 head
+  epochs to one body epoch, to bound a round's cost.
+- ``apfl``: Deng et al., "Adaptive Personalized Federated Learning", arXiv:2003.13461
+  (Algorithm 1). Besides the global update, each site keeps a local model ``v`` and its
+  personal model is the mixture ``alpha v + (1 - alpha) w``; ``v`` descends the loss of the
+  mixture, ``v <- v - lr grad_v f(alpha v + (1 - alpha) w)``, with ``w`` the received global
+  model held fixed during the personal epochs (the paper alternates single steps of ``w``
+  and ``v``). A step of ``v`` is one of the mixture with the learning rate times ``alpha``
+  (exact for a scale-invariant optimizer such as Adam, fedflower's default; ``alpha`` times
+  too large a step for plain SGD). ``apfl_alpha`` is fixed (the paper reports 0.25, 0.5, 0.75
+  and an adaptive one; default 0.5); ``apfl_epochs`` as Ditto's.
 
 The local layers are chosen by Keras layer name: ``local_layers`` is a list of globs
 (``"dense_*"``) or regular expressions (``"re:^head"``) matched against ``layer.name``.
@@ -50,8 +67,9 @@ from fedflower import keys, wire
 from fedflower.checks import check_choice, check_number
 from fedflower.errors import ConfigError
 
-METHODS = ("none", "finetune", "fedper", "fedbn", "ditto")
-LAYER_METHODS = ("fedper", "fedbn")  # methods that keep some layers local
+METHODS = ("none", "finetune", "fedper", "fedrep", "fedbn", "ditto", "apfl")
+LAYER_METHODS = ("fedper", "fedrep", "fedbn")  # methods that keep some layers local
+HEAD_METHODS = ("fedper", "fedrep")  # local layers by default: the head
 NORMALIZATION = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
@@ -66,16 +84,23 @@ class Personalization:
     Parameters
     ----------
     name : str
-        One of ``none``, ``finetune``, ``fedper``, ``fedbn``, ``ditto``.
+        One of ``none``, ``finetune``, ``fedper``, ``fedrep``, ``fedbn``, ``ditto``,
+        ``apfl``.
     local_layers : list of str, optional
         Globs or ``re:`` regular expressions on ``layer.name`` of the layers kept local
-        (FedPer, FedBN); empty: the method's default (see the module docstring).
+        (FedPer, FedRep, FedBN); empty: the method's default (see the module docstring).
     finetune_epochs : int
         Local epochs of fine-tuning before evaluation (``finetune``).
     ditto_lambda : float
         Ditto's proximal weight ``lambda`` (>= 0).
     ditto_epochs : int
         Epochs of the personal model per round; 0: the round's ``local-epochs``.
+    fedrep_head_epochs : int
+        FedRep's epochs of the head (body fixed) before the body's epochs, each round.
+    apfl_alpha : float
+        APFL's mixing weight of the local model, in [0, 1].
+    apfl_epochs : int
+        Epochs of APFL's local model per round; 0: the round's ``local-epochs``.
     """
 
     name: str = "none"
@@ -83,6 +108,9 @@ class Personalization:
     finetune_epochs: int = 1
     ditto_lambda: float = 0.1
     ditto_epochs: int = 0
+    fedrep_head_epochs: int = 5
+    apfl_alpha: float = 0.5
+    apfl_epochs: int = 0
 
     def __post_init__(self) -> None:
         """Check every value (one-line errors)."""
@@ -93,6 +121,11 @@ class Personalization:
         )
         check_number("personalization.ditto_lambda", self.ditto_lambda, minimum=0)
         check_number("personalization.ditto_epochs", self.ditto_epochs, minimum=0, integer=True)
+        check_number(
+            "personalization.fedrep_head_epochs", self.fedrep_head_epochs, minimum=0, integer=True
+        )
+        check_number("personalization.apfl_alpha", self.apfl_alpha, minimum=0, maximum=1)
+        check_number("personalization.apfl_epochs", self.apfl_epochs, minimum=0, integer=True)
         for pattern in self.local_layers:
             if pattern.startswith("re:"):
                 try:
@@ -133,7 +166,7 @@ def local_names(model: keras.Model, settings: Personalization) -> list[str]:
     layers = [layer for layer in _layers(model) if layer.weights]
     if settings.local_layers:
         chosen = {id(x) for x in layers if _matches(x.name, settings.local_layers)}
-    elif settings.name == "fedper":
+    elif settings.name in HEAD_METHODS:
         chosen = {id(layers[-1])}
     else:
         chosen = {id(x) for x in layers if isinstance(x, NORMALIZATION)}
@@ -226,12 +259,21 @@ class PersonalModel:
         reply = call_next(msg, context)
         if name == "ditto" and not reply.has_error():
             self._train_ditto(msg, context, call_next)
+        if name == "apfl" and not reply.has_error():
+            self._train_apfl(msg, context, call_next)
         return reply
 
     def _train_layers(self, msg: Message, context: Context, call_next: CallNext) -> Message:
         received = _arrays(msg)
         mine = self.merged(received, context)
-        reply = call_next(_derived(msg, mine, _config(msg), msg.metadata.message_type), context)
+        config = _config(msg)
+        if self.settings.name == "fedrep":  # the head first (body fixed), then the body alone
+            head = self._train_head(msg, mine, context, call_next)
+            if head.has_error():
+                return head
+            mine = _arrays(head)
+            config[keys.FROZEN] = list(self.names)
+        reply = call_next(_derived(msg, mine, config, msg.metadata.message_type), context)
         if reply.has_error():
             return reply
         trained = _arrays(reply)
@@ -244,6 +286,34 @@ class PersonalModel:
             trained[n] = np.zeros_like(trained[n]) if update else received[n]
         reply.content[keys.ARRAYS] = _record(trained)
         return reply
+
+    def _train_head(
+        self, msg: Message, mine: Named, context: Context, call_next: CallNext
+    ) -> Message:
+        """FedRep's head epochs: the site's head trained on the received body (reply: the model)."""
+        config = _config(msg)
+        config.pop(keys.RETURN_UPDATE, None)
+        config[keys.LOCAL_EPOCHS] = int(self.settings.fedrep_head_epochs)
+        config[keys.FROZEN] = [n for n in mine if n not in self.names]
+        if not self.settings.fedrep_head_epochs:  # no head epochs: the model as it is
+            return _derived(msg, mine, {}, MessageType.TRAIN)
+        return call_next(_derived(msg, mine, config, MessageType.TRAIN), context)
+
+    def _train_apfl(self, msg: Message, context: Context, call_next: CallNext) -> None:
+        """APFL's local model ``v``: the mixture trained with ``w`` fixed, ``v`` recovered."""
+        alpha = float(self.settings.apfl_alpha)
+        received = _arrays(msg)
+        v = self.stored(context) or received
+        config = _config(msg)
+        config.pop(keys.RETURN_UPDATE, None)
+        config.pop(keys.PROXIMAL_MU, None)
+        config[keys.LEARNING_RATE] = alpha * float(config.get(keys.LEARNING_RATE, 0.001))
+        if self.settings.apfl_epochs:
+            config[keys.LOCAL_EPOCHS] = int(self.settings.apfl_epochs)
+        mixture = mix(v, received, alpha)
+        reply = call_next(_derived(msg, mixture, config, MessageType.TRAIN), context)
+        if not reply.has_error() and alpha > 0:
+            self.keep(context, unmix(_arrays(reply), received, alpha))
 
     def _train_ditto(self, msg: Message, context: Context, call_next: CallNext) -> None:
         config = _config(msg)
@@ -269,13 +339,20 @@ class PersonalModel:
         if name in LAYER_METHODS:
             kept = self.stored(context)
             return None if kept is None else (self.merged(received, context), config)
-        if name == "ditto":
+        if name in ("ditto", "apfl"):
             kept = self.stored(context)
-            return None if kept is None else (kept, config)
+            if kept is None:
+                return None
+            return (kept if name == "ditto" else mix(kept, received, self.alpha)), config
         trained = context.state.config_records.get(keys.FINETUNE_CONFIG)
         if trained is None:
             return None
         return received, {**dict(trained), **config, keys.FINETUNE_EPOCHS: self.epochs}
+
+    @property
+    def alpha(self) -> float:
+        """APFL's mixing weight."""
+        return float(self.settings.apfl_alpha)
 
     @property
     def epochs(self) -> int:
@@ -300,6 +377,30 @@ class PersonalModel:
             if key.startswith("eval_"):
                 metrics[prefix + key] = value
         return reply
+
+
+def _floating(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def mix(v: Named, w: Named, alpha: float) -> Named:
+    """APFL's personal model ``alpha v + (1 - alpha) w`` (non-float arrays: ``w``'s)."""
+    return {
+        k: (alpha * v[k].astype(np.float64) + (1 - alpha) * b).astype(b.dtype)
+        if _floating(b)
+        else b
+        for k, b in w.items()
+    }
+
+
+def unmix(mixture: Named, w: Named, alpha: float) -> Named:
+    """``v`` from a mixture ``alpha v + (1 - alpha) w`` and ``w`` (``alpha > 0``)."""
+    return {
+        k: ((m.astype(np.float64) - (1 - alpha) * w[k]) / alpha).astype(w[k].dtype)
+        if _floating(w[k])
+        else m
+        for k, m in mixture.items()
+    }
 
 
 LocalNames = Callable[[Context, Personalization, ArrayRecord], Sequence[str]]

@@ -48,6 +48,7 @@ from fedflower.engine.local import (
     run_client_app,
     serve,
 )
+from fedflower.engine.options import check_workers
 from fedflower.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -101,16 +102,6 @@ def worker_backends(backends: Sequence[str], workers: int) -> list[str | None]:
     if not groups:
         return [None] * workers
     return [groups[i % len(groups)] for i in range(max(workers, len(groups)))]
-
-
-def check_workers(workers: Any) -> int:
-    """``workers`` as a positive int, or a ``ConfigError`` saying how to fix it."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(
-            f"simulation.workers must be a positive integer or auto, got {workers!r}; "
-            "e.g. simulation.workers=2"
-        )
-    return workers
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """The typed options of the server's config groups, and their registration with Hydra.
 
 The ``privacy`` and ``secagg`` options are defined here; the ``compression``, ``latency`` and
-``tracking`` options next to the code they configure (:mod:`fedflower.aggregation.codecs`,
-:mod:`fedflower.engine.latency`, :mod:`fedflower.server.tracking`).
+``tracking`` and ``simulation`` options next to the code they configure
+(:mod:`fedflower.aggregation.codecs`, :mod:`fedflower.engine.latency`,
+:mod:`fedflower.server.tracking`, :mod:`fedflower.engine.options`).
 One dataclass per option of each group (``conf/<group>/<name>.yaml``).
 Hydra uses them as the groups' schemas (registered in its ``ConfigStore`` by
 :func:`register`), so it refuses unknown keys and values of the wrong type
@@ -14,12 +15,13 @@ imports neither Flower nor TensorFlow: the command line checks a config before t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from fedflower.aggregation.codecs import CODECS, CompressionOptions
 from fedflower.checks import check_choice, check_number
 from fedflower.engine.latency import LatencyOptions, NoLatency
+from fedflower.engine.options import SIMULATION
 from fedflower.errors import ConfigError
 from fedflower.server.tracking import NoTracking
 
@@ -187,6 +189,70 @@ TRACKING: dict[str, type] = {"none": NoTracking}
 """The ``tracking`` group's typed options; ``tracking=wandb`` stays open for ``wandb.init``
 arguments (see :class:`fedflower.server.tracking.WandbTracking`)."""
 
+
+@dataclass
+class CheckpointOptions:
+    """``checkpoint``: how often the run writes ``checkpoint.npz`` (0 = never)."""
+
+    every: int = 1
+
+
+@dataclass
+class OutputOptions:
+    """``output``: what the run directory gets besides its metrics."""
+
+    save_model: bool = True
+    plots: bool = True
+
+
+@dataclass
+class RunOptions:
+    """The run's own keys at the top level of ``conf/config.yaml`` (the groups type themselves).
+
+    Hydra cannot type a primary config's root (it merges its own ``hydra`` node first), so
+    :func:`fedflower.server.rules.validate` builds this from the composed keys before anything
+    else: a wrong type (``num_rounds=five``) and a bad value (``num_rounds=0``) are one line
+    each. The groups interpolate ``seed`` and ``num_clients``, hence this order.
+    """
+
+    num_clients: int = 10
+    num_rounds: int = 10
+    seed: int = 0
+    backend: str = "tensorflow"
+    verbose: bool = False
+    progress: bool = True
+    baseline: str = "none"
+    resume: Optional[str] = None  # noqa: UP045
+    checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def __post_init__(self) -> None:
+        """Check the run-level numbers."""
+        check_number("seed", self.seed, minimum=0, integer=True)
+        check_number("num_clients", self.num_clients, minimum=1, integer=True)
+        check_number("num_rounds", self.num_rounds, minimum=1, integer=True)
+        check_number("checkpoint.every", self.checkpoint.every, minimum=0, integer=True)
+
+
+def run_options(cfg: Mapping[str, Any]) -> RunOptions:
+    """The typed run-level keys of a composed config, or a ``ConfigError`` (one line)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    from fedflower.startup import type_error_line
+
+    keys = {f.name: cfg[f.name] for f in fields(RunOptions) if f.name in cfg}
+    run = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in keys.items()
+    }
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(RunOptions), run)
+    except ValidationError as exc:
+        raise ConfigError(type_error_line(exc)) from None
+    return OmegaConf.to_object(typed)  # type: ignore[return-value]
+
+
 SCHEMA_GROUP = "schema"
 """Where the schemas sit in Hydra's ``ConfigStore``: ``schema/<group>/<option>``, named in the
 defaults list of ``conf/<group>/<option>.yaml`` as ``/schema/<group>/<option>@_here_``."""
@@ -208,6 +274,7 @@ def register() -> None:
         ("compression", COMPRESSION),
         ("latency", LATENCY),
         ("tracking", TRACKING),
+        ("simulation", SIMULATION),
     ):
         for name, node in kinds.items():
             store.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)

@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedflower.aggregation.codecs import codecs_from_options
 from fedflower.backend import check_backend
-from fedflower.checks import check_choice, check_number
+from fedflower.checks import check_choice
 from fedflower.engine import BACKENDS
 from fedflower.engine.pool import check_backends
 from fedflower.errors import ConfigError
 from fedflower.server import registry
-from fedflower.server.options import PRIVACY, SECAGG, build_options
+from fedflower.server.options import PRIVACY, SECAGG, build_options, run_options
 from fedflower.server.tracking import check_tracking
 
 SECURE_PRIVACY = ("none", "dp_client")
@@ -52,9 +52,7 @@ def validate(cfg: DictConfig) -> None:
     """Check the values a typo or a bad override can break, with one clear message each."""
     # first: typed groups interpolate these (latency.seed: ${seed}), so a bad one would
     # otherwise surface as a typed group's interpolation error
-    check_number("seed", cfg.seed, minimum=0, integer=True)
-    n = check_number("num_clients", cfg.num_clients, minimum=1, integer=True)
-    check_number("num_rounds", cfg.num_rounds, minimum=1, integer=True)
+    n = run_options(cfg).num_clients
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
@@ -108,10 +106,7 @@ def require_rounds(strategy: object, feature: str) -> None:
 
 
 def _check_checkpoint(cfg: DictConfig) -> None:
-    """``checkpoint.every`` and, when resuming, that the run directory has a checkpoint."""
-    check_number(
-        "checkpoint.every", cfg.get("checkpoint", {}).get("every", 0), minimum=0, integer=True
-    )
+    """When resuming, that the run directory has a checkpoint (``checkpoint.every``: RunOptions)."""
     resume = cfg.get("resume")
     if resume and not (Path(str(resume)) / "checkpoint.npz").is_file():
         raise ConfigError(f"resume={resume}: no checkpoint.npz there (is it a run directory?)")

@@ -53,20 +53,36 @@ def test_deployed_app_reproduces_the_simulation(
     assert (tmp_path / "dep" / "model.keras").is_file()
 
 
-@pytest.mark.parametrize("method", ["fedper", "finetune"])
-def test_deployed_nodes_keep_personal_models_as_in_simulation(
-    tiny_cfg: Callable[..., DictConfig], tmp_path: Path, method: str
+OPTIONS = {  # every personalization option and drift strategy; the mlp has no normalisation
+    "finetune": ["personalization=finetune"],
+    "fedper": ["personalization=fedper"],
+    "fedrep": ["personalization=fedrep", "personalization.fedrep_head_epochs=1"],
+    "fedbn": ["personalization=fedbn", "personalization.local_layers=[hidden_0]"],
+    "ditto": ["personalization=ditto"],
+    "apfl": ["personalization=apfl"],
+    "scaffold": ["strategy=scaffold"],
+    "fednova": ["strategy=fednova"],
+    "feddyn": ["strategy=feddyn"],
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_deployed_nodes_run_every_personalization_and_drift_option_as_in_simulation(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path, option: str
 ) -> None:
-    overrides = [*TINY, "output.plots=false", f"personalization={method}"]
-    simulated = run(tiny_cfg("output.plots=false", f"personalization={method}"), tmp_path / "sim")
-    nodes = [{"partition-id": i, "num-partitions": 3, "site-name": f"h{i}"} for i in range(3)]
+    overrides = [*TINY, "num_clients=2", "output.plots=false", *OPTIONS[option]]
+    simulated = run(tiny_cfg(*overrides[len(TINY) :]), tmp_path / "sim")
+    nodes = [{"partition-id": i, "num-partitions": 2, "site-name": f"h{i}"} for i in range(2)]
     deployed = run_app_in_process(overrides, tmp_path / "dep", nodes)
     sites = deployed["per_client"]["sites"]
-    assert [s["client"] for s in sites] == ["h0", "h1", "h2"]  # the node config's site name
+    assert [s["client"] for s in sites] == ["h0", "h1"]  # the node config's site name
     sim_sites = simulated["per_client"]["sites"]
-    for model in ("accuracy", "personal_accuracy"):
+    personal = OPTIONS[option][0].startswith("personalization")
+    models = ["accuracy", "personal_accuracy"] if personal else ["accuracy"]
+    for model in models:
         got, want = [s[model] for s in sites], [s[model] for s in sim_sites]
         assert got == pytest.approx(want, abs=1e-6), model
+    assert deployed["final"]["accuracy"] == pytest.approx(simulated["final"]["accuracy"], abs=1e-6)
 
 
 def test_a_node_with_bad_data_is_reported_and_the_run_goes_on(

@@ -71,16 +71,19 @@ def kill_and_resume(tmp_path: Path, args: list[str], rounds: int) -> tuple[dict,
     return final_resumed, killed
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "scaffold"])
 def test_resume_after_kill_equals_the_uninterrupted_run(tmp_path: Path, strategy: str) -> None:
     args = [*TINY, f"num_rounds={ROUNDS}", f"strategy={strategy}", "output.plots=false"]
     final_resumed, _ = kill_and_resume(tmp_path, args, ROUNDS)
     if strategy == "fedadam":
         moments = final_resumed["objects"]["strategy0"]["optimizer"]
         assert moments["m"] is not None and moments["v"] is not None
+    if strategy == "scaffold":  # the server's and every client's control variate
+        assert final_resumed["objects"]["strategy0"]["control"] is not None
+        assert len(final_resumed["objects"]["nodes"]) == 3
 
 
-@pytest.mark.parametrize("method", ["fedper", "ditto"])
+@pytest.mark.parametrize("method", ["fedper", "fedrep", "ditto", "apfl"])
 def test_resume_with_personal_models_equals_the_uninterrupted_run(
     tmp_path: Path, method: str
 ) -> None:

@@ -66,7 +66,7 @@ EXPECTED: dict[str, str] = {
     "malformed-override": "[1,",
     "natural-partition-without-groups": "cannot split breast_cancer",
     "unknown-option-in-sweep": "unknown option 'nope' for strategy",
-    "seed-not-a-number": "seed must be an integer >= 0, got 'abc'",
+    "seed-not-a-number": "seed must be an integer, got 'abc'",
     "negative-proximal-mu": "strategy.proximal_mu must be a number >= 0, got -1",
     "zero-buffer": "strategy.buffer_size must be an integer >= 1, got 0",
     "zero-pareto-shape": "shape",

@@ -346,6 +346,11 @@ def test_the_issue_override_example(make_cfg: MakeCfg) -> None:
         ("client.learning_rate=0", "learning_rate"),
         ("client.learning_rate=-0.1", "learning_rate"),
         ("simulation.backend=nope", "simulation.backend"),
+        ("num_rounds=five", r"^num_rounds must be an integer, got 'five'$"),
+        ("verbose=maybe", r"^verbose must be true or false, got 'maybe'$"),
+        ("checkpoint.every=-1", r"^checkpoint.every must be an integer >= 0, got -1$"),
+        ("simulation.workers=0", r"^simulation.workers must be a positive integer or auto, got 0"),
+        ("simulation.tf_threads=-1", r"^simulation.tf_threads must be an integer >= 0, got -1$"),
     ],
 )
 def test_validate_rejects(tiny_cfg: MakeCfg, override: str, match: str) -> None:

@@ -112,6 +112,60 @@ def test_ditto_trains_a_personal_model_proximal_to_the_global_one() -> None:
     assert (metrics[keys.EVAL_ACCURACY], metrics["personal_eval_accuracy"]) == (10.0, 2.0)
 
 
+def test_fedrep_trains_the_head_on_the_received_body_then_the_body_alone() -> None:
+    log: list = []
+    settings = {"name": "fedrep", "fedrep_head_epochs": 4}
+    mod = personalization_mod(lambda _: settings, lambda *_: ["1"])
+    ctx, call_next = context(), handler(log)
+    mod(message(MessageType.TRAIN, [0, 0], **{keys.LOCAL_EPOCHS: 2}), ctx, call_next)
+    # round 2: head first (site's head 2 after round 1's head and body tasks), body fixed
+    reply = mod(message(MessageType.TRAIN, [5, 5], **{keys.LOCAL_EPOCHS: 2}), ctx, call_next)
+    (_, head_in, head_cfg), (_, body_in, body_cfg) = log[-2:]
+    assert head_in == [5, 2] and head_cfg[keys.FROZEN] == ["0"]
+    assert head_cfg[keys.LOCAL_EPOCHS] == 4
+    assert body_in == [6, 3] and body_cfg[keys.FROZEN] == ["1"]
+    assert body_cfg[keys.LOCAL_EPOCHS] == 2
+    assert values(reply) == [7, 5]  # the server gets the body back, and its own head
+    kept = ctx.state.array_records[keys.PERSONAL_STATE].to_numpy_ndarrays()
+    assert float(kept[0][0]) == 4.0  # the head after the body task (the stand-in moves all)
+
+
+def test_apfl_trains_the_mixture_and_keeps_the_local_model() -> None:
+    log: list = []
+    settings = {"name": "apfl", "apfl_alpha": 0.25}
+    mod = personalization_mod(lambda _: settings, lambda *_: [])
+    ctx, call_next = context(), handler(log)
+    mod(message(MessageType.TRAIN, [4, 4], **{keys.LEARNING_RATE: 0.1}), ctx, call_next)
+    # v starts at w = 4; the mixture 4 trains to 5, so v = (5 - 0.75 * 4) / 0.25 = 8
+    assert log[-1][1] == [4, 4] and log[-1][2][keys.LEARNING_RATE] == pytest.approx(0.025)
+    kept = ctx.state.array_records[keys.PERSONAL_STATE].to_numpy_ndarrays()
+    assert float(kept[0][0]) == pytest.approx(8.0)
+    reply = mod(message(MessageType.EVALUATE, [0, 0]), ctx, call_next)
+    assert log[-1][1] == [2, 2]  # personal: 0.25 * 8 + 0.75 * 0
+    assert reply.content.metric_records[keys.METRICS]["personal_eval_accuracy"] == 2.0
+
+
+def test_frozen_weights_stay_unchanged_in_real_keras_training() -> None:
+    from fedflower.client.keras_client import KerasClient
+    from fedflower.data.source import ClientData
+
+    model = tiny_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)).astype("float32"), rng.integers(0, 2, 16)
+    client = KerasClient(model, ClientData(x, y, x[:0], y[:0]))
+    start = client.get_parameters({})
+    paths = [str(v.path) for v in model.weights]
+    trainable = [p for p in paths if "moving" not in p]  # statistics move in every forward pass
+    config = {keys.LOCAL_EPOCHS: 2, keys.BATCH_SIZE: 4, keys.LEARNING_RATE: 0.1}
+    for fixed in (["body/kernel", "body/bias", "norm/gamma", "norm/beta"], HEAD):
+        trained, _, _ = client.fit(start, {**config, keys.FROZEN: fixed})
+        moved = [p for p, a, b in zip(paths, start, trained, strict=True) if (a != b).any()]
+        assert [p for p in moved if p in trainable] == [p for p in trainable if p not in fixed]
+    trained, _, _ = client.fit(start, config)  # nothing frozen: everything trainable moves
+    assert all((a != b).any() for a, b in zip(start[:2], trained[:2], strict=True))
+
+
 def test_finetune_evaluates_the_global_model_after_local_epochs() -> None:
     log: list = []
     mod = personalization_mod(lambda _: {"name": "finetune", "finetune_epochs": 2}, lambda *_: [])
@@ -152,7 +206,9 @@ NORM = ["norm/gamma", "norm/beta", "norm/moving_mean", "norm/moving_variance"]
         ({"name": "fedbn"}, NORM),
         ({"name": "fedper", "local_layers": ["b*"]}, ["body/kernel", "body/bias"]),
         ({"name": "fedper", "local_layers": ["re:^(norm|head)$"]}, NORM + HEAD),
+        ({"name": "fedrep"}, HEAD),
         ({"name": "ditto"}, []),
+        ({"name": "apfl"}, []),
     ],
 )
 def test_local_layers_by_keras_layer_name(settings: dict, expected: list[str]) -> None:
@@ -168,6 +224,8 @@ def test_local_layers_by_keras_layer_name(settings: dict, expected: list[str]) -
         {"name": "fedper", "local_layers": ["re:("]},
         {"name": "ditto", "ditto_lambda": -1},
         {"name": "finetune", "finetune_epochs": 0},
+        {"name": "apfl", "apfl_alpha": 1.5},
+        {"name": "fedrep", "fedrep_head_epochs": -1},
     ],
 )
 def test_bad_settings_are_one_line_config_errors(settings: dict) -> None:
