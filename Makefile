@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-fast lint bench clean deploy-demo flwr-sim docs
+.PHONY: setup run test test-torch test-fast lint bench clean deploy-demo flwr-sim docs
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -20,11 +20,17 @@ setup: $(STAMP)
 run: setup  ## the default experiment: 10 hospitals x 1000 patients, FedAvg, 10 rounds
 	$(BIN)/fedflower $(ARGS)
 
-test: setup  ## lint, type check, the docs build + the whole test suite (slow tests included)
+test: setup  ## lint, type check, the docs build + the whole test suite (slow tests included), then the backend subset on JAX
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -m "backend and not slow" $(PYTEST_ARGS)
+
+test-torch: setup  ## the backend-marked subset on PyTorch (needs torch: see docs/how-to/backends.md)
+	@$(BIN)/python -c 'import torch' 2>/dev/null || { \
+	  echo "make test-torch needs PyTorch in $(VENV): $(BIN)/python -m pip install torch (a CPU build: see docs/how-to/backends.md)" >&2; exit 2; }
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q -m "backend and not slow" $(PYTEST_ARGS)
 
 test-fast: setup  ## the suite without tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -18,8 +18,11 @@ skipping ``tf.function``'s per-call dispatch.
 
 Batches come from a NumPy permutation seeded by the caller (:func:`batch_order`), so a
 client's batches depend only on (seed, round, client), whatever engine or process runs it.
-The steps are Keras' own; only the compilation wrapper (:class:`_Compiled`) is backend-specific
-(``tf.function`` on TensorFlow; other backends run the steps one batch at a time).
+The steps are Keras' own; only their compilation is backend-specific: :class:`_Compiled`
+(``tf.function``) on TensorFlow; on JAX, Keras' stateless ``train_step(state, data)`` jitted
+once (:class:`_JaxSteps`, as Keras' JAX trainer builds its train function) with the state
+carried from batch to batch as arrays; on PyTorch the model's ``train_step`` one batch at a
+time. Evaluation on JAX and PyTorch is Keras' own ``Model.evaluate``.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class Steps:
         self._assign = _Compiled(self._assign_all)
         self._zero: tuple[int, Callable[..., Any]] | None = None
         self._reset: tuple[int, Callable[[], Any]] | None = None
+        self._jax = _JaxSteps(model) if keras.backend.backend() == "jax" else None
 
     def _assign_all(self, *values: Any) -> None:
         for variable, value in zip(self.model.weights, values, strict=True):
@@ -198,11 +202,13 @@ class Steps:
         self._many = _Compiled(self._train_many)
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int) -> Any:
-        if keras.backend.backend() != "tensorflow":  # Keras' own step, one batch per call
+        if self._jax is not None:
+            return self._jax.epoch(x, y, order, batch_size)
+        if keras.backend.backend() != "tensorflow":  # PyTorch: Keras' step, one batch per call
             logs: Any = None
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                logs = self.model.train_on_batch(x[rows], y[rows], return_dict=True)
+                logs = self._one(x[rows], y[rows])
             return logs
         full = len(order) // batch_size
         logs = self._full_batches(x, y, order[: full * batch_size], batch_size) if full else None
@@ -261,6 +267,76 @@ class Steps:
         for start in range(0, len(y), batch_size):
             logs = self._test(x[start : start + batch_size], y[start : start + batch_size])
         return _floats(logs or self.model.get_metrics_result())
+
+
+def _captured(model: keras.Model) -> list[Any]:
+    """Variables the model's loss reads without tracking them: its regularizers' variables.
+
+    FedProx's term (``fedflower.client.proximal``) holds ``mu`` and the anchors in variables of
+    the trainable variables' regularizers; a jitted JAX step must take their values as
+    arguments, or it would keep the values it was traced with.
+    """
+    found: dict[int, Any] = {}
+    for var in model.trainable_variables:
+        regularizer = getattr(var, "regularizer", None)
+        while regularizer is not None:
+            for value in vars(regularizer).values():
+                if isinstance(value, keras.Variable):
+                    found.setdefault(id(value), value)
+            regularizer = getattr(regularizer, "previous", None)
+    return list(found.values())
+
+
+class _JaxSteps:
+    """Keras' stateless JAX ``train_step``, jitted once per model.
+
+    The model's state (trainable, non-trainable, optimizer and metric variables) goes through
+    the steps as arrays and is written back to the variables once per epoch, as Keras' own
+    ``fit`` on JAX does; the regularizers' variables (:func:`_captured`) are arguments too.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self.extra = _captured(model)
+        self._train = self._jit(model.train_step)
+
+    def _jit(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        import jax
+
+        def run(state: Any, extra: list[Any], data: Any) -> Any:
+            saved = [v._value for v in self.extra]
+            for variable, value in zip(self.extra, extra, strict=True):
+                variable._value = value  # read as traced values, not trace-time constants
+            try:
+                return step(state, data)
+            finally:
+                for variable, value in zip(self.extra, saved, strict=True):
+                    variable._value = value
+
+        return jax.jit(run)
+
+    def _run(self, step: Callable[..., Any], batches: Any) -> Any:
+        model = self.model
+        groups = [
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        ]
+        state = [[v.value for v in group] for group in groups]
+        extra = [v.value for v in self.extra]
+        logs: Any = None
+        for data in batches:
+            logs, state = step(state, extra, data)
+        for group, values in zip(groups, state, strict=True):
+            for variable, value in zip(group, values, strict=True):
+                variable.assign(value)
+        return logs
+
+    def epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, size: int) -> Any:
+        """Train on ``order``'s batches of ``size`` rows; the epoch's loss and metrics."""
+        rows = (order[i : i + size] for i in range(0, len(order), size))
+        return self._run(self._train, ((x[r], y[r]) for r in rows))
 
 
 def steps_of(model: keras.Model) -> Steps:

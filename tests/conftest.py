@@ -30,6 +30,31 @@ TINY = [
 ]
 """Overrides for a federation small enough to run in a few seconds."""
 
+BACKEND_MODULES = frozenset(
+    {
+        "test_backends",
+        "test_steps",
+        "test_keras_client",
+        "test_proximal",
+        "test_strategy",
+        "test_privacy",
+        "test_compression_wire",
+        "test_attacks",
+        "test_personalization",
+        "test_checkpoint",
+    }
+)
+"""Test modules marked ``backend`` (client, strategies, privacy, compression, resume): the
+subset ``make test`` runs again on JAX and ``make test-torch`` on PyTorch."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of :data:`BACKEND_MODULES` (unit tests only, slow ones excluded)."""
+    for item in items:
+        module = Path(str(item.fspath))
+        if module.stem in BACKEND_MODULES and module.parent.name == "unit":
+            item.add_marker(pytest.mark.backend)
+
 
 @pytest.fixture
 def make_cfg() -> Callable[..., DictConfig]:

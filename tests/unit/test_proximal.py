@@ -79,7 +79,7 @@ def test_penalty_value_adds_to_an_existing_regularizer() -> None:
     for (_, anchor), value in zip(term.pairs, [w0, b0], strict=True):
         anchor.assign(value.astype(np.float32))
     term.mu.assign(2.0)
-    total = float(sum(np.asarray(loss) for loss in model.losses))
+    total = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
     want = 0.05 * np.sum(w**2) + 0.5 * 2.0 * (np.sum((w - w0) ** 2) + np.sum((b - b0) ** 2))
     assert total == pytest.approx(want, rel=1e-5)
 
@@ -93,7 +93,7 @@ def test_the_term_is_anchored_at_the_weights_the_block_starts_from() -> None:
         for (_, anchor), value in zip(term.pairs, start, strict=True):
             np.testing.assert_array_equal(anchor.numpy(), value)
         # At the anchor the penalty is exactly zero.
-        assert float(sum(np.asarray(loss) for loss in model.losses)) == 0.0
+        assert float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)) == 0.0
     assert float(term.mu.numpy()) == 0.0
     assert attached(model) is term
 
