@@ -32,7 +32,6 @@ TINY = [
 
 BACKEND_MODULES = frozenset(
     {
-        "test_backends",
         "test_steps",
         "test_keras_client",
         "test_proximal",
