@@ -274,7 +274,7 @@ def _captured(model: keras.Model) -> list[Any]:
 
     FedProx's term (``fedflower.client.proximal``) holds ``mu`` and the anchors in variables of
     the trainable variables' regularizers; a jitted JAX step must take their values as
-    arguments, or it would keep the values it was traced with.
+    arguments, or it would keep the values of its first trace.
     """
     found: dict[int, Any] = {}
     for var in model.trainable_variables:

@@ -68,7 +68,7 @@ def test_bad_overrides_raise_the_clis_one_line_config_error(
 
 
 def test_a_bad_value_raises_before_any_output(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="num_rounds must be an integer >= 1, got 'abc'"):
+    with pytest.raises(ConfigError, match="num_rounds must be an integer, got 'abc'"):
         fedflower.run(num_rounds="abc", output_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
