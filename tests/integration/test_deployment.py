@@ -149,8 +149,9 @@ def test_fedbuff_survives_a_killed_node_and_gives_work_to_a_late_one(tmp_path: P
     assert_all_stopped(fed, pids)
     assert results["totals"]["rounds"] == 4  # server versions: the run did not stall
     assert "Receiving: train message" in late_log  # the late node got work
-    # the killed node's task in flight was given up (its error reply or task_timeout), once
-    assert results["async"]["failed"] >= 1
+    # the killed node's task in flight was never folded: given up (its error reply or
+    # task_timeout) or, when the other nodes reached the last version first, left unfinished
+    assert results["async"]["failed"] + results["async"]["unfinished"] >= 1
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.05
 
 
