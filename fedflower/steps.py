@@ -34,6 +34,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from fedflower.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 _ATTR = "_fedflower_steps"
@@ -317,6 +319,13 @@ class _JaxSteps:
 
     def _run(self, step: Callable[..., Any], batches: Any) -> Any:
         model = self.model
+        built = model.optimizer._trainable_variables  # what Keras' stateless_apply expects
+        if len(built) != len(model.trainable_variables):
+            raise ConfigError(
+                "training part of a model with the rest frozen (personalization=fedrep) must "
+                "run on backend=tensorflow or torch, got backend=jax: Keras' stateless JAX "
+                "optimizer updates only the variables built into it"
+            )
         groups = [
             model.trainable_variables,
             model.non_trainable_variables,
