@@ -157,10 +157,9 @@ def _natural():  # type: ignore[no-untyped-def]
     return AutoPartitioner(4)
 
 
-def test_keras_layers_compute_the_numpy_transform(tmp_path: Path) -> None:
-    keras = pytest.importorskip("keras")
-    from fedflower import model_inputs
-
+def _raw_rows_case(keras):  # type: ignore[no-untyped-def]
+    """Two numeric columns and a categorical one with blanks and an unseen category, their fit,
+    the model metadata and an identity core model of the fit's width."""
     x = np.array([[1.0, 5.0], [np.nan, 7.0], [3.0, np.nan], [2.0, 6.0]])
     cats = np.array(["b", "a", "", "new"])
     fitted = fit(statistics(x, [cats]), missing_indicator=True)
@@ -172,6 +171,14 @@ def test_keras_layers_compute_the_numpy_transform(tmp_path: Path) -> None:
         "preprocessing": fitted.as_dict(),
     }
     core = keras.Sequential([keras.Input((fitted.width,)), keras.layers.Identity()])
+    return x, cats, fitted, meta, core
+
+
+def test_keras_layers_compute_the_numpy_transform(tmp_path: Path) -> None:
+    keras = pytest.importorskip("keras")
+    from fedflower import model_inputs
+
+    x, cats, fitted, meta, core = _raw_rows_case(keras)
     model = model_inputs.with_raw_inputs(core, meta)
     path = tmp_path / "m.keras"
     model_inputs.save(model, path, meta)
@@ -206,17 +213,7 @@ def test_the_numeric_row_model_computes_what_the_raw_rows_model_computes(tmp_pat
     keras = pytest.importorskip("keras")
     from fedflower import model_inputs
 
-    x = np.array([[1.0, 5.0], [np.nan, 7.0], [3.0, np.nan], [2.0, 6.0]])
-    cats = np.array(["b", "a", "", "new"])
-    fitted = fit(statistics(x, [cats]), missing_indicator=True)
-    meta = {
-        "numeric": ["u", "v"],
-        "categorical": ["kind"],
-        "label": "y",
-        "class_names": ["no", "yes"],
-        "preprocessing": fitted.as_dict(),
-    }
-    core = keras.Sequential([keras.Input((fitted.width,)), keras.layers.Identity()])
+    x, cats, fitted, meta, core = _raw_rows_case(keras)
     model_inputs.save(model_inputs.with_raw_inputs(core, meta), tmp_path / "model.keras", meta)
     loaded, stored = model_inputs.load(tmp_path)  # a run directory: its model.keras
     assert stored == meta
