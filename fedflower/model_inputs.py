@@ -92,6 +92,15 @@ class CodeOneHot(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "mode": self.mode}
 
 
+def input_name(column: str) -> str:
+    """The Keras name of ``column``'s input and layers: ``/`` written ``%2F``.
+
+    Keras refuses ``/`` in a layer name (it separates variable paths); a column's other
+    characters (spaces, unicode) are kept, so the input reads as the column.
+    """
+    return column.replace("/", "%2F")
+
+
 def _numeric(
     names: Sequence[str], fitted: dict[str, Any], one_input: bool
 ) -> tuple[list[Any], list[Any]]:
@@ -102,7 +111,7 @@ def _numeric(
         inputs = [keras.Input(shape=(len(names),), name="features", dtype="float32")]
         x = inputs[0]
     else:
-        inputs = [keras.Input(shape=(1,), name=name, dtype="float32") for name in names]
+        inputs = [keras.Input(shape=(1,), name=input_name(name), dtype="float32") for name in names]
         x = inputs[0] if len(inputs) == 1 else keras.layers.Concatenate(axis=1)(inputs)
     return inputs, _numeric_features(x, fitted)
 
@@ -121,6 +130,7 @@ def _numeric_features(x: Any, fitted: dict[str, Any]) -> list[Any]:
 
 def _categorical(name: str, vocabulary: Sequence[str], mode: int) -> tuple[Any, Any]:
     """A string input one-hot encoded over ``vocabulary``, unknown/empty -> ``mode``."""
+    name = input_name(name)
     text = keras.Input(shape=(1,), name=name, dtype="string")
     lookup = keras.layers.StringLookup(
         vocabulary=list(vocabulary), num_oov_indices=1, output_mode="one_hot", name=f"{name}_lookup"
@@ -175,7 +185,7 @@ def with_numeric_row(model: keras.Model, meta: dict[str, Any]) -> keras.Model:
         zip(meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True)
     ):
         codes = row[:, k + j : k + j + 1]
-        parts.append(CodeOneHot(len(vocabulary), mode, name=f"{name}_codes")(codes))
+        parts.append(CodeOneHot(len(vocabulary), mode, name=f"{input_name(name)}_codes")(codes))
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1)(parts)
     return keras.Model(row, core_of(model)(x), name="numeric_rows")
 
@@ -200,9 +210,9 @@ def feed(meta: dict[str, Any], numeric: np.ndarray, texts: Sequence[np.ndarray])
         return numeric
     import tensorflow as tf  # string tensors: Keras' StringLookup runs on TensorFlow
 
-    out = {name: tf.constant(numeric[:, [j]]) for j, name in enumerate(meta["numeric"])}
+    out = {input_name(n): tf.constant(numeric[:, [j]]) for j, n in enumerate(meta["numeric"])}
     for name, values in zip(meta["categorical"], texts, strict=True):
-        out[name] = tf.constant(np.asarray(values).astype(str)[:, None])
+        out[input_name(name)] = tf.constant(np.asarray(values).astype(str)[:, None])
     return out
 
 
