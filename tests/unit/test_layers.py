@@ -54,6 +54,7 @@ PARTS = {
     "fedflower.data": "data",
     "fedflower.models": "models",
     "fedflower.model_inputs": "models",  # the saved model's preprocessing layers
+    "fedflower.model_options": "models",  # the model group's typed options (no Keras)
     "fedflower.steps": "models",  # compiled train/test steps the client and server share
     "fedflower.engine": "engine",
     "fedflower.client": "client",
@@ -80,6 +81,8 @@ FORBIDDEN_PACKAGES = {
     "outputs": {"flwr", "tensorflow", "keras"},  # reading a run stays cheap
     # typed options Hydra reads while composing, before the heavy imports
     "fedflower.server.options": {"flwr", "tensorflow", "keras"},
+    "fedflower.model_options": {"flwr", "tensorflow", "keras"},
+    "fedflower.data.options": {"flwr", "flwr_datasets", "datasets", "sklearn", "keras"},
 }
 
 
