@@ -182,9 +182,9 @@ def server_app(
     from fedflower.components import model_factory
     from fedflower.engine.clock import build_latency
     from fedflower.outputs.per_client import PerClientLog
+    from fedflower.outputs.tracking import build_sinks
     from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes
     from fedflower.server.recorder import Recorder
-    from fedflower.server.tracking import build_sinks
 
     layers = strategy_layers(cfg) if layers is None else layers
     config = _plain(cfg)

@@ -3,7 +3,7 @@
 The ``privacy`` and ``secagg`` options are defined here; the ``compression``, ``latency`` and
 ``tracking`` and ``simulation`` options next to the code they configure
 (:mod:`fedflower.aggregation.codecs`, :mod:`fedflower.engine.latency`,
-:mod:`fedflower.server.tracking`, :mod:`fedflower.engine.options`).
+:mod:`fedflower.outputs.tracking`, :mod:`fedflower.engine.options`).
 One dataclass per option of each group (``conf/<group>/<name>.yaml``).
 Hydra uses them as the groups' schemas (registered in its ``ConfigStore`` by
 :func:`register`), so it refuses unknown keys and values of the wrong type
@@ -25,7 +25,7 @@ from fedflower.checks import check_choice, check_number
 from fedflower.engine.latency import LatencyOptions, NoLatency
 from fedflower.engine.options import SIMULATION
 from fedflower.errors import ConfigError
-from fedflower.server.tracking import NoTracking
+from fedflower.outputs.tracking import NoTracking
 
 
 def _positive(key: str, value: object, allow_none: bool = False) -> None:
@@ -233,7 +233,7 @@ LATENCY: dict[str, type] = {
 """The ``latency`` group's options (the slowdown distributions share one schema)."""
 TRACKING: dict[str, type] = {"none": NoTracking}
 """The ``tracking`` group's typed options; ``tracking=wandb`` stays open for ``wandb.init``
-arguments (see :class:`fedflower.server.tracking.WandbTracking`)."""
+arguments (see :class:`fedflower.outputs.tracking.WandbTracking`)."""
 
 
 @dataclass

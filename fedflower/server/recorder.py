@@ -3,7 +3,7 @@
 Strategies feed the recorder through Flower's own hooks (the metric-aggregation functions and
 ``evaluate_fn``), so it needs no change to them. It hands every row and the results to the
 outputs: the :class:`~fedflower.outputs.writer.RunWriter` (``metrics.jsonl``, ``results.json``),
-the console, the plot and the trackers (:mod:`fedflower.outputs`, :mod:`fedflower.server.tracking`).
+the console, the plot and the trackers (:mod:`fedflower.outputs`, including its ``tracking``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from fedflower import keys
 from fedflower.outputs.console import NAIVE_ESTIMATE, ConsoleSink, human_bytes
 from fedflower.outputs.plots import plot_history
 from fedflower.outputs.rundir import PLOT_FILE
+from fedflower.outputs.tracking import Sink
 from fedflower.outputs.writer import RunWriter
-from fedflower.server.tracking import Sink
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Recorder:
         Show a progress bar when the console is a terminal.
     sinks : sequence of Sink
         Also receive every metrics row and the results (TensorBoard, W&B; see
-        :mod:`fedflower.server.tracking`).
+        :mod:`fedflower.outputs.tracking`).
     metrics : RoundMetrics, optional
         Where the strategy's metric hooks put each round's client metrics (default: new).
     """

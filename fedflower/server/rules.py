@@ -26,10 +26,10 @@ from fedflower.checks import check_choice
 from fedflower.engine import BACKENDS
 from fedflower.engine.pool import check_backends
 from fedflower.errors import ConfigError
+from fedflower.outputs.tracking import check_tracking
 from fedflower.server import registry
 from fedflower.server.contract import StrategyContract
 from fedflower.server.options import PRIVACY, SECAGG, build_options, run_options
-from fedflower.server.tracking import check_tracking
 
 SECURE_PRIVACY = ("none", "dp_client")
 """Privacy modes that compose with SecAgg+: the server must not need to see single updates."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -358,6 +360,40 @@ def test_validate_rejects(tiny_cfg: MakeCfg, override: str, match: str) -> None:
         validate(cfg)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.hidden_units=[0]"], r"^model.hidden_units must be an integer >= 1, got 0$"),
+        (
+            ["model=cnn", "model.dropout=1"],
+            r"^model.dropout must be a number in \[0, 1\), got 1.0$",
+        ),
+        (
+            ["model=text", "dataset=financial_news", "model.encoder=gru"],
+            r"^model.encoder must be one of pool, conv, lstm, got 'gru'$",
+        ),
+        (
+            ["model=python", "model.factory=build"],
+            r"^model.factory must be 'module:function', got 'build'$",
+        ),
+        (["partition=dirichlet", "partition.alpha=-1"], r"^partition.alpha must be a number > 0"),
+        (
+            ["partition=pathological", "partition.class_assignment_mode=fair"],
+            r"^partition.class_assignment_mode must be one of random, deterministic",
+        ),
+        (
+            ["partition=shard", "partition.shard_size=0"],
+            r"^partition.shard_size must be an integer >= 1 or null, got 0$",
+        ),
+    ],
+)
+def test_typed_groups_check_their_values(
+    make_cfg: MakeCfg, overrides: list[str], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(make_cfg(overrides))
+
+
 def test_unknown_strategy_name_lists_the_installed_ones() -> None:
     with pytest.raises(PluginError, match=r"unknown strategy 'nope'; installed: .*fedavg"):
         build_strategy({"name": "nope"})
@@ -391,6 +427,14 @@ def test_unknown_strategy_option_is_a_config_error(tiny_cfg: MakeCfg) -> None:
         ["strategy=scaffold", "strategy.global_lr=fast"],
         ["strategy=fedbuff", "strategy.buffer_size=1.5"],
         ["+strategy.round_timeout=soon"],
+        ["model.hidden=[8]"],
+        ["model=cnn", "model.kernel_size=wide"],
+        ["model=python", "model.factory=m:f", "model.options=[1]"],
+        ["dataset.patients=50"],
+        ["dataset.case_mix=high"],
+        ["dataset=csv", "dataset.missing_indicator=sometimes"],
+        ["partition=dirichlet", "partition.beta=1"],
+        ["partition=shard", "partition.shard_size=big"],
     ],
 )
 def test_bad_overrides_do_not_compose(make_cfg: MakeCfg, overrides: list[str]) -> None:
@@ -431,3 +475,17 @@ def test_digits_study_sweeps_alpha_over_the_digits_experiment(make_cfg: MakeCfg)
     assert base.partition._target_.endswith("IidPartitioner")
     for key in ("num_clients", "num_rounds", "client", "model", "dataset"):
         assert study[key] == base[key]
+
+
+def test_registering_the_schemas_imports_no_heavy_package() -> None:
+    """The model, dataset and partition schemas load before Keras, Flower and the data stacks."""
+    code = (
+        "import sys\n"
+        "from fedflower import model_options\n"
+        "from fedflower.data import options\n"
+        "model_options.register(); options.register()\n"
+        "heavy = {'keras', 'tensorflow', 'flwr', 'flwr_datasets', 'datasets', 'sklearn'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
