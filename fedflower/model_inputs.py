@@ -185,7 +185,7 @@ def with_numeric_row(model: keras.Model, meta: dict[str, Any]) -> keras.Model:
         zip(meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True)
     ):
         codes = row[:, k + j : k + j + 1]
-        parts.append(CodeOneHot(len(vocabulary), mode, name=f"{input_name(name)}_codes")(codes))
+        parts.append(CodeOneHot(len(vocabulary), mode, name=f"codes_{j}")(codes))
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1)(parts)
     return keras.Model(row, core_of(model)(x), name="numeric_rows")
 
