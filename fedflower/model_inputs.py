@@ -181,9 +181,9 @@ def with_numeric_row(model: keras.Model, meta: dict[str, Any]) -> keras.Model:
     width = k + len(meta["categorical"])
     row = keras.Input(shape=(width,), name="features", dtype="float32")
     parts = _numeric_features(row[:, :k], fitted) if k else []
-    for j, (name, vocabulary, mode) in enumerate(
-        zip(meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True)
-    ):
+    for j, (vocabulary, mode) in enumerate(
+        zip(fitted["vocabularies"], fitted["modes"], strict=True)
+    ):  # layer names without the column's: TensorFlow's graph names refuse spaces, unicode
         codes = row[:, k + j : k + j + 1]
         parts.append(CodeOneHot(len(vocabulary), mode, name=f"codes_{j}")(codes))
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1)(parts)
