@@ -128,18 +128,21 @@ def _numeric_features(x: Any, fitted: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _categorical(name: str, vocabulary: Sequence[str], mode: int) -> tuple[Any, Any]:
-    """A string input one-hot encoded over ``vocabulary``, unknown/empty -> ``mode``."""
-    name = input_name(name)
-    text = keras.Input(shape=(1,), name=name, dtype="string")
+def _categorical(name: str, vocabulary: Sequence[str], mode: int, j: int) -> tuple[Any, Any]:
+    """A string input one-hot encoded over ``vocabulary``, unknown/empty -> ``mode``.
+
+    The layers are named by the column's position ``j``: TensorFlow's graph scopes refuse
+    the spaces and unicode a column name may hold.
+    """
+    text = keras.Input(shape=(1,), name=input_name(name), dtype="string")
     lookup = keras.layers.StringLookup(
-        vocabulary=list(vocabulary), num_oov_indices=1, output_mode="one_hot", name=f"{name}_lookup"
+        vocabulary=list(vocabulary), num_oov_indices=1, output_mode="one_hot", name=f"lookup_{j}"
     )
     size = len(vocabulary)
     kernel = np.zeros((size + 1, size), dtype="float32")
     kernel[0, mode] = 1.0  # the out-of-vocabulary slot: the most frequent value
     kernel[1:] = np.eye(size, dtype="float32")
-    fold = keras.layers.Dense(size, use_bias=False, trainable=False, name=f"{name}_onehot")
+    fold = keras.layers.Dense(size, use_bias=False, trainable=False, name=f"onehot_{j}")
     out = fold(lookup(text))
     fold.set_weights([kernel])
     return text, out
@@ -153,10 +156,10 @@ def with_raw_inputs(core: keras.Model, meta: dict[str, Any]) -> keras.Model:
     """
     fitted = meta["preprocessing"]
     inputs, parts = _numeric(meta["numeric"], fitted, one_input=not meta["categorical"])
-    for name, vocabulary, mode in zip(
-        meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True
+    for j, (name, vocabulary, mode) in enumerate(
+        zip(meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True)
     ):
-        text, out = _categorical(name, vocabulary, mode)
+        text, out = _categorical(name, vocabulary, mode, j)
         inputs.append(text)
         parts.append(out)
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name="encoded")(parts)

@@ -233,11 +233,13 @@ def test_a_raw_rows_model_saves_and_predicts_with_any_column_names(tmp_path: Pat
     from fedflower import model_inputs
 
     x, cats, fitted, meta, core = _raw_rows_case(keras)
-    meta = {**meta, "numeric": ["BMI kg/m²", "âge (years)"], "categorical": ["smoking/status"]}
+    meta = {**meta, "numeric": ["BMI kg/m²", "âge (years)"], "categorical": ["smoking/ status"]}
     model_inputs.save(model_inputs.with_raw_inputs(core, meta), tmp_path / "model.keras", meta)
     loaded, stored = model_inputs.load(tmp_path)
     assert stored == meta
-    out = loaded(model_inputs.feed(meta, x, [cats]))
+    import tensorflow as tf
+
+    out = tf.function(loaded)(model_inputs.feed(meta, x, [cats]))  # as the export's check
     np.testing.assert_allclose(np.asarray(out), transform(fitted, x, [cats]), rtol=1e-5, atol=1e-6)
     rows = model_inputs.numeric_rows(meta, x, [cats])
     device = model_inputs.with_numeric_row(loaded, stored)
