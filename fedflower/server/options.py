@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from omegaconf import II, MISSING
+
 from fedflower.aggregation.codecs import CODECS, CompressionOptions
 from fedflower.checks import check_choice, check_number
 from fedflower.engine.latency import LatencyOptions, NoLatency
@@ -157,6 +159,50 @@ class SecAggPlus:
         _positive("secagg.max_weight", self.max_weight)
 
 
+@dataclass
+class StrategyOptions:
+    """What every option of the ``strategy`` group has: the plugin's name and the run's deadline.
+
+    The deadline keys (``round_timeout``, ``max_failed_rounds``, ``wait_timeout``: see
+    :class:`fedflower.server.deadline.DeadlineOptions`) are read by the server, not by the
+    plugin; ``null`` leaves each to its default (``+strategy.round_timeout=60`` sets one).
+    A plugin's schema subclasses :class:`SamplingOptions` or :class:`AsyncOptions` (or this
+    class) and adds its constructor's options; the value rules stay in the constructor.
+    """
+
+    name: str = MISSING
+    round_timeout: Optional[float] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
+    max_failed_rounds: Optional[int] = None  # noqa: UP045
+    wait_timeout: Optional[float] = None  # noqa: UP045
+
+
+@dataclass
+class SamplingOptions(StrategyOptions):
+    """Client sampling of Flower's ``FedAvg`` (``conf/strategy/fedavg.yaml``), shared by the
+    synchronous strategies built on :class:`~fedflower.server.checked.CheckedFedAvg`.
+    """
+
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_nodes: int = 1
+    min_evaluate_nodes: int = 1
+    min_available_nodes: int = II("num_clients")
+
+
+@dataclass
+class AsyncOptions(StrategyOptions):
+    """The options every asynchronous strategy shares
+    (:class:`~fedflower.server.async_strategy.AsyncStrategy`).
+    """
+
+    concurrency: int = 10
+    staleness: Any = "constant"  # a name or a mapping {name: polynomial, a: 0.5}
+    max_staleness: Optional[int] = None  # noqa: UP045
+    evaluate_every: int = 1
+    task_timeout: Optional[float] = None  # noqa: UP045
+    seed: int = II("seed")
+
+
 PRIVACY: dict[str, type] = {
     "none": NoPrivacy,
     "dp_server": ServerClipping,
@@ -268,7 +314,10 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
+    from fedflower.server.registry import schemas
+
     for group, kinds in (
+        ("strategy", schemas()),
         ("privacy", PRIVACY),
         ("secagg", SECAGG),
         ("compression", COMPRESSION),
