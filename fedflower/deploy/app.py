@@ -246,6 +246,17 @@ def node_cid(node_config: dict[str, Any], node_id: int) -> int:
     return int(node_id)
 
 
+def run_key(context: Context) -> str:
+    """What a SuperNode's process cache keeps objects for: one run (its id and overrides).
+
+    A warm task worker (:mod:`fedflower.deploy.warm`) runs many tasks of a run in one
+    process: they share the node's data and the compiled, traced model, as a simulation's
+    clients share them in a worker process; a task of another run starts from nothing.
+    """
+    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    return f"{context.run_id} {overrides}"
+
+
 def node_client_fn(context: Context) -> KerasClient:
     """Build the SuperNode's client from the run config (experiment) and node config (data)."""
     from fedflower.components import configure_threads, model_factory
@@ -253,16 +264,16 @@ def node_client_fn(context: Context) -> KerasClient:
     cfg = experiment_config(context.run_config)
     configure_threads(cfg.simulation.tf_threads)
     node_config = dict(context.node_config)
-    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    run = run_key(context)
     data = node_features(context, cfg) or cached(
-        overrides, ("data", *sorted(node_config.items())), lambda: node_data(node_config, cfg)
+        run, ("data", *sorted(node_config.items())), lambda: node_data(node_config, cfg)
     )
     num_classes = node_config.get(keys.NUM_CLASSES)
 
     def build(input_shape: tuple[int, ...], classes: int) -> Any:
         """One compiled model per experiment and shape in this process (reused across nodes)."""
         return cached(
-            overrides, ("model", input_shape, classes), model_factory(cfg, input_shape, classes)
+            run, ("model", input_shape, classes), model_factory(cfg, input_shape, classes)
         )
 
     return NodeClient(
@@ -278,9 +289,8 @@ def node_raw(context: Context, columns: Columns) -> tuple[ClientData, Columns]:
     """The SuperNode's raw table rows for the server's statistics query (cached per run)."""
     cfg = experiment_config(context.run_config)
     node_config = dict(context.node_config)
-    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
     key = ("table", *sorted(node_config.items()))
-    return cached(overrides, key, lambda: node_table(node_config, cfg, columns))
+    return cached(run_key(context), key, lambda: node_table(node_config, cfg, columns))
 
 
 def node_features(context: Context, cfg: Any) -> ClientData | None:
@@ -291,9 +301,8 @@ def node_features(context: Context, cfg: Any) -> ClientData | None:
     if found is None:
         return None
     columns, fitted, digest = found
-    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
     key = ("features", digest, *sorted(dict(context.node_config).items()))
-    return cached(overrides, key, lambda: prepared(*node_raw(context, columns), fitted))
+    return cached(run_key(context), key, lambda: prepared(*node_raw(context, columns), fitted))
 
 
 def run_group(group: str) -> Callable[[Context], dict[str, Any]]:
