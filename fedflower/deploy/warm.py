@@ -24,7 +24,9 @@ same exit handlers and ends the task, not the process.
 :func:`supernode_main` starts Flower's ``flower-supernode`` with its pause between pulls when
 it has no message shortened from Flower 1.42's fixed 3 s (``time.sleep(3)`` in
 ``start_client_internal``, no option or environment variable sets it) to
-:data:`PULL_INTERVAL_ENV` seconds, and its 0.5 s waits for a reply to at most as long.
+:data:`PULL_INTERVAL_ENV` seconds, and its 0.5 s waits for a task's reply to
+:data:`REPLY_POLL`. The SuperNode and the task worker retry a message object that is not in
+the store yet after :data:`OBJECT_RETRY` instead of Flower's 1 s.
 
 :class:`~fedflower.deploy.federation.LocalFederation` puts this command first on its
 SuperNodes' ``PATH`` as ``flower-superexec`` (:func:`write_shim`) and starts them with
@@ -64,9 +66,9 @@ TASK_LINE = "fedflower-task"
 NODE_LINE = "fedflower-node"
 """The first word of the line :func:`supernode_main` writes per message received and sent."""
 
-OBJECT_RETRY = 0.05
-"""Seconds before the first retry (then doubling) of a message's object that is not in the
-store yet; Flower's default, 1 s, is a task's whole work on a small model."""
+OBJECT_RETRY = (0.02, 0.1)
+"""Seconds before the first retry of a message's object that is not in the store yet, and
+at most between two (Flower's: 1 s, doubling up to 10 s, more than a small model's task)."""
 
 
 class TaskWorker:
@@ -178,7 +180,9 @@ def quick_retries(module: Any, name: str) -> None:
     the message's objects from the SuperLink; the task's first pull of an object often finds
     it missing.
     """
-    module.__dict__[name] = functools.partial(getattr(module, name), initial_backoff=OBJECT_RETRY)
+    first, cap = OBJECT_RETRY
+    retrying = functools.partial(getattr(module, name), initial_backoff=first, backoff_cap=cap)
+    module.__dict__[name] = retrying
 
 
 def report(spec: Any, code: int, stamps: dict[str, float]) -> None:
@@ -266,11 +270,17 @@ def write_shim(directory: Path) -> Path:
     return directory
 
 
-class IdlePause:
-    """The ``time`` module as Flower's SuperNode loop sees it: no pause longer than ``seconds``.
+REPLY_POLL = 0.05
+"""Seconds between a SuperNode's looks for its task's reply (Flower: 0.5 s): a look at its
+own state, no request to the SuperLink."""
 
-    ``start_client_internal`` sleeps 3 s after a pull that found no message and 0.5 s while
-    it waits for a task's reply; both become ``min(pause, seconds)``.
+
+class IdlePause:
+    """The ``time`` module as Flower's SuperNode loop sees it, with shorter pauses.
+
+    ``start_client_internal`` sleeps 3 s after a pull that found no message (a request to
+    the SuperLink): that pause becomes ``seconds``. It sleeps 0.5 s between looks at its own
+    state while it waits for a task's reply: those become :data:`REPLY_POLL`.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -280,8 +290,8 @@ class IdlePause:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
-        """Sleep at most :attr:`seconds`."""
-        time.sleep(min(seconds, self.seconds))
+        """The idle pause for Flower's (1 s or longer), :data:`REPLY_POLL` for a shorter one."""
+        time.sleep(min(seconds, self.seconds if seconds >= 1 else REPLY_POLL))
 
 
 def pull_interval() -> float:

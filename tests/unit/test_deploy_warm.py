@@ -155,9 +155,12 @@ def test_the_task_line_carries_the_phase_stamps(capsys: pytest.CaptureFixture[st
 
 
 def test_object_pulls_retry_sooner_than_flowers_second() -> None:
-    module = SimpleNamespace(pull=lambda ids, initial_backoff=1.0: initial_backoff)
+    module = SimpleNamespace(
+        pull=lambda ids, initial_backoff=1, backoff_cap=10: (initial_backoff, backoff_cap)
+    )
     warm.quick_retries(module, "pull")
-    assert module.pull([]) == warm.OBJECT_RETRY < 1.0
+    first, cap = module.pull([])
+    assert (first, cap) == warm.OBJECT_RETRY and first < cap < 1
 
 
 def test_the_supernodes_idle_pause_is_shortened(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,8 +168,9 @@ def test_the_supernodes_idle_pause_is_shortened(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(warm.time, "sleep", slept.append)
     pause = warm.IdlePause(0.25)
     pause.sleep(3)  # Flower's pause after a pull that found no message
-    pause.sleep(0.1)
-    assert slept == [0.25, 0.1]
+    pause.sleep(0.5)  # Flower's wait for a task's reply
+    pause.sleep(0.01)
+    assert slept == [0.25, warm.REPLY_POLL, 0.01]
     assert pause.monotonic is warm.time.monotonic  # the rest of `time` is unchanged
 
 
