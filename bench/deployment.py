@@ -11,13 +11,13 @@ keeps the run's config, data and traced model. Side by side in one run:
     fedflower's ClientApp module, the experiment's config, the node's data, the model build
     and one local epoch of training (the hospitals task, Dense(128) -> Dense(1)): what a
     task costs with a new process per task, and what a warm worker pays once per run;
-(b) the deployed 3-node demo (``fedflower-deploy demo``: TLS, node authentication) with
-    ``--rounds`` rounds, its per-round ``seconds`` from ``metrics.jsonl`` (the median of the
-    rounds after the first) and the machine's load average beside it: with a new
-    ``flwr-clientapp`` process per task (``--cold-tasks``, Flower's own), with warm
-    SuperNodes, and with warm SuperNodes without federated evaluation
+(b) the deployed 3-node demo (``fedflower-deploy demo``: TLS, node authentication), its
+    per-round ``seconds`` from ``metrics.jsonl`` (the median of the rounds after the first)
+    and the machine's load average beside it: ``--cold-rounds`` rounds with a new
+    ``flwr-clientapp`` process per task (``--cold-tasks``, Flower's own), ``--rounds`` with
+    warm SuperNodes and with warm SuperNodes without federated evaluation
     (``strategy.fraction_evaluate=0``: one task per node and round instead of two); whether
-    the first two give the same metrics in every round (same seed);
+    the first two give the same metrics in every round they share (same seed);
 (c) the warm demo's round, phase by phase, from the wall-clock stamps each SuperNode writes
     to its log (:data:`fedflower.deploy.warm.TASK_LINE`, :data:`~fedflower.deploy.warm.NODE_LINE`):
     per message (train, evaluate) the median over nodes and rounds after the first.
@@ -26,8 +26,8 @@ Results: ``bench/results/deployment.{md,json}``.
 
 Usage::
 
-    python bench/deployment.py                      # 3 rounds, median of 3 process starts
-    python bench/deployment.py --rounds 4 --repeats 5
+    python bench/deployment.py            # warm: 4 rounds, cold: 2, median of 3 process starts
+    python bench/deployment.py --rounds 6 --cold-rounds 3 --repeats 5
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -80,7 +82,14 @@ TO BE WRITTEN"""
 PHASES = {
     "SuperNode pulls the message, SuperExec launches the task": ("node:pull_start", "launched"),
     "task worker picks it up": ("launched", "started"),
-    "task pulls its input (message objects, Context, FAB)": ("started", "pull_task_input"),
+    "SuperNode pulls the message's objects from the SuperLink (the task waits)": (
+        "started",
+        "objects_stored",
+    ),
+    "task pulls its input from the SuperNode (message, Context, FAB)": (
+        "objects_stored",
+        "pull_task_input",
+    ),
     "FAB install": ("install_from_fab_start", "install_from_fab"),
     "ClientApp (config, data, model from the cache; train or evaluate)": (
         "install_from_fab",
@@ -125,6 +134,10 @@ def node_messages(log: Path) -> list[dict[str, float]]:
             messages[-1].update(json.loads(fields))
     for message, following in itertools.pairwise(messages):
         message["next:pull_start"] = following["node:pull_start"]
+    for message in messages:  # the node stores the objects while the task already asks
+        if {"node:pulled", "started", "pull_task_input"} <= message.keys():
+            stored = max(message["node:pulled"], message["started"])
+            message["objects_stored"] = min(stored, message["pull_task_input"])
     return messages
 
 
@@ -150,6 +163,38 @@ def warm_breakdown(workdir: Path, rounds: int) -> dict[str, Any]:
     }
 
 
+SERVER_PHASES = (
+    "train messages pushed (the model to 3 nodes)",
+    "train messages out, last reply pulled (the nodes' cycles below)",
+    "train replies checked and aggregated, evaluate messages configured",
+    "evaluate messages pushed",
+    "evaluate messages out, last reply pulled (the nodes' cycles below)",
+    "centralized evaluation, the round's row and line, next train messages configured",
+)
+"""A warm round as the ServerApp sees it: from one push of train messages to the next."""
+
+
+def server_rounds(output: str) -> list[dict[str, float]]:
+    """Per round, the seconds of :data:`SERVER_PHASES` from the ServerApp's stamp lines."""
+    from fedflower.deploy.app import SERVER_LINE
+
+    pushes: list[list[float]] = []  # each push's start and end, the times of the pulls after it
+    for line in output.splitlines():
+        word, _, fields = line.partition(" ")
+        if word != SERVER_LINE:
+            continue
+        stamps = json.loads(fields)
+        if "pushed" in stamps:
+            pushes.append([stamps["push_start"], stamps["pushed"]])
+        elif pushes:
+            pushes[-1].append(stamps["pulled"])
+    rounds = []
+    for train, evaluate, following in zip(pushes[::2], pushes[1::2], pushes[2::2], strict=False):
+        marks = [*train[:2], max(train), *evaluate[:2], max(evaluate), following[0]]
+        rounds.append(dict(zip(SERVER_PHASES, np.diff(marks).tolist(), strict=True)))
+    return rounds
+
+
 def deployed_rounds(rounds: int, workdir: Path, flags: list[str]) -> dict[str, Any]:
     """Run the 3-node demo; per-round seconds and metrics from its ``metrics.jsonl``."""
     load_before = os.getloadavg()[0]
@@ -166,8 +211,11 @@ def deployed_rounds(rounds: int, workdir: Path, flags: list[str]) -> dict[str, A
         "output.plots=false",
         *flags,
     ]
+    from fedflower.deploy.app import SERVER_STAMPS_ENV
+
     started = time.monotonic()
-    subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+    env = {**os.environ, SERVER_STAMPS_ENV: "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900, env=env)
     wall = time.monotonic() - started
     (metrics,) = workdir.rglob("metrics.jsonl")
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
@@ -179,6 +227,7 @@ def deployed_rounds(rounds: int, workdir: Path, flags: list[str]) -> dict[str, A
         "wall_seconds": wall,
         "load": [load_before, os.getloadavg()[0]],
         "metrics": [{k: r.get(k) for k in keys} for r in rows],
+        "server_rounds": server_rounds(res.stdout),
     }
 
 
@@ -193,7 +242,8 @@ SIDES = {
 def main() -> None:
     """Measure, write ``bench/results/deployment.{md,json}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the warm demos")
+    parser.add_argument("--cold-rounds", type=int, default=2, help="rounds with --cold-tasks")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     load_tasks = os.getloadavg()[0]
@@ -201,11 +251,12 @@ def main() -> None:
     phases = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     deployed, breakdown = {}, {}
     for side, flags in SIDES.items():
+        rounds = args.cold_rounds if "--cold-tasks" in flags else args.rounds
         with tempfile.TemporaryDirectory() as tmp:
-            deployed[side] = deployed_rounds(args.rounds, Path(tmp) / "demo", flags)
+            deployed[side] = deployed_rounds(rounds, Path(tmp) / "demo", flags)
             if "--cold-tasks" not in flags and not breakdown:
                 breakdown = warm_breakdown(Path(tmp) / "demo", args.rounds)
-    cold, warm = (deployed[s]["metrics"] for s in list(SIDES)[:2])
+    cold, warm = (deployed[s]["metrics"][: args.cold_rounds] for s in list(SIDES)[:2])
     result = {
         "task_phases": phases,
         "task_seconds": sum(phases.values()),
@@ -232,9 +283,23 @@ def breakdown_lines(r: dict[str, Any]) -> list[str]:
         *[f"| {n} | " + " | ".join(f"{phases[k][n]:.2f}" for k in kinds) + " |" for n in PHASES],
         "| **one message cycle** | " + " | ".join(f"**{total[k]:.2f}**" for k in kinds) + " |",
         "",
-        f"Sum of the cycles: **{sum(total.values()):.2f} s** per round. The first task of a "
+        f"Sum of the medians: **{sum(total.values()):.2f} s** per round. The first task of a "
         "run also composes the config, reads the node's data, builds the model and traces "
         f"its steps: its ClientApp phase took {r['warm_round']['first_task_clientapp']:.2f} s.",
+    ]
+
+
+def server_lines(r: dict[str, Any]) -> list[str]:
+    """The warm round as the ServerApp saw it: median seconds over the rounds after the first."""
+    rounds = r["deployed"]["warm SuperNodes"]["server_rounds"][1:]
+    if not rounds:
+        return ["(no ServerApp stamps)"]
+    medians = {k: statistics.median(x[k] for x in rounds) for k in SERVER_PHASES}
+    return [
+        "| phase | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v:.2f} |" for k, v in medians.items()],
+        f"| **round** | **{sum(medians.values()):.2f}** |",
     ]
 
 
@@ -245,7 +310,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Where a deployed round's time goes (3-node local federation, TLS + node auth)",
         "",
-        f"`python bench/deployment.py --rounds {args.rounds} --repeats {args.repeats}`; "
+        f"`python bench/deployment.py --rounds {args.rounds} --cold-rounds {args.cold_rounds} "
+        f"--repeats {args.repeats}`; "
         f"{r['cpus']} cores shared with other jobs.",
         "",
         "## The deployed demo (`fedflower-deploy demo --nodes 3`, one after another)",
@@ -258,11 +324,19 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
             for side, d in r["deployed"].items()
         ],
         "",
-        "Same metrics (test and federated loss and accuracy, every round) with a new process "
-        f"per task and with warm SuperNodes: **{same}**.",
+        "Same metrics (test and federated loss and accuracy in each of the first "
+        f"{args.cold_rounds} rounds) with a new process per task and with warm SuperNodes: "
+        f"**{same}**.",
         "",
         "## A warm round, phase by phase (seconds, median over the 3 nodes and the rounds after "
         f"the first; load {warm['load'][0]:.1f} / {warm['load'][1]:.1f})",
+        "",
+        "At the ServerApp (its stamps of each push of messages and pull of replies):",
+        "",
+        *server_lines(r),
+        "",
+        "At each SuperNode, one message cycle from its pull of the message to its pull of the "
+        "next:",
         "",
         *breakdown_lines(r),
         "",

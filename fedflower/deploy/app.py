@@ -113,6 +113,46 @@ def check_simulated_nodes(grid: Grid, num_clients: int, wait: float = SIMULATED_
         )
 
 
+SERVER_STAMPS_ENV = "FEDFLOWER_SERVER_STAMPS"
+"""With ``1`` in the ServerApp's environment, :func:`stamp_grid` writes its message stamps."""
+
+SERVER_LINE = "fedflower-server"
+"""The first word of the line the ServerApp writes per push of messages and pull of replies."""
+
+
+def stamp_grid(grid: Grid) -> None:
+    """Write a :data:`SERVER_LINE` when ``grid`` pushes messages or returns replies.
+
+    Only with :data:`SERVER_STAMPS_ENV` set (``bench/deployment.py`` reads the lines beside
+    the SuperNodes' own stamps, :mod:`fedflower.deploy.warm`).
+    """
+    import json
+    import os
+    import sys
+
+    if os.environ.get(SERVER_STAMPS_ENV) != "1":
+        return
+    push, pull = grid.push_messages, grid.pull_messages
+
+    def write(fields: dict[str, Any]) -> None:
+        sys.stdout.write(f"{SERVER_LINE} {json.dumps(fields)}\n")
+        sys.stdout.flush()
+
+    def pushed(messages: Any) -> Any:
+        start = time.time()
+        ids = list(push(messages))
+        write({"push_start": start, "pushed": time.time(), "messages": len(ids)})
+        return ids
+
+    def pulled(message_ids: Any) -> Any:
+        replies = list(pull(message_ids))
+        if replies:
+            write({"pulled": time.time(), "replies": len(replies)})
+        return replies
+
+    grid.push_messages, grid.pull_messages = pushed, pulled  # type: ignore[method-assign]
+
+
 server_app = ServerApp()
 
 DEPLOYED_ROUND_TIMEOUT = 300.0
@@ -129,6 +169,7 @@ def _server_main(grid: Grid, context: Context) -> None:
         cfg.strategy.setdefault("round_timeout", DEPLOYED_ROUND_TIMEOUT)
     validate(cfg)
     check_simulated_nodes(grid, int(cfg.num_clients))
+    stamp_grid(grid)
     apps.prepare(cfg)
     out = output_dir(context.run_config, context.run_id)
     source = federated_source(grid, cfg, load_source(cfg))
