@@ -77,7 +77,22 @@ print(json.dumps(t))
 """
 
 REST = """\
-TO BE WRITTEN"""
+What a warm round is. Each SuperNode runs its ClientApp tasks in one worker process that keeps
+the run's config, data and traced model (`fedflower.deploy.warm`): after the first task, a
+task's own work (train or evaluate) is the ClientApp row above; the first task of a run also
+composes the config, reads the data, builds the model and traces it. The rest of the round is
+message traffic: the SuperNode pulls each message and its objects from the SuperLink (TLS,
+node authentication), the task pulls them again from the SuperNode's Runtime API, the reply
+goes back the same way, and the ServerApp waits for the slowest node, pulls replies every
+0.2 s, checks and aggregates them, evaluates the model centrally and configures the next
+messages. A round is two message cycles per node: train, then the federated evaluation of
+the round's aggregated model, which exists only once every train reply is in, so it cannot
+travel with the train message; `strategy.fraction_evaluate=0` leaves it out (third row of
+the first table). Polling left in a cycle: the SuperNode's pull when idle (0.25 s with warm
+SuperNodes; Flower's fixed 3 s), its look for a task's reply (0.05 s; Flower's 0.5 s), the
+SuperExec's task poll (0.1 s, `FLWR_SUPEREXEC_TASK_POLL_INTERVAL`) and the ServerApp's reply
+pull (0.2 s). Each phase is Python work on 2 cores shared with other jobs: the load averages
+are beside each table."""
 
 PHASES = {
     "SuperNode pulls the message, SuperExec launches the task": ("node:pull_start", "launched"),
