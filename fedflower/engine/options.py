@@ -27,16 +27,18 @@ def check_workers(workers: Any) -> int:
 
 @dataclass
 class LocalSimulation:
-    """``simulation=local``: in-process virtual SuperNodes, or ``workers`` worker processes.
+    """``simulation=local``: in-process virtual SuperNodes, and ``workers`` worker processes.
 
-    ``workers`` is a positive integer or ``auto`` (one per core, at most ``num_clients``),
-    so it is untyped here and checked in :meth:`__post_init__`.
+    ``workers`` is a positive integer or ``auto`` (the default: one per core, at most one per
+    client training at once), so it is untyped here and checked in :meth:`__post_init__`.
+    With more than one, clients run in this process until they have taken a few CPU seconds,
+    then in worker processes started in the background (:mod:`fedflower.engine.pool`).
     """
 
     backend: str = "local"
     tf_threads: int = 2
     backend_config: dict[str, Any] = field(default_factory=dict)
-    workers: Any = 1
+    workers: Any = "auto"
     backends: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
