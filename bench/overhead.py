@@ -425,9 +425,10 @@ def write(name: str, head: str, lines: list[str], best: dict[str, dict[str, floa
 
 def main() -> None:
     args = ARGS or parse()
+    load = os.getloadavg()[0]
     head = (
         f"{args.clients} clients x {args.epochs} local epoch(s) x {args.rounds} rounds, "
-        f"hospitals data, best of {args.repeats}"
+        f"hospitals data, best of {args.repeats}; load average (1 min) at the start {load:.1f}"
     )
     if args.ray:
         best = ray_sides(args)

@@ -108,6 +108,7 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         address=cfg.simulation.get("address"),
         backends=backends,
         threads=cfg.simulation.tf_threads,
+        start_workers_after=cfg.simulation.get("start_workers_after"),
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")

@@ -51,6 +51,7 @@ def simulate(
     address: str | None = None,
     backends: Sequence[str] = (),
     threads: int | None = None,
+    start_workers_after: float | None = None,
 ) -> None:
     """Run a federation of ``num_nodes`` virtual SuperNodes.
 
@@ -80,6 +81,9 @@ def simulate(
         (``simulation.tf_threads``) so that a client computes alike wherever it runs (the
         thread count can change a convolution's float32 sums). Default: an equal share of
         the cores.
+    start_workers_after : float, optional
+        ``local`` only: CPU seconds of client work in this process before the workers start
+        (see :class:`~fedflower.engine.pool.PoolGrid`; default: 5 per worker).
     """
     if backend == "local":
         from fedflower.engine.local import run_local
@@ -91,7 +95,9 @@ def simulate(
             size = len(worker_backends(backends, workers))
             if threads is None:
                 threads = max(1, len(os.sched_getaffinity(0)) // size)
-            run_pool(server_app, client_app, num_nodes, size, threads, backends)
+            run_pool(
+                server_app, client_app, num_nodes, size, threads, backends, start_workers_after
+            )
     elif backend == "ray":
         from flwr.simulation import run_simulation
 

@@ -39,13 +39,16 @@ class LocalSimulation:
     tf_threads: int = 2
     backend_config: dict[str, Any] = field(default_factory=dict)
     workers: Any = "auto"
+    start_workers_after: Optional[float] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
     backends: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Check the thread count and the worker count."""
+        """Check the thread count, the worker count and when workers start."""
         check_number("simulation.tf_threads", self.tf_threads, minimum=0, integer=True)
         if self.workers != "auto":
             check_workers(self.workers)
+        if self.start_workers_after is not None:
+            check_number("simulation.start_workers_after", self.start_workers_after, minimum=0)
 
 
 @dataclass

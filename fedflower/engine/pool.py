@@ -654,13 +654,15 @@ def run_pool(
     workers: int,
     threads: int = 1,
     backends: Sequence[str] = (),
+    start_after: float | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` virtual SuperNodes served by worker processes.
 
-    ``backends`` cycles Keras backends over the nodes (see :class:`PoolGrid`). The workers
-    are stopped when the run ends or fails (Ctrl-C included).
+    ``backends`` cycles Keras backends over the nodes; ``start_after``: CPU seconds of client
+    work here before the workers start (see :class:`PoolGrid`). The workers are stopped when
+    the run ends or fails (Ctrl-C included).
     """
-    grid = PoolGrid(client_app, num_nodes, workers, threads, backends)
+    grid = PoolGrid(client_app, num_nodes, workers, threads, backends, start_after=start_after)
     try:
         serve(server_app, grid)
     finally:
