@@ -493,3 +493,22 @@ def test_registering_the_schemas_imports_no_heavy_package() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["model.hidden_units=[8,x]"], "model.hidden_units[1] must be an integer, got 'x'"),
+        (["dataset.case_mix=high"], "dataset.case_mix must be a number, got 'high'"),
+        (
+            ["partition=shard", "partition.shard_size=big"],
+            "partition.shard_size must be an integer or null, got 'big'",
+        ),
+    ],
+)
+def test_a_wrong_type_reads_as_one_rule(make_cfg: MakeCfg, overrides: list[str], line: str) -> None:
+    from fedflower.startup import hydra_error_line
+
+    with pytest.raises(HydraException) as info:
+        make_cfg(overrides)
+    assert hydra_error_line(info.value) == line
