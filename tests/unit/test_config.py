@@ -352,6 +352,10 @@ def test_the_issue_override_example(make_cfg: MakeCfg) -> None:
         ("checkpoint.every=-1", r"^checkpoint.every must be an integer >= 0, got -1$"),
         ("simulation.workers=0", r"^simulation.workers must be a positive integer or auto, got 0"),
         ("simulation.tf_threads=-1", r"^simulation.tf_threads must be an integer >= 0, got -1$"),
+        (
+            "simulation.start_workers_after=-1",
+            r"^simulation.start_workers_after must be a number >= 0, got -1",
+        ),
     ],
 )
 def test_validate_rejects(tiny_cfg: MakeCfg, override: str, match: str) -> None:
