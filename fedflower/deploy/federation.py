@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
+from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
 from fedflower.deploy.certs import Credentials, make_credentials, make_node_keys
 from fedflower.deploy.flwr_tools import (
@@ -57,6 +58,13 @@ CONNECTION = "fedflower-local"
 SUPERNODE_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 """A SuperNode's SuperExec looks for a new task every 0.1 s (Flower's default: 1 s); each
 task waits on average half the interval before its ClientApp process is launched."""
+
+OFFLINE_AFTER = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
+"""Seconds the SuperLink keeps a node online after its last heartbeat (Flower 1.42: 2 x 30 s;
+``flower-supernode`` has no option for the interval). Until then it refuses to activate the
+node's key again ("Failed to activate SuperNode", error code 2004) and the new process exits."""
+
+REFUSED = "Failed to activate SuperNode"
 
 
 @dataclass
@@ -131,6 +139,7 @@ class LocalFederation:
         self.superlink: Managed | None = None
         self.supernodes: list[Managed] = []
         self.stopped: list[psutil.Process] = []
+        self.node_ids: dict[int, int] = {}
         self.tag = uuid.uuid4().hex
         self.cli_home = self.workdir / "flwr-cli"
         self.logs = self.workdir / "logs"
@@ -162,7 +171,7 @@ class LocalFederation:
         for i, node_config in enumerate(self.node_configs):
             key = self.credentials.node_keys[i] if self.credentials else None
             if key is not None:
-                self.register(key[1])
+                self.node_ids[i] = self.register(key[1])
             self.supernodes.append(self.start_supernode(node_config, key[0] if key else None, i))
         self.wait_for_nodes(len(self.node_configs))
 
@@ -301,13 +310,14 @@ class LocalFederation:
             check=False,
         )
 
-    def register(self, public_key: Path) -> None:
-        """Register a SuperNode's public key with the SuperLink."""
-        res = self.flwr("supernode", "register", str(public_key), CONNECTION)
+    def register(self, public_key: Path) -> int:
+        """Register a SuperNode's public key with the SuperLink; return its node id."""
+        res = self.flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
         if res.returncode != 0:
             raise FederationError(
                 f"flwr supernode register {public_key.name} failed: {res.stdout}{res.stderr}"
             )
+        return int(json.loads(res.stdout[res.stdout.find("{") :])["node-id"])
 
     def nodes(self) -> list[dict[str, Any]]:
         """The SuperLink's SuperNodes (``flwr supernode list``)."""
@@ -320,6 +330,10 @@ class LocalFederation:
     def online_nodes(self) -> list[dict[str, Any]]:
         """The SuperNodes currently connected."""
         return [n for n in self.nodes() if str(n.get("status", "")).lower() == "online"]
+
+    def is_online(self, node_id: int) -> bool:
+        """Whether the SuperLink lists node ``node_id`` as online."""
+        return any(int(n["node-id"]) == node_id for n in self.online_nodes())
 
     def _wait_for_superlink(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -354,7 +368,7 @@ class LocalFederation:
             private_key, public_key = make_node_keys(
                 self.workdir / "certs" / "keys", f"supernode-{index + 1}"
             )
-            self.register(public_key)
+            self.node_ids[index] = self.register(public_key)
         node = self.start_supernode(node_config, private_key, index)
         self.supernodes.append(node)
         return node
@@ -369,12 +383,48 @@ class LocalFederation:
         """Start SuperNode ``index`` again with its node config and key (after :meth:`kill_node`).
 
         The SuperLink knows the node by its registered public key: the restarted node gets
-        the same node id and is sampled again like any connected node.
+        the same node id and is sampled again like any connected node. A killed node stays
+        online on the SuperLink until its heartbeat lapses (:data:`OFFLINE_AFTER`), and the
+        SuperLink refuses its key until then, so this waits for the node to be offline, starts
+        it (again when the SuperLink refuses it all the same), and returns once it is online;
+        :class:`FederationError` after ``OFFLINE_AFTER + startup_timeout`` seconds.
         """
-        key = self.credentials.node_keys[index][0] if self.credentials else None
-        node = self.start_supernode(self.node_configs[index], key, index)
-        self.supernodes[index] = node
-        return node
+        if self.credentials is None:  # a fresh key, a new node id: nothing to wait for
+            node = self.start_supernode(self.node_configs[index], None, index)
+            self.supernodes[index] = node
+            return node
+        node_id = self.node_ids[index]
+        deadline = time.monotonic() + OFFLINE_AFTER + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.is_online(node_id):
+                time.sleep(1.0)
+                continue
+            key = self.credentials.node_keys[index][0]
+            seen = len(self.supernodes[index].log_text())  # the same log file, appended
+            node = self.start_supernode(self.node_configs[index], key, index)
+            self.supernodes[index] = node
+            if self._wait_activated(node, node_id, deadline, seen):
+                return node
+        raise FederationError(
+            f"supernode-{index + 1} (node {node_id}) did not come back online within "
+            f"{OFFLINE_AFTER + self.startup_timeout:.0f} s"
+        )
+
+    def _wait_activated(self, node: Managed, node_id: int, deadline: float, seen: int) -> bool:
+        """Whether ``node`` came online as ``node_id`` before ``deadline``.
+
+        ``False`` when the SuperLink refused it: it exited and its log after character
+        ``seen`` says so. Any other exit is a :class:`FederationError`.
+        """
+        while time.monotonic() < deadline:
+            if not node.alive():
+                if REFUSED in node.log_text()[seen:]:
+                    return False
+                raise FederationError(f"{node.name} exited:\n{node.log_text()[-3000:]}")
+            if self.is_online(node_id):
+                return True
+            time.sleep(0.5)
+        return False
 
     def submit(
         self,
