@@ -7,12 +7,14 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import tomli
 
 from fedflower import keys
+from fedflower.deploy.certs import Credentials
 from fedflower.deploy.flwr_tools import (
     QUIET_ENV,
     FederationError,
@@ -198,3 +200,58 @@ def test_the_demo_refuses_an_unknown_backend_in_one_line(
     assert err.startswith("fedflower-deploy: error: --backends must list Keras backends")
     assert "got 'mxnet'" in err and "\n" not in err
     assert not (tmp_path / "demo").exists()  # nothing started, nothing written
+
+
+class FakeNode:
+    """A SuperNode process as :meth:`LocalFederation.restart_node` sees it."""
+
+    def __init__(self, log: str, running: bool) -> None:
+        self.log, self.running = log, running
+
+    def alive(self) -> bool:
+        return self.running
+
+    def log_text(self) -> str:
+        return self.log
+
+
+def fake_federation(tmp_path: Path, online: list[bool], starts: list[FakeNode]) -> Any:
+    """A secure two-node federation whose SuperLink answers ``online`` in turn (then the last)."""
+    from fedflower.deploy import federation
+
+    fed = federation.LocalFederation(tmp_path, [{}, {}], startup_timeout=0.5)
+    keys_ = ((tmp_path / "k0", tmp_path / "p0"), (tmp_path / "k1", tmp_path / "p1"))
+    fed.credentials = Credentials(tmp_path, tmp_path, tmp_path, tmp_path, keys_)
+    fed.node_ids = {0: 10, 1: 11}
+    fed.supernodes = [FakeNode("", True), FakeNode("killed\n", False)]  # type: ignore[list-item]
+    answers = iter(online)
+    fed.is_online = lambda node_id: next(answers, online[-1])  # type: ignore[method-assign]
+    started = iter(starts)
+    fed.start_supernode = lambda *args: next(started)  # type: ignore[method-assign,assignment]
+    return fed
+
+
+def test_a_restarted_node_waits_for_offline_and_is_started_again_when_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedflower.deploy import federation
+
+    monkeypatch.setattr(federation.time, "sleep", lambda _s: None)
+    refused = FakeNode(f"killed\nError: {federation.REFUSED}.\n", False)
+    accepted = FakeNode("killed\nStarting Flower SuperNode\n", True)
+    # online (the killed connection), offline, refusal, offline, online (the new one)
+    fed = fake_federation(tmp_path, [True, False, False, True], [refused, accepted])
+    assert fed.restart_node(1) is accepted and fed.supernodes[1] is accepted
+
+
+def test_a_node_the_superlink_keeps_online_is_given_up_after_a_bounded_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedflower.deploy import federation
+
+    monkeypatch.setattr(federation, "OFFLINE_AFTER", 0.5)
+    fed = fake_federation(tmp_path, [True], [])
+    start = time.monotonic()
+    with pytest.raises(FederationError, match=r"supernode-2 \(node 11\) did not come back"):
+        fed.restart_node(1)
+    assert time.monotonic() - start < 5
