@@ -34,8 +34,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from fedflower.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 _ATTR = "_fedflower_steps"
@@ -122,6 +120,8 @@ class Steps:
         self._zero: tuple[int, Callable[..., Any]] | None = None
         self._reset: tuple[int, Callable[[], Any]] | None = None
         self._jax = _JaxSteps(model) if keras.backend.backend() == "jax" else None
+        self.optimizer = model.optimizer if self._jax is None else self._jax.optimizer
+        """The optimizer these steps train with: on JAX one per set of trainable variables."""
 
     def _assign_all(self, *values: Any) -> None:
         for variable, value in zip(self.model.weights, values, strict=True):
@@ -142,9 +142,10 @@ class Steps:
 
         Local training starts from fresh optimizer state every round, as in FedAvg; one
         compiled call zeroes every variable but the learning rate, and sets the learning
-        rate when it is a plain variable (not a schedule).
+        rate when it is a plain variable (not a schedule). Call it on the steps that train
+        next (inside :func:`fedflower.client.frozen.frozen` for a frozen set).
         """
-        optimizer = self.model.optimizer
+        optimizer = self.optimizer
         lr_var: Any = getattr(optimizer, "_learning_rate", None)
         state = [v for v in optimizer.variables if v is not lr_var]
         if self._zero is None or self._zero[0] != len(state):  # built on first training
@@ -289,17 +290,34 @@ def _captured(model: keras.Model) -> list[Any]:
     return list(found.values())
 
 
+def _own_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:
+    """A fresh copy of ``model``'s optimizer, built for the variables the model trains now.
+
+    Keras' stateless optimizer update (``Optimizer.stateless_apply``, what the JAX train step
+    calls) pairs the gradients with the variables the optimizer was built with; a model
+    trained with some weights frozen (FedRep's head, then its body) needs an optimizer built
+    for exactly the variables it trains.
+    """
+    optimizer = model.optimizer
+    own = type(optimizer).from_config(optimizer.get_config())
+    own.build(model.trainable_variables)
+    return own
+
+
 class _JaxSteps:
-    """Keras' stateless JAX ``train_step``, jitted once per model.
+    """Keras' stateless JAX ``train_step``, jitted once per model and set of trainable variables.
 
     The model's state (trainable, non-trainable, optimizer and metric variables) goes through
     the steps as arrays and is written back to the variables once per epoch, as Keras' own
     ``fit`` on JAX does; the regularizers' variables (:func:`_captured`) are arguments too.
+    The optimizer is this set's own (:func:`_own_optimizer`), put in the model's place while
+    the step is traced.
     """
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
         self.extra = _captured(model)
+        self.optimizer = _own_optimizer(model)
         self._train = self._jit(model.train_step)
 
     def _jit(self, step: Callable[..., Any]) -> Callable[..., Any]:
@@ -309,9 +327,12 @@ class _JaxSteps:
             saved = [v._value for v in self.extra]
             for variable, value in zip(self.extra, extra, strict=True):
                 variable._value = value  # read as traced values, not trace-time constants
+            model, optimizer = self.model, self.model.optimizer
+            model.optimizer = self.optimizer  # the step reads it while it is traced
             try:
                 return step(state, data)
             finally:
+                model.optimizer = optimizer
                 for variable, value in zip(self.extra, saved, strict=True):
                     variable._value = value
 
@@ -319,17 +340,10 @@ class _JaxSteps:
 
     def _run(self, step: Callable[..., Any], batches: Any) -> Any:
         model = self.model
-        built = model.optimizer._trainable_variables  # what Keras' stateless_apply expects
-        if len(built) != len(model.trainable_variables):
-            raise ConfigError(
-                "training part of a model with the rest frozen (personalization=fedrep) must "
-                "run on backend=tensorflow or torch, got backend=jax: Keras' stateless JAX "
-                "optimizer updates only the variables built into it"
-            )
         groups = [
             model.trainable_variables,
             model.non_trainable_variables,
-            model.optimizer.variables,
+            self.optimizer.variables,
             model.metrics_variables,
         ]
         state = [[v.value for v in group] for group in groups]

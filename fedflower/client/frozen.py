@@ -5,7 +5,9 @@ ICML 2021, arXiv:2102.07078, train the head with the body fixed, then the body w
 head fixed. Keras trains ``model.trainable_weights``, read when the train step is traced, so
 the frozen weights' variables are marked not trainable for the block and the compiled steps
 of each frozen set are kept apart (:func:`fedflower.steps.steps_of` keys them by the
-trainable variables): each set is traced once per process.
+trainable variables): each set is traced once per process. On JAX each set also trains with
+its own optimizer, built for exactly its variables (Keras' stateless update pairs gradients
+with the variables an optimizer was built with).
 """
 
 from __future__ import annotations
