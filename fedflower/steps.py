@@ -43,6 +43,17 @@ for large batches or rows."""
 
 Logs = dict[str, float]
 
+ENCODER = "_fedflower_encoder"
+"""Attribute of a model whose inputs are computed from the data's rows before each call: a
+function of the rows (``fedflower.models.TokenIds``: a text model's token ids on backends
+without string tensors)."""
+
+
+def encoded(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """``x`` as ``model`` takes it: through the model's :data:`ENCODER`, if it has one."""
+    encoder = getattr(model, ENCODER, None)
+    return x if encoder is None else encoder(x)
+
 
 def batch_order(n: int, epochs: int, seed: int) -> list[np.ndarray]:
     """One permutation of ``range(n)`` per epoch, from NumPy's generator seeded with ``seed``."""
@@ -252,6 +263,7 @@ class Steps:
         self, x: np.ndarray, y: np.ndarray, batch_size: int, orders: Sequence[np.ndarray]
     ) -> Logs:
         """Train one epoch per order (row permutation); the last epoch's loss and metrics."""
+        x = encoded(self.model, x)
         self.build(x, y)
         logs: Any = {}
         for order in orders:
@@ -261,6 +273,7 @@ class Steps:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
+        x = encoded(self.model, x)
         if keras.backend.backend() != "tensorflow":  # Keras' own evaluation
             own = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
             return _floats(own)
