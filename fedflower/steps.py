@@ -49,6 +49,11 @@ function of the rows (``fedflower.models.TokenIds``: a text model's token ids on
 without string tensors)."""
 
 
+FROZEN = "_fedflower_frozen"
+"""Attribute of a model: the paths of the variables frozen for a block of training
+(:func:`fedflower.client.frozen.frozen`); empty or absent: the model trains all it can."""
+
+
 def encoded(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """``x`` as ``model`` takes it: through the model's :data:`ENCODER`, if it has one."""
     encoder = getattr(model, ENCODER, None)
@@ -307,9 +312,9 @@ def _own_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:
     """A fresh copy of ``model``'s optimizer, built for the variables the model trains now.
 
     Keras' stateless optimizer update (``Optimizer.stateless_apply``, what the JAX train step
-    calls) pairs the gradients with the variables the optimizer was built with; a model
-    trained with some weights frozen (FedRep's head, then its body) needs an optimizer built
-    for exactly the variables it trains.
+    calls) pairs the gradients with the variables the optimizer was built with (the model's
+    own: all of them); a model trained with some weights frozen (FedRep's head, then its body)
+    needs an optimizer built for exactly the variables it trains.
     """
     optimizer = model.optimizer
     own = type(optimizer).from_config(optimizer.get_config())
@@ -323,14 +328,15 @@ class _JaxSteps:
     The model's state (trainable, non-trainable, optimizer and metric variables) goes through
     the steps as arrays and is written back to the variables once per epoch, as Keras' own
     ``fit`` on JAX does; the regularizers' variables (:func:`_captured`) are arguments too.
-    The optimizer is this set's own (:func:`_own_optimizer`), put in the model's place while
-    the step is traced.
+    The model's own optimizer trains the model with nothing frozen; a set with frozen
+    variables (:data:`FROZEN`) trains with its own (:func:`_own_optimizer`), put in the
+    model's place while the step is traced.
     """
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
         self.extra = _captured(model)
-        self.optimizer = _own_optimizer(model)
+        self.optimizer = _own_optimizer(model) if getattr(model, FROZEN, None) else model.optimizer
         self._train = self._jit(model.train_step)
 
     def _jit(self, step: Callable[..., Any]) -> Callable[..., Any]:
