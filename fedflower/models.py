@@ -25,6 +25,7 @@ import numpy as np
 
 from fedflower.checks import check_choice
 from fedflower.errors import ConfigError
+from fedflower.model_options import TEXT_ENCODERS, check_factory
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ def from_file(input_shape: Sequence[int], num_classes: int, path: str) -> keras.
 
 def _import(spec: str) -> Callable[..., Any]:
     """The callable ``module:name`` (a dotted module or a ``.py`` file) names."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"model.factory must be 'module:function', got {spec!r}")
+    module_name, attr = check_factory(spec)
     try:
         if module_name.endswith(".py"):
             file = Path(module_name).expanduser().resolve()
@@ -299,9 +298,6 @@ def cnn(
         x = keras.layers.Dropout(float(dropout))(x)
     return keras.Model(inputs, output_layer(num_classes)(x), name="cnn")
 
-
-TEXT_ENCODERS = ("pool", "conv", "lstm")
-"""How :func:`text_classifier` turns word vectors into one sentence vector."""
 
 STRIP = re.compile(r"""[!"#$%&()\*\+,\-\./:;<=>?@\[\\\]^_`{|}~']""")
 """The characters ``TextVectorization``'s default standardization removes (after lowering)."""
