@@ -2,38 +2,38 @@
 
 Flower 1.42's SuperNode runs every task (a train or an evaluate message) in a new
 ``flwr-clientapp`` process (``run_clientapp`` pulls one task input and exits); nothing of
-Python's, TensorFlow's or the model's state survives from one task to the next. Side by side
-in one run:
+Python's, TensorFlow's or the model's state survives from one task to the next. fedflower's
+warm SuperNodes (:mod:`fedflower.deploy.warm`) run a run's tasks in one worker process that
+keeps the run's config, data and traced model. Side by side in one run:
 
 (a) one task's ClientApp process, phase by phase, in a fresh process each time (median of
     ``--repeats``): the interpreter, Flower's ClientApp runtime imports, TensorFlow,
     fedflower's ClientApp module, the experiment's config, the node's data, the model build
-    and one local epoch of training (the hospitals task, Dense(128) -> Dense(1));
-(b) the waits of Flower's polling loops between server and ClientApp, from their intervals
-    (a task waits on average half of each): the SuperNode's pull when idle (3 s, fixed in
-    Flower), its SuperExec's task poll (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, 0.1 s in
-    :data:`fedflower.deploy.federation.SUPERNODE_ENV`, Flower's default 1 s), the SuperNode's
-    reply push (0.5 s) and the ServerApp's reply pull (0.2 s on a deployment with a round
-    deadline, :data:`fedflower.server.deadline.DEPLOYED_POLL_INTERVAL`; Flower's grid 3 s);
-(c) the deployed 3-node demo (``fedflower-deploy demo``: TLS, node authentication) with
-    ``--rounds`` rounds, its per-round ``seconds`` from ``metrics.jsonl`` (the median of the
-    rounds after the first), with the machine's load average beside it: once with a new
-    ``flwr-clientapp`` process per task (``--cold-tasks``, Flower's own) and once with the
-    tasks forked from a warm process per node (:mod:`fedflower.deploy.warm`, the default).
+    and one local epoch of training (the hospitals task, Dense(128) -> Dense(1)): what a
+    task costs with a new process per task, and what a warm worker pays once per run;
+(b) the deployed 3-node demo (``fedflower-deploy demo``: TLS, node authentication), its
+    per-round ``seconds`` from ``metrics.jsonl`` (the median of the rounds after the first)
+    and the machine's load average beside it: ``--cold-rounds`` rounds with a new
+    ``flwr-clientapp`` process per task (``--cold-tasks``, Flower's own), ``--rounds`` with
+    warm SuperNodes and with warm SuperNodes without federated evaluation
+    (``strategy.fraction_evaluate=0``: one task per node and round instead of two); whether
+    the first two give the same metrics in every round they share (same seed);
+(c) the warm demo's round, phase by phase, from the wall-clock stamps each SuperNode writes
+    to its log (:data:`fedflower.deploy.warm.TASK_LINE`, :data:`~fedflower.deploy.warm.NODE_LINE`):
+    per message (train, evaluate) the median over nodes and rounds after the first.
 
-The predicted round is (b) + (a)'s process (the three nodes' tasks run at the same time on
-the machine's cores) + the server's own evaluation; the rest of the measured round is what
-the model does not name. Results: ``bench/results/deployment.{md,json}``.
+Results: ``bench/results/deployment.{md,json}``.
 
 Usage::
 
-    python bench/deployment.py                      # 3 rounds, median of 3 process starts
-    python bench/deployment.py --rounds 4 --repeats 5
+    python bench/deployment.py            # warm: 4 rounds, cold: 2, median of 3 process starts
+    python bench/deployment.py --rounds 6 --cold-rounds 3 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -75,22 +77,47 @@ print(json.dumps(t))
 """
 
 REST = """\
-What the rest of a warm round is. A round is two tasks per node one after the other (train,
-then the federated evaluate; `strategy.fraction_evaluate=0` leaves the second out), and each
-task pays, besides its work, the SuperNode's pause between pulls when it has no message (3 s,
-fixed in Flower 1.42's `start_client_internal`; on average 1.5 s per task), Flower's task
-protocol (pull of task input and FAB, FAB install into the node's `FLWR_HOME`, reply push),
-and what every new process pays once: the experiment config composed by Hydra, the node's
-data read, the model built and traced by its first `fit`. With a load average several times
-the core count, each of these takes several times its time on an idle machine."""
+What a warm round is. Each SuperNode runs its ClientApp tasks in one worker process that keeps
+the run's config, data and traced model (`fedflower.deploy.warm`): after the first task, a
+task's own work (train or evaluate) is the ClientApp row above; the first task of a run also
+composes the config, reads the data, builds the model and traces it. The rest of the round is
+message traffic: the SuperNode pulls each message and its objects from the SuperLink (TLS,
+node authentication), the task pulls them again from the SuperNode's Runtime API, the reply
+goes back the same way, and the ServerApp waits for the slowest node, pulls replies every
+0.2 s, checks and aggregates them, evaluates the model centrally and configures the next
+messages. A round is two message cycles per node: train, then the federated evaluation of
+the round's aggregated model, which exists only once every train reply is in, so it cannot
+travel with the train message; `strategy.fraction_evaluate=0` leaves it out (third row of
+the first table). Polling left in a cycle: the SuperNode's pull when idle (0.25 s with warm
+SuperNodes; Flower's fixed 3 s), its look for a task's reply (0.05 s; Flower's 0.5 s), the
+SuperExec's task poll (0.1 s, `FLWR_SUPEREXEC_TASK_POLL_INTERVAL`) and the ServerApp's reply
+pull (0.2 s). Each phase is Python work on 2 cores shared with other jobs: the load averages
+are beside each table."""
 
-POLLS = {
-    "SuperNode pull when idle (3 s, Flower)": 3.0,
-    "SuperExec task poll (0.1 s)": 0.1,
-    "SuperNode reply push (0.5 s, Flower)": 0.5,
-    "ServerApp reply pull (0.2 s)": 0.2,
+PHASES = {
+    "SuperNode pulls the message, SuperExec launches the task": ("node:pull_start", "launched"),
+    "task worker picks it up": ("launched", "started"),
+    "SuperNode pulls the message's objects from the SuperLink (the task waits)": (
+        "started",
+        "objects_stored",
+    ),
+    "task pulls its input from the SuperNode (message, Context, FAB)": (
+        "objects_stored",
+        "pull_task_input",
+    ),
+    "FAB install": ("install_from_fab_start", "install_from_fab"),
+    "ClientApp (config, data, model from the cache; train or evaluate)": (
+        "install_from_fab",
+        "push_message_start",
+    ),
+    "reply to the SuperNode": ("push_message_start", "push_message"),
+    "SuperNode sends the reply to the SuperLink": ("push_message", "node:pushed"),
+    "ServerApp (other nodes, reply pull, aggregation, evaluation), next pull": (
+        "node:pushed",
+        "next:pull_start",
+    ),
 }
-"""Flower's polling intervals between the ServerApp and a ClientApp; a task waits half."""
+"""A warm message cycle, from the SuperNode's pull of a message to its pull of the next one."""
 
 
 def task_phases(overrides: str) -> dict[str, float]:
@@ -107,8 +134,84 @@ def task_phases(overrides: str) -> dict[str, float]:
     return phases
 
 
-def deployed_rounds(rounds: int, workdir: Path, warm: bool) -> dict[str, Any]:
-    """Run the 3-node demo; per-round seconds from its ``metrics.jsonl``."""
+def node_messages(log: Path) -> list[dict[str, float]]:
+    """The stamps of each message a warm SuperNode handled, from its log, in order."""
+    from fedflower.deploy.warm import NODE_LINE, TASK_LINE
+
+    messages: list[dict[str, float]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        word, _, fields = line.partition(" ")
+        if word == NODE_LINE and "pull_start" in (stamps := json.loads(fields)):
+            messages.append({f"node:{k}": v for k, v in stamps.items()})
+        elif word == NODE_LINE and messages:
+            messages[-1].update({f"node:{k}": v for k, v in json.loads(fields).items()})
+        elif word == TASK_LINE and messages:
+            messages[-1].update(json.loads(fields))
+    for message, following in itertools.pairwise(messages):
+        message["next:pull_start"] = following["node:pull_start"]
+    for message in messages:  # the node stores the objects while the task already asks
+        if {"node:pulled", "started", "pull_task_input"} <= message.keys():
+            stored = max(message["node:pulled"], message["started"])
+            message["objects_stored"] = min(stored, message["pull_task_input"])
+    return messages
+
+
+def warm_breakdown(workdir: Path, rounds: int) -> dict[str, Any]:
+    """Median seconds of each phase per message kind over nodes and rounds after the first."""
+    per_kind: dict[str, list[dict[str, float]]] = {}
+    first_tasks = []
+    for log in sorted(workdir.rglob("supernode-*.log")):
+        messages = node_messages(log)
+        kinds = ["train", "evaluate"] if len(messages) >= 2 * rounds else ["train"]
+        if messages and "install_from_fab" in messages[0]:
+            first_tasks.append(messages[0]["push_message_start"] - messages[0]["install_from_fab"])
+        for i, message in enumerate(messages[len(kinds) :], start=len(kinds)):
+            if all(a in message and b in message for a, b in PHASES.values()):
+                phases = {k: message[b] - message[a] for k, (a, b) in PHASES.items()}
+                per_kind.setdefault(kinds[i % len(kinds)], []).append(phases)
+    return {
+        "phases": {
+            kind: {k: statistics.median(p[k] for p in rows) for k in PHASES}
+            for kind, rows in per_kind.items()
+        },
+        "first_task_clientapp": statistics.median(first_tasks) if first_tasks else None,
+    }
+
+
+SERVER_PHASES = (
+    "train messages pushed (the model to 3 nodes)",
+    "train messages out, last reply pulled (the nodes' cycles below)",
+    "train replies checked and aggregated, evaluate messages configured",
+    "evaluate messages pushed",
+    "evaluate messages out, last reply pulled (the nodes' cycles below)",
+    "centralized evaluation, the round's row and line, next train messages configured",
+)
+"""A warm round as the ServerApp sees it: from one push of train messages to the next."""
+
+
+def server_rounds(output: str) -> list[dict[str, float]]:
+    """Per round, the seconds of :data:`SERVER_PHASES` from the ServerApp's stamp lines."""
+    from fedflower.deploy.app import SERVER_LINE
+
+    pushes: list[list[float]] = []  # each push's start and end, the times of the pulls after it
+    for line in output.splitlines():
+        word, _, fields = line.partition(" ")
+        if word != SERVER_LINE:
+            continue
+        stamps = json.loads(fields)
+        if "pushed" in stamps:
+            pushes.append([stamps["push_start"], stamps["pushed"]])
+        elif pushes:
+            pushes[-1].append(stamps["pulled"])
+    rounds = []
+    for train, evaluate, following in zip(pushes[::2], pushes[1::2], pushes[2::2], strict=False):
+        marks = [*train[:2], max(train), *evaluate[:2], max(evaluate), following[0]]
+        rounds.append(dict(zip(SERVER_PHASES, np.diff(marks).tolist(), strict=True)))
+    return rounds
+
+
+def deployed_rounds(rounds: int, workdir: Path, flags: list[str]) -> dict[str, Any]:
+    """Run the 3-node demo; per-round seconds and metrics from its ``metrics.jsonl``."""
     load_before = os.getloadavg()[0]
     cmd = [
         str(Path(sys.executable).parent / "fedflower-deploy"),
@@ -121,42 +224,61 @@ def deployed_rounds(rounds: int, workdir: Path, warm: bool) -> dict[str, Any]:
         "num_clients=3",
         "progress=false",
         "output.plots=false",
-        *([] if warm else ["--cold-tasks"]),
+        *flags,
     ]
+    from fedflower.deploy.app import SERVER_STAMPS_ENV
+
     started = time.monotonic()
-    subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+    env = {**os.environ, SERVER_STAMPS_ENV: "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900, env=env)
     wall = time.monotonic() - started
     (metrics,) = workdir.rglob("metrics.jsonl")
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     seconds = [r["seconds"] for r in rows]
+    keys = ("loss", "accuracy", "fed_loss", "fed_accuracy")
     return {
         "round_seconds": seconds,
         "median_after_first": statistics.median(seconds[1:] or seconds),
         "wall_seconds": wall,
         "load": [load_before, os.getloadavg()[0]],
+        "metrics": [{k: r.get(k) for k in keys} for r in rows],
+        "server_rounds": server_rounds(res.stdout),
     }
+
+
+SIDES = {
+    "new process per task (Flower's own)": ["--cold-tasks"],
+    "warm SuperNodes": [],
+    "warm SuperNodes, no federated evaluation": ["strategy.fraction_evaluate=0"],
+}
+"""The demo's configurations, run one after another."""
 
 
 def main() -> None:
     """Measure, write ``bench/results/deployment.{md,json}``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the warm demos")
+    parser.add_argument("--cold-rounds", type=int, default=2, help="rounds with --cold-tasks")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    overrides = "num_clients=3"
     load_tasks = os.getloadavg()[0]
-    runs = [task_phases(overrides) for _ in range(args.repeats)]
+    runs = [task_phases("num_clients=3") for _ in range(args.repeats)]
     phases = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    deployed = {}
-    for side, warm in (("new process per task", False), ("forked warm tasks", True)):
+    deployed, breakdown = {}, {}
+    for side, flags in SIDES.items():
+        rounds = args.cold_rounds if "--cold-tasks" in flags else args.rounds
         with tempfile.TemporaryDirectory() as tmp:
-            deployed[side] = deployed_rounds(args.rounds, Path(tmp) / "demo", warm)
+            deployed[side] = deployed_rounds(rounds, Path(tmp) / "demo", flags)
+            if "--cold-tasks" not in flags and not breakdown:
+                breakdown = warm_breakdown(Path(tmp) / "demo", args.rounds)
+    cold, warm = (deployed[s]["metrics"][: args.cold_rounds] for s in list(SIDES)[:2])
     result = {
         "task_phases": phases,
         "task_seconds": sum(phases.values()),
         "load_during_tasks": load_tasks,
-        "poll_waits": {k: v / 2 for k, v in POLLS.items()},
         "deployed": deployed,
+        "same_metrics_cold_and_warm": cold == warm,
+        "warm_round": breakdown,
         "cpus": os.cpu_count(),
     }
     RESULTS.mkdir(exist_ok=True)
@@ -165,31 +287,49 @@ def main() -> None:
     print(report(result, args))
 
 
+def breakdown_lines(r: dict[str, Any]) -> list[str]:
+    """The warm round's phase table: one column per message kind."""
+    phases = r["warm_round"]["phases"]
+    kinds = list(phases)
+    total = {kind: sum(phases[kind].values()) for kind in kinds}
+    return [
+        "| phase | " + " | ".join(f"{k} message" for k in kinds) + " |",
+        "|---|" + "---:|" * len(kinds),
+        *[f"| {n} | " + " | ".join(f"{phases[k][n]:.2f}" for k in kinds) + " |" for n in PHASES],
+        "| **one message cycle** | " + " | ".join(f"**{total[k]:.2f}**" for k in kinds) + " |",
+        "",
+        f"Sum of the medians: **{sum(total.values()):.2f} s** per round. The first task of a "
+        "run also composes the config, reads the node's data, builds the model and traces "
+        f"its steps: its ClientApp phase took {r['warm_round']['first_task_clientapp']:.2f} s.",
+    ]
+
+
+def server_lines(r: dict[str, Any]) -> list[str]:
+    """The warm round as the ServerApp saw it: median seconds over the rounds after the first."""
+    rounds = r["deployed"]["warm SuperNodes"]["server_rounds"][1:]
+    if not rounds:
+        return ["(no ServerApp stamps)"]
+    medians = {k: statistics.median(x[k] for x in rounds) for k in SERVER_PHASES}
+    return [
+        "| phase | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v:.2f} |" for k, v in medians.items()],
+        f"| **round** | **{sum(medians.values()):.2f}** |",
+    ]
+
+
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
-    """The markdown table of the breakdown and the measured rounds."""
-    waits = sum(r["poll_waits"].values())
+    """The markdown tables of the breakdown and the measured rounds."""
+    warm = r["deployed"]["warm SuperNodes"]
+    same = "yes" if r["same_metrics_cold_and_warm"] else "no"
     lines = [
         "# Where a deployed round's time goes (3-node local federation, TLS + node auth)",
         "",
-        f"`python bench/deployment.py --rounds {args.rounds} --repeats {args.repeats}`; "
+        f"`python bench/deployment.py --rounds {args.rounds} --cold-rounds {args.cold_rounds} "
+        f"--repeats {args.repeats}`; "
         f"{r['cpus']} cores shared with other jobs.",
         "",
-        "## One task's ClientApp process (fresh process, median of "
-        f"{args.repeats}; load average {r['load_during_tasks']:.1f})",
-        "",
-        "| phase | seconds |",
-        "|---|---:|",
-        *[f"| {k} | {v:.2f} |" for k, v in r["task_phases"].items()],
-        f"| **one task's process** | **{r['task_seconds']:.2f}** |",
-        "",
-        "## Polling waits per round (half of each interval on average)",
-        "",
-        "| loop | seconds |",
-        "|---|---:|",
-        *[f"| {k} | {v:.2f} |" for k, v in r["poll_waits"].items()],
-        f"| **polling** | **{waits:.2f}** |",
-        "",
-        "## The deployed demo (`fedflower-deploy demo --nodes 3`, side by side)",
+        "## The deployed demo (`fedflower-deploy demo --nodes 3`, one after another)",
         "",
         "| ClientApp tasks | rounds (s) | median after the first (s) | load before / after |",
         "|---|---|---:|---|",
@@ -199,12 +339,29 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
             for side, d in r["deployed"].items()
         ],
         "",
-        f"Predicted with a new process per task: {r['task_seconds'] + waits:.1f} s per round "
-        "(one task process per node per round, the nodes in parallel, plus polling; the "
-        "evaluate round adds one more task per node when `strategy.fraction_evaluate` > 0). "
-        "With forked warm tasks the interpreter start and the imports are paid once per node, "
-        "when the SuperNode starts; a task is the experiment config, the node's data, the "
-        "model build and the training.",
+        "Same metrics (test and federated loss and accuracy in each of the first "
+        f"{args.cold_rounds} rounds) with a new process per task and with warm SuperNodes: "
+        f"**{same}**.",
+        "",
+        "## A warm round, phase by phase (seconds, median over the 3 nodes and the rounds after "
+        f"the first; load {warm['load'][0]:.1f} / {warm['load'][1]:.1f})",
+        "",
+        "At the ServerApp (its stamps of each push of messages and pull of replies):",
+        "",
+        *server_lines(r),
+        "",
+        "At each SuperNode, one message cycle from its pull of the message to its pull of the "
+        "next:",
+        "",
+        *breakdown_lines(r),
+        "",
+        "## One task's ClientApp in a fresh process (what a new process per task pays every "
+        f"task; median of {args.repeats}; load average {r['load_during_tasks']:.1f})",
+        "",
+        "| phase | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v:.2f} |" for k, v in r["task_phases"].items()],
+        f"| **one task's process** | **{r['task_seconds']:.2f}** |",
         "",
         REST,
         "",

@@ -80,6 +80,7 @@ from fedflower.client.keras_client import reset_optimizer
 from fedflower.components import configure_threads
 from fedflower.engine import clock, metered
 from fedflower.engine import local as local_engine
+from fedflower.engine import pool as pool_engine
 from fedflower.experiment import load_data, run
 from fedflower.models import compile_model
 
@@ -102,16 +103,17 @@ def make_cfg(clients: int, rounds: int, epochs: int, backend: str) -> Any:
 
 
 @contextmanager
-def timed(module: Any, name: str, totals: dict[str, float]) -> Any:
-    """Add the time spent in ``module.name`` to ``totals[name]`` while the block runs."""
+def timed(module: Any, name: str, totals: dict[str, float], key: str | None = None) -> Any:
+    """Add the time spent in ``module.name`` to ``totals[key or name]`` while the block runs."""
     original: Callable[..., Any] = getattr(module, name)
+    key = key or name
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - t0
 
     setattr(module, name, wrapper)
     try:
@@ -127,6 +129,10 @@ def run_fedflower(cfg: Any) -> tuple[float, float, dict[str, float]]:
         t0, c0 = time.perf_counter(), time.process_time()
         with (
             timed(local_engine, "transmit", totals),
+            # the default engine (workers=auto) runs clients here through the pool's own calls
+            timed(pool_engine, "transmit", totals),
+            timed(pool_engine, "deflate", totals, key="transmit"),
+            timed(pool_engine, "inflate", totals, key="transmit"),
             timed(metered, "crossing_nbytes", totals),
             timed(clock, "crossing_nbytes", totals),
         ):
@@ -425,9 +431,10 @@ def write(name: str, head: str, lines: list[str], best: dict[str, dict[str, floa
 
 def main() -> None:
     args = ARGS or parse()
+    load = os.getloadavg()[0]
     head = (
         f"{args.clients} clients x {args.epochs} local epoch(s) x {args.rounds} rounds, "
-        f"hospitals data, best of {args.repeats}"
+        f"hospitals data, best of {args.repeats}; load average (1 min) at the start {load:.1f}"
     )
     if args.ray:
         best = ray_sides(args)

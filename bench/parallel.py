@@ -79,6 +79,7 @@ def make_cfg(clients: int, rounds: int, workers: int) -> Any:
         f"num_clients={clients}",
         f"num_rounds={rounds}",
         f"simulation.workers={workers}",
+        "simulation.start_workers_after=0",  # workers from the start: their start-up is measured
         "progress=false",
         "output.plots=false",
         "output.save_model=false",

@@ -324,11 +324,18 @@ def build(
 
     model = SharedModel(model_factory(cfg, source.input_shape, source.num_classes))
     seed_everything(cfg.seed)
+    from fedflower.data.partition import FederatedData
     from fedflower.outputs.per_client import PerClientLog
 
     model()  # the server's model, before the strategy draws its first sample
     layers = strategy_layers(cfg)  # before per_client.jsonl or any other output exists
-    per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
+    sites = fed.site_names() if isinstance(fed, FederatedData) else None
+    per_client = PerClientLog(
+        out,
+        plots=cfg.output.plots,
+        resume=bool(cfg.get("resume")),
+        names=None if sites is None else {str(i): name for i, name in enumerate(sites)},
+    )
     if wants_local_baseline(cfg.get("baseline")) and not cfg.get("resume"):
         local_baseline(cfg, model(), fed, per_client)
     server, results = server_app(

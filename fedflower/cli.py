@@ -215,8 +215,8 @@ def run_dir(cfg: DictConfig) -> Path:
 def discard_if_empty(out: Path) -> None:
     """Remove a run directory that holds only Hydra's files (the run failed before writing).
 
-    The date folder above it goes too when it is left empty. A resumed run's directory and a
-    directory holding anything else are kept.
+    The folders above it inside the working directory (``outputs/<date>``) go too when it
+    leaves them empty. A resumed run's directory and a directory holding anything else are kept.
     """
     import logging
     import shutil
@@ -225,8 +225,12 @@ def discard_if_empty(out: Path) -> None:
         return
     logging.shutdown()  # close cli.log before it is removed
     shutil.rmtree(out, ignore_errors=True)
-    with suppress(OSError):
-        out.parent.rmdir()  # only when empty
+    here = Path.cwd().resolve()
+    for parent in out.resolve().parents:
+        if parent == here or here not in parent.parents:
+            break
+        with suppress(OSError):
+            parent.rmdir()  # only when empty
 
 
 def interrupted(out: Path, argv: Sequence[str]) -> None:

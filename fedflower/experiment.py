@@ -107,6 +107,8 @@ def run(cfg: DictConfig, output_dir: Path | str | None = None) -> dict[str, Any]
         workers=simulation_workers(cfg),
         address=cfg.simulation.get("address"),
         backends=backends,
+        threads=cfg.simulation.tf_threads,
+        start_workers_after=cfg.simulation.get("start_workers_after"),
     )
     if not results:
         raise RuntimeError("the server app stopped before the run finished; see the log above")
@@ -118,7 +120,22 @@ def simulation_workers(cfg: DictConfig) -> int:
     from fedflower.engine.pool import check_workers, default_workers
 
     workers = cfg.simulation.get("workers", 1)
-    return default_workers(cfg.num_clients) if workers == "auto" else check_workers(workers)
+    if workers == "auto":
+        return default_workers(clients_per_round(cfg))
+    return check_workers(workers)
+
+
+def clients_per_round(cfg: DictConfig) -> int:
+    """Clients training at once: the strategy's ``concurrency`` (asynchronous strategies) or
+    its sampled fraction of ``num_clients`` (at least ``min_train_nodes``).
+    """
+    import math
+
+    strategy = cfg.strategy
+    if strategy.get("concurrency") is not None:
+        return max(1, min(int(strategy.concurrency), int(cfg.num_clients)))
+    sampled = math.ceil(float(strategy.get("fraction_train", 1.0)) * cfg.num_clients)
+    return max(1, min(int(cfg.num_clients), max(sampled, int(strategy.get("min_train_nodes", 1)))))
 
 
 def simulation_backends(cfg: DictConfig) -> list[str]:

@@ -92,6 +92,15 @@ class CodeOneHot(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "mode": self.mode}
 
 
+def input_name(column: str) -> str:
+    """The Keras name of ``column``'s input and layers: ``/`` written ``%2F``.
+
+    Keras refuses ``/`` in a layer name (it separates variable paths); a column's other
+    characters (spaces, unicode) are kept, so the input reads as the column.
+    """
+    return column.replace("/", "%2F")
+
+
 def _numeric(
     names: Sequence[str], fitted: dict[str, Any], one_input: bool
 ) -> tuple[list[Any], list[Any]]:
@@ -102,7 +111,7 @@ def _numeric(
         inputs = [keras.Input(shape=(len(names),), name="features", dtype="float32")]
         x = inputs[0]
     else:
-        inputs = [keras.Input(shape=(1,), name=name, dtype="float32") for name in names]
+        inputs = [keras.Input(shape=(1,), name=input_name(name), dtype="float32") for name in names]
         x = inputs[0] if len(inputs) == 1 else keras.layers.Concatenate(axis=1)(inputs)
     return inputs, _numeric_features(x, fitted)
 
@@ -119,17 +128,21 @@ def _numeric_features(x: Any, fitted: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _categorical(name: str, vocabulary: Sequence[str], mode: int) -> tuple[Any, Any]:
-    """A string input one-hot encoded over ``vocabulary``, unknown/empty -> ``mode``."""
-    text = keras.Input(shape=(1,), name=name, dtype="string")
+def _categorical(name: str, vocabulary: Sequence[str], mode: int, j: int) -> tuple[Any, Any]:
+    """A string input one-hot encoded over ``vocabulary``, unknown/empty -> ``mode``.
+
+    The layers are named by the column's position ``j``: TensorFlow's graph scopes refuse
+    the spaces and unicode a column name may hold.
+    """
+    text = keras.Input(shape=(1,), name=input_name(name), dtype="string")
     lookup = keras.layers.StringLookup(
-        vocabulary=list(vocabulary), num_oov_indices=1, output_mode="one_hot", name=f"{name}_lookup"
+        vocabulary=list(vocabulary), num_oov_indices=1, output_mode="one_hot", name=f"lookup_{j}"
     )
     size = len(vocabulary)
     kernel = np.zeros((size + 1, size), dtype="float32")
     kernel[0, mode] = 1.0  # the out-of-vocabulary slot: the most frequent value
     kernel[1:] = np.eye(size, dtype="float32")
-    fold = keras.layers.Dense(size, use_bias=False, trainable=False, name=f"{name}_onehot")
+    fold = keras.layers.Dense(size, use_bias=False, trainable=False, name=f"onehot_{j}")
     out = fold(lookup(text))
     fold.set_weights([kernel])
     return text, out
@@ -143,10 +156,10 @@ def with_raw_inputs(core: keras.Model, meta: dict[str, Any]) -> keras.Model:
     """
     fitted = meta["preprocessing"]
     inputs, parts = _numeric(meta["numeric"], fitted, one_input=not meta["categorical"])
-    for name, vocabulary, mode in zip(
-        meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True
+    for j, (name, vocabulary, mode) in enumerate(
+        zip(meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True)
     ):
-        text, out = _categorical(name, vocabulary, mode)
+        text, out = _categorical(name, vocabulary, mode, j)
         inputs.append(text)
         parts.append(out)
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name="encoded")(parts)
@@ -171,11 +184,11 @@ def with_numeric_row(model: keras.Model, meta: dict[str, Any]) -> keras.Model:
     width = k + len(meta["categorical"])
     row = keras.Input(shape=(width,), name="features", dtype="float32")
     parts = _numeric_features(row[:, :k], fitted) if k else []
-    for j, (name, vocabulary, mode) in enumerate(
-        zip(meta["categorical"], fitted["vocabularies"], fitted["modes"], strict=True)
-    ):
+    for j, (vocabulary, mode) in enumerate(
+        zip(fitted["vocabularies"], fitted["modes"], strict=True)
+    ):  # layer names without the column's: TensorFlow's graph names refuse spaces, unicode
         codes = row[:, k + j : k + j + 1]
-        parts.append(CodeOneHot(len(vocabulary), mode, name=f"{name}_codes")(codes))
+        parts.append(CodeOneHot(len(vocabulary), mode, name=f"codes_{j}")(codes))
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1)(parts)
     return keras.Model(row, core_of(model)(x), name="numeric_rows")
 
@@ -200,9 +213,9 @@ def feed(meta: dict[str, Any], numeric: np.ndarray, texts: Sequence[np.ndarray])
         return numeric
     import tensorflow as tf  # string tensors: Keras' StringLookup runs on TensorFlow
 
-    out = {name: tf.constant(numeric[:, [j]]) for j, name in enumerate(meta["numeric"])}
+    out = {input_name(n): tf.constant(numeric[:, [j]]) for j, n in enumerate(meta["numeric"])}
     for name, values in zip(meta["categorical"], texts, strict=True):
-        out[name] = tf.constant(np.asarray(values).astype(str)[:, None])
+        out[input_name(name)] = tf.constant(np.asarray(values).astype(str)[:, None])
     return out
 
 

@@ -65,8 +65,18 @@ def _type_rule(node_type: object, key: object) -> str:
 
 
 def type_error_line(err: Any) -> str:
-    """``<key> must be <type>, got <value>`` from an OmegaConf ``ValidationError``."""
-    return f"{err.full_key} must be {_type_rule(err.object_type, err.key)}, got {err.value!r}"
+    """``<key> must be <type>, got <value>`` from an OmegaConf ``ValidationError``.
+
+    An item of a typed list (``model.hidden_units[0]``) is named with the list's item type.
+    """
+    import typing
+
+    items = typing.get_args(getattr(err, "ref_type", None))
+    if err.object_type is list and len(items) == 1:
+        rule = TYPE_RULES.get(items[0], "of the list's item type")
+    else:
+        rule = _type_rule(err.object_type, err.key)
+    return f"{err.full_key} must be {rule}, got {err.value!r}"
 
 
 def hydra_error_line(exc: Exception) -> str:

@@ -92,7 +92,7 @@ def from_arrays(
     feats_test = files.features_checked(where, np.asarray(x_test), "test", len(labels_test))
     if standardize:
         feats, feats_test = files.standardize(feats, feats_test)
-    codes = None if groups is None else np.unique(groups, return_inverse=True)[1]
+    sites, codes = (None, None) if groups is None else files.group_codes(groups)
     return TabularSource(
         name=name,
         x=feats,
@@ -100,7 +100,8 @@ def from_arrays(
         x_test=feats_test,
         y_test=labels_test,
         num_classes=files.num_classes(labels, labels_test, y, names),
-        groups=None if codes is None else codes.astype(np.int64).ravel(),
+        groups=codes,
+        group_names=sites,
     )
 
 

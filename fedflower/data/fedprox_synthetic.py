@@ -65,9 +65,12 @@ def load(
     TabularSource
         Training pool with ``groups`` = device id, and the pooled test splits.
     """
-    for key, value, least in (("num_devices", num_devices, 1), ("num_features", num_features, 1)):
+    for key, value, least in (
+        ("num_devices", num_devices, 1),
+        ("num_features", num_features, 1),
+        ("num_classes", num_classes, 2),
+    ):
         check_number(f"dataset.{key}", value, minimum=least, integer=True, error=DataError)
-    check_number("dataset.num_classes", num_classes, minimum=2, integer=True, error=DataError)
     check_number("dataset.alpha", alpha, minimum=0, error=DataError)
     check_number("dataset.beta", beta, minimum=0, error=DataError)
     check_number(

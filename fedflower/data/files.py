@@ -290,6 +290,12 @@ def held_out(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
+def group_codes(groups: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """Each row's site as a number (0, 1, ... in sorted order of the sites) and the names."""
+    names, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return tuple(str(n) for n in names), codes.astype(np.int64).ravel()
+
+
 def num_classes(y: np.ndarray, y_test: np.ndarray, raw: np.ndarray, names: list[str] | None) -> int:
     """Classes of integer labels ``y``/``y_test``: named ones, one-hot columns or max + 1."""
     if names is not None:
@@ -470,7 +476,7 @@ def _source(
         columns = replace(
             columns, class_names=tuple(names) if names else None, normalize=standardize_features
         )
-    groups = None if rows.groups is None else np.unique(rows.groups, return_inverse=True)[1]
+    sites, groups = (None, None) if rows.groups is None else group_codes(rows.groups)
     return TabularSource(
         name=rows.file.stem,
         x=x,
@@ -478,7 +484,8 @@ def _source(
         x_test=x_test,
         y_test=y_test,
         num_classes=num_classes(y, y_test, rows.y, names),
-        groups=None if groups is None else groups.astype(np.int64),
+        groups=groups,
+        group_names=sites,
         columns=columns,
     )
 

@@ -22,9 +22,12 @@ from fedflower.checks import check_choice, check_number
 
 
 @dataclass
-class PatientOptions:
-    """How generated hospitals differ (:func:`fedflower.data.hospitals.patients`)."""
+class HospitalsOptions:
+    """``dataset=hospitals``: :func:`fedflower.data.hospitals.load`."""
 
+    _target_: str = "fedflower.data.hospitals.load"
+    num_hospitals: int = 10
+    patients_per_hospital: int = 1000
     test_patients_per_hospital: int = 200
     num_features: int = 20
     case_mix: float = 0.5
@@ -34,24 +37,23 @@ class PatientOptions:
 
 
 @dataclass
-class HospitalsOptions(PatientOptions):
-    """``dataset=hospitals``: :func:`fedflower.data.hospitals.load`."""
+class PopulationOptions:
+    """``dataset=population``: :class:`fedflower.data.population.HospitalPopulation`.
 
-    _target_: str = "fedflower.data.hospitals.load"
-    num_hospitals: int = 10
-    patients_per_hospital: int = 1000
-
-
-@dataclass
-class PopulationOptions(PatientOptions):
-    """``dataset=population``: :class:`fedflower.data.population.HospitalPopulation`."""
+    The keys of :class:`HospitalsOptions` for generated hospitals drawn one client at a time.
+    """
 
     _target_: str = "fedflower.data.population.HospitalPopulation"
     num_clients: int = 10
     patients_per_client: int = 50
     test_hospitals: int = 100
     test_patients_per_hospital: int = 50
+    num_features: int = 20
+    case_mix: float = 0.5
+    feature_shift: float = 0.3
+    label_noise: float = 0.25
     val_fraction: float = 0.2
+    seed: int = 0
 
 
 @dataclass

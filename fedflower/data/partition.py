@@ -185,6 +185,20 @@ class FederatedData:
         )
         return np.asarray(rows, dtype=np.int64)
 
+    def site_names(self) -> tuple[str, ...] | None:
+        """Each client's site name when every client holds exactly one site's rows, else None.
+
+        A natural partition (``partition=auto|natural`` on a ``client_column``) gives client
+        ``i`` the rows of group ``i``; the per-client results then name the site.
+        """
+        names, groups = self.source.group_names, self.source.groups
+        if names is None or groups is None or len(names) != self.num_clients:
+            return None
+        for cid in range(self.num_clients):
+            if set(np.unique(groups[self.indices(cid)]).tolist()) != {cid}:
+                return None
+        return names
+
     def client(self, cid: int) -> ClientData:
         """Client ``cid``'s local training and validation data."""
         if cid not in self._cache:

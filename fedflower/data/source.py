@@ -94,6 +94,8 @@ class TabularSource:
         Number of classes (2 for a binary task).
     groups : ndarray, optional
         A natural client id per training row (e.g. the hospital a patient belongs to).
+    group_names : tuple of str, optional
+        The name of each group id (``group_names[g]``: the site whose rows carry ``g``).
     columns : Columns, optional
         A table's columns: ``x`` and ``x_test`` are raw-encoded (may hold NaN) until
         preprocessing fitted on the clients' statistics turns them into features.
@@ -109,6 +111,7 @@ class TabularSource:
     y_test: np.ndarray
     num_classes: int
     groups: np.ndarray | None = None
+    group_names: tuple[str, ...] | None = None
     columns: Columns | None = None
     preprocessing: dict | None = field(default=None, compare=False)
 

@@ -128,12 +128,20 @@ def candidates(
 
 def roles(
     path: Path, table: dict[str, np.ndarray], names: Sequence[str], options: Options
-) -> tuple[list[str], list[str], list[str]]:
-    """The numeric, categorical and free-text columns among ``names``."""
-    numeric, categorical, text = [], [], []
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The numeric, categorical, free-text and all-empty columns among ``names``."""
+    numeric, categorical, text, blank = [], [], [], []
     for name in names:
         values = table[name]
-        if is_numeric(values):
+        if empty(values).all():  # no information; drop would leave no row, impute no mean
+            if options.features:
+                raise fail(
+                    path,
+                    f"column {name!r} is empty in every row",
+                    "fill it or leave it out of dataset.features",
+                )
+            blank.append(name)
+        elif is_numeric(values):
             numeric.append(name)
         elif is_text(values):
             if options.features:
@@ -147,7 +155,7 @@ def roles(
             categorical.append(name)
     if not numeric and not categorical:
         raise fail(path, "has a label column but no feature columns", "add the feature columns")
-    return numeric, categorical, text
+    return numeric, categorical, text, blank
 
 
 def missing_rows(
@@ -281,7 +289,7 @@ def layout(
     ``others`` (a separate test file), sorted: the codes of every file then agree.
     """
     names = candidates(path, table, [*labels, *([client] if client else [])], options)
-    numeric, categorical, text = roles(path, table, names, options)
+    numeric, categorical, text, blank = roles(path, table, names, options)
     categories = tuple(
         tuple(sorted({str(v) for t in (table, *others) if c in t for v in t[c] if str(v)}))
         for c in categorical
@@ -300,6 +308,12 @@ def layout(
             "(dataset.exclude=[...] silences this; dataset.text_column=<name> model=text "
             "classifies a text column)",
             text,
+        )
+    if blank:
+        log.warning(
+            "columns %s are empty in every row and left out of the features "
+            "(dataset.exclude=[...] silences this)",
+            blank,
         )
     return columns, text
 

@@ -110,6 +110,46 @@ def check_simulated_nodes(grid: Grid, num_clients: int, wait: float = SIMULATED_
         )
 
 
+SERVER_STAMPS_ENV = "FEDFLOWER_SERVER_STAMPS"
+"""With ``1`` in the ServerApp's environment, :func:`stamp_grid` writes its message stamps."""
+
+SERVER_LINE = "fedflower-server"
+"""The first word of the line the ServerApp writes per push of messages and pull of replies."""
+
+
+def stamp_grid(grid: Grid) -> None:
+    """Write a :data:`SERVER_LINE` when ``grid`` pushes messages or returns replies.
+
+    Only with :data:`SERVER_STAMPS_ENV` set (``bench/deployment.py`` reads the lines beside
+    the SuperNodes' own stamps, :mod:`fedflower.deploy.warm`).
+    """
+    import json
+    import os
+    import sys
+
+    if os.environ.get(SERVER_STAMPS_ENV) != "1":
+        return
+    push, pull = grid.push_messages, grid.pull_messages
+
+    def write(fields: dict[str, Any]) -> None:
+        sys.stdout.write(f"{SERVER_LINE} {json.dumps(fields)}\n")
+        sys.stdout.flush()
+
+    def pushed(messages: Any) -> Any:
+        start = time.time()
+        ids = list(push(messages))
+        write({"push_start": start, "pushed": time.time(), "messages": len(ids)})
+        return ids
+
+    def pulled(message_ids: Any) -> Any:
+        replies = list(pull(message_ids))
+        if replies:
+            write({"pulled": time.time(), "replies": len(replies)})
+        return replies
+
+    grid.push_messages, grid.pull_messages = pushed, pulled  # type: ignore[method-assign]
+
+
 server_app = ServerApp()
 
 DEPLOYED_ROUND_TIMEOUT = 300.0
@@ -127,6 +167,7 @@ def _server_main(grid: Grid, context: Context) -> None:
             cfg.strategy.round_timeout = DEPLOYED_ROUND_TIMEOUT
     validate(cfg)
     check_simulated_nodes(grid, int(cfg.num_clients))
+    stamp_grid(grid)
     apps.prepare(cfg)
     out = output_dir(context.run_config, context.run_id)
     source = federated_source(grid, cfg, load_source(cfg))
@@ -244,6 +285,17 @@ def node_cid(node_config: dict[str, Any], node_id: int) -> int:
     return int(node_id)
 
 
+def run_key(context: Context) -> str:
+    """What a SuperNode's process cache keeps objects for: one run (its id and overrides).
+
+    A warm task worker (:mod:`fedflower.deploy.warm`) runs many tasks of a run in one
+    process: they share the node's data and the compiled, traced model, as a simulation's
+    clients share them in a worker process; a task of another run starts from nothing.
+    """
+    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    return f"{context.run_id} {overrides}"
+
+
 def node_client_fn(context: Context) -> KerasClient:
     """Build the SuperNode's client from the run config (experiment) and node config (data)."""
     from fedflower.components import configure_threads, model_factory
@@ -251,16 +303,16 @@ def node_client_fn(context: Context) -> KerasClient:
     cfg = experiment_config(context.run_config)
     configure_threads(cfg.simulation.tf_threads)
     node_config = dict(context.node_config)
-    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
+    run = run_key(context)
     data = node_features(context, cfg) or cached(
-        overrides, ("data", *sorted(node_config.items())), lambda: node_data(node_config, cfg)
+        run, ("data", *sorted(node_config.items())), lambda: node_data(node_config, cfg)
     )
     num_classes = node_config.get(keys.NUM_CLASSES)
 
     def build(input_shape: tuple[int, ...], classes: int) -> Any:
         """One compiled model per experiment and shape in this process (reused across nodes)."""
         return cached(
-            overrides, ("model", input_shape, classes), model_factory(cfg, input_shape, classes)
+            run, ("model", input_shape, classes), model_factory(cfg, input_shape, classes)
         )
 
     return NodeClient(
@@ -276,9 +328,8 @@ def node_raw(context: Context, columns: Columns) -> tuple[ClientData, Columns]:
     """The SuperNode's raw table rows for the server's statistics query (cached per run)."""
     cfg = experiment_config(context.run_config)
     node_config = dict(context.node_config)
-    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
     key = ("table", *sorted(node_config.items()))
-    return cached(overrides, key, lambda: node_table(node_config, cfg, columns))
+    return cached(run_key(context), key, lambda: node_table(node_config, cfg, columns))
 
 
 def node_features(context: Context, cfg: Any) -> ClientData | None:
@@ -289,9 +340,8 @@ def node_features(context: Context, cfg: Any) -> ClientData | None:
     if found is None:
         return None
     columns, fitted, digest = found
-    overrides = str(context.run_config.get(keys.RUN_OVERRIDES, ""))
     key = ("features", digest, *sorted(dict(context.node_config).items()))
-    return cached(overrides, key, lambda: prepared(*node_raw(context, columns), fitted))
+    return cached(run_key(context), key, lambda: prepared(*node_raw(context, columns), fitted))
 
 
 def run_group(group: str) -> Callable[[Context], dict[str, Any]]:

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--cold-tasks",
         action="store_true",
-        help="a new flwr-clientapp process per task (Flower's own) instead of forked warm ones",
+        help="Flower's own SuperNodes: a new flwr-clientapp process per task, 3 s idle pulls",
     )
     demo.add_argument(
         "--backends",

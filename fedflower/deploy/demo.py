@@ -129,8 +129,9 @@ def demo(
     echo : text stream, optional
         Where the streamed run output goes (default: standard output).
     warm_tasks : bool
-        Fork each ClientApp task from a warm process (:mod:`fedflower.deploy.warm`, default)
-        or start a new ``flwr-clientapp`` per task (Flower's own, ``False``).
+        Warm SuperNodes (:mod:`fedflower.deploy.warm`, default): a run's ClientApp tasks in
+        one worker process that keeps the run's data and model, short pauses between pulls;
+        or Flower's own, a new ``flwr-clientapp`` per task (``False``).
     backends : sequence of str
         Keras backends cycled over the SuperNodes (e.g. ``tensorflow, jax, torch``: one
         federation of three backends); empty: every node on the environment's backend.

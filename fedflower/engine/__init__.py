@@ -50,6 +50,8 @@ def simulate(
     workers: int = 1,
     address: str | None = None,
     backends: Sequence[str] = (),
+    threads: int | None = None,
+    start_workers_after: float | None = None,
 ) -> None:
     """Run a federation of ``num_nodes`` virtual SuperNodes.
 
@@ -66,8 +68,7 @@ def simulate(
         Passed to Flower's engine as its ``backend_config`` (``ray`` only).
     workers : int
         ``local`` only: worker processes that run the clients (1: in this process; see
-        :mod:`fedflower.engine.pool`). Each gets an equal share of the machine's cores as
-        TensorFlow threads.
+        :mod:`fedflower.engine.pool`).
     address : str, optional
         ``ray`` only: join the Ray cluster at this address instead of starting Ray (see
         :mod:`fedflower.engine.ray_cluster`).
@@ -75,6 +76,14 @@ def simulate(
         ``local`` only: Keras backends cycled over the clients (client ``i`` on
         ``backends[i % len(backends)]``), each in worker processes of its own (at least one
         per backend); empty: every client on this process's backend.
+    threads : int, optional
+        ``local`` only: CPU threads of each worker's backend; give this process's own
+        (``simulation.tf_threads``) so that a client computes alike wherever it runs (the
+        thread count can change a convolution's float32 sums). Default: an equal share of
+        the cores.
+    start_workers_after : float, optional
+        ``local`` only: CPU seconds of client work in this process before the workers start
+        (see :class:`~fedflower.engine.pool.PoolGrid`; default: 5 per worker).
     """
     if backend == "local":
         from fedflower.engine.local import run_local
@@ -84,8 +93,11 @@ def simulate(
             run_local(server_app, client_app, num_nodes)
         else:
             size = len(worker_backends(backends, workers))
-            threads = max(1, len(os.sched_getaffinity(0)) // size)
-            run_pool(server_app, client_app, num_nodes, size, threads, backends)
+            if threads is None:
+                threads = max(1, len(os.sched_getaffinity(0)) // size)
+            run_pool(
+                server_app, client_app, num_nodes, size, threads, backends, start_workers_after
+            )
     elif backend == "ray":
         from flwr.simulation import run_simulation
 

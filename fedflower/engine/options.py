@@ -27,23 +27,28 @@ def check_workers(workers: Any) -> int:
 
 @dataclass
 class LocalSimulation:
-    """``simulation=local``: in-process virtual SuperNodes, or ``workers`` worker processes.
+    """``simulation=local``: in-process virtual SuperNodes, and ``workers`` worker processes.
 
-    ``workers`` is a positive integer or ``auto`` (one per core, at most ``num_clients``),
-    so it is untyped here and checked in :meth:`__post_init__`.
+    ``workers`` is a positive integer or ``auto`` (the default: one per core, at most one per
+    client training at once), so it is untyped here and checked in :meth:`__post_init__`.
+    With more than one, clients run in this process until they have taken a few CPU seconds,
+    then in worker processes started in the background (:mod:`fedflower.engine.pool`).
     """
 
     backend: str = "local"
     tf_threads: int = 2
     backend_config: dict[str, Any] = field(default_factory=dict)
-    workers: Any = 1
+    workers: Any = "auto"
+    start_workers_after: Optional[float] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
     backends: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """Check the thread count and the worker count."""
+        """Check the thread count, the worker count and when workers start."""
         check_number("simulation.tf_threads", self.tf_threads, minimum=0, integer=True)
         if self.workers != "auto":
             check_workers(self.workers)
+        if self.start_workers_after is not None:
+            check_number("simulation.start_workers_after", self.start_workers_after, minimum=0)
 
 
 @dataclass

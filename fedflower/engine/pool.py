@@ -24,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from fedflower.engine.local import (
     inflate,
     run_client_app,
     serve,
+    transmit,
 )
 from fedflower.engine.options import check_workers
 from fedflower.errors import ConfigError
@@ -55,10 +57,16 @@ log = logging.getLogger(__name__)
 
 JOIN_SECONDS = 10.0
 """How long a worker may take to stop after it is asked to before it is terminated."""
+WORKER_START_SECONDS = 5.0
+"""CPU seconds a worker takes to start: import TensorFlow, Keras and Flower, load the
+ClientApp, build and trace the model (4-6 s measured for the default experiment's model on
+the 2-core machine of ``bench/results/parallel.md``)."""
 
 
 def default_workers(num_clients: int, cores: int | None = None) -> int:
-    """Worker processes for ``simulation.workers=auto``: the cores, at most one per client."""
+    """Worker processes for ``simulation.workers=auto``: the cores, at most one per client
+    training at once (``num_clients``).
+    """
     cores = cores or len(os.sched_getaffinity(0))
     return max(1, min(cores, num_clients))
 
@@ -142,6 +150,13 @@ class Done:
     context: Context
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A worker's first message: its ClientApp is loaded and it takes tasks."""
+
+    pid: int
+
+
 def _read(task: Task) -> dict[str, bytes]:
     """Copy a task's objects out of the push's shared memory."""
     shm = SharedMemory(task.segment)
@@ -191,6 +206,8 @@ def _serve(
         tf.config.experimental.enable_op_determinism()
     client_app: ClientApp = cloudpickle.loads(payload)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
+    with contextlib.suppress(OSError):
+        conn.send(Ready(os.getpid()))
     while True:
         try:
             task = conn.recv()
@@ -220,17 +237,23 @@ class Segment:
             start, n = self.index[oid]
             buf[start : start + n] = data
         self.users = 0
+        self.freed = False
 
     def release(self) -> None:
         """One task is done with the block; the last one frees it."""
         self.users -= 1
-        if self.users <= 0:
+        if self.users <= 0 and not self.freed:
+            self.freed = True
             self.shm.close()
             self.shm.unlink()
 
 
 class WorkerPool:
-    """Persistent worker processes running one ClientApp; tasks go to idle workers.
+    """Persistent worker processes running one ClientApp, started in the background.
+
+    :meth:`start` only spawns the processes: each imports its backend and loads the
+    ClientApp on its own, then says it is :class:`Ready` and from then on takes tasks. A
+    worker that ends (killed, out of memory) gives back the task it held (:meth:`receive`).
 
     Parameters
     ----------
@@ -252,17 +275,33 @@ class WorkerPool:
         threads: int = 1,
         backends: Sequence[str | None] | None = None,
     ) -> None:
-        payload = cloudpickle.dumps(client_app)
-        settings = random_settings()
-        spawn = mp.get_context("spawn")
+        self.client_app = client_app
+        self.threads = threads
+        self.backends = list(backends) if backends is not None else [None] * size
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
-        self.backends = list(backends) if backends is not None else [None] * size
+        self.ready: set[int] = set()  # said Ready and still running
+        self.warm: set[int] = set()  # answered a task: its model is built and traced
+        self.busy: dict[int, Task] = {}
+        self.gone: set[int] = set()
+
+    @property
+    def started(self) -> bool:
+        """Whether the processes were spawned."""
+        return bool(self._procs)
+
+    def start(self) -> None:
+        """Spawn the worker processes; they get tasks once they are ready."""
+        if self.started:
+            return
+        payload = cloudpickle.dumps(self.client_app)
+        settings = random_settings()
+        spawn = mp.get_context("spawn")
         for i, backend in enumerate(self.backends):
             ours, theirs = spawn.Pipe()
             proc = spawn.Process(
                 target=_serve,
-                args=(theirs, payload, threads, settings),
+                args=(theirs, payload, self.threads, settings),
                 name=f"fedflower-worker-{i}",
             )
             proc.daemon = True  # never outlives the server process
@@ -271,56 +310,82 @@ class WorkerPool:
             theirs.close()
             self._conns.append(ours)
             self._procs.append(proc)
-        self._idle: dict[str | None, deque[int]] = {}
-        for worker, backend in enumerate(self.backends):
-            self._idle.setdefault(backend, deque()).append(worker)
-        self._queue: deque[tuple[str | None, Task]] = deque()
-        self._busy: dict[int, Task] = {}
+        log.debug("started %d worker processes", len(self._procs))
 
-    def submit(self, task: Task, backend: str | None = None) -> None:
-        """Queue a task for a worker of ``backend``; it starts as soon as one is idle."""
-        if backend not in self._idle:
-            backend = None if None in self._idle else next(iter(self._idle))
-        self._queue.append((backend, task))
-        self._dispatch()
+    @property
+    def size(self) -> int:
+        """Number of worker processes (started or not)."""
+        return len(self.backends)
 
-    def _dispatch(self) -> None:
-        waiting: deque[tuple[str | None, Task]] = deque()
-        while self._queue:
-            backend, task = self._queue.popleft()
-            idle = self._idle[backend]
-            if not idle:  # tasks of one backend start in the order they came
-                waiting.append((backend, task))
-                continue
-            worker = idle.popleft()
-            self._busy[worker] = task
+    def idle(self, backend: str | None) -> int | None:
+        """A ready worker of ``backend`` without a task, if there is one."""
+        for worker in sorted(self.ready - set(self.busy)):
+            if self.backends[worker] == backend:
+                return worker
+        return None
+
+    def alive(self, backend: str | None) -> bool:
+        """Whether a worker of ``backend`` still runs (ready or starting)."""
+        return any(b == backend and w not in self.gone for w, b in enumerate(self.backends))
+
+    def send(self, worker: int, task: Task) -> None:
+        """Give ``task`` to the idle ``worker`` (a worker that has ended returns it later)."""
+        self.busy[worker] = task
+        with contextlib.suppress(OSError):  # ended: :meth:`receive` sees it and gives it back
             self._conns[worker].send(task)
-        self._queue = waiting
 
-    def collect(self) -> list[Done]:
-        """Wait until at least one task ends; return every answer that has arrived."""
-        if not self._busy:
-            return []
-        ready = wait([self._conns[w] for w in self._busy])
-        done = []
-        for worker in [w for w in self._busy if self._conns[w] in ready]:
+    def receive(self, timeout: float | None) -> tuple[list[Done], list[Task]]:
+        """Answers that arrive within ``timeout`` seconds (``None``: until one does).
+
+        Also returns the tasks of workers that ended.
+        """
+        live = {c: w for w, c in enumerate(self._conns) if w not in self.gone}
+        done: list[Done] = []
+        lost: list[Task] = []
+        for ready in wait(list(live), timeout) if live else []:
+            conn = cast(Connection, ready)
+            worker = live[conn]
             try:
-                done.append(self._conns[worker].recv())
-            except EOFError as exc:
-                code = self._procs[worker].exitcode
-                raise RuntimeError(f"worker process {worker} died (exit code {code})") from exc
-            del self._busy[worker]
-            self._idle[self.backends[worker]].append(worker)
-        self._dispatch()
-        return done
+                answer = conn.recv()
+            except (EOFError, OSError):
+                lost.extend(self._lose(worker))
+                continue
+            if isinstance(answer, Ready):
+                self.ready.add(worker)
+            else:
+                self.busy.pop(worker, None)
+                self.warm.add(worker)
+                done.append(answer)
+        return done, lost
+
+    def _lose(self, worker: int) -> list[Task]:
+        """Forget a worker that ended; the task it held, if any."""
+        proc = self._procs[worker]
+        proc.join(JOIN_SECONDS)
+        log.warning(
+            "worker process %s (pid %s) ended with exit code %s; its clients run elsewhere",
+            worker,
+            proc.pid,
+            proc.exitcode,
+        )
+        self.gone.add(worker)
+        self.ready.discard(worker)
+        self.warm.discard(worker)
+        task = self.busy.pop(worker, None)
+        return [] if task is None else [task]
 
     def close(self) -> None:
-        """Stop every worker: ask, wait up to ``JOIN_SECONDS``, then terminate."""
-        for conn in self._conns:
+        """Stop every worker: idle ones are asked (up to ``JOIN_SECONDS``), the rest terminated.
+
+        A worker still starting or still on a task is not waited for.
+        """
+        idle = self.ready - set(self.busy)
+        for worker in idle:
             with contextlib.suppress(OSError):  # already gone
-                conn.send(None)
-        for proc in self._procs:
-            proc.join(JOIN_SECONDS)
+                self._conns[worker].send(None)
+        for worker, proc in enumerate(self._procs):
+            if worker in idle:
+                proc.join(JOIN_SECONDS)
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
@@ -332,8 +397,35 @@ class WorkerPool:
         return [p.pid for p in self._procs]
 
 
+@dataclass
+class Pending:
+    """A pushed message until its reply is in and no worker holds it any more."""
+
+    task: Task
+    node: int
+    backend: str | None
+    wire: dict[str, bytes]  # the push's wire objects: a task run here is read from them
+    objects: list[str]  # the message's object ids
+    segment: Segment | None  # None: pushed before the workers started, runs here
+    worker: int | None = None
+    answered: bool = False
+    here: bool = False
+
+
 class PoolGrid(LocalGrid):
     """A :class:`LocalGrid` whose ClientApp runs in ``workers`` processes at once.
+
+    Clients first run in this process, as on :class:`LocalGrid`. Once they have taken
+    ``start_after`` CPU seconds here, the workers start in the background: a run shorter than
+    that never pays their start-up (a worker takes several CPU seconds to import its backend
+    and build and trace its model); a longer one has spent at most that much before the
+    other cores join, the rule that keeps the ski-rental problem within twice the best
+    choice made in hindsight (Karlin et al. 1988, "Competitive snoopy caching"). Until
+    ``workers`` of them have answered a task (model built and traced), this process trains
+    queued clients itself and takes over a task waiting on a worker that has not answered
+    one yet; the first answer counts, and both are the same, since a client's result depends
+    only on its message, data and seed. A worker that ends hands its task back: another
+    worker or this process runs it.
 
     Parameters
     ----------
@@ -348,6 +440,13 @@ class PoolGrid(LocalGrid):
     backends : sequence of str, optional
         Keras backends cycled over the nodes (partition ``i`` runs on ``backends[i % n]``),
         each in worker processes of its own; empty: every worker on this process's backend.
+    inline : bool
+        Let this process train clients while workers start (``False``: start the workers at
+        once and run here only the tasks no worker is left to run).
+    start_after : float, optional
+        CPU seconds of client work in this process before the workers start (default
+        ``workers * WORKER_START_SECONDS``; ``0``: at once). Workers of another backend than
+        this process's start at once.
     **options
         ``node_configs`` and ``run_config``, as for :class:`LocalGrid`.
     """
@@ -359,13 +458,24 @@ class PoolGrid(LocalGrid):
         workers: int,
         threads: int = 1,
         backends: Sequence[str] = (),
+        inline: bool = True,
+        start_after: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__(client_app, num_nodes, **options)
         self.backends = list(backends)
+        self.inline = inline
         groups = worker_backends(self.backends, check_workers(workers))
         self.pool = WorkerPool(client_app, len(groups), threads, groups)
-        self._running: dict[str, tuple[Segment, int]] = {}  # message id -> (segment, node)
+        self._pending: dict[str, Pending] = {}
+        self._queue: deque[str] = deque()  # pushed, not yet started anywhere
+        self._own = own_backend()
+        self.start_after = (
+            len(groups) * WORKER_START_SECONDS if start_after is None else start_after
+        )
+        self.client_seconds = 0.0  # CPU time of the clients run here
+        if not inline or self.start_after <= 0 or set(groups) - {None, self._own}:
+            self.pool.start()
 
     def backend_of(self, node: int) -> str | None:
         """The Keras backend node ``node`` runs on (``None``: this process's)."""
@@ -385,44 +495,156 @@ class PoolGrid(LocalGrid):
             objects = deflate(message, wire)
             self._sizes[message_id] = sum(len(wire[oid]) for oid in objects)
             tasks.append((message_id, message, objects))
-        segment = Segment(wire)
+        segment = Segment(wire) if self.pool.started else None
         for message_id, message, objects in tasks:
             node = message.metadata.dst_node_id
             self._wait_for_node(node)  # its state must be back before its next task
-            segment.users += 1
-            self._running[message_id] = (segment, node)
-            index = {oid: segment.index[oid] for oid in objects}
-            task = Task(message_id, message.object_id, segment.shm.name, index, self.context(node))
-            self.pool.submit(task, self.backend_of(node))
+            index: dict[str, tuple[int, int]] = {}
+            if segment is not None:
+                segment.users += 1
+                index = {oid: segment.index[oid] for oid in objects}
+            name = "" if segment is None else segment.shm.name
+            task = Task(message_id, message.object_id, name, index, self.context(node))
+            backend = self.backend_of(node)
+            self._pending[message_id] = Pending(task, node, backend, wire, objects, segment)
+            self._queue.append(message_id)
+        self._dispatch()
         return [message_id for message_id, _, _ in tasks]
 
-    def _wait_for_node(self, node: int) -> None:
-        while any(n == node for _, n in self._running.values()):
-            self._receive()
+    def _unanswered(self, message_ids: Iterable[str]) -> list[str]:
+        return [i for i in message_ids if i in self._pending and not self._pending[i].answered]
 
-    def _receive(self) -> None:
-        for done in self.pool.collect():
-            segment, _ = self._running.pop(done.message_id)
-            segment.release()
-            self.keep(done.context)
-            reply_id = "r" + done.message_id[1:]
-            self._sizes[reply_id] = sum(len(b) for b in done.wire.values())
-            self._replies[done.message_id] = inflate(done.object_id, done.wire, reply_id)
+    def _wait_for_node(self, node: int) -> None:
+        while ids := self._unanswered(i for i, p in self._pending.items() if p.node == node):
+            self._step(ids)
+
+    def _dispatch(self) -> None:
+        """Give queued tasks to idle workers; tasks of one backend start in the order they came."""
+        waiting: deque[str] = deque()
+        for message_id in self._queue:
+            pending = self._pending[message_id]
+            worker = None if pending.segment is None else self.pool.idle(pending.backend)
+            if worker is None:
+                waiting.append(message_id)
+                continue
+            pending.worker = worker
+            self.pool.send(worker, pending.task)
+        self._queue = waiting
+
+    def _step(self, wanted: Sequence[str]) -> None:
+        """One move towards the replies ``wanted``.
+
+        Take the workers' answers if any have arrived, else run a task here if this process
+        should, else wait for an answer.
+        """
+        if self._collect(timeout=0):
+            return
+        here = self._for_here(wanted)
+        if here is None:
+            self._collect(timeout=None)
+        else:
+            self._run_here(self._pending[here])
+
+    def _runs_here(self, pending: Pending) -> bool:
+        return pending.backend in (None, self._own) and not pending.here
+
+    def _for_here(self, wanted: Sequence[str]) -> str | None:
+        """The task this process runs next, if any (see the class docstring)."""
+        training = self.inline and len(self.pool.warm) < self.pool.size
+        for message_id in self._queue:
+            pending = self._pending[message_id]
+            if self._runs_here(pending) and (training or not self.pool.alive(pending.backend)):
+                return message_id
+        for message_id in wanted if self.inline else ():
+            pending = self._pending[message_id]
+            cold = pending.worker is not None and pending.worker not in self.pool.warm
+            if cold and self._runs_here(pending):
+                return message_id
+        if any(not self.pool.alive(self._pending[i].backend) for i in self._queue):
+            raise RuntimeError(
+                "every worker process of a backend in simulation.backends ended; see the "
+                "warnings above"
+            )
+        return None
+
+    def _run_here(self, pending: Pending) -> None:
+        """Run a task in this process, as :class:`LocalGrid` does."""
+        task = pending.task
+        pending.here = True
+        if task.message_id in self._queue:
+            self._queue.remove(task.message_id)
+        objects = {oid: pending.wire[oid] for oid in pending.objects}
+        received = inflate(task.object_id, objects, task.message_id)
+        began = time.process_time()
+        reply = run_client_app(self.client_app, received, task.context)
+        self.client_seconds += time.process_time() - began
+        if self.client_seconds >= self.start_after:
+            self.pool.start()
+        reply_id = "r" + task.message_id[1:]
+        self._answer(pending, task.context, transmit(reply, reply_id, None, self._sizes))
+
+    def _answer(self, pending: Pending, context: Context, reply: Message) -> None:
+        """Keep the first reply to a task and the node's state after it."""
+        if not pending.answered:
+            pending.answered = True
+            self.keep(context)
+            self._replies[pending.task.message_id] = reply
+        self._settle(pending)
+
+    def _settle(self, pending: Pending) -> None:
+        """Forget an answered task no worker holds: its shared memory may go."""
+        if pending.answered and pending.worker is None:
+            if pending.segment is not None:
+                pending.segment.release()
+            del self._pending[pending.task.message_id]
+
+    def _collect(self, timeout: float | None) -> bool:
+        """Take the workers' answers (and tasks of workers that ended); whether anything came."""
+        ready = len(self.pool.ready)
+        done, lost = self.pool.receive(timeout)
+        for answer in done:
+            pending = self._pending[answer.message_id]
+            pending.worker = None
+            if pending.answered:  # this process ran it first
+                self._settle(pending)
+                continue
+            reply_id = "r" + answer.message_id[1:]
+            self._sizes[reply_id] = sum(len(b) for b in answer.wire.values())
+            reply = inflate(answer.object_id, answer.wire, reply_id)
+            self._answer(pending, answer.context, reply)
+        for task in lost:
+            pending = self._pending[task.message_id]
+            pending.worker = None
+            if pending.answered:
+                self._settle(pending)
+            else:
+                self._queue.appendleft(task.message_id)
+        self._dispatch()
+        return bool(done or lost) or len(self.pool.ready) != ready
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Wait for the replies to ``message_ids`` still running; return them in that order."""
         message_ids = list(message_ids)
-        while any(i in self._running for i in message_ids):
-            self._receive()
+        while wanted := self._unanswered(message_ids):
+            self._step(wanted)
         return super().pull_messages(message_ids)
 
     def close(self) -> None:
         """Stop the workers and free the shared memory of tasks that never ended."""
         self.pool.close()
-        for segment in {id(s): s for s, _ in self._running.values()}.values():
+        segments = [p.segment for p in self._pending.values() if p.segment is not None]
+        for segment in {id(s): s for s in segments}.values():
             segment.users = 0
             segment.release()
-        self._running.clear()
+        self._pending.clear()
+        self._queue.clear()
+
+
+def own_backend() -> str:
+    """The Keras backend of this process (the tasks it may run itself)."""
+    import keras
+
+    return str(keras.backend.backend())
 
 
 def run_pool(
@@ -432,13 +654,15 @@ def run_pool(
     workers: int,
     threads: int = 1,
     backends: Sequence[str] = (),
+    start_after: float | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_nodes`` virtual SuperNodes served by worker processes.
 
-    ``backends`` cycles Keras backends over the nodes (see :class:`PoolGrid`). The workers
-    are stopped when the run ends or fails (Ctrl-C included).
+    ``backends`` cycles Keras backends over the nodes; ``start_after``: CPU seconds of client
+    work here before the workers start (see :class:`PoolGrid`). The workers are stopped when
+    the run ends or fails (Ctrl-C included).
     """
-    grid = PoolGrid(client_app, num_nodes, workers, threads, backends)
+    grid = PoolGrid(client_app, num_nodes, workers, threads, backends, start_after=start_after)
     try:
         serve(server_app, grid)
     finally:

@@ -84,9 +84,19 @@ class PerClientLog:
         Draw ``per_client.png`` (the final round's accuracy per site) at the end.
     resume : bool
         Append to the file of a run being resumed (its checkpoint says where it ended).
+    names : mapping, optional
+        A client's name in the rows for the name it is reported by (a partition id -> the
+        site it holds, when the data name their sites).
     """
 
-    def __init__(self, output_dir: Path, plots: bool = True, resume: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        plots: bool = True,
+        resume: bool = False,
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.names = dict(names or {})
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.plots = plots
@@ -98,6 +108,7 @@ class PerClientLog:
 
     def add(self, server_round: int, client: str, metrics: Mapping[str, Any]) -> None:
         """Write the rows of one client's evaluation (one per model it reports)."""
+        client = self.names.get(client, client)
         for row in model_rows(server_round, client, metrics):
             self._round.append(row)
             self._file.write(json.dumps(row) + "\n")
@@ -108,7 +119,7 @@ class PerClientLog:
 
         ``metrics`` are those of an evaluate reply (``eval_loss``, ``eval_accuracy``, ...).
         """
-        local = _prefix(keys.MODEL_LOCAL)
+        local, client = _prefix(keys.MODEL_LOCAL), self.names.get(client, client)
         metrics = {(local + k if k.startswith("eval_") else k): v for k, v in metrics.items()}
         for row in model_rows(server_round, client, metrics):
             self.local[client] = float(row.get("accuracy", float("nan")))

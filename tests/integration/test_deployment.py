@@ -265,3 +265,42 @@ def test_fedavg_finishes_every_round_after_a_node_is_killed_and_rejoins(tmp_path
     # ... and after its restart it trains again: the last round lost no node
     assert lost(rows[3]) == []
     assert "Receiving: train message" in rejoined_log
+
+
+def task_pids(fed: LocalFederation) -> list[list[int]]:
+    """Per SuperNode, the process id of each ClientApp task it ran (its log's task lines)."""
+    from fedflower.deploy.warm import TASK_LINE
+
+    return [
+        [json.loads(line.split(" ", 1)[1])["pid"] for line in lines if line.startswith(TASK_LINE)]
+        for lines in (node.log_text().splitlines() for node in fed.supernodes)
+    ]
+
+
+@pytest.mark.slow
+def test_warm_supernodes_give_the_metrics_of_a_new_process_per_task(tmp_path: Path) -> None:
+    overrides = ["num_clients=3", "num_rounds=2", *SMALL]  # train and evaluate tasks
+    files = write_site_files(overrides, 3, tmp_path / "data", "csv")
+    nodes = [{"data-path": str(p)} for p in files]
+    metrics = ("loss", "accuracy", "fed_loss", "fed_accuracy", "train_loss")
+    rows = {}
+    with LocalFederation(tmp_path / "warm", nodes) as fed:
+        for name in ("warm", "warm again"):  # a second run in the same task workers
+            handle = fed.submit(overrides, output_dir=tmp_path / name)
+            handle.wait(timeout=600)
+            rows[name] = [{k: r[k] for k in metrics} for r in handle.metrics()]
+        pids = task_pids(fed)
+    with LocalFederation(tmp_path / "cold", nodes, warm_tasks=False) as fed:
+        handle = fed.submit(overrides, output_dir=tmp_path / "cold")
+        handle.wait(timeout=900)
+        rows["cold"] = [{k: r[k] for k in metrics} for r in handle.metrics()]
+        assert task_pids(fed) == [[], [], []]  # Flower's own flwr-clientapp processes
+    assert len(rows["cold"]) == 2
+    for name in ("warm", "warm again"):  # again: nothing of the first run was reused
+        for row, cold in zip(rows[name], rows["cold"], strict=True):
+            # same seed: the same model and evaluations in every round; the clients' mean
+            # training loss is summed in the order replies arrived (last-digit round-off)
+            assert row["train_loss"] == pytest.approx(cold["train_loss"], rel=1e-12)
+            assert {**row, "train_loss": 0} == {**cold, "train_loss": 0}
+    # each node ran its 2 runs x 2 rounds x (train, evaluate) tasks in one worker process
+    assert [len(p) for p in pids] == [8, 8, 8] and all(len(set(p)) == 1 for p in pids)

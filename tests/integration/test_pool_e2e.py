@@ -12,6 +12,7 @@ import psutil
 import pytest
 from omegaconf import DictConfig
 
+from fedflower.engine import pool
 from fedflower.experiment import run
 
 QUIET = ["output.save_model=false", "output.plots=false", "checkpoint.every=0"]
@@ -29,26 +30,42 @@ def rows(out: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
+def workers_at_once(monkeypatch: pytest.MonkeyPatch, **options: Any) -> None:
+    """Give the engine's ``PoolGrid`` these ``options`` (when its workers start, who runs)."""
+
+    class AtOnce(pool.PoolGrid):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, **options})
+
+    monkeypatch.setattr(pool, "PoolGrid", AtOnce)
+
+
+FEDBUFF = ["strategy=fedbuff", "strategy.concurrency=3", "strategy.buffer_size=2"]
+WORKERS_ONLY = {"inline": False}  # every client in the workers (this process waits for them)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "strategy",
+    ("overrides", "options"),
     [
-        ["strategy=fedavg"],
-        ["strategy=fedprox", "compression=topk_int8"],
-        [
-            "strategy=fedbuff",
-            "strategy.concurrency=3",
-            "strategy.buffer_size=2",
-            "latency=lognormal",
-        ],
+        (["strategy=fedavg"], WORKERS_ONLY),
+        (["strategy=fedprox", "compression=topk_int8"], WORKERS_ONLY),
+        ([*FEDBUFF, "latency=lognormal"], WORKERS_ONLY),
+        (["num_rounds=5"], {"start_after": 0.0}),  # workers join mid-run; clients run here first
+        (["num_rounds=5"], {}),  # the default: a short run never starts them
     ],
-    ids=["fedavg", "fedprox-topk-int8", "fedbuff-virtual-clock"],
+    ids=["fedavg", "fedprox-topk-int8", "fedbuff-virtual-clock", "joining", "short-run"],
 )
 def test_two_workers_give_the_rows_of_one_process_in_every_round(
-    tiny_cfg: Callable[..., DictConfig], tmp_path: Path, strategy: list[str]
+    tiny_cfg: Callable[..., DictConfig],
+    tmp_path: Path,
+    overrides: list[str],
+    options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    common = ["num_clients=4", "num_rounds=3", *strategy, *QUIET]
+    common = ["num_clients=4", "num_rounds=3", *overrides, *QUIET]
     run(tiny_cfg(*common, "simulation.workers=1"), tmp_path / "one")
+    workers_at_once(monkeypatch, **options)
     before = workers()
     run(tiny_cfg(*common, "simulation.workers=2"), tmp_path / "two")
     one, two = rows(tmp_path / "one"), rows(tmp_path / "two")

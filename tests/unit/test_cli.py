@@ -216,3 +216,21 @@ def test_help_shows_the_users_own_data_and_export(outcomes: dict[str, Outcome]) 
     text = outcomes["help"].stdout
     assert "fedflower dataset=csv dataset.path=" in text
     assert "fedflower export " in text
+
+
+def test_a_failed_run_leaves_no_empty_folders_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedflower.cli import discard_if_empty
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "2026-01-01" / "12-00-00").mkdir(parents=True)
+    (tmp_path / "outputs" / "2026-01-01" / "12-00-00" / "cli.log").write_text("")
+    discard_if_empty(Path("outputs/2026-01-01/12-00-00"))
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "outputs" / "2026-01-01" / "11-00-00"  # an earlier run stays
+    kept.mkdir(parents=True)
+    (kept / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "outputs" / "2026-01-01" / "12-00-01").mkdir()
+    discard_if_empty(tmp_path / "outputs" / "2026-01-01" / "12-00-01")
+    assert [p.name for p in (tmp_path / "outputs" / "2026-01-01").iterdir()] == ["11-00-00"]

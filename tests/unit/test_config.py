@@ -352,6 +352,10 @@ def test_the_issue_override_example(make_cfg: MakeCfg) -> None:
         ("checkpoint.every=-1", r"^checkpoint.every must be an integer >= 0, got -1$"),
         ("simulation.workers=0", r"^simulation.workers must be a positive integer or auto, got 0"),
         ("simulation.tf_threads=-1", r"^simulation.tf_threads must be an integer >= 0, got -1$"),
+        (
+            "simulation.start_workers_after=-1",
+            r"^simulation.start_workers_after must be a number >= 0, got -1",
+        ),
     ],
 )
 def test_validate_rejects(tiny_cfg: MakeCfg, override: str, match: str) -> None:
@@ -489,3 +493,22 @@ def test_registering_the_schemas_imports_no_heavy_package() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["model.hidden_units=[8,x]"], "model.hidden_units[1] must be an integer, got 'x'"),
+        (["dataset.case_mix=high"], "dataset.case_mix must be a number, got 'high'"),
+        (
+            ["partition=shard", "partition.shard_size=big"],
+            "partition.shard_size must be an integer or null, got 'big'",
+        ),
+    ],
+)
+def test_a_wrong_type_reads_as_one_rule(make_cfg: MakeCfg, overrides: list[str], line: str) -> None:
+    from fedflower.startup import hydra_error_line
+
+    with pytest.raises(HydraException) as info:
+        make_cfg(overrides)
+    assert hydra_error_line(info.value) == line

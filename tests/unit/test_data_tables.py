@@ -198,3 +198,20 @@ def test_a_text_column_becomes_the_sentences_of_model_text(tmp_path: Path) -> No
 def test_an_unknown_text_column_names_the_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"has no text column 'memo' \(columns: age, smoker"):
         load(str(clinic(tmp_path / "c.csv")), label="y", text_column="memo")
+
+
+@pytest.mark.parametrize("missing", ["error", "drop", "impute"])
+def test_a_column_empty_in_every_row_is_left_out_with_a_notice(
+    tmp_path: Path, caplog, missing: str
+) -> None:
+    rows = [f"{40 + i},,{['no', 'yes'][i % 2]}" for i in range(24)]
+    path = str(write(tmp_path / "c.csv", rows, header="age,unused,y"))
+    with caplog.at_level(logging.INFO, logger="fedflower.data.tables"):
+        src = load(path, label="y", missing=missing, test_fraction=0.25)
+    assert src.columns is not None and src.columns.names == ("age",)
+    assert len(src.y) + len(src.y_test) == 24
+    assert any(
+        "columns ['unused'] are empty in every row" in r.getMessage() for r in caplog.records
+    )
+    with pytest.raises(DataError, match=r"column 'unused' is empty in every row; fill it"):
+        load(path, label="y", features=["age", "unused"])

@@ -25,7 +25,10 @@ from fedflower.deploy.app import (
     NodeClient,
     check_simulated_nodes,
     client_app,
+    node_client_fn,
     num_classes_of,
+    run_key,
+    stamp_grid,
 )
 from fedflower.deploy.config import experiment_config, output_dir, split_overrides
 from fedflower.engine.local import LocalGrid
@@ -206,3 +209,50 @@ def test_lie_is_refused_in_a_deployment(tiny_cfg: Callable[..., DictConfig]) -> 
         validate(tiny_cfg("attack=lie", "attack.in_deployment=true"))
     with pytest.raises(HydraException, match="in_deployment"):  # typed: Hydra refuses it
         tiny_cfg("attack=sign_flip", "attack.in_deployment=maybe")
+
+
+def test_a_runs_tasks_share_the_nodes_data_and_model_and_a_new_run_starts_afresh(
+    tiny_cfg: Callable[..., DictConfig],
+) -> None:
+    from flwr.app import Context
+
+    def task(run_id: int, overrides: list[str] = TINY) -> KerasClient:
+        node_config = {"partition-id": 0, "num-partitions": 3}
+        run_config = {"overrides": " ".join(overrides)}
+        context = Context(run_id, 1, node_config, RecordDict(), run_config)
+        assert run_key(context) == f"{run_id} {' '.join(overrides)}"
+        client = node_client_fn(context)
+        client.set_parameters(global_weights(tiny_cfg, client.data.x_train.shape[1]))
+        return client
+
+    first, second = task(11), task(11)  # two tasks of one run in a warm task worker
+    assert second.data is first.data and second.model is first.model
+    other = task(12)  # the same overrides in another run: nothing reused
+    assert other.data is not first.data and other.model is not first.model
+    assert task(12, [*TINY, "seed=1"]).model is not other.model
+
+
+def test_the_servers_stamps_are_written_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from fedflower.deploy.app import SERVER_LINE, SERVER_STAMPS_ENV
+
+    quiet = FakeGrid()
+    monkeypatch.delenv(SERVER_STAMPS_ENV, raising=False)
+    stamp_grid(quiet)  # type: ignore[arg-type]
+    assert "push_messages" not in vars(quiet)  # the grid is left as it is
+
+    grid = FakeGrid()
+    grid.pull_messages = lambda ids: [f"reply to {i}" for i in ids][:1]  # type: ignore[attr-defined]
+    monkeypatch.setenv(SERVER_STAMPS_ENV, "1")
+    stamp_grid(grid)  # type: ignore[arg-type]
+    assert grid.push_messages([]) == []
+    assert grid.pull_messages(["m0", "m1"]) == ["reply to m0"]  # type: ignore[attr-defined]
+    assert grid.pull_messages([]) == []  # type: ignore[attr-defined]  (no reply: no line)
+    lines = [line.split(" ", 1) for line in capsys.readouterr().out.splitlines()]
+    assert [word for word, _ in lines] == [SERVER_LINE, SERVER_LINE]
+    pushed, pulled = (json.loads(fields) for _, fields in lines)
+    assert pushed["push_start"] <= pushed["pushed"] <= pulled["pulled"]
+    assert (pushed["messages"], pulled["replies"]) == (0, 1)

@@ -45,3 +45,25 @@ def test_a_text_model_is_not_exported_and_says_why(tmp_path: Path) -> None:
     model_inputs.save(model, tmp_path / "model.keras", meta)
     with pytest.raises(DataError, match=r"reads text \(column 'notes'\).*fedflower predict"):
         export(tmp_path)
+
+
+def test_a_table_model_with_spaces_and_unicode_in_column_names_converts(tmp_path: Path) -> None:
+    """TensorFlow's graph names refuse spaces and unicode; the device model's layers carry none."""
+    pytest.importorskip("tensorflow")
+    from fedflower import model_inputs
+    from fedflower.aggregation.preprocessing import fit, statistics
+    from fedflower.export import convert
+
+    x = np.array([[1.0], [np.nan], [3.0], [2.0]])
+    cats = np.array(["b", "a", "", "new"])
+    fitted = fit(statistics(x, [cats]), missing_indicator=False)
+    meta = {
+        "numeric": ["âge (years)"],
+        "categorical": ["smoking status"],
+        "label": "y",
+        "class_names": ["no", "yes"],
+        "preprocessing": fitted.as_dict(),
+    }
+    core = keras.Sequential([keras.Input((fitted.width,)), keras.layers.Dense(1)])
+    raw = model_inputs.with_raw_inputs(core, meta)
+    assert len(convert(model_inputs.with_numeric_row(raw, meta))) > 0

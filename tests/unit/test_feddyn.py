@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from fedflower.strategies.feddyn import FedDyn
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from helpers import answer, client_context
 
 from fedflower import keys
 from fedflower.aggregation.dynamic import dynamic_step
@@ -33,10 +34,9 @@ def test_client_state_follows_the_papers_update() -> None:
         linear = msg.content.array_records[keys.LINEAR]
         assert list(linear.keys()) == ["dense/kernel"]  # keyed as the model's arrays
         seen.append(linear.to_numpy_ndarrays()[0][0])
-        new = ArrayRecord([np.array([3.0])])
-        return Message(RecordDict({keys.ARRAYS: new}), reply_to=msg)
+        return answer(msg, [np.array([3.0])])
 
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    context = client_context()
     for _ in range(2):
         content = RecordDict(
             {

@@ -147,3 +147,20 @@ def test_partition_report_writes_json_and_plot(pool: TabularSource, tmp_path: Pa
     quiet.mkdir()
     write_partition_report(fed, quiet, plot=False)
     assert sorted(p.name for p in quiet.iterdir()) == ["partition.json"]
+
+
+def test_clients_of_a_natural_partition_carry_their_sites_names(pool: TabularSource) -> None:
+    import fedflower
+    from fedflower.data.partition import AutoPartitioner
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 2)), np.arange(60) % 2
+    sites = np.array(["St. Mary's", "Ünivèrsity", "Rural clinic"])[np.arange(60) % 3]
+    table = fedflower.data.from_arrays(x, y, clients=sites, x_test=x, y_test=y)
+    fed = FederatedData(table, AutoPartitioner(3), 3)
+    names = fed.site_names()
+    assert names == ("Rural clinic", "St. Mary's", "Ünivèrsity")
+    for cid, name in enumerate(names):
+        assert set(sites[fed.indices(cid)]) == {name}
+    assert FederatedData(table, IidPartitioner(3), 3).site_names() is None
+    assert FederatedData(pool, IidPartitioner(3), 3).site_names() is None

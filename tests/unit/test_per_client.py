@@ -179,3 +179,19 @@ def test_site_name_prefers_the_site_then_the_data_file() -> None:
     assert site_name({keys.DATA_PATH: "/d/site-3.csv", keys.PARTITION_ID: 2}, 9) == "site-3"
     assert site_name({keys.PARTITION_ID: 2}, 9) == "2"
     assert site_name({}, 9) == "9"
+
+
+def test_rows_carry_the_sites_names_when_the_log_knows_them(tmp_path: Path) -> None:
+    log = PerClientLog(tmp_path, plots=False, names={"0": "Rural clinic", "1": "St. Mary's"})
+    log.add(1, "0", evaluation(0.5))
+    log.add(1, "1", evaluation(0.7))
+    log.round_report()
+    log.add_local(1, "1", evaluation(0.6))
+    assert [r["client"] for r in read_rows(tmp_path)] == [
+        "Rural clinic",
+        "St. Mary's",
+        "St. Mary's",
+    ]
+    sites = log.run_report()["per_client"]["sites"]
+    assert [s["client"] for s in sites] == ["Rural clinic", "St. Mary's"]
+    assert sites[1]["gain"] == pytest.approx(0.7 - 0.6)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import signal
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,11 +28,20 @@ from fedflower.errors import ConfigError
 
 
 def stateful_app() -> ClientApp:
-    """Replies with its partition id, its process id, how often it ran and the model's sum."""
+    """Replies with its partition id, its process id, how often it ran and the model's sum.
+
+    Sleeps ``sleep`` seconds, or computes for ``spin`` CPU seconds, first if the message's
+    config says so.
+    """
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        config = msg.content.config_records.get(keys.CONFIG, ConfigRecord())
+        time.sleep(float(config.get("sleep", 0.0)))  # type: ignore[arg-type]
+        until = time.process_time() + float(config.get("spin", 0.0))  # type: ignore[arg-type]
+        while time.process_time() < until:
+            pass
         if context.node_config[keys.PARTITION_ID] == 4:
             raise ValueError("broken client")
         seen = context.state.config_records.get("seen", ConfigRecord({"n": 0}))
@@ -48,13 +60,14 @@ def stateful_app() -> ClientApp:
     return app
 
 
-def message(node: int, size: int = 1000) -> Message:
-    return task([np.ones(size, dtype=np.float32)], node=node)
+def message(node: int, size: int = 1000, sleep: float = 0.0, spin: float = 0.0) -> Message:
+    return task([np.ones(size, dtype=np.float32)], node=node, config={"sleep": sleep, "spin": spin})
 
 
 @pytest.fixture(scope="module")
 def grid() -> Iterator[PoolGrid]:
-    pool = PoolGrid(stateful_app(), 5, workers=2, threads=0)
+    """Two workers that run every task (this process waits for them to start)."""
+    pool = PoolGrid(stateful_app(), 5, workers=2, threads=0, inline=False)
     yield pool
     pool.close()
 
@@ -101,14 +114,82 @@ def test_push_then_pull_waits_for_the_replies_asked_for(
 
 
 def test_close_stops_every_worker_and_frees_the_shared_memory(task_identity: None) -> None:
-    pool = PoolGrid(stateful_app(), 2, workers=2, threads=0)
+    pool = PoolGrid(stateful_app(), 2, workers=2, threads=0, inline=False)
     ids = list(pool.push_messages([message(1, 10**6), message(2, 10**6)]))
-    names = {segment.shm.name for segment, _ in pool._running.values()}
+    names = {p.segment.shm.name for p in pool._pending.values()}
     processes = [psutil.Process(pid) for pid in pool.pool.pids()]
     pool.close()  # replies never pulled
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
     assert names and not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
-    assert ids and pool._running == {}
+    assert ids and pool._pending == {}
+
+
+def test_this_process_trains_while_the_workers_start_and_they_take_over(
+    task_identity: None,
+) -> None:
+    """The first rounds run here (the workers are still importing their backend); once
+    both workers have answered a task, they run every client; state and order never change."""
+    pool = PoolGrid(stateful_app(), 4, workers=2, threads=0, start_after=0)
+    try:
+        nodes, here, deadline = [4, 2, 3, 1], [], time.monotonic() + 300
+        workers = set(pool.pool.pids())
+        for round_ in range(1, 1000):
+            replies = list(pool.send_and_receive([message(n, sleep=0.05) for n in nodes]))
+            assert metrics(replies, "pid") == [3, 1, 2, 0]
+            assert metrics(replies, "count") == [round_] * 4
+            pids = set(metrics(replies, "os-pid"))
+            here.append(os.getpid() in pids)
+            if (pids <= workers and len(pool.pool.warm) == 2) or time.monotonic() > deadline:
+                break
+        assert here[0]  # the first round ran before any worker was ready
+        assert not here[-1] and pids <= workers  # the last one in the workers only
+    finally:
+        pool.close()
+
+
+def test_workers_start_once_the_clients_took_start_after_cpu_seconds_here(
+    task_identity: None,
+) -> None:
+    """A short run never starts them; a longer one starts them after that much client work."""
+    pool = PoolGrid(stateful_app(), 3, workers=2, threads=0, start_after=0.25)
+    try:
+        replies = list(pool.send_and_receive([message(n, spin=0.1) for n in (1, 2)]))
+        assert set(metrics(replies, "os-pid")) == {os.getpid()}
+        assert not pool.pool.started and pool.pool.pids() == []
+        pool.send_and_receive([message(n, spin=0.1) for n in (1, 2, 3)])
+        assert pool.pool.started and pool.client_seconds >= 0.25
+    finally:
+        pool.close()
+    assert PoolGrid(stateful_app(), 3, workers=2, threads=0).start_after == 2 * 5.0
+
+
+@pytest.mark.parametrize("killed", [1, 2])
+def test_a_worker_killed_mid_task_hands_its_client_on(
+    task_identity: None, caplog: pytest.LogCaptureFixture, killed: int
+) -> None:
+    """Killing workers that hold tasks loses nothing: another worker or this process runs
+    those clients from the state they had, and one warning line names each ended worker."""
+    pool = PoolGrid(stateful_app(), 3, workers=2, threads=0, inline=False)
+    try:
+        assert metrics(list(pool.send_and_receive([message(1), message(2)])), "count") == [1, 1]
+        ids = list(pool.push_messages([message(n, sleep=2.0) for n in (1, 2, 3)]))
+        deadline = time.monotonic() + 60
+        while len(pool.pool.busy) < 2 and time.monotonic() < deadline:
+            pool._collect(timeout=0.1)
+        held = list(pool.pool.busy)
+        with caplog.at_level(logging.WARNING, logger="fedflower.engine.pool"):
+            for worker in held[:killed]:
+                os.kill(pool.pool.pids()[worker], signal.SIGKILL)
+            replies = list(pool.pull_messages(ids))
+        assert metrics(replies, "pid") == [0, 1, 2]
+        assert metrics(replies, "count") == [2, 2, 1]
+        assert len(pool.pool.gone) == killed
+        ended = [r for r in caplog.records if "ended with exit code" in r.getMessage()]
+        assert len(ended) == killed
+        if killed == 2:
+            assert os.getpid() in set(metrics(replies, "os-pid"))
+    finally:
+        pool.close()
 
 
 def test_workers_setting() -> None:

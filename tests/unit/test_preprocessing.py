@@ -224,3 +224,23 @@ def test_the_numeric_row_model_computes_what_the_raw_rows_model_computes(tmp_pat
     np.testing.assert_allclose(np.asarray(device(rows)), expected, rtol=1e-5, atol=1e-6)
     rows[2, 2] = -1.0  # an empty or unknown value as -1: the most frequent one, as NaN
     np.testing.assert_allclose(np.asarray(device(rows)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_raw_rows_model_saves_and_predicts_with_any_column_names(tmp_path: Path) -> None:
+    """Column names as spreadsheets write them: spaces, unicode, and ``/`` (a Keras name may not
+    hold one), in the numeric and the categorical columns."""
+    keras = pytest.importorskip("keras")
+    from fedflower import model_inputs
+
+    x, cats, fitted, meta, core = _raw_rows_case(keras)
+    meta = {**meta, "numeric": ["BMI kg/m²", "âge (years)"], "categorical": ["smoking/ status"]}
+    model_inputs.save(model_inputs.with_raw_inputs(core, meta), tmp_path / "model.keras", meta)
+    loaded, stored = model_inputs.load(tmp_path)
+    assert stored == meta
+    import tensorflow as tf
+
+    out = tf.function(loaded)(model_inputs.feed(meta, x, [cats]))  # as the export's check
+    np.testing.assert_allclose(np.asarray(out), transform(fitted, x, [cats]), rtol=1e-5, atol=1e-6)
+    rows = model_inputs.numeric_rows(meta, x, [cats])
+    device = model_inputs.with_numeric_row(loaded, stored)
+    np.testing.assert_allclose(np.asarray(device(rows)), np.asarray(out), rtol=1e-5, atol=1e-6)

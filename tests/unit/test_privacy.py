@@ -15,7 +15,7 @@ from fedflower.strategies.fedsgd import FedSGD
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from helpers import FakeGrid, make_reply
+from helpers import FakeGrid, client_context, make_reply
 from omegaconf import DictConfig
 from test_strategy import NODES, global_model
 
@@ -133,7 +133,7 @@ def test_client_mod_clips_and_server_rejects_unclipped() -> None:
     def train(m: Message, _: Context) -> Message:
         return make_reply(m, [w + d for w, d in zip(model, big, strict=True)], 10)
 
-    ctx = Context(run_id=1, node_id=NODES[0], node_config={}, state=RecordDict(), run_config={})
+    ctx = client_context(NODES[0])
     out = privacy_mod(lambda _: {"name": "dp_client"})(msg, ctx, train)
     sent = out.content.array_records[keys.ARRAYS].to_numpy_ndarrays()
     assert l2_norm([s - w for s, w in zip(sent, model, strict=True)]) == pytest.approx(
