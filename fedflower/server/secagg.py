@@ -198,7 +198,7 @@ class SecureRound:
             return result
         if result is not None:
             if result.count < sampled:
-                log.info(
+                log.warning(
                     "round %s: SecAgg+ summed the updates of %d of %d sampled nodes",
                     server_round, result.count, sampled,
                 )  # fmt: skip
