@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,9 @@ if TYPE_CHECKING:  # the server side is imported when a server app is built: a S
     from fedflower.data.population import HospitalPopulation
     from fedflower.data.source import TabularSource
     from fedflower.outputs.per_client import PerClientLog
+    from fedflower.server.contract import StrategyContract
     from fedflower.server.pipeline import Pipeline
+    from fedflower.server.recorder import RoundMetrics
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,7 @@ def server_app(
     virtual_clock: bool = False,
     build_model: Callable[[], keras.Model] | None = None,
     per_client: PerClientLog | None = None,
+    layers: StrategyLayers | None = None,
 ) -> tuple[ServerApp, dict[str, Any]]:
     """The experiment's ``ServerApp`` and the dict its ``results.json`` content lands in.
 
@@ -173,21 +177,23 @@ def server_app(
     ``cfg.latency``'s model on a virtual clock; otherwise the wall clock is used.
     ``build_model`` gives the server its model (default: built from ``cfg.model``).
     ``per_client`` receives the clients' evaluations (default: a new ``per_client.jsonl``).
+    ``layers`` are the run's strategies (default: :func:`strategy_layers`, built first).
     """
     from fedflower.components import model_factory
     from fedflower.engine.clock import build_latency
     from fedflower.outputs.per_client import PerClientLog
+    from fedflower.outputs.tracking import build_sinks
     from fedflower.server.app import CheckpointOptions, make_server_app, model_nbytes
     from fedflower.server.recorder import Recorder
-    from fedflower.server.tracking import build_sinks
 
-    refuse_unaffordable(cfg)
+    layers = strategy_layers(cfg) if layers is None else layers
     config = _plain(cfg)
     recorder = Recorder(
         out,
         cfg.num_rounds,
         progress=cfg.progress,
         sinks=build_sinks(cfg.get("tracking"), out, config),
+        metrics=layers.metrics,
     )
     if build_model is None:
         build_model = model_factory(cfg, source.input_shape, source.num_classes)
@@ -204,13 +210,14 @@ def server_app(
                 model_bytes=model_nbytes(model.get_weights()),
                 num_clients=cfg.num_clients,
                 plots=cfg.output.plots,
-                rejected_updates=int(getattr(pipeline.strategy, "rejected", 0)),
+                rejected_updates=pipeline.strategy.rejected,
                 **pipeline.run_report(),
                 **statistics_report(source),
             )
         )
 
     app = make_server_app(
+        strategies=(layers.plugin, layers.outer),
         strategy_options=_plain(cfg.strategy),
         client_options=_plain(cfg.client),
         num_rounds=cfg.num_rounds,
@@ -226,7 +233,6 @@ def server_app(
             resume=bool(cfg.get("resume")),
         ),
         compression=_plain(cfg.compression),
-        wrap_strategy=lambda strategy: private_strategy(cfg, strategy),
         per_client=per_client,
     )
     return app, results
@@ -238,29 +244,39 @@ def statistics_report(source: TabularSource) -> dict[str, Any]:
     return {} if report is None else {"statistics": report}
 
 
-def private_strategy(cfg: DictConfig, strategy: Any) -> Any:
-    """``strategy`` wrapped for the config's privacy mode and secure aggregation."""
-    from fedflower.server.privacy import make_private
-
-    return make_private(
-        strategy, _plain(cfg.privacy), cfg.num_clients, cfg.seed, secagg=_plain(cfg.secagg)
-    )
-
-
-def refuse_unaffordable(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` before any output exists if the privacy budget affords no round.
-
-    The server app would refuse such a run too, but only after the run directory got its
-    partition report, TensorBoard directory and an empty ``metrics.jsonl``.
+@dataclass
+class StrategyLayers:
+    """A run's strategies, built once: the plugin, the strategy its loop runs (the plugin in its
+    privacy or SecAgg+ release, or the plugin itself), and the round metrics their hooks fill.
     """
+
+    plugin: StrategyContract
+    outer: StrategyContract
+    metrics: RoundMetrics
+
+
+def strategy_layers(cfg: DictConfig) -> StrategyLayers:
+    """Build the strategy plugin from ``cfg.strategy`` and wrap it for ``cfg.privacy``/``secagg``.
+
+    Raises ``ConfigError`` when the privacy budget affords no round, here, before any output of
+    the run exists (the server app would refuse it too, but after the run directory got its
+    partition report, TensorBoard directory and an empty ``metrics.jsonl``).
+    """
+    from fedflower.server.privacy import make_private
+    from fedflower.server.recorder import RoundMetrics
     from fedflower.server.registry import build_strategy
 
-    if (cfg.get("privacy") or {}).get("max_epsilon") is None:
-        return
-    strategy = private_strategy(cfg, build_strategy(_plain(cfg.strategy)))
-    affordable = getattr(strategy, "affordable_rounds", None)
-    if callable(affordable):
-        affordable(1)
+    metrics = RoundMetrics()
+    plugin = build_strategy(
+        _plain(cfg.strategy),
+        train_metrics_aggr_fn=metrics.train_hook(),
+        evaluate_metrics_aggr_fn=metrics.evaluate_hook(),
+    )
+    outer = make_private(
+        plugin, _plain(cfg.privacy), cfg.num_clients, cfg.seed, secagg=_plain(cfg.secagg)
+    )
+    outer.affordable_rounds(1)
+    return StrategyLayers(plugin, outer, metrics)
 
 
 def save_model(model: keras.Model, path: Path, source: TabularSource | None = None) -> None:
@@ -311,12 +327,12 @@ def build(
     from fedflower.outputs.per_client import PerClientLog
 
     model()  # the server's model, before the strategy draws its first sample
-    refuse_unaffordable(cfg)  # before per_client.jsonl or any other output exists
+    layers = strategy_layers(cfg)  # before per_client.jsonl or any other output exists
     per_client = PerClientLog(out, plots=cfg.output.plots, resume=bool(cfg.get("resume")))
     if wants_local_baseline(cfg.get("baseline")) and not cfg.get("resume"):
         local_baseline(cfg, model(), fed, per_client)
     server, results = server_app(
-        cfg, out, source, virtual_clock=True, build_model=model, per_client=per_client
+        cfg, out, source, True, model, per_client=per_client, layers=layers
     )
     client_fn = keras_client_fn(model, fed.client, cfg.seed)
     local = local_names(model(), Personalization(**_plain(cfg.personalization)))

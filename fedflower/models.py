@@ -24,6 +24,7 @@ import numpy as np
 
 from fedflower.checks import check_choice
 from fedflower.errors import ConfigError
+from fedflower.model_options import TEXT_ENCODERS, check_factory
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ def from_file(input_shape: Sequence[int], num_classes: int, path: str) -> keras.
 
 def _import(spec: str) -> Callable[..., Any]:
     """The callable ``module:name`` (a dotted module or a ``.py`` file) names."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"model.factory must be 'module:function', got {spec!r}")
+    module_name, attr = check_factory(spec)
     try:
         if module_name.endswith(".py"):
             file = Path(module_name).expanduser().resolve()
@@ -293,10 +292,6 @@ def cnn(
     if dropout > 0:
         x = keras.layers.Dropout(float(dropout))(x)
     return keras.Model(inputs, output_layer(num_classes)(x), name="cnn")
-
-
-TEXT_ENCODERS = ("pool", "conv", "lstm")
-"""How :func:`text_classifier` turns word vectors into one sentence vector."""
 
 
 def _encode(embedded: keras.KerasTensor, encoder: str, units: int) -> keras.KerasTensor:

@@ -10,12 +10,22 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.constant import ErrorCode
 
 from fedflower import keys
@@ -42,10 +52,28 @@ QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
 
 
 class FakeGrid:
-    """Just enough of a Grid for a strategy's node sampling and the async loop's dispatch."""
+    """Just enough of a Grid: node ids to sample, messages pushed, replies to a round.
 
-    def __init__(self, node_ids: Sequence[int] = (1, 2, 3, 4, 5)) -> None:
+    ``send_and_receive`` answers each message with ``answer(message, failed)`` (records the
+    timeout of each call in ``timeouts``), except from nodes in ``silent`` (no reply) and in
+    ``slow`` when their ``delay`` exceeds the timeout; nodes in ``broken`` answer with
+    ``failed=True``.
+    """
+
+    def __init__(
+        self,
+        node_ids: Iterable[int] = (1, 2, 3, 4, 5),
+        *,
+        silent: Iterable[int] = (),
+        slow: Iterable[int] = (),
+        broken: Iterable[int] = (),
+        delay: float = 10.0,
+        answer: Callable[[Any, bool], Any] | None = None,
+    ) -> None:
         self.node_ids = list(node_ids)
+        self.silent, self.slow, self.broken = set(silent), set(slow), set(broken)
+        self.delay, self.answer = delay, answer
+        self.timeouts: list[float | None] = []
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)
@@ -54,6 +82,19 @@ class FakeGrid:
         """Record the destination of each message (``sent``) and give each an id."""
         self.sent = [m.metadata.dst_node_id for m in messages]
         return [f"m{i}" for i in range(len(messages))]
+
+    def send_and_receive(self, messages: Sequence[Any], *, timeout: float | None = None) -> list:
+        """The replies of the nodes that answer within ``timeout`` (ids set as Flower's grids)."""
+        assert self.answer is not None, "FakeGrid(answer=...) builds the replies"
+        self.timeouts.append(timeout)
+        out = []
+        for i, m in enumerate(messages):
+            m.metadata.message_id = f"{len(self.timeouts)}-{i}"
+            node = m.metadata.dst_node_id
+            late = node in self.slow and timeout is not None and self.delay > timeout
+            if node not in self.silent and not late:
+                out.append(self.answer(m, node in self.broken))
+        return out
 
 
 def make_reply(
@@ -84,6 +125,57 @@ def make_reply(
     for i in range(extra_metric_records):
         content[f"more-{i}"] = MetricRecord({keys.NUM_EXAMPLES: 1})
     return Message(content, reply_to=instruction)
+
+
+def task(
+    arrays: Sequence[np.ndarray],
+    kind: str = MessageType.TRAIN,
+    node: int = 1,
+    config: Mapping[str, Any] | None = None,
+    records: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> Message:
+    """The server's instruction to ``node``: the model ``arrays``, a ``config`` record (when
+    given) and further array records by key (``records``, e.g. SCAFFOLD's control variate)."""
+    content = RecordDict({keys.ARRAYS: ArrayRecord(list(arrays))})
+    if config is not None:
+        content[keys.CONFIG] = ConfigRecord(dict(config))
+    for key, values in (records or {}).items():
+        content[key] = ArrayRecord(list(values))
+    return Message(content, dst_node_id=node, message_type=kind)
+
+
+def answer(
+    instruction: Message,
+    arrays: Sequence[np.ndarray] | None = None,
+    metrics: Mapping[str, float | int] | None = None,
+) -> Message:
+    """A ClientApp's reply to ``instruction``: ``arrays`` and ``metrics``, each when given."""
+    content = RecordDict()
+    if arrays is not None:
+        content[keys.ARRAYS] = ArrayRecord(list(arrays))
+    if metrics is not None:
+        content[keys.METRICS] = MetricRecord(dict(metrics))
+    return Message(content, reply_to=instruction)
+
+
+def client_context(node_id: int = 1, **node_config: Any) -> Context:
+    """A ClientApp's context with an empty ``state`` (what mods keep across rounds goes there)."""
+    return Context(
+        run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(), run_config={}
+    )
+
+
+def metered_round(grid: Any, messages: Sequence[Message]) -> Any:
+    """Send ``messages`` through a ``MeteredGrid`` around an engine's ``grid`` and check the
+    counts: the serialized sizes the engine recorded, each asked for once (none left)."""
+    from fedflower.engine.metered import MeteredGrid, message_nbytes
+
+    meter = MeteredGrid(grid)
+    replies = list(meter.send_and_receive(messages))
+    assert meter.bytes_down == sum(message_nbytes(m) for m in messages)
+    assert meter.bytes_up == sum(message_nbytes(r) for r in replies)
+    assert grid._sizes == {}
+    return meter
 
 
 def fedflower_command(args: Sequence[str], program: Path | None = None) -> list[str]:

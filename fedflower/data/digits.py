@@ -29,7 +29,7 @@ def load(test_fraction: float = 0.2, seed: int = 0) -> TabularSource:
         Seed of the split (the training pool is shuffled, so contiguous partitions are IID).
     """
     check_number(
-        "digits.test_fraction",
+        "dataset.test_fraction",
         test_fraction,
         minimum=0,
         maximum=1,

@@ -65,15 +65,13 @@ def load(
     TabularSource
         Training pool with ``groups`` = device id, and the pooled test splits.
     """
-    if num_devices < 1 or num_features < 1 or num_classes < 2:
-        raise DataError(
-            "fedprox_synthetic: need num_devices >= 1, num_features >= 1, num_classes >= 2; "
-            f"got {num_devices}, {num_features}, {num_classes}"
-        )
-    check_number("fedprox_synthetic.alpha", alpha, minimum=0, error=DataError)
-    check_number("fedprox_synthetic.beta", beta, minimum=0, error=DataError)
+    for key, value, least in (("num_devices", num_devices, 1), ("num_features", num_features, 1)):
+        check_number(f"dataset.{key}", value, minimum=least, integer=True, error=DataError)
+    check_number("dataset.num_classes", num_classes, minimum=2, integer=True, error=DataError)
+    check_number("dataset.alpha", alpha, minimum=0, error=DataError)
+    check_number("dataset.beta", beta, minimum=0, error=DataError)
     check_number(
-        "fedprox_synthetic.train_fraction",
+        "dataset.train_fraction",
         train_fraction,
         minimum=0,
         maximum=1,

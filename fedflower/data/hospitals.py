@@ -95,13 +95,13 @@ def load(
     TabularSource
         With ``groups`` set to the hospital of each training row.
     """
-    check_number("hospitals.num_hospitals", num_hospitals, minimum=1, error=DataError)
-    if patients_per_hospital < 2 or test_patients_per_hospital < 1:
-        raise DataError(
-            "hospitals: need patients_per_hospital >= 2 and test_patients_per_hospital >= 1, "
-            f"got {patients_per_hospital} and {test_patients_per_hospital}"
-        )
-    check_number("hospitals.num_features", num_features, minimum=NUM_LAB_FEATURES, error=DataError)
+    for key, value, least in (
+        ("num_hospitals", num_hospitals, 1),
+        ("patients_per_hospital", patients_per_hospital, 2),
+        ("test_patients_per_hospital", test_patients_per_hospital, 1),
+        ("num_features", num_features, NUM_LAB_FEATURES),
+    ):
+        check_number(f"dataset.{key}", value, minimum=least, integer=True, error=DataError)
     rng = np.random.default_rng(seed)
     w = risk_weights(rng, num_features)
     xs, ys, gs, xt, yt = [], [], [], [], []

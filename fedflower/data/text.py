@@ -91,6 +91,12 @@ def vocabulary_of(source: TabularSource) -> tuple[str, ...]:
     return source.vocabulary
 
 
+def _fraction(key: str, value: float, most: float) -> None:
+    check_number(
+        key, value, minimum=0.0, maximum=most, min_open=True, max_open=True, error=DataError
+    )
+
+
 def from_sentences(
     name: str,
     sentences: Sequence[str],
@@ -121,12 +127,9 @@ def from_sentences(
     seed : int
         Seed of the splits.
     """
-    if test_fraction <= 0 or public_fraction <= 0 or test_fraction + public_fraction >= 1:
-        raise DataError(
-            f"{name}: need test_fraction > 0, public_fraction > 0 and their sum < 1, "
-            f"got {test_fraction} and {public_fraction}"
-        )
-    check_number(f"{name}.vocabulary_size", vocabulary_size, minimum=1, error=DataError)
+    _fraction("dataset.test_fraction", test_fraction, 1.0)
+    _fraction("dataset.public_fraction", public_fraction, 1.0 - test_fraction)  # the rest trains
+    check_number("dataset.vocabulary_size", vocabulary_size, minimum=1, error=DataError)
     x = np.asarray(sentences, dtype=np.str_).reshape(-1, 1)
     y = np.asarray(labels, dtype=np.int64)
     try:
@@ -174,8 +177,8 @@ def financial_news(
     **options
         ``test_fraction``, ``public_fraction``, ``vocabulary_size`` of :func:`from_sentences`.
     """
-    check_number("financial_news.num_sentences", num_sentences, minimum=30, error=DataError)
-    check_number("financial_news.label_noise", label_noise, minimum=0, maximum=1, error=DataError)
+    check_number("dataset.num_sentences", num_sentences, minimum=30, error=DataError)
+    check_number("dataset.label_noise", label_noise, minimum=0, maximum=1, error=DataError)
     sentences, labels = news_corpus.generate(num_sentences, label_noise, seed)
     return from_sentences(
         "financial_news", sentences, labels, news_corpus.CLASS_NAMES, seed=seed, **options

@@ -125,8 +125,9 @@ def _server_main(grid: Grid, context: Context) -> None:
     from fedflower.server.rules import validate
 
     cfg = experiment_config(context.run_config)
-    with open_dict(cfg):  # a deployment's rounds never wait forever for a dead SuperNode
-        cfg.strategy.setdefault("round_timeout", DEPLOYED_ROUND_TIMEOUT)
+    if cfg.strategy.get("round_timeout") is None:  # a deployment's rounds never wait forever
+        with open_dict(cfg):  # for a dead SuperNode (typed strategies hold round_timeout: null)
+            cfg.strategy.round_timeout = DEPLOYED_ROUND_TIMEOUT
     validate(cfg)
     check_simulated_nodes(grid, int(cfg.num_clients))
     apps.prepare(cfg)

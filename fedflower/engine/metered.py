@@ -14,7 +14,7 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fedflower.engine.wrapper import GridWrapper
+from fedflower.engine.wrapper import GridWrapper, WireSizes
 
 _SIZES: dict[str, int] = {}
 """Serialized size by object id. Object ids are hashes of the serialized content, so a size
@@ -41,8 +41,7 @@ def crossing_nbytes(grid: Grid, message: Message) -> int:
     A grid that serialized the message itself (the in-process engine's ``wire_nbytes``) tells
     the size of the bytes it sent, so the message is not serialized a second time to be metered.
     """
-    recorded = getattr(grid, "wire_nbytes", None)
-    size = None if recorded is None else recorded(message.metadata.message_id)
+    size = grid.wire_nbytes(message.metadata.message_id) if isinstance(grid, WireSizes) else None
     return message_nbytes(message) if size is None else int(size)
 
 

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from fedflower import keys
 from fedflower.checks import check_number
 from fedflower.determinism import derive_seed
-from fedflower.engine.wrapper import GridWrapper
+from fedflower.engine.wrapper import DropsStragglers, GridWrapper
 
 log = logging.getLogger(__name__)
 
@@ -155,19 +155,21 @@ class StragglerGrid(GridWrapper):
         return self.inner.send_and_receive(self.straggle(messages), timeout=timeout)
 
 
-def straggler_grid(grid: Grid, client_options: dict[str, Any], strategy: Any, seed: int) -> Grid:
+def straggler_grid(
+    grid: Grid, client_options: dict[str, Any], strategy: DropsStragglers, seed: int
+) -> Grid:
     """Wrap ``grid`` in a :class:`StragglerGrid` when ``client.straggler_fraction > 0``.
 
     ``client.drop_stragglers`` decides whether stragglers are dropped; when it is unset
-    (``null``) the strategy decides through its ``drops_stragglers`` attribute (``True``
-    unless the strategy says otherwise; FedProx keeps them).
+    (``null``) the strategy decides: its ``drops_stragglers`` (``True`` unless the strategy
+    says otherwise; FedProx keeps them; see :class:`fedflower.server.contract.StrategyContract`).
     """
     fraction = client_options.get("straggler_fraction", 0.0) or 0.0
     if fraction == 0.0:
         return grid
     drop = client_options.get("drop_stragglers")
     if drop is None:
-        drop = getattr(strategy, "drops_stragglers", True)
+        drop = strategy.drops_stragglers
     if not drop and int(client_options.get("local_epochs", 1)) == 1:
         log.warning(
             "client.straggler_fraction=%s does nothing: stragglers keep their work and run a "

@@ -3,7 +3,8 @@
 Cross-cutting behaviour (metering bytes, a virtual clock, stragglers) is a subclass that
 overrides only the calls it changes, so the wrappers stack around any simulation or
 deployment grid. What a wrapper (or a strategy) adds to a run's outputs and checkpoints it
-says through two small protocols, :class:`Reports` and :class:`Stateful`; the run's
+says through two small protocols, :class:`Reports` and :class:`Stateful` (and a grid that
+knows the sizes of its messages, :class:`WireSizes`); the run's
 :class:`~fedflower.server.pipeline.Pipeline` lists the objects, nothing walks a chain.
 """
 
@@ -40,6 +41,27 @@ class Stateful(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        ...
+
+
+@runtime_checkable
+class WireSizes(Protocol):
+    """A grid that serialized the messages itself and tells their sizes (the local engine, the
+    virtual clock), so the meter does not serialize them a second time.
+
+    ``wire_nbytes(message_id)``: the bytes the message had on the wire (0: it put none there,
+    as a task the virtual clock re-issues on resume); ``None``: not one of its messages.
+    """
+
+    def wire_nbytes(self, message_id: str) -> int | None:  # noqa: D102
+        ...
+
+
+class DropsStragglers(Protocol):
+    """What the straggler wrapper asks a strategy (every fedflower strategy declares it)."""
+
+    @property
+    def drops_stragglers(self) -> bool:  # noqa: D102
         ...
 
 

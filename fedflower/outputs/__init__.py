@@ -5,7 +5,7 @@
 - :class:`~fedflower.outputs.rundir.RunDir` reads a run directory; ``fedflower-compare``,
   ``fedflower export``, the deployment driver and the tests read runs through it.
 - Sinks receive the same rows and results: the console (:mod:`fedflower.outputs.console`), the
-  plot (:mod:`fedflower.outputs.plots`), TensorBoard and W&B (:mod:`fedflower.server.tracking`).
+  plot (:mod:`fedflower.outputs.plots`), TensorBoard and W&B (:mod:`fedflower.outputs.tracking`).
 - Each feature contributes its own fields to the console (:mod:`fedflower.outputs.fields`).
 
 The package imports neither Flower nor TensorFlow, so reading a run stays cheap.

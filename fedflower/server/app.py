@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Result
 
 from fedflower import keys, wire
 from fedflower.data.source import TabularSource
@@ -21,10 +21,10 @@ from fedflower.models import evaluate
 from fedflower.outputs.per_client import PerClientLog
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.checkpoint import Checkpointer, Resumed, checkpointed
+from fedflower.server.contract import StrategyContract
 from fedflower.server.deadline import with_deadline
 from fedflower.server.pipeline import Pipeline, build_pipeline
 from fedflower.server.recorder import Recorder
-from fedflower.server.registry import build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ def run_strategy(
     clock (``None``: the wall clock).
     """
     strategy, grid = pipeline.strategy, pipeline.grid
-    affordable = getattr(strategy, "affordable_rounds", None)
-    if callable(affordable):
-        num_rounds = affordable(num_rounds)
+    num_rounds = strategy.affordable_rounds(num_rounds)
     if isinstance(strategy, AsyncStrategy):
         return strategy.start(
             grid=grid,
@@ -136,6 +134,7 @@ def run_strategy(
 
 def make_server_app(
     *,
+    strategies: tuple[StrategyContract, StrategyContract],
     strategy_options: dict[str, Any],
     client_options: dict[str, Any],
     num_rounds: int,
@@ -147,7 +146,6 @@ def make_server_app(
     latency: LatencyModel | None = None,
     checkpoint: CheckpointOptions | None = None,
     compression: dict[str, Any] | None = None,
-    wrap_strategy: Callable[[Strategy], Strategy] | None = None,
     per_client: PerClientLog | None = None,
 ) -> ServerApp:
     """A ``ServerApp`` that runs the strategy with centralized evaluation and metering.
@@ -162,7 +160,9 @@ def make_server_app(
     the virtual clock only, see :func:`checkpointer`).
     ``compression`` (the config group's options) encodes models and decodes updates outside
     the metering, so the bytes counted are the compressed ones.
-    ``wrap_strategy`` wraps the built strategy (e.g. for differential privacy).
+    ``strategies`` are the plugin and the strategy the loop runs (the plugin in its privacy or
+    SecAgg+ release, or the plugin itself), built once by the caller; ``strategy_options``
+    give the round deadline (:mod:`fedflower.server.deadline`).
     ``per_client`` receives every client's federated evaluation (synchronous strategies).
     """
     app = ServerApp()
@@ -170,11 +170,7 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         model = build_model()
-        strategy = build_strategy(
-            strategy_options,
-            train_metrics_aggr_fn=recorder.train_metrics_hook(),
-            evaluate_metrics_aggr_fn=recorder.evaluate_metrics_hook(),
-        )
+        strategy, outer = strategies
         pipeline = build_pipeline(
             grid,
             strategy,
@@ -182,7 +178,7 @@ def make_server_app(
             compression=compression,
             client_options=client_options,
             seed=seed,
-            wrap_strategy=wrap_strategy,
+            outer=outer,
             per_client=per_client,
         )
         with_deadline(pipeline, strategy, strategy_options)

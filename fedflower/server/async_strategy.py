@@ -59,7 +59,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedflower import keys
@@ -68,6 +68,7 @@ from fedflower.checks import check_number
 from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checkpoint import Checkpointer
+from fedflower.server.contract import StrategyContract
 from fedflower.server.replies import unpack_reply
 from fedflower.server.tasks import Task, TaskTable
 
@@ -296,7 +297,7 @@ class AsyncLoop:
         return self.result
 
 
-class AsyncStrategy(Strategy):
+class AsyncStrategy(StrategyContract):
     """Base class of asynchronous strategies: subclasses implement :meth:`fold`.
 
     Parameters

@@ -22,25 +22,28 @@ from fedflower import aggregation
 from fedflower.checks import check_number
 from fedflower.errors import UpdateRejected
 from fedflower.server.attack_log import AttackLog
+from fedflower.server.contract import StrategyContract
 from fedflower.server.replies import unpack_reply
 
 log = logging.getLogger(__name__)
 
 
-class CheckedFedAvg(FlowerFedAvg):
-    """Flower's FedAvg with checked, order-independent, streamed aggregation."""
+class CheckedFedAvg(StrategyContract, FlowerFedAvg):
+    """Flower's FedAvg with checked, order-independent, streamed aggregation.
+
+    Its declarations to the run (synchronous rounds, stragglers dropped, ...) are those of
+    :class:`~fedflower.server.contract.StrategyContract`; the minimum numbers of nodes are
+    Flower's options.
+    """
 
     _reference: list[np.ndarray] | None = None
     _reference_names: list[str] | None = None
     round_nodes: list[int] = []
     """Nodes whose updates :meth:`combine` gets this round, in the order it gets them."""
     rejected: int = 0
+    """Failed replies and refused updates so far (counted by :meth:`accepted_updates`)."""
     _rejected_reported: int = 0
     _attack_log: AttackLog | None = None
-    synchronous: bool = True
-    """Rounds with one sample of clients: what DP accounting and SecAgg+ need."""
-    combines_single_updates: bool = False
-    """Whether the rule selects or trims single updates (robust rules): DP hands it one mean."""
 
     def __init__(self, **options: Any) -> None:
         for key in ("fraction_train", "fraction_evaluate"):
@@ -50,8 +53,12 @@ class CheckedFedAvg(FlowerFedAvg):
 
     def check_clients(self, num_clients: int) -> None:
         """Refuse minimum numbers of nodes that a federation of ``num_clients`` cannot meet."""
-        for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
-            value = getattr(self, key)
+        minimums = {
+            "min_train_nodes": self.min_train_nodes,
+            "min_evaluate_nodes": self.min_evaluate_nodes,
+            "min_available_nodes": self.min_available_nodes,
+        }
+        for key, value in minimums.items():
             check_number(f"strategy.{key}", value, minimum=0, maximum=num_clients, integer=True)
 
     @property

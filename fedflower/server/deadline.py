@@ -143,7 +143,7 @@ class DeadlineGrid(GridWrapper):
 
     def wait_for_nodes(self) -> None:
         """Block until ``min_available_nodes`` are connected, or raise after ``wait_timeout``."""
-        need = int(getattr(self.strategy, "min_available_nodes", 0))
+        need = int(self.strategy.min_available_nodes)
         start = last = self.clock()
         while (have := len(list(self.inner.get_node_ids()))) < need:
             now = self.clock()
@@ -223,9 +223,10 @@ class DeadlineGrid(GridWrapper):
         self._record(kind, group, status)
         self._totals["late_replies"] += len(stale)
         ok = sum(s == "ok" for s in status.values())
-        quorum = int(getattr(self.strategy, f"min_{kind}_nodes", 1))
+        train = kind == "train"
+        quorum = int(self.strategy.min_train_nodes if train else self.strategy.min_evaluate_nodes)
         if ok >= quorum:
-            if kind == "train" and not self._rounds[kind].skipped:
+            if train and not self._rounds[kind].skipped:
                 self.failed_in_a_row = 0
             return current
         self._skip(kind, ok, len(nodes), quorum)

@@ -3,7 +3,7 @@
 The ``privacy`` and ``secagg`` options are defined here; the ``compression``, ``latency`` and
 ``tracking`` and ``simulation`` options next to the code they configure
 (:mod:`fedflower.aggregation.codecs`, :mod:`fedflower.engine.latency`,
-:mod:`fedflower.server.tracking`, :mod:`fedflower.engine.options`).
+:mod:`fedflower.outputs.tracking`, :mod:`fedflower.engine.options`).
 One dataclass per option of each group (``conf/<group>/<name>.yaml``).
 Hydra uses them as the groups' schemas (registered in its ``ConfigStore`` by
 :func:`register`), so it refuses unknown keys and values of the wrong type
@@ -18,12 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from omegaconf import II, MISSING
+
 from fedflower.aggregation.codecs import CODECS, CompressionOptions
 from fedflower.checks import check_choice, check_number
 from fedflower.engine.latency import LatencyOptions, NoLatency
 from fedflower.engine.options import SIMULATION
 from fedflower.errors import ConfigError
-from fedflower.server.tracking import NoTracking
+from fedflower.outputs.tracking import NoTracking
 
 
 def _positive(key: str, value: object, allow_none: bool = False) -> None:
@@ -157,6 +159,50 @@ class SecAggPlus:
         _positive("secagg.max_weight", self.max_weight)
 
 
+@dataclass
+class StrategyOptions:
+    """What every option of the ``strategy`` group has: the plugin's name and the run's deadline.
+
+    The deadline keys (``round_timeout``, ``max_failed_rounds``, ``wait_timeout``: see
+    :class:`fedflower.server.deadline.DeadlineOptions`) are read by the server, not by the
+    plugin; ``null`` leaves each to its default (``+strategy.round_timeout=60`` sets one).
+    A plugin's schema subclasses :class:`SamplingOptions` or :class:`AsyncOptions` (or this
+    class) and adds its constructor's options; the value rules stay in the constructor.
+    """
+
+    name: str = MISSING
+    round_timeout: Optional[float] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
+    max_failed_rounds: Optional[int] = None  # noqa: UP045
+    wait_timeout: Optional[float] = None  # noqa: UP045
+
+
+@dataclass
+class SamplingOptions(StrategyOptions):
+    """Client sampling of Flower's ``FedAvg`` (``conf/strategy/fedavg.yaml``), shared by the
+    synchronous strategies built on :class:`~fedflower.server.checked.CheckedFedAvg`.
+    """
+
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_nodes: int = 1
+    min_evaluate_nodes: int = 1
+    min_available_nodes: int = II("num_clients")
+
+
+@dataclass
+class AsyncOptions(StrategyOptions):
+    """The options every asynchronous strategy shares
+    (:class:`~fedflower.server.async_strategy.AsyncStrategy`).
+    """
+
+    concurrency: int = 10
+    staleness: Any = "constant"  # a name or a mapping {name: polynomial, a: 0.5}
+    max_staleness: Optional[int] = None  # noqa: UP045
+    evaluate_every: int = 1
+    task_timeout: Optional[float] = None  # noqa: UP045
+    seed: int = II("seed")
+
+
 PRIVACY: dict[str, type] = {
     "none": NoPrivacy,
     "dp_server": ServerClipping,
@@ -187,7 +233,7 @@ LATENCY: dict[str, type] = {
 """The ``latency`` group's options (the slowdown distributions share one schema)."""
 TRACKING: dict[str, type] = {"none": NoTracking}
 """The ``tracking`` group's typed options; ``tracking=wandb`` stays open for ``wandb.init``
-arguments (see :class:`fedflower.server.tracking.WandbTracking`)."""
+arguments (see :class:`fedflower.outputs.tracking.WandbTracking`)."""
 
 
 @dataclass
@@ -268,7 +314,10 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
+    from fedflower.server.registry import schemas
+
     for group, kinds in (
+        ("strategy", schemas()),
         ("privacy", PRIVACY),
         ("secagg", SECAGG),
         ("compression", COMPRESSION),

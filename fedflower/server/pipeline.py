@@ -20,12 +20,10 @@ reports (:class:`~fedflower.engine.wrapper.Reports`) and checkpoint state
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from fedflower.engine.clock import VirtualClockGrid
 from fedflower.engine.latency import LatencyModel
@@ -35,6 +33,7 @@ from fedflower.engine.wrapper import Reports, Stateful
 from fedflower.outputs.per_client import PerClientLog
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.compression import compressed_grid
+from fedflower.server.contract import StrategyContract
 from fedflower.server.per_client import PerClientGrid
 
 
@@ -52,7 +51,7 @@ class Pipeline:
         Encodes models, decodes updates (``None`` without compression).
     grid : Grid
         What the strategy talks to (the outermost wrapper).
-    strategies : list of Strategy
+    strategies : list of StrategyContract
         The strategy as the loop runs it, then each strategy it wraps (a privacy release,
         then the plugin).
     """
@@ -61,13 +60,13 @@ class Pipeline:
     meter: MeteredGrid
     compression: Grid | None
     grid: Grid
-    strategies: list[Strategy]
+    strategies: list[StrategyContract]
     per_client: PerClientGrid | None = None
     engine: Grid | None = None
     deadline: Reports | None = None
 
     @property
-    def strategy(self) -> Strategy:
+    def strategy(self) -> StrategyContract:
         """The strategy the loop runs (the outermost layer)."""
         return self.strategies[0]
 
@@ -117,27 +116,28 @@ class Pipeline:
 
 def build_pipeline(
     grid: Grid,
-    strategy: Strategy,
+    strategy: StrategyContract,
     *,
     latency: LatencyModel | None,
     compression: dict[str, Any] | None,
     client_options: dict[str, Any],
     seed: int,
-    wrap_strategy: Callable[[Strategy], Strategy] | None = None,
+    outer: StrategyContract | None = None,
     per_client: PerClientLog | None = None,
 ) -> Pipeline:
     """Stack a run's wrappers around the engine's ``grid`` and the plugin ``strategy``.
 
     ``latency`` gives the run a virtual clock (simulation only); ``compression`` is the
     config group's options; ``client_options`` decide the stragglers
-    (``client.straggler_fraction``, seeded by ``seed``); ``wrap_strategy`` wraps the plugin
-    (differential privacy, SecAgg+); ``per_client`` receives each client's federated
-    evaluation (synchronous strategies; outside the meter, it reads only what crossed it).
+    (``client.straggler_fraction``, seeded by ``seed``); ``outer`` is the strategy the loop
+    runs when it wraps the plugin (differential privacy, SecAgg+); ``per_client`` receives each
+    client's federated evaluation (synchronous strategies; outside the meter, it reads only
+    what crossed it).
     """
     clock = None if latency is None else VirtualClockGrid(grid, latency)
     meter = MeteredGrid(grid if clock is None else clock)
     wire = compressed_grid(meter, compression, seed)
-    outer = strategy if wrap_strategy is None else wrap_strategy(strategy)
+    outer = strategy if outer is None else outer
     strategies = [outer] if outer is strategy else [outer, strategy]
     readers = None
     if per_client is not None and not isinstance(strategy, AsyncStrategy):

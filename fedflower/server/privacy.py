@@ -52,6 +52,7 @@ from fedflower.aggregation.privacy import (
 )
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checked import CheckedFedAvg
+from fedflower.server.contract import StrategyContract
 from fedflower.server.rules import SECURE_PRIVACY, require_rounds
 from fedflower.server.secagg import SecureResult, SecureRound
 
@@ -61,8 +62,8 @@ NORM_SLACK = 1e-5
 """Relative slack when verifying client-clipped norms (float32 rounding of ``w + Delta``)."""
 
 
-class PrivateRelease:
-    """The DP release shared by every mode; mixed in before a Flower DP wrapper.
+class PrivateRelease(StrategyContract):
+    """The DP release shared by every mode; listed before a Flower DP wrapper.
 
     The Flower wrapper stores ``strategy``, ``noise_multiplier`` and ``clipping_norm``;
     :meth:`setup_release` adds fedflower's options.
@@ -126,7 +127,7 @@ class PrivateRelease:
     @property
     def drops_stragglers(self) -> bool:
         """Whether stragglers' partial work is dropped: the wrapped strategy decides."""
-        return bool(getattr(self.strategy, "drops_stragglers", True))
+        return bool(self.strategy.drops_stragglers)
 
     @property
     def rejected(self) -> int:
@@ -140,7 +141,7 @@ class PrivateRelease:
         """Sample as configured and ask for weights (not updates) so they can be clipped."""
         self._reference = arrays.to_numpy_ndarrays()
         messages = sorted(
-            super().configure_train(server_round, arrays, config, grid),  # type: ignore[misc]
+            super().configure_train(server_round, arrays, config, grid),  # type: ignore[safe-super]
             key=lambda m: m.metadata.dst_node_id,
         )
         if self.poisson:
@@ -442,12 +443,12 @@ def _expected_sample(strategy: CheckedFedAvg, num_clients: int) -> int:
 
 
 def make_private(
-    strategy: Strategy,
+    strategy: StrategyContract,
     options: dict[str, Any],
     num_clients: int,
     seed: int,
     secagg: dict[str, Any] | None = None,
-) -> Strategy:
+) -> StrategyContract:
     """Wrap ``strategy`` for the privacy mode ``options["name"]`` and SecAgg+ (``secagg``).
 
     ``options`` is the ``privacy`` config group and ``secagg`` the ``secagg`` one (checked by
@@ -499,7 +500,7 @@ def make_private(
         seed=seed,
         secure=secure,
     )
-    return wrapped  # type: ignore[return-value]
+    return wrapped
 
 
 CLIENTS_PER_NOISE = 100

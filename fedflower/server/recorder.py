@@ -3,7 +3,7 @@
 Strategies feed the recorder through Flower's own hooks (the metric-aggregation functions and
 ``evaluate_fn``), so it needs no change to them. It hands every row and the results to the
 outputs: the :class:`~fedflower.outputs.writer.RunWriter` (``metrics.jsonl``, ``results.json``),
-the console, the plot and the trackers (:mod:`fedflower.outputs`, :mod:`fedflower.server.tracking`).
+the console, the plot and the trackers (:mod:`fedflower.outputs`, including its ``tracking``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from fedflower import keys
 from fedflower.outputs.console import NAIVE_ESTIMATE, ConsoleSink, human_bytes
 from fedflower.outputs.plots import plot_history
 from fedflower.outputs.rundir import PLOT_FILE
+from fedflower.outputs.tracking import Sink
 from fedflower.outputs.writer import RunWriter
-from fedflower.server.tracking import Sink
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,68 @@ MetricsAggr = Callable[[list[RecordDict], str], MetricRecord]
 __all__ = [
     "NAIVE_ESTIMATE",
     "Recorder",
+    "RoundMetrics",
     "all_finite",
     "human_bytes",
     "naive_estimate",
     "plot_history",
 ]
+
+
+class RoundMetrics:
+    """The clients' aggregated metrics of the current round, caught by the strategy's hooks.
+
+    Made before the strategy (whose ``train_metrics_aggr_fn``/``evaluate_metrics_aggr_fn`` are
+    its hooks) and handed to the :class:`Recorder`, which takes them at each round's end; so
+    the strategy is built once, before any output of the run exists.
+    """
+
+    def __init__(self) -> None:
+        self.fed: dict[str, float] = {}
+        self.train: dict[str, float] = {}
+        self.eval_dropped = 0
+
+    def train_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
+        """A ``train_metrics_aggr_fn`` that also remembers the round's aggregated train metrics."""
+        aggr = inner or aggregate_metricrecords
+
+        def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+            record = aggr(contents, weight_key)
+            self.train = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+            return record
+
+        return hook
+
+    def evaluate_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
+        """An ``evaluate_metrics_aggr_fn`` that also remembers the federated evaluation.
+
+        A client's evaluation with a NaN or infinite loss or metric is dropped (and counted in
+        the round's ``eval_dropped``), not averaged into ``fed_loss``/``fed_accuracy``.
+        """
+        aggr = inner or aggregate_metricrecords
+
+        def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+            finite = [c for c in contents if all_finite(c)]
+            if len(finite) < len(contents):
+                self.eval_dropped += len(contents) - len(finite)
+                log.warning(
+                    "%d federated evaluation(s) with NaN or infinite values dropped",
+                    len(contents) - len(finite),
+                )
+            if not finite:
+                self.fed = {}
+                return MetricRecord()
+            record = aggr(finite, weight_key)
+            self.fed = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+            return record
+
+        return hook
+
+    def take(self) -> tuple[dict[str, float], dict[str, float], int]:
+        """The round's federated evaluation, train metrics and dropped evaluations; reset."""
+        taken = self.fed, self.train, self.eval_dropped
+        self.fed, self.train, self.eval_dropped = {}, {}, 0
+        return taken
 
 
 class Recorder:
@@ -53,7 +110,9 @@ class Recorder:
         Show a progress bar when the console is a terminal.
     sinks : sequence of Sink
         Also receive every metrics row and the results (TensorBoard, W&B; see
-        :mod:`fedflower.server.tracking`).
+        :mod:`fedflower.outputs.tracking`).
+    metrics : RoundMetrics, optional
+        Where the strategy's metric hooks put each round's client metrics (default: new).
     """
 
     def __init__(
@@ -62,15 +121,14 @@ class Recorder:
         num_rounds: int,
         progress: bool = True,
         sinks: Sequence[Sink] = (),
+        metrics: RoundMetrics | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.metrics = RoundMetrics() if metrics is None else metrics
         self.sinks = list(sinks)
         self.num_rounds = num_rounds
         self.rows: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
-        self._fed: dict[str, float] = {}
-        self._train: dict[str, float] = {}
-        self._eval_dropped = 0
         self.eval_dropped = 0
         self._writer = RunWriter(self.output_dir)
         self._console = ConsoleSink(self.output_dir, num_rounds, progress)
@@ -88,40 +146,12 @@ class Recorder:
 
     # -- hooks given to the strategy ---------------------------------------------------------
     def train_metrics_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
-        """A ``train_metrics_aggr_fn`` that also remembers the round's aggregated train metrics."""
-        aggr = inner or aggregate_metricrecords
-
-        def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-            record = aggr(contents, weight_key)
-            self._train = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
-            return record
-
-        return hook
+        """A ``train_metrics_aggr_fn`` feeding this recorder (see :class:`RoundMetrics`)."""
+        return self.metrics.train_hook(inner)
 
     def evaluate_metrics_hook(self, inner: MetricsAggr | None = None) -> MetricsAggr:
-        """An ``evaluate_metrics_aggr_fn`` that also remembers the federated evaluation.
-
-        A client's evaluation with a NaN or infinite loss or metric is dropped (and counted in
-        the round's ``eval_dropped``), not averaged into ``fed_loss``/``fed_accuracy``.
-        """
-        aggr = inner or aggregate_metricrecords
-
-        def hook(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-            finite = [c for c in contents if all_finite(c)]
-            if len(finite) < len(contents):
-                self._eval_dropped += len(contents) - len(finite)
-                log.warning(
-                    "%d federated evaluation(s) with NaN or infinite values dropped",
-                    len(contents) - len(finite),
-                )
-            if not finite:
-                self._fed = {}
-                return MetricRecord()
-            record = aggr(finite, weight_key)
-            self._fed = {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
-            return record
-
-        return hook
+        """An ``evaluate_metrics_aggr_fn`` feeding this recorder (see :class:`RoundMetrics`)."""
+        return self.metrics.evaluate_hook(inner)
 
     # -- checkpoint ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -157,24 +187,24 @@ class Recorder:
             self.initial = {"loss": loss, "accuracy": accuracy}
             self._t_round = now
             return self.initial
+        fed, train, dropped = self.metrics.take()
         row: dict[str, Any] = {
             "round": server_round,
             "loss": loss,
             "accuracy": accuracy,
-            "fed_loss": self._fed.get(keys.EVAL_LOSS),
-            "fed_accuracy": self._fed.get(keys.EVAL_ACCURACY),
-            "train_loss": self._train.get(keys.TRAIN_LOSS),
+            "fed_loss": fed.get(keys.EVAL_LOSS),
+            "fed_accuracy": fed.get(keys.EVAL_ACCURACY),
+            "train_loss": train.get(keys.TRAIN_LOSS),
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
             "seconds": now - self._t_round,
             "elapsed": now - self._t0,
             **extra,
         }
-        if self._eval_dropped:
-            row["eval_dropped"] = self._eval_dropped
-            self.eval_dropped += self._eval_dropped
+        if dropped:
+            row["eval_dropped"] = dropped
+            self.eval_dropped += dropped
         self._t_round = now
-        self._fed, self._train, self._eval_dropped = {}, {}, 0
         self.rows.append(row)
         self._writer.row(row)
         for sink in self.sinks:

@@ -10,17 +10,18 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from functools import cache, lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from fedflower.errors import ConfigError, PluginError
-from fedflower.server.deadline import DeadlineOptions
 
 GROUP = "fedflower.strategies"
 CONF_GROUP = "fedflower.conf"
 """Entry-point group naming a plugin's config package (``pkg://`` path with ``strategy/*.yaml``)."""
+SCHEMA_GROUP = "fedflower.strategy_options"
+"""Entry-point group naming each strategy's typed options (a dataclass), by the strategy's name."""
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +54,7 @@ def refresh() -> None:
     """Forget the cached discovery so newly installed plugins are found."""
     _entry_points.cache_clear()
     _load.cache_clear()
+    schemas.cache_clear()
     config_search_paths.cache_clear()
 
 
@@ -95,6 +97,36 @@ def available() -> list[PluginInfo]:
         doc = (cls.__doc__ or "").strip().splitlines()
         infos.append(PluginInfo(name, _entry_points()[name].value, doc[0] if doc else ""))
     return infos
+
+
+@lru_cache(maxsize=1)
+def schemas() -> dict[str, type]:
+    """The strategies' typed options (their Hydra schemas) by name.
+
+    A plugin names a dataclass in the ``fedflower.strategy_options`` entry-point group under
+    its strategy's name, e.g. ``median = "fedflower_median.options:MedianOptions"``, in a
+    module that imports neither Flower nor TensorFlow (it is loaded whenever Hydra starts
+    for fedflower). A strategy without one (or a config of your own under another name) is
+    composed untyped, its options checked when it is built, against its constructor
+    (:func:`strategy_options`). An entry that fails to load or is not a dataclass warns and
+    is skipped; of two entries with one name the first (sorted by value) is kept.
+    """
+    found: dict[str, type] = {}
+    for ep in sorted(entry_points(group=SCHEMA_GROUP), key=lambda e: (e.name, e.value)):
+        if ep.name in found:
+            continue
+        try:
+            node = ep.load()
+        except Exception as exc:
+            log.warning(
+                "strategy options %r (%s) failed to load: %s (skipped)", ep.name, ep.value, exc
+            )
+            continue
+        if not (isinstance(node, type) and is_dataclass(node)):
+            log.warning("strategy options %r = %r is not a dataclass (skipped)", ep.name, ep.value)
+            continue
+        found[ep.name] = node
+    return found
 
 
 @lru_cache(maxsize=1)
@@ -152,6 +184,8 @@ def build_strategy(options: dict[str, Any], **runtime: Any) -> Any:
 
     ``runtime`` objects (e.g. metric hooks) are passed only when the class accepts them.
     """
+    from fedflower.server.deadline import DeadlineOptions  # imports Flower's grid
+
     _, options = DeadlineOptions.split(options)  # the run's deadline: not a plugin option
     name = options.pop("name", None)
     if not name:

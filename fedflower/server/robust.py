@@ -65,7 +65,7 @@ class RobustAggregation(CheckedFedAvg):
         super().check_clients(num_clients)
         check_number(
             "strategy.num_malicious_nodes",
-            getattr(self, "num_malicious_nodes", 0),
+            self.num_malicious_nodes,
             minimum=0,
             maximum=num_clients - 1,
             integer=True,
@@ -73,7 +73,7 @@ class RobustAggregation(CheckedFedAvg):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        n = getattr(self, "num_malicious_nodes", 0)
+        n = self.num_malicious_nodes
         check_number("strategy.num_malicious_nodes", n, minimum=0, integer=True)
         if hasattr(self, "num_nodes_to_select"):
             k = self.num_nodes_to_select

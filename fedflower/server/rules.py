@@ -2,8 +2,9 @@
 
 A strategy states what it needs (:attr:`synchronous` rounds to sample and account,
 :attr:`combines_single_updates` for robust rules that select or trim updates, and
-:meth:`check_clients` for options bounded by the federation's size), so a plugin strategy
-declares its own rules by defining the same attributes. Each group's value rules live with the
+:meth:`check_clients` for options bounded by the federation's size), declared with their
+defaults by :class:`~fedflower.server.contract.StrategyContract`, so a plugin strategy
+declares its own rules by overriding them. Each group's value rules live with the
 code the group configures (a dataclass's ``__post_init__`` for the groups Hydra types, see
 :func:`build_typed_groups`); this module adds only what spans groups, plus the run-level numbers.
 
@@ -25,9 +26,10 @@ from fedflower.checks import check_choice
 from fedflower.engine import BACKENDS
 from fedflower.engine.pool import check_backends
 from fedflower.errors import ConfigError
+from fedflower.outputs.tracking import check_tracking
 from fedflower.server import registry
+from fedflower.server.contract import StrategyContract
 from fedflower.server.options import PRIVACY, SECAGG, build_options, run_options
-from fedflower.server.tracking import check_tracking
 
 SECURE_PRIVACY = ("none", "dp_client")
 """Privacy modes that compose with SecAgg+: the server must not need to see single updates."""
@@ -60,9 +62,7 @@ def validate(cfg: DictConfig) -> None:
             "(e.g. dataset=csv dataset.path=data.csv, model=keras_file model.path=model.keras)"
         )
     strategy = registry.build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True))  # type: ignore[arg-type]
-    check_clients = getattr(strategy, "check_clients", None)  # Flower's own strategies: none
-    if check_clients is not None:
-        check_clients(n)
+    strategy.check_clients(n)
     build_typed_groups(cfg)
     check_choice("simulation.backend", cfg.simulation.backend, BACKENDS)
     check_backend(cfg.get("backend", "tensorflow"))
@@ -90,14 +90,14 @@ def build_typed_groups(cfg: DictConfig) -> None:
             OmegaConf.to_object(node)
 
 
-def require_rounds(strategy: object, feature: str) -> None:
+def require_rounds(strategy: StrategyContract, feature: str) -> None:
     """Refuse ``feature`` (e.g. ``privacy=dp_client``) with a strategy without synchronous rounds.
 
     Differential privacy and SecAgg+ act on one round's sample of updates: clipped, noised and
     accounted (or masked and summed) together; an asynchronous strategy folds updates as they
     arrive and has no such sample.
     """
-    if not getattr(strategy, "synchronous", False):
+    if not strategy.synchronous:
         raise ConfigError(
             f"{feature} needs synchronous rounds; {type(strategy).__name__} folds updates as "
             "they arrive, with no round sample to clip, noise and account (see README, "
@@ -154,12 +154,12 @@ def _options(cfg: DictConfig, group: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[return-value]
 
 
-def validate_privacy(cfg: DictConfig, strategy: object) -> None:
+def validate_privacy(cfg: DictConfig, strategy: StrategyContract) -> None:
     """Check the ``privacy`` group; refuse it with strategies it does not compose with."""
     options = build_options("privacy", _options(cfg, "privacy"), PRIVACY)
     if options.name == "none":
         return
-    if getattr(strategy, "combines_single_updates", False):
+    if strategy.combines_single_updates:
         raise ConfigError(
             f"privacy={options.name} cannot run with strategy={cfg.strategy.name}: the privacy "
             "wrapper hands the strategy the one noised mean of the clipped updates, so a robust "
@@ -168,7 +168,7 @@ def validate_privacy(cfg: DictConfig, strategy: object) -> None:
     require_rounds(strategy, f"privacy={options.name}")
 
 
-def validate_secagg(cfg: DictConfig, strategy: object) -> None:
+def validate_secagg(cfg: DictConfig, strategy: StrategyContract) -> None:
     """Check the ``secagg`` group and refuse the combinations SecAgg+ cannot serve."""
     name = build_options("secagg", _options(cfg, "secagg"), SECAGG).name
     if name == "none":

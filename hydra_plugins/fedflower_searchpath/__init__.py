@@ -23,11 +23,15 @@ class FedflowerPluginConfigs(SearchPathPlugin):
         """Add ``pkg://<plugin config package>`` for each plugin (only for fedflower's app)."""
         if not any(element.path == FEDFLOWER_CONF for element in search_path.get_path()):
             return
+        from fedflower import model_options
         from fedflower.client import options as client_options
+        from fedflower.data import options as data_options
         from fedflower.server import options as server_options
         from fedflower.server.registry import config_search_paths
 
         client_options.register()  # the typed schemas of fedflower's config groups
         server_options.register()
+        model_options.register()
+        data_options.register()
         for provider, path in config_search_paths():
             search_path.append(provider=provider, path=path)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from fedflower.errors import ConfigError
 from fedflower.experiment import run
 from fedflower.outputs import RunDir
+from fedflower.server import privacy
 
 SCORES = ("loss", "accuracy", "fed_loss", "epsilon")
 
@@ -43,9 +44,20 @@ def test_dp_client_run_is_deterministic_and_reports_epsilon(
 
 
 @pytest.mark.slow
-def test_budget_stop_saves_what_it_has(tiny_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+def test_budget_stop_saves_what_it_has(
+    tiny_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = []
+    wrap = privacy.make_private
+
+    def make_private(*args: object, **options: object) -> object:
+        built.append(wrap(*args, **options))
+        return built[-1]
+
+    monkeypatch.setattr(privacy, "make_private", make_private)
     cfg = tiny_cfg("privacy=dp_server", "privacy.max_epsilon=7.5", "num_rounds=4")
     results = run(cfg, tmp_path)
+    assert len(built) == 1  # the private strategy is built once, checked and run
     rows = metrics(tmp_path)
     assert len(rows) == 2  # epsilon 4.73, 7.08, then 9.01 > 7.5
     assert rows[-1]["epsilon"] <= 7.5

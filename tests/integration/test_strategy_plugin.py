@@ -112,6 +112,11 @@ def test_installed_plugin_is_listed_and_runs_end_to_end(plugin_site: Path, tmp_p
     assert "fedflower_trimmedmean.strategy:TrimmedMean" in listed.stdout
     assert "arXiv:1803.01498" in listed.stdout
 
+    typo = fedflower(["strategy=trimmedmean", "strategy.beta=abc", *TINY], plugin_site, tmp_path)
+    assert typo.returncode == 2
+    last = typo.stderr.strip().splitlines()[-1]
+    assert last.endswith("strategy.beta must be a number, got 'abc'")
+
     out = tmp_path / "run"
     res = fedflower(
         ["strategy=trimmedmean", "strategy.beta=0.34", *TINY, f"hydra.run.dir={out}"],

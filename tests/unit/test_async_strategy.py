@@ -28,9 +28,9 @@ from fedflower.engine.clock import WallClock
 from fedflower.engine.latency import Constant, LatencyModel, LogNormal
 from fedflower.engine.local import LocalGrid
 from fedflower.errors import ConfigError
-from fedflower.server.app import build_strategy
 from fedflower.server.async_strategy import AsyncStrategy, ClientUpdate
 from fedflower.server.pipeline import Pipeline, build_pipeline
+from fedflower.server.registry import build_strategy
 
 SHAPES = [(3, 2), (2,)]
 SECONDS = LatencyModel(Constant(), seconds_per_example=1.0, latency_s=0.0, bandwidth_mbps=1e9)

@@ -46,6 +46,13 @@ BAD: dict[str, list[str]] = {
     "text-model-on-tabular-data": ["model=text"],
     "image-model-on-tabular-data": ["model=cnn", "num_clients=3"],
     "bad-wandb-mode": ["tracking=wandb", "tracking.mode=loud"],
+    # the typed model, dataset and partition groups: Hydra refuses these while composing
+    "unknown-model-key": ["model.hidden=[8]"],
+    "model-key-of-wrong-type": ["model=cnn", "model.kernel_size=wide"],
+    "unknown-dataset-key": ["dataset.patients=50"],
+    "dataset-key-of-wrong-type": ["dataset.case_mix=high"],
+    "unknown-partition-key": ["partition=dirichlet", "partition.beta=1"],
+    "partition-key-of-wrong-type": ["partition=dirichlet", "partition.alpha=many"],
 }
 WRITES_NOTHING = (
     "seed-not-a-number",
@@ -54,6 +61,12 @@ WRITES_NOTHING = (
     "zero-pareto-shape",
     "too-many-malicious",
     "attack-fraction-above-one",
+    "unknown-model-key",
+    "model-key-of-wrong-type",
+    "unknown-dataset-key",
+    "dataset-key-of-wrong-type",
+    "unknown-partition-key",
+    "partition-key-of-wrong-type",
 )
 """Cases that must fail before any output file (or the run directory) is written."""
 EXPECTED: dict[str, str] = {
@@ -75,6 +88,12 @@ EXPECTED: dict[str, str] = {
     "text-model-on-tabular-data": "reads sentences but dataset=fedflower.data.hospitals.load",
     "image-model-on-tabular-data": "model=cnn needs images (height, width[, channels]), got",
     "bad-wandb-mode": "tracking.mode must be one of offline, online, disabled, got 'loud'",
+    "unknown-model-key": "unknown config key 'model.hidden'",
+    "model-key-of-wrong-type": "model.kernel_size must be an integer, got 'wide'",
+    "unknown-dataset-key": "unknown config key 'dataset.patients'",
+    "dataset-key-of-wrong-type": "dataset.case_mix must be a number, got 'high'",
+    "unknown-partition-key": "unknown config key 'partition.beta'",
+    "partition-key-of-wrong-type": "partition.alpha must be a number, got 'many'",
 }
 OK: dict[str, list[str]] = {
     "help": ["--help"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -25,7 +27,7 @@ from fedflower.errors import ConfigError, PluginError
 from fedflower.experiment import validate
 from fedflower.models import mlp
 from fedflower.server import registry
-from fedflower.server.app import build_strategy
+from fedflower.server.registry import build_strategy
 
 MakeCfg = Callable[..., DictConfig]
 CONF = files("fedflower.conf")
@@ -336,7 +338,6 @@ def test_the_issue_override_example(make_cfg: MakeCfg) -> None:
             r"strategy.fraction_train must be a number in \[0, 1\], got 1.5",
         ),
         ("strategy.fraction_train=-0.1", "fraction_train"),
-        ("strategy.fraction_train=abc", "fraction_train"),
         ("strategy.fraction_evaluate=2", "fraction_evaluate"),
         ("strategy.min_train_nodes=4", r"min_train_nodes must be an integer in \[0, 3\], got 4"),
         ("strategy.min_evaluate_nodes=-1", "min_evaluate_nodes"),
@@ -357,6 +358,40 @@ def test_validate_rejects(tiny_cfg: MakeCfg, override: str, match: str) -> None:
     cfg = tiny_cfg(override)
     with pytest.raises(ConfigError, match=match):
         validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.hidden_units=[0]"], r"^model.hidden_units must be an integer >= 1, got 0$"),
+        (
+            ["model=cnn", "model.dropout=1"],
+            r"^model.dropout must be a number in \[0, 1\), got 1.0$",
+        ),
+        (
+            ["model=text", "dataset=financial_news", "model.encoder=gru"],
+            r"^model.encoder must be one of pool, conv, lstm, got 'gru'$",
+        ),
+        (
+            ["model=python", "model.factory=build"],
+            r"^model.factory must be 'module:function', got 'build'$",
+        ),
+        (["partition=dirichlet", "partition.alpha=-1"], r"^partition.alpha must be a number > 0"),
+        (
+            ["partition=pathological", "partition.class_assignment_mode=fair"],
+            r"^partition.class_assignment_mode must be one of random, deterministic",
+        ),
+        (
+            ["partition=shard", "partition.shard_size=0"],
+            r"^partition.shard_size must be an integer >= 1 or null, got 0$",
+        ),
+    ],
+)
+def test_typed_groups_check_their_values(
+    make_cfg: MakeCfg, overrides: list[str], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(make_cfg(overrides))
 
 
 def test_unknown_strategy_name_lists_the_installed_ones() -> None:
@@ -387,6 +422,19 @@ def test_unknown_strategy_option_is_a_config_error(tiny_cfg: MakeCfg) -> None:
         ["privacy=dp_server", "privacy.noise_multiplier=abc"],
         ["privacy=dp_server", "privacy.clip=1"],
         ["attack=sign_flip", "attack.in_deployment=maybe"],
+        ["strategy.fraction_train=abc"],
+        ["strategy.fraction=0.5"],
+        ["strategy=scaffold", "strategy.global_lr=fast"],
+        ["strategy=fedbuff", "strategy.buffer_size=1.5"],
+        ["+strategy.round_timeout=soon"],
+        ["model.hidden=[8]"],
+        ["model=cnn", "model.kernel_size=wide"],
+        ["model=python", "model.factory=m:f", "model.options=[1]"],
+        ["dataset.patients=50"],
+        ["dataset.case_mix=high"],
+        ["dataset=csv", "dataset.missing_indicator=sometimes"],
+        ["partition=dirichlet", "partition.beta=1"],
+        ["partition=shard", "partition.shard_size=big"],
     ],
 )
 def test_bad_overrides_do_not_compose(make_cfg: MakeCfg, overrides: list[str]) -> None:
@@ -397,7 +445,7 @@ def test_bad_overrides_do_not_compose(make_cfg: MakeCfg, overrides: list[str]) -
 @pytest.mark.parametrize("name", ["fedbuff", "fedasync"])
 def test_options_passed_on_to_the_base_are_checked_by_name(name: str) -> None:
     """Plugins that forward ``**options`` to their base still get unknown options rejected."""
-    from fedflower.server.app import build_strategy
+    from fedflower.server.registry import build_strategy
 
     strategy = build_strategy({"name": name, "concurrency": 3, "max_staleness": 4})
     assert strategy.max_staleness == 4
@@ -427,3 +475,17 @@ def test_digits_study_sweeps_alpha_over_the_digits_experiment(make_cfg: MakeCfg)
     assert base.partition._target_.endswith("IidPartitioner")
     for key in ("num_clients", "num_rounds", "client", "model", "dataset"):
         assert study[key] == base[key]
+
+
+def test_registering_the_schemas_imports_no_heavy_package() -> None:
+    """The model, dataset and partition schemas load before Keras, Flower and the data stacks."""
+    code = (
+        "import sys\n"
+        "from fedflower import model_options\n"
+        "from fedflower.data import options\n"
+        "model_options.register(); options.register()\n"
+        "heavy = {'keras', 'tensorflow', 'flwr', 'flwr_datasets', 'datasets', 'sklearn'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

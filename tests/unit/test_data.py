@@ -123,7 +123,7 @@ def test_hospitals_test_set_is_pooled_from_every_hospital(small_hospitals: Tabul
     ],
 )
 def test_hospitals_reject_bad_arguments(kwargs: dict) -> None:
-    with pytest.raises(DataError, match="hospitals"):
+    with pytest.raises(DataError, match=r"^dataset\.\w+ must be an integer >= \d, got"):
         hospitals.load(**kwargs)
 
 

@@ -24,31 +24,9 @@ from fedflower.server.privacy import make_private
 from fedflower.wire import named_record
 
 
-class FakeGrid:
-    """Nodes 1..n; ``silent`` never reply, ``slow`` reply after ``delay`` s, ``broken`` fail."""
-
-    def __init__(self, n, silent=(), slow=(), broken=(), delay=10.0):
-        self.nodes, self.silent, self.slow, self.broken = (
-            list(range(1, n + 1)),
-            silent,
-            slow,
-            broken,
-        )
-        self.delay, self.timeouts = delay, []
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        self.timeouts.append(timeout)
-        out = []
-        for i, m in enumerate(messages):
-            m.metadata.message_id = f"{len(self.timeouts)}-{i}"  # as Flower's grids do
-            node = m.metadata.dst_node_id
-            if node in self.silent or (node in self.slow and self.delay > timeout):
-                continue
-            out.append(reply(m, error=node in self.broken))
-        return out
+def fake_grid(n, **faults):
+    """The shared fake grid with nodes 1..n, answering with :func:`reply`."""
+    return helpers.FakeGrid(range(1, n + 1), answer=reply, **faults)
 
 
 def message(error=False, **metadata):
@@ -76,7 +54,7 @@ def send(grid, nodes, kind=MessageType.TRAIN):
 
 
 def test_round_proceeds_with_quorum_and_records_missing_and_failed():
-    fake = FakeGrid(4, silent={2}, slow={3}, broken={4})
+    fake = fake_grid(4, silent={2}, slow={3}, broken={4})
     grid = DeadlineGrid(fake, strategy(min_train=1), DeadlineOptions(round_timeout=5.0))
     replies = send(grid, [1, 2, 3, 4])
     assert fake.timeouts == [5.0]
@@ -88,7 +66,7 @@ def test_round_proceeds_with_quorum_and_records_missing_and_failed():
 
 
 def test_round_without_quorum_is_skipped_and_run_ends_after_max_failed():
-    fake = FakeGrid(3, silent={2, 3})
+    fake = fake_grid(3, silent={2, 3})
     grid = DeadlineGrid(
         fake, strategy(min_train=2), DeadlineOptions(round_timeout=1.0, max_failed_rounds=2)
     )
@@ -106,7 +84,7 @@ def test_round_without_quorum_is_skipped_and_run_ends_after_max_failed():
 
 def test_min_available_is_waited_for_once_then_times_out():
     now = [0.0]
-    fake = FakeGrid(2)
+    fake = fake_grid(2)
     s = strategy(min_available=3)
     grid = DeadlineGrid(
         fake, s, DeadlineOptions(round_timeout=1.0, wait_timeout=10.0),
@@ -114,7 +92,7 @@ def test_min_available_is_waited_for_once_then_times_out():
     )  # fmt: skip
     with pytest.raises(FederationError, match=r"only 2 of strategy\.min_available_nodes=3"):
         grid.get_node_ids()
-    fake.nodes.append(3)
+    fake.node_ids.append(3)
     assert len(list(grid.get_node_ids())) == 3
     assert s.min_available_nodes == 0  # later rounds do not wait for it
 
@@ -149,7 +127,7 @@ class PollingGrid(helpers.FakeGrid):
 
 
 def test_a_node_lost_by_the_superlink_is_counted_once_as_failed():
-    fake = FakeGrid(3)
+    fake = fake_grid(3)
     grid = DeadlineGrid(fake, strategy(min_train=2), DeadlineOptions(round_timeout=5.0))
     fake.broken = {2}
     inner = fake.send_and_receive

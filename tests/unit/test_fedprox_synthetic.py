@@ -95,7 +95,7 @@ def test_beta_shifts_features_and_alpha_beta_skew_labels(synthetic) -> None:
     "kwargs", [{"alpha": -1.0}, {"num_devices": 0}, {"num_classes": 1}, {"train_fraction": 1.0}]
 )
 def test_bad_arguments_are_data_errors(kwargs: dict) -> None:
-    with pytest.raises(DataError, match="fedprox_synthetic"):
+    with pytest.raises(DataError, match=r"^dataset\.\w+ must be"):
         fedprox_synthetic.load(**kwargs)
 
 

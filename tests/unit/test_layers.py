@@ -3,7 +3,8 @@
 Every module belongs to one part; a part may import only the parts listed for it (docs/
 architecture.md draws the same table). Imports inside functions count: a lazy import is still
 a dependency, and so is ``importlib.import_module("fedflower.x")`` or ``__import__`` of a
-module named by a string. No two modules import each other, directly or through others (a
+module named by a string (``import_module`` under another name, or a name bound to the string,
+too). No two modules import each other, directly or through others (a
 cycle inside one package is still a cycle). A new module outside the table fails the test
 until it gets a part. The last tests plant a bad module in a copy of the tree and see each
 check fail.
@@ -54,6 +55,7 @@ PARTS = {
     "fedflower.data": "data",
     "fedflower.models": "models",
     "fedflower.model_inputs": "models",  # the saved model's preprocessing layers
+    "fedflower.model_options": "models",  # the model group's typed options (no Keras)
     "fedflower.steps": "models",  # compiled train/test steps the client and server share
     "fedflower.engine": "engine",
     "fedflower.client": "client",
@@ -80,6 +82,8 @@ FORBIDDEN_PACKAGES = {
     "outputs": {"flwr", "tensorflow", "keras"},  # reading a run stays cheap
     # typed options Hydra reads while composing, before the heavy imports
     "fedflower.server.options": {"flwr", "tensorflow", "keras"},
+    "fedflower.model_options": {"flwr", "tensorflow", "keras"},
+    "fedflower.data.options": {"flwr", "flwr_datasets", "datasets", "sklearn", "keras"},
 }
 
 
@@ -103,20 +107,41 @@ DYNAMIC = {"import_module", "__import__"}
 """Calls that import the module named by their first argument."""
 
 
-def _dynamic_import(node: ast.Call) -> str | None:
-    """The module a call ``importlib.import_module("m")`` / ``__import__("m")`` imports."""
+def _dynamic_import(node: ast.Call, loaders: set[str], strings: dict[str, str]) -> str | None:
+    """The module a call ``importlib.import_module("m")`` / ``__import__("m")`` imports.
+
+    ``loaders`` holds the names ``import_module`` goes by in the module (``from importlib
+    import import_module as load``); a first argument that is a name bound to a string
+    (``APP = "fedflower.x"``) is read through ``strings``.
+    """
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-    if name not in DYNAMIC or not node.args:
+    if name not in loaders or not node.args:
         return None
     first = node.args[0]
+    if isinstance(first, ast.Name):
+        return strings.get(first.id)
     return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+
+
+def _names(tree: ast.AST) -> tuple[set[str], dict[str, str]]:
+    """The names ``import_module`` goes by in ``tree``, and every name bound to a string."""
+    loaders, strings = set(DYNAMIC), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "importlib":
+            loaders |= {a.asname for a in node.names if a.name == "import_module" and a.asname}
+        elif isinstance(node, ast.Assign) and isinstance(value := node.value, ast.Constant):
+            bound = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            strings |= {name: value.value for name in bound if isinstance(value.value, str)}
+    return loaders, strings
 
 
 def imports(path: Path) -> set[str]:
     """Every module ``path`` imports, at top level, inside a function or by a string."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    loaders, strings = _names(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -125,8 +150,10 @@ def imports(path: Path) -> set[str]:
             found.add(base)
             if base.startswith("fedflower"):  # `from fedflower.x import y`: y may be a module
                 found |= {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Call) and (target := _dynamic_import(node)) is not None:
-            found.add(target)
+        elif isinstance(node, ast.Call):
+            target = _dynamic_import(node, loaders, strings)
+            if target is not None:
+                found.add(target)
     return found
 
 
@@ -250,6 +277,10 @@ PLANTED = {
     "importlib": "import importlib\n\nAPP = importlib.import_module('fedflower.experiment')\n",
     "from importlib": "from importlib import import_module\n\nimport_module('fedflower.cli')\n",
     "__import__": "__import__('fedflower.server.recorder')\n",
+    "aliased import_module": "from importlib import import_module as load\n\n"
+    "load('fedflower.cli')\n",
+    "module named by a constant": "import importlib\n\nAPP = 'fedflower.apps'\n"
+    "importlib.import_module(APP)\n",
     "banned package": "import flwr\n",
 }
 

@@ -14,6 +14,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from helpers import metered_round
 
 from fedflower import keys
 from fedflower.engine.local import LocalGrid
@@ -86,16 +87,10 @@ def test_unknown_node_is_refused() -> None:
 
 def test_metering_counts_the_bytes_the_engine_serialized_once() -> None:
     from fedflower.engine import metered
-    from fedflower.engine.metered import MeteredGrid, message_nbytes
 
     grid = LocalGrid(counting_app(set()), 3)
-    meter = MeteredGrid(grid)
-    sent = [message(n) for n in (1, 2, 3)]
-    replies = list(meter.send_and_receive(sent))
     # the sizes the engine recorded while serializing are the serialized sizes, and asked once
-    assert meter.bytes_down == sum(message_nbytes(m) for m in sent)
-    assert meter.bytes_up == sum(message_nbytes(r) for r in replies)
-    assert grid._sizes == {}
+    meter = metered_round(grid, [message(n) for n in (1, 2, 3)])
     calls = []
     original = metered.message_nbytes
     metered.message_nbytes = lambda m: calls.append(m) or original(m)  # type: ignore[assignment,func-returns-value]

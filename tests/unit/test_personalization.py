@@ -5,15 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Message, MessageType
+from helpers import answer, client_context, task
 
 from fedflower import keys
 from fedflower.client.personalization import Personalization, local_names, personalization_mod
@@ -34,31 +27,20 @@ def handler(log: list[tuple[str, list[float], dict]]) -> object:
         log.append((kind, [float(a[0]) for a in arrays], config))
         if kind == MessageType.TRAIN:
             base = arrays if start is None else start.to_numpy_ndarrays()
-            return Message(
-                RecordDict({keys.ARRAYS: ArrayRecord([b + 1 for b in base])}), reply_to=msg
-            )
+            return answer(msg, [b + 1 for b in base])
         metrics = {
             keys.EVAL_LOSS: 0.0,
             keys.EVAL_ACCURACY: float(arrays[0][0]),
             keys.NUM_EXAMPLES: 1,
         }
-        return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        return answer(msg, metrics=metrics)
 
     return call_next
 
 
 def message(kind: str, values: list[float], **config: object) -> Message:
-    content = RecordDict(
-        {
-            keys.ARRAYS: ArrayRecord([np.full(2, v, dtype=np.float32) for v in values]),
-            keys.CONFIG: ConfigRecord({keys.LOCAL_EPOCHS: 1, **config}),  # type: ignore[dict-item]
-        }
-    )
-    return Message(content, dst_node_id=1, message_type=kind)
-
-
-def context() -> Context:
-    return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    arrays = [np.full(2, v, dtype=np.float32) for v in values]
+    return task(arrays, kind, config={keys.LOCAL_EPOCHS: 1, **config})
 
 
 def values(reply: Message) -> list[float]:
@@ -68,7 +50,7 @@ def values(reply: Message) -> list[float]:
 def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> None:
     log: list = []
     mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: ["1"])
-    ctx, call_next = context(), handler(log)
+    ctx, call_next = client_context(), handler(log)
     assert values(mod(message(MessageType.TRAIN, [0, 0]), ctx, call_next)) == [1, 0]
     # round 2: the global head (5) is replaced by the site's own (1) before training
     assert values(mod(message(MessageType.TRAIN, [5, 5]), ctx, call_next)) == [6, 5]
@@ -83,7 +65,7 @@ def test_fedper_keeps_the_head_on_the_site_and_sends_the_global_one_back() -> No
 def test_fedper_with_updates_replies_zero_for_the_local_layers() -> None:
     log: list = []
     mod = personalization_mod(lambda _: {"name": "fedper"}, lambda *_: ["1"])
-    ctx = context()
+    ctx = client_context()
 
     def update(msg: Message, c: Context) -> Message:  # reply w_sent - w_trained = -1
         reply = handler(log)(msg, c)
@@ -101,7 +83,7 @@ def test_ditto_trains_a_personal_model_proximal_to_the_global_one() -> None:
     log: list = []
     settings = {"name": "ditto", "ditto_lambda": 0.5, "ditto_epochs": 3}
     mod = personalization_mod(lambda _: settings, lambda *_: [])
-    ctx, call_next = context(), handler(log)
+    ctx, call_next = client_context(), handler(log)
     assert values(mod(message(MessageType.TRAIN, [0, 0]), ctx, call_next)) == [1, 1]
     personal_task = log[-1]
     assert personal_task[2][keys.PROXIMAL_MU] == 0.5 and personal_task[2][keys.LOCAL_EPOCHS] == 3
@@ -116,7 +98,7 @@ def test_fedrep_trains_the_head_on_the_received_body_then_the_body_alone() -> No
     log: list = []
     settings = {"name": "fedrep", "fedrep_head_epochs": 4}
     mod = personalization_mod(lambda _: settings, lambda *_: ["1"])
-    ctx, call_next = context(), handler(log)
+    ctx, call_next = client_context(), handler(log)
     mod(message(MessageType.TRAIN, [0, 0], **{keys.LOCAL_EPOCHS: 2}), ctx, call_next)
     # round 2: head first (site's head 2 after round 1's head and body tasks), body fixed
     reply = mod(message(MessageType.TRAIN, [5, 5], **{keys.LOCAL_EPOCHS: 2}), ctx, call_next)
@@ -134,7 +116,7 @@ def test_apfl_trains_the_mixture_and_keeps_the_local_model() -> None:
     log: list = []
     settings = {"name": "apfl", "apfl_alpha": 0.25}
     mod = personalization_mod(lambda _: settings, lambda *_: [])
-    ctx, call_next = context(), handler(log)
+    ctx, call_next = client_context(), handler(log)
     mod(message(MessageType.TRAIN, [4, 4], **{keys.LEARNING_RATE: 0.1}), ctx, call_next)
     # v starts at w = 4; the mixture 4 trains to 5, so v = (5 - 0.75 * 4) / 0.25 = 8
     assert log[-1][1] == [4, 4] and log[-1][2][keys.LEARNING_RATE] == pytest.approx(0.025)
@@ -187,7 +169,7 @@ def test_frozen_training_is_one_error_line_on_jax() -> None:
 def test_finetune_evaluates_the_global_model_after_local_epochs() -> None:
     log: list = []
     mod = personalization_mod(lambda _: {"name": "finetune", "finetune_epochs": 2}, lambda *_: [])
-    ctx = context()
+    ctx = client_context()
     reply = mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
     assert "personal_eval_accuracy" not in reply.content.metric_records[keys.METRICS]
     mod(message(MessageType.TRAIN, [4], **{keys.BATCH_SIZE: 8}), ctx, handler(log))
@@ -201,7 +183,7 @@ def test_finetune_evaluates_the_global_model_after_local_epochs() -> None:
 def test_none_passes_every_message_through() -> None:
     log: list = []
     mod = personalization_mod(lambda _: {"name": "none"}, lambda *_: [])
-    ctx = context()
+    ctx = client_context()
     mod(message(MessageType.EVALUATE, [4]), ctx, handler(log))
     assert len(log) == 1 and len(ctx.state) == 0
 

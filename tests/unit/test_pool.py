@@ -9,19 +9,11 @@ from collections.abc import Iterator
 import numpy as np
 import psutil
 import pytest
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from helpers import answer, metered_round, task
 
 from fedflower import keys
-from fedflower.engine.metered import MeteredGrid, message_nbytes
 from fedflower.engine.pool import (
     PoolGrid,
     check_backends,
@@ -44,23 +36,20 @@ def stateful_app() -> ClientApp:
         count = int(seen["n"]) + 1  # type: ignore[call-overload]
         context.state["seen"] = ConfigRecord({"n": count})
         total = float(msg.content.array_records[keys.ARRAYS].to_numpy_ndarrays()[0].sum())
-        metrics = MetricRecord(
-            {
-                "pid": int(context.node_config[keys.PARTITION_ID]),
-                "os-pid": os.getpid(),
-                "count": count,
-                "sum": total,
-                keys.NUM_EXAMPLES: 1,
-            }
-        )
-        return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+        metrics = {
+            "pid": int(context.node_config[keys.PARTITION_ID]),
+            "os-pid": os.getpid(),
+            "count": count,
+            "sum": total,
+            keys.NUM_EXAMPLES: 1,
+        }
+        return answer(msg, metrics=metrics)
 
     return app
 
 
 def message(node: int, size: int = 1000) -> Message:
-    content = RecordDict({keys.ARRAYS: ArrayRecord([np.ones(size, dtype=np.float32)])})
-    return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+    return task([np.ones(size, dtype=np.float32)], node=node)
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +89,7 @@ def test_metering_counts_the_bytes_the_engine_serialized(
     task_identity: None, grid: PoolGrid
 ) -> None:
     grid._sizes.clear()  # the sizes of earlier tests' messages, never asked for
-    meter = MeteredGrid(grid)
-    sent = [message(n) for n in (1, 2, 3)]
-    replies = list(meter.send_and_receive(sent))
-    assert meter.bytes_down == sum(message_nbytes(m) for m in sent)
-    assert meter.bytes_up == sum(message_nbytes(r) for r in replies)
-    assert grid._sizes == {}
+    metered_round(grid, [message(n) for n in (1, 2, 3)])
 
 
 def test_push_then_pull_waits_for_the_replies_asked_for(

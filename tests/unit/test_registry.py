@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import EntryPoint
 from importlib.metadata import entry_points as real_entry_points
@@ -11,11 +14,13 @@ from pathlib import Path
 import pytest
 from fedflower.strategies.fedavg import FedAvg
 from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
-from omegaconf import DictConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 
 from fedflower.errors import PluginError
 from fedflower.server import registry
 from fedflower.server.checked import CheckedFedAvg
+from fedflower.server.deadline import DEADLINE_KEYS
 from hydra_plugins.fedflower_searchpath import FedflowerPluginConfigs
 
 BUILT_IN = ["fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedsgd", "fedyogi"]
@@ -167,3 +172,88 @@ def test_plugin_strategy_config_composes_by_name(
     assert cfg.strategy.sharpness == 4
     assert cfg.strategy.fraction_train == 0.5
     assert cfg.strategy.min_train_nodes == 1  # inherited from fedflower's fedavg.yaml
+
+
+# -- typed strategy options ----------------------------------------------------------------
+def plugin_package(tmp_path: Path, name: str, yaml: str, options: str) -> str:
+    """A plugin package on ``sys.path``: ``conf/strategy/<name>.yaml`` and ``options.py``."""
+    package = tmp_path / f"{name}_fedflower_plugin"
+    (package / "conf" / "strategy").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "conf" / "__init__.py").write_text("")
+    (package / "conf" / "strategy" / f"{name}.yaml").write_text(yaml)
+    (package / "options.py").write_text(options)
+    return package.name
+
+
+SHARP_OPTIONS = """
+from dataclasses import dataclass
+from fedflower.server.options import SamplingOptions
+
+@dataclass
+class SharpOptions(SamplingOptions):
+    name: str = "sharp"
+    sharpness: int = 3
+"""
+
+
+def test_a_plugin_types_its_own_options(
+    fake_eps: FakeEntryPoints,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_cfg: Callable[..., DictConfig],
+) -> None:
+    """Hydra refuses an unknown key and a wrong type of a plugin's own option while composing."""
+    yaml = "defaults:\n  - fedavg\n  - _self_\nname: sharp\nsharpness: 3\n"
+    package = plugin_package(tmp_path, "sharp", yaml, SHARP_OPTIONS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_eps.add(registry.CONF_GROUP, "sharp", f"{package}.conf")
+    fake_eps.add(registry.SCHEMA_GROUP, "sharp", f"{package}.options:SharpOptions")
+    cfg = make_cfg(["strategy=sharp", "strategy.sharpness=4", "strategy.fraction_train=0.5"])
+    assert OmegaConf.get_type(cfg.strategy).__name__ == "SharpOptions"
+    assert (cfg.strategy.sharpness, cfg.strategy.fraction_train) == (4, 0.5)
+    assert cfg.strategy.min_train_nodes == 1  # inherited from fedflower's fedavg.yaml
+    with pytest.raises(HydraException):
+        make_cfg(["strategy=sharp", "strategy.sharpness=very"])
+    with pytest.raises(HydraException):
+        make_cfg(["strategy=sharp", "strategy.sharpnes=4"])
+
+
+def test_broken_option_schemas_warn_and_are_skipped(
+    fake_eps: FakeEntryPoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_eps.add(registry.SCHEMA_GROUP, "gone", "no_such_module_for_fedflower:Options")
+    fake_eps.add(registry.SCHEMA_GROUP, "plain", "fedflower.server.registry:GROUP")
+    with caplog.at_level(logging.WARNING, logger="fedflower.server.registry"):
+        found = registry.schemas()
+    assert "gone" not in found and "plain" not in found
+    assert "'gone'" in caplog.text and "not a dataclass" in caplog.text
+
+
+@pytest.mark.parametrize("name", sorted(registry.names()))
+def test_each_built_in_schema_types_its_yaml_file_and_constructor(name: str) -> None:
+    """The schema's fields are the YAML file's keys (with fedavg's) and the class's options."""
+    import yaml
+
+    schema = registry.schemas()[name]
+    own = {f.name for f in dataclasses.fields(schema)} - set(DEADLINE_KEYS)
+    conf = Path(registry.__file__).parents[2] / "conf" / "strategy"
+    keys = set(yaml.safe_load((conf / f"{name}.yaml").read_text()))
+    if "defaults" in keys:
+        keys = (keys - {"defaults"}) | set(yaml.safe_load((conf / "fedavg.yaml").read_text()))
+    assert own == keys
+    assert own - {"name"} <= set(registry.strategy_options(registry.load(name)) or own)
+
+
+def test_registering_the_schemas_imports_no_strategy_and_no_tensorflow() -> None:
+    """Hydra registers them at every start: no strategy class (nor Keras) is imported."""
+    code = (
+        "import sys\n"
+        "from fedflower.server.options import register\n"
+        "register()\n"
+        "heavy = [m for m in sys.modules if m.startswith(('tensorflow', 'keras', "
+        "'fedflower.strategies.fed', 'fedflower.server.checked'))]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

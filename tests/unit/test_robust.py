@@ -14,7 +14,7 @@ from helpers import FakeGrid, make_reply
 from fedflower import keys
 from fedflower.errors import ConfigError
 from fedflower.server import registry
-from fedflower.server.app import build_strategy
+from fedflower.server.registry import build_strategy
 
 SHAPES = [(6, 4), (4,), (4, 2), (2,)]
 pytestmark = pytest.mark.usefixtures("task_identity")

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fedflower.strategies.scaffold import Scaffold
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from helpers import FakeGrid, answer, client_context, make_reply, task
 
 from fedflower import keys
 from fedflower.aggregation.control import controlled_step
@@ -37,17 +30,9 @@ def test_server_step_on_hand_computed_numbers() -> None:
     assert (x[0][0], c[0][0]) == (pytest.approx(2.0), pytest.approx(0.2))  # no progress
 
 
-def task(x: float, c: float) -> Message:
-    content = RecordDict(
-        {
-            keys.ARRAYS: ArrayRecord([np.array([x])]),
-            keys.CONTROL: ArrayRecord([np.array([c])]),
-            keys.CONFIG: ConfigRecord(
-                {keys.LOCAL_EPOCHS: 2, keys.BATCH_SIZE: 4, keys.LEARNING_RATE: 0.1}
-            ),
-        }
-    )
-    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+def scaffold_task(x: float, c: float) -> Message:
+    config = {keys.LOCAL_EPOCHS: 2, keys.BATCH_SIZE: 4, keys.LEARNING_RATE: 0.1}
+    return task([np.array([x])], config=config, records={keys.CONTROL: [np.array([c])]})
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -57,22 +42,16 @@ def test_client_control_variate_follows_option_two() -> None:
 
     def train(msg: Message, context: Context) -> Message:
         seen.append(msg.content.array_records[keys.LINEAR].to_numpy_ndarrays()[0][0])
-        content = RecordDict(
-            {
-                keys.ARRAYS: ArrayRecord([np.array([0.6])]),
-                keys.METRICS: MetricRecord({keys.NUM_EXAMPLES: 8}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return answer(msg, [np.array([0.6])], {keys.NUM_EXAMPLES: 8})
 
-    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    context = client_context()
     # round 1: c_i = 0, c = 0.5: linear coefficient c_i - c = -0.5 (gradient + c - c_i);
     # c_i+ = 0 - 0.5 + (1 - 0.6) / 0.4 = 0.5
-    reply = scaffold_mod(task(1.0, 0.5), context, train)
+    reply = scaffold_mod(scaffold_task(1.0, 0.5), context, train)
     delta = reply.content.array_records[keys.CONTROL_DELTA].to_numpy_ndarrays()[0][0]
     assert (seen[-1], delta) == (pytest.approx(-0.5), pytest.approx(0.5))
     # round 2: c_i = 0.5, c = 0.25: coefficient 0.25; c_i+ = 0.5 - 0.25 + 1 = 1.25
-    reply = scaffold_mod(task(1.0, 0.25), context, train)
+    reply = scaffold_mod(scaffold_task(1.0, 0.25), context, train)
     delta = reply.content.array_records[keys.CONTROL_DELTA].to_numpy_ndarrays()[0][0]
     assert (seen[-1], delta) == (pytest.approx(0.25), pytest.approx(0.75))
     kept = context.state.array_records[keys.SCAFFOLD_STATE].to_numpy_ndarrays()[0][0]
@@ -86,16 +65,14 @@ def test_global_lr_must_be_positive() -> None:
 
 @pytest.mark.usefixtures("task_identity")
 def test_a_round_sends_c_and_moves_it_by_the_replies_changes() -> None:
-    from helpers import FakeGrid, make_reply
-
     strategy = Scaffold(global_lr=1.0)
     arrays = ArrayRecord([np.array([1.0], dtype=np.float32)])
     tasks = list(strategy.configure_train(1, arrays, ConfigRecord(), FakeGrid([1, 2, 3, 4])))
     sent = [t.content.array_records[keys.CONTROL].to_numpy_ndarrays()[0][0] for t in tasks]
     assert sent == [0.0] * 4  # c starts at 0
     replies = []
-    for task, (y, dc) in zip(tasks, [(2.0, 0.4), (4.0, 1.2), (1.0, 0.0), (1.0, None)], strict=True):
-        reply = make_reply(task, [np.array([y], dtype=np.float32)])
+    for msg, (y, dc) in zip(tasks, [(2.0, 0.4), (4.0, 1.2), (1.0, 0.0), (1.0, None)], strict=True):
+        reply = make_reply(msg, [np.array([y], dtype=np.float32)])
         if dc is not None:
             reply.content[keys.CONTROL_DELTA] = ArrayRecord([np.array([dc])])
         replies.append(reply)

@@ -23,8 +23,8 @@ from fedflower import aggregation
 from fedflower.aggregation import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server import registry
-from fedflower.server.app import build_strategy
 from fedflower.server.checked import CheckedFedAvg
+from fedflower.server.registry import build_strategy
 
 SHAPES = [(4, 3), (3,)]
 NODES = [5, 6, 7]

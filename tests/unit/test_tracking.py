@@ -1,4 +1,4 @@
-"""fedflower.server.tracking: the recorder's sinks, TensorBoard event files, W&B offline."""
+"""fedflower.outputs.tracking: the recorder's sinks, TensorBoard event files, W&B offline."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from omegaconf import DictConfig
 
 from fedflower.errors import ConfigError
+from fedflower.outputs.tracking import TensorBoardSink, build_sinks, scalars
 from fedflower.server.recorder import Recorder
 from fedflower.server.rules import validate
-from fedflower.server.tracking import TensorBoardSink, build_sinks, scalars
 
 
 class ListSink:
