@@ -19,6 +19,7 @@ import keras
 import psutil
 import pytest
 import tomli
+from helpers import run_rows
 from omegaconf import DictConfig
 
 from fedflower.deploy.demo import SuperLinkNotStarted, simulate, write_site_files
@@ -105,11 +106,7 @@ def test_secure_federation_trains_on_site_files_and_survives_a_bad_one(tmp_path:
     assert results["totals"]["rounds"] == 2
     assert results["final"]["accuracy"] >= 0.75
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.1
-    rows = [
-        json.loads(line)
-        for line in (tmp_path / "out" / "metrics.jsonl").read_text().split("\n")
-        if line
-    ]
+    rows = run_rows(tmp_path / "out")
     assert [r["round"] for r in rows] == [1, 2] and all(r["bytes_up"] > 0 for r in rows)
     # the saved global model scores what the server reported
     cfg_dataset = results["config"]["dataset"]
