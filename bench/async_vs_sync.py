@@ -97,7 +97,7 @@ def time_to(rows: list[dict[str, Any]], target: float) -> float | None:
 
 
 def run_one(name: str, overrides: list[str], out: Path) -> dict[str, Any]:
-    from fedflower.startup import quiet_tensorflow_import
+    from fedflower.backend import quiet_tensorflow_import
 
     quiet_tensorflow_import()  # here, not at import: --help answers without TensorFlow
     from fedflower.experiment import run

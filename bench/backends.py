@@ -4,7 +4,8 @@ Each (experiment, backend) pair is one ``fedflower backend=<name> [experiment=<n
 its own process (Keras picks its backend once per process), one after another on the same
 machine, one run each. From the run directory's ``metrics.jsonl`` and ``results.json``: the
 first round's seconds (tracing/compilation included), the mean seconds of the later rounds,
-and the final central-test accuracy and loss. A run that fails is listed with its last line.
+and the final central-test accuracy and loss, with the machine's 1-minute load average at the
+end of the run (the machine may be shared). A run that fails is listed with its last line.
 Backends that are not installed are skipped. Results go to ``bench/results/backends.{json,md}``.
 
 Usage::
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import psutil
 
 RESULTS = Path(__file__).parent / "results"
 EXPERIMENTS = {
@@ -55,23 +58,25 @@ def one_run(backend: str, overrides: list[str]) -> dict[str, object]:
         "round_s": sum(later) / len(later),
         "accuracy": final["accuracy"],
         "loss": final["loss"],
+        "rounds": len(seconds),
+        "load": psutil.getloadavg()[0],
     }
 
 
 def table(rows: list[dict[str, object]]) -> str:
     """The Markdown table of the runs."""
     out = [
-        "| experiment | backend | round 1 (s) | later rounds (s/round) "
-        "| final accuracy | final loss |",
-        "|---|---|---:|---:|---:|---:|",
+        "| experiment | backend | rounds | round 1 (s) | later rounds (s/round) "
+        "| final accuracy | final loss | load average |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['experiment']} | {r['backend']} | fails: {r['error']} | | | |")
+            out.append(f"| {r['experiment']} | {r['backend']} | fails: {r['error']} | | | | | |")
             continue
         out.append(
-            f"| {r['experiment']} | {r['backend']} | {r['first_round_s']:.2f} | "
-            f"{r['round_s']:.3f} | {r['accuracy']:.4f} | {r['loss']:.4f} |"
+            f"| {r['experiment']} | {r['backend']} | {r['rounds']} | {r['first_round_s']:.2f} | "
+            f"{r['round_s']:.3f} | {r['accuracy']:.4f} | {r['loss']:.4f} | {r['load']:.1f} |"
         )
     return "\n".join(out)
 
@@ -108,7 +113,8 @@ def write(rows: list[dict[str, object]], merge: bool) -> None:
     text = (
         "# Keras backends: seconds per round and final accuracy\n\n"
         "One run per experiment and backend, one after another on the same machine "
-        f"({os.cpu_count()} cores), each in its own process. Reproduce with "
+        f"({os.cpu_count()} cores, shared: the load average is the machine's 1-minute load "
+        "at the end of each run), each in its own process. Reproduce with "
         "`python bench/backends.py`.\n\n" + table(rows) + "\n"
     )
     (RESULTS / "backends.md").write_text(text)

@@ -79,7 +79,8 @@ def sweep(args: argparse.Namespace) -> list[dict[str, object]]:
     import io
     import tempfile
 
-    from fedflower.startup import quiet_tensorflow_import, set_environment_defaults
+    from fedflower.backend import quiet_tensorflow_import
+    from fedflower.startup import set_environment_defaults
 
     set_environment_defaults()
     quiet_tensorflow_import()

@@ -56,7 +56,7 @@ import json, os, sys, time
 t = {"start": time.time()}
 import flwr.supernode.runtime.run_clientapp  # what flwr-clientapp imports itself
 t["flower runtime imports"] = time.time()
-from fedflower.startup import quiet_tensorflow_import
+from fedflower.backend import quiet_tensorflow_import
 quiet_tensorflow_import()
 t["tensorflow import"] = time.time()
 import fedflower.deploy.app  # the ClientApp module the task loads

@@ -60,7 +60,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     import contextlib
     import io
 
-    from fedflower.startup import quiet_tensorflow_import
+    from fedflower.backend import quiet_tensorflow_import
 
     quiet_tensorflow_import()
     from hydra import compose, initialize_config_module

@@ -65,7 +65,7 @@ def parse() -> argparse.Namespace:
 
 ARGS = parse() if __name__ == "__main__" else None
 
-from fedflower.startup import quiet_tensorflow_import
+from fedflower.backend import quiet_tensorflow_import
 
 quiet_tensorflow_import()
 

@@ -99,7 +99,8 @@ def child(args: list[str]) -> None:
 
     from hydra import compose, initialize_config_module
 
-    from fedflower.startup import quiet_tensorflow_import, set_environment_defaults
+    from fedflower.backend import quiet_tensorflow_import
+    from fedflower.startup import set_environment_defaults
 
     set_environment_defaults()
     quiet_tensorflow_import()

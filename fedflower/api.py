@@ -18,13 +18,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedflower.backend import use_backend
+from fedflower.backend import quiet_tensorflow_import, use_backend
 from fedflower.errors import ConfigError, FedflowerError
 from fedflower.startup import (
     CONFIG_MODULE,
     CONFIG_NAME,
     hydra_error_line,
-    quiet_tensorflow_import,
     set_environment_defaults,
 )
 

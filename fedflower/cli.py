@@ -19,14 +19,13 @@ import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from fedflower.backend import use_backend
+from fedflower.backend import quiet_tensorflow_import, use_backend
 from fedflower.errors import ConfigError, FedflowerError
 from fedflower.startup import (
     CONFIG_MODULE,
     CONFIG_NAME,
     EXIT_USAGE,
     hydra_error_line,
-    quiet_tensorflow_import,
     set_environment_defaults,
 )
 

@@ -43,7 +43,7 @@ def instantiate_data(node: Any, what: str) -> Any:
 
 def configure_threads(threads: int) -> None:
     """Limit the Keras backend's threads (TensorFlow: only before it first runs an op)."""
-    from fedflower.startup import limit_threads
+    from fedflower.backend import limit_threads
 
     limit_threads(threads)
 

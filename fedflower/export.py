@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, help="largest allowed |keras - tflite|")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    from fedflower.startup import quiet_tensorflow_import
+    from fedflower.backend import quiet_tensorflow_import
 
     quiet_tensorflow_import()  # no oneDNN/absl start-up banner
     try:

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,12 @@ def from_memory(input_shape: Sequence[int], num_classes: int, key: str) -> keras
 
 def check_inputs(model: keras.Model, input_shape: Sequence[int]) -> None:
     """Raise ``ConfigError`` unless the model takes rows of the data's ``input_shape``."""
+    from fedflower.steps import ENCODER
+
     shape = model.input_shape
     expected = tuple(shape[1:]) if not isinstance(shape, list) else None
+    if getattr(model, ENCODER, None) is not None:  # rows encoded before the model
+        expected = tuple(input_shape)
     if expected is not None and expected != tuple(input_shape):
         raise ConfigError(
             f"the model takes inputs of shape {expected} but the data rows have shape "
@@ -294,6 +299,32 @@ def cnn(
     return keras.Model(inputs, output_layer(num_classes)(x), name="cnn")
 
 
+STRIP = re.compile(r"""[!"#$%&()\*\+,\-\./:;<=>?@\[\\\]^_`{|}~']""")
+"""The characters ``TextVectorization``'s default standardization removes (after lowering)."""
+
+
+class TokenIds:
+    """``TextVectorization``'s token ids of sentences, computed with NumPy and Python strings.
+
+    Keras' defaults: lower case, punctuation stripped (:data:`STRIP`), split on whitespace;
+    id 0 pads, 1 is the out-of-vocabulary token, ``vocabulary[i]`` is ``i + 2``; each
+    sentence is cut or padded to ``length`` ids.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], length: int) -> None:
+        self.index = {token: i + 2 for i, token in enumerate(vocabulary)}
+        self.length = length
+        self.size = len(self.index) + 2
+
+    def __call__(self, sentences: np.ndarray) -> np.ndarray:
+        """The ``(rows, length)`` int32 ids of ``sentences`` (shape ``(rows, 1)``, str)."""
+        ids = np.zeros((len(sentences), self.length), dtype=np.int32)
+        for row, sentence in enumerate(np.asarray(sentences).reshape(len(sentences), -1)[:, 0]):
+            found = [self.index.get(t, 1) for t in STRIP.sub("", str(sentence).lower()).split()]
+            ids[row, : len(found[: self.length])] = found[: self.length]
+        return ids
+
+
 def _encode(embedded: keras.KerasTensor, encoder: str, units: int) -> keras.KerasTensor:
     if encoder == "pool":
         return keras.layers.GlobalAveragePooling1D(name="pool")(embedded)
@@ -318,6 +349,11 @@ def text_classifier(
     to token ids with the fixed ``vocabulary`` given here, so every client and the server build
     the same lookup. The lookup table is not a weight: ``get_weights()`` holds the embedding,
     encoder, hidden and output layers only, and only those travel between server and clients.
+    JAX and PyTorch have no string tensors (Keras runs ``TextVectorization`` there only in a
+    ``tf.data`` pipeline): on them the model takes the ``sequence_length`` token ids and
+    :class:`TokenIds` (the same ids, in NumPy) turns the sentences into them before each
+    training or evaluation call (:func:`fedflower.steps.encoded`); the weights and their paths
+    are the same, so clients on different backends federate one model.
 
     Parameters
     ----------
@@ -339,16 +375,26 @@ def text_classifier(
         raise ConfigError(
             f"model=text needs one string per example, got input shape {tuple(input_shape)}"
         )
-    vectorize = keras.layers.TextVectorization(
-        vocabulary=list(vocabulary), output_sequence_length=int(sequence_length), name="vectorize"
-    )
-    inputs = keras.Input(shape=(1,), dtype="string", name="text")
+    if keras.backend.backend() == "tensorflow":
+        vectorize = keras.layers.TextVectorization(
+            vocabulary=list(vocabulary),
+            output_sequence_length=int(sequence_length),
+            name="vectorize",
+        )
+        inputs = keras.Input(shape=(1,), dtype="string", name="text")
+        ids, size = vectorize(inputs), vectorize.vocabulary_size()
+    else:  # no string tensors: the sentences are turned into the same ids before the model
+        token_ids = TokenIds(tuple(vocabulary), int(sequence_length))
+        inputs = keras.Input(shape=(int(sequence_length),), dtype="int32", name="text")
+        ids, size = inputs, token_ids.size
     embedding = keras.layers.Embedding(
-        vectorize.vocabulary_size(),
-        int(embedding_dim),
-        mask_zero=encoder != "conv",
-        name="embedding",
+        size, int(embedding_dim), mask_zero=encoder != "conv", name="embedding"
     )
-    x = _encode(embedding(vectorize(inputs)), encoder, int(units))
+    x = _encode(embedding(ids), encoder, int(units))
     x = keras.layers.Dense(int(units), activation="relu", name="hidden")(x)
-    return keras.Model(inputs, output_layer(num_classes)(x), name="text_classifier")
+    model = keras.Model(inputs, output_layer(num_classes)(x), name="text_classifier")
+    if keras.backend.backend() != "tensorflow":
+        from fedflower.steps import ENCODER
+
+        setattr(model, ENCODER, token_ids)
+    return model

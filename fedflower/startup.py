@@ -7,7 +7,6 @@ The ``fedflower`` command, the deployment tools and a SuperNode's ClientApp impo
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 CONFIG_MODULE = "fedflower.conf"
@@ -46,81 +45,6 @@ def quiet_library_notices() -> None:
 
     for action, message, category, module in LIBRARY_NOTICES:
         warnings.filterwarnings(action, message, category, module)  # type: ignore[arg-type]
-
-
-def keras_backend() -> str:
-    """The Keras backend of this process, read without importing Keras when it is not yet.
-
-    Keras' own order: ``KERAS_BACKEND``, else the ``backend`` of ``$KERAS_HOME/keras.json``
-    (``~/.keras/keras.json``), else ``tensorflow``.
-    """
-    keras = sys.modules.get("keras")
-    if keras is not None and hasattr(keras, "backend"):
-        return str(keras.backend.backend())
-    name = os.environ.get("KERAS_BACKEND")
-    if name:
-        return name
-    import json
-    from pathlib import Path
-
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    try:
-        return str(json.loads((home / "keras.json").read_text()).get("backend", "tensorflow"))
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
-
-
-def limit_threads(threads: int) -> None:
-    """Limit the backend's CPU threads to ``threads`` in this process (``0``: its default).
-
-    TensorFlow's intra/inter-op pools (only before its first op), PyTorch's intra-op threads;
-    JAX reads its thread settings from ``XLA_FLAGS`` when it starts, so nothing is changed.
-    """
-    import logging
-
-    if threads <= 0:
-        return
-    backend = keras_backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            logging.getLogger(__name__).debug("TensorFlow already initialized; threads unchanged")
-    elif backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def quiet_tensorflow_import(if_installed: bool = False) -> None:
-    """Import TensorFlow with its C++ start-up banner (oneDNN, absl) sent to /dev/null.
-
-    Only when Keras runs on TensorFlow: a JAX or PyTorch process (a SuperNode installed with
-    ``fedflower[client-jax]``, which has no TensorFlow) imports none. ``if_installed``: on
-    any backend where TensorFlow is installed (``keras.utils.set_random_seed`` imports it
-    to seed it too).
-    """
-    if "tensorflow" in sys.modules:
-        return
-    if if_installed:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorflow") is None:
-            return
-    elif keras_backend() != "tensorflow":
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 
 
 TYPE_RULES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}

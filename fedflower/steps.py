@@ -34,8 +34,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from fedflower.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 _ATTR = "_fedflower_steps"
@@ -44,6 +42,22 @@ BUFFER_BYTES = 1 << 26
 for large batches or rows."""
 
 Logs = dict[str, float]
+
+ENCODER = "_fedflower_encoder"
+"""Attribute of a model whose inputs are computed from the data's rows before each call: a
+function of the rows (``fedflower.models.TokenIds``: a text model's token ids on backends
+without string tensors)."""
+
+
+FROZEN = "_fedflower_frozen"
+"""Attribute of a model: the paths of the variables frozen for a block of training
+(:func:`fedflower.client.frozen.frozen`); empty or absent: the model trains all it can."""
+
+
+def encoded(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """``x`` as ``model`` takes it: through the model's :data:`ENCODER`, if it has one."""
+    encoder = getattr(model, ENCODER, None)
+    return x if encoder is None else encoder(x)
 
 
 def batch_order(n: int, epochs: int, seed: int) -> list[np.ndarray]:
@@ -122,6 +136,8 @@ class Steps:
         self._zero: tuple[int, Callable[..., Any]] | None = None
         self._reset: tuple[int, Callable[[], Any]] | None = None
         self._jax = _JaxSteps(model) if keras.backend.backend() == "jax" else None
+        self.optimizer = model.optimizer if self._jax is None else self._jax.optimizer
+        """The optimizer these steps train with: on JAX one per set of trainable variables."""
 
     def _assign_all(self, *values: Any) -> None:
         for variable, value in zip(self.model.weights, values, strict=True):
@@ -142,9 +158,10 @@ class Steps:
 
         Local training starts from fresh optimizer state every round, as in FedAvg; one
         compiled call zeroes every variable but the learning rate, and sets the learning
-        rate when it is a plain variable (not a schedule).
+        rate when it is a plain variable (not a schedule). Call it on the steps that train
+        next (inside :func:`fedflower.client.frozen.frozen` for a frozen set).
         """
-        optimizer = self.model.optimizer
+        optimizer = self.optimizer
         lr_var: Any = getattr(optimizer, "_learning_rate", None)
         state = [v for v in optimizer.variables if v is not lr_var]
         if self._zero is None or self._zero[0] != len(state):  # built on first training
@@ -251,6 +268,7 @@ class Steps:
         self, x: np.ndarray, y: np.ndarray, batch_size: int, orders: Sequence[np.ndarray]
     ) -> Logs:
         """Train one epoch per order (row permutation); the last epoch's loss and metrics."""
+        x = encoded(self.model, x)
         self.build(x, y)
         logs: Any = {}
         for order in orders:
@@ -260,6 +278,7 @@ class Steps:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> Logs:
         """Loss and metrics over all rows (batches of ``batch_size``), as ``Model.evaluate``."""
+        x = encoded(self.model, x)
         if keras.backend.backend() != "tensorflow":  # Keras' own evaluation
             own = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
             return _floats(own)
@@ -289,17 +308,35 @@ def _captured(model: keras.Model) -> list[Any]:
     return list(found.values())
 
 
+def _own_optimizer(model: keras.Model) -> keras.optimizers.Optimizer:
+    """A fresh copy of ``model``'s optimizer, built for the variables the model trains now.
+
+    Keras' stateless optimizer update (``Optimizer.stateless_apply``, what the JAX train step
+    calls) pairs the gradients with the variables the optimizer was built with (the model's
+    own: all of them); a model trained with some weights frozen (FedRep's head, then its body)
+    needs an optimizer built for exactly the variables it trains.
+    """
+    optimizer = model.optimizer
+    own = type(optimizer).from_config(optimizer.get_config())
+    own.build(model.trainable_variables)
+    return own
+
+
 class _JaxSteps:
-    """Keras' stateless JAX ``train_step``, jitted once per model.
+    """Keras' stateless JAX ``train_step``, jitted once per model and set of trainable variables.
 
     The model's state (trainable, non-trainable, optimizer and metric variables) goes through
     the steps as arrays and is written back to the variables once per epoch, as Keras' own
     ``fit`` on JAX does; the regularizers' variables (:func:`_captured`) are arguments too.
+    The model's own optimizer trains the model with nothing frozen; a set with frozen
+    variables (:data:`FROZEN`) trains with its own (:func:`_own_optimizer`), put in the
+    model's place while the step is traced.
     """
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
         self.extra = _captured(model)
+        self.optimizer = _own_optimizer(model) if getattr(model, FROZEN, None) else model.optimizer
         self._train = self._jit(model.train_step)
 
     def _jit(self, step: Callable[..., Any]) -> Callable[..., Any]:
@@ -309,9 +346,12 @@ class _JaxSteps:
             saved = [v._value for v in self.extra]
             for variable, value in zip(self.extra, extra, strict=True):
                 variable._value = value  # read as traced values, not trace-time constants
+            model, optimizer = self.model, self.model.optimizer
+            model.optimizer = self.optimizer  # the step reads it while it is traced
             try:
                 return step(state, data)
             finally:
+                model.optimizer = optimizer
                 for variable, value in zip(self.extra, saved, strict=True):
                     variable._value = value
 
@@ -319,17 +359,10 @@ class _JaxSteps:
 
     def _run(self, step: Callable[..., Any], batches: Any) -> Any:
         model = self.model
-        built = model.optimizer._trainable_variables  # what Keras' stateless_apply expects
-        if len(built) != len(model.trainable_variables):
-            raise ConfigError(
-                "training part of a model with the rest frozen (personalization=fedrep) must "
-                "run on backend=tensorflow or torch, got backend=jax: Keras' stateless JAX "
-                "optimizer updates only the variables built into it"
-            )
         groups = [
             model.trainable_variables,
             model.non_trainable_variables,
-            model.optimizer.variables,
+            self.optimizer.variables,
             model.metrics_variables,
         ]
         state = [[v.value for v in group] for group in groups]

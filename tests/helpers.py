@@ -210,3 +210,19 @@ def start_fedflower(args: Sequence[str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+WALL_CLOCK = ("seconds", "elapsed")
+"""The ``metrics.jsonl`` fields that measure real time: the only ones two equal runs differ in."""
+
+
+def run_rows(run_dir: Path, keep: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """A run's ``metrics.jsonl`` rows read by :class:`~fedflower.outputs.rundir.RunDir`:
+    the ``keep`` fields, or every field but the wall-clock ones."""
+    from fedflower.outputs.rundir import RunDir
+
+    return [
+        {k: row[k] for k in keep} if keep is not None
+        else {k: v for k, v in row.items() if k not in WALL_CLOCK}
+        for row in RunDir(run_dir).metrics()
+    ]  # fmt: skip

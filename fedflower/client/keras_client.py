@@ -115,7 +115,6 @@ class KerasClient:
         steps (:mod:`fedflower.steps`).
         """
         self.set_parameters(parameters)
-        steps_of(self.model).reset_optimizer(config.get(keys.LEARNING_RATE))
         rnd = int(config.get(keys.SERVER_ROUND, 0))
         flip = bool(config.get(keys.FLIP_LABELS, False))
         y = self.flipped_labels() if flip else self.data.y_train
@@ -126,6 +125,7 @@ class KerasClient:
         mu = float(config.get(keys.PROXIMAL_MU, 0.0))
         fixed = config.get(keys.FROZEN)  # FedRep: the head, then the body, stays fixed
         with proximal(self.model, mu), linear_term(self.model, linear), frozen(self.model, fixed):
+            steps_of(self.model).reset_optimizer(config.get(keys.LEARNING_RATE))  # this set's
             if start is not None:
                 self.set_parameters(start)
             logs = steps_of(self.model).fit(  # a term may have just been attached

@@ -25,11 +25,8 @@ Decentralized Data", AISTATS 2017, arXiv:1602.05629.
 # ruff: noqa: E402  (TensorFlow must be imported quietly before the modules that use it)
 from __future__ import annotations
 
-from fedflower.startup import (
-    quiet_library_notices,
-    quiet_tensorflow_import,
-    set_environment_defaults,
-)
+from fedflower.backend import quiet_tensorflow_import
+from fedflower.startup import quiet_library_notices, set_environment_defaults
 
 set_environment_defaults()  # before TensorFlow is imported below
 quiet_tensorflow_import()  # every flwr-clientapp process imports TensorFlow: without its banner

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command in ("make-data", "demo"):
-        from fedflower.startup import quiet_tensorflow_import
+        from fedflower.backend import quiet_tensorflow_import
 
         quiet_tensorflow_import()  # no oneDNN/absl start-up banner
     try:

@@ -52,6 +52,22 @@ class Clock(Protocol):
         ...
 
 
+@runtime_checkable
+class ReplayableClock(Clock, Protocol):
+    """A clock whose state a checkpoint keeps and that re-issues the tasks in flight on resume
+    (the virtual clock; the wall clock cannot be replayed).
+    """
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        ...
+
+    def replay(self, message_ids: Sequence[str]) -> None:  # noqa: D102
+        ...
+
+
 class WallClock:
     """Real time: ``now`` counts seconds since creation, ``wait`` sleeps one poll interval.
 

@@ -191,7 +191,7 @@ def _serve(
 ) -> None:
     """A worker's loop: run tasks until told to stop (``None``) or the server process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    from fedflower.startup import limit_threads, quiet_tensorflow_import
+    from fedflower.backend import limit_threads, quiet_tensorflow_import
 
     quiet_tensorflow_import(if_installed=True)  # Keras' seeding imports it on every backend
     import keras

@@ -4,8 +4,9 @@ Cross-cutting behaviour (metering bytes, a virtual clock, stragglers) is a subcl
 overrides only the calls it changes, so the wrappers stack around any simulation or
 deployment grid. What a wrapper (or a strategy) adds to a run's outputs and checkpoints it
 says through two small protocols, :class:`Reports` and :class:`Stateful` (and a grid that
-knows the sizes of its messages, :class:`WireSizes`); the run's
-:class:`~fedflower.server.pipeline.Pipeline` lists the objects, nothing walks a chain.
+knows the sizes of its messages, :class:`WireSizes`, or its nodes' names,
+:class:`NamesNodes`); the run's :class:`~fedflower.server.pipeline.Pipeline` lists the
+objects, nothing walks a chain.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class WireSizes(Protocol):
     """
 
     def wire_nbytes(self, message_id: str) -> int | None:  # noqa: D102
+        ...
+
+
+@runtime_checkable
+class NamesNodes(Protocol):
+    """A grid that knows each node's name in per-client results (the in-process engine knows
+    each node's config; a deployment's grid does not, and the clients name themselves).
+    """
+
+    def node_name(self, node_id: int) -> str:  # noqa: D102
         ...
 
 

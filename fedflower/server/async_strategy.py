@@ -65,7 +65,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from fedflower import keys
 from fedflower.aggregation.staleness import StalenessFn, make_staleness
 from fedflower.checks import check_number
-from fedflower.engine.clock import Clock, VirtualClockGrid, WallClock
+from fedflower.engine.clock import Clock, ReplayableClock, WallClock
 from fedflower.errors import ConfigError, UpdateRejected
 from fedflower.server.checkpoint import Checkpointer
 from fedflower.server.contract import StrategyContract
@@ -164,7 +164,7 @@ class AsyncLoop:
 
     def resume(self, checkpoint: Checkpointer) -> None:
         """Checkpoint the run; when resuming, load the state and re-issue the tasks in flight."""
-        if not isinstance(self.clock, VirtualClockGrid):
+        if not isinstance(self.clock, ReplayableClock):
             raise ConfigError(
                 "an asynchronous run is checkpointed and resumed only in simulation, on the "
                 "virtual clock (latency model) with only the meter between it and the strategy"

@@ -12,6 +12,13 @@ round sent to is counted once, as ok, failed, missing or late: a reply is attrib
 its ``reply_to_message_id`` to the node its message went to, and a reply to a message of an
 earlier round is discarded (counted late), never aggregated. On a deployment the replies
 are pulled every :data:`DEPLOYED_POLL_INTERVAL` s instead of Flower's 3 s.
+
+A round may take several exchanges: Flower's ``SecAggPlusWorkflow`` sends four training
+messages a node per round (setup, share keys, collect masked vectors, unmask), all with the
+round's ``group_id``. Consecutive training exchanges with one non-empty ``group_id`` are one
+round here: a node lost in any of them is recorded once, the round is skipped at most once,
+and the protocol (:mod:`fedflower.server.secagg`) reports through :meth:`DeadlineGrid.fail_round`
+a round it could not finish (too few survivors to unmask the sum).
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
@@ -38,6 +45,14 @@ WAIT_LOG_EVERY = 5.0
 
 DEPLOYED_POLL_INTERVAL = 0.2
 """Seconds between two pulls of replies from the SuperLink (Flower's own grid: 3 s)."""
+
+
+@runtime_checkable
+class RoundJudge(Protocol):
+    """A grid that keeps the count of failed rounds: a protocol tells it of a round it lost."""
+
+    def fail_round(self, group: str, reason: str) -> None:  # noqa: D102
+        ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,18 @@ class DeadlineOptions:
         """The deadline options among a strategy group's options, and the plugin's own."""
         mine = {k: v for k, v in options.items() if k in DEADLINE_KEYS and v is not None}
         return cls(**mine), {k: v for k, v in options.items() if k not in DEADLINE_KEYS}
+
+
+@dataclass
+class _Round:
+    """The exchanges of one round so far: its group id, each node's status, and the failed
+    rounds in a row before it (so a round is counted as failed once).
+    """
+
+    group: str
+    failed_before: int
+    skipped: bool = False
+    nodes: dict[int, str] = field(default_factory=dict)
 
 
 class DeadlineGrid(GridWrapper):
@@ -110,6 +137,7 @@ class DeadlineGrid(GridWrapper):
         self.started = False
         self.failed_in_a_row = 0
         self._row: dict[str, Any] = {}
+        self._rounds: dict[str, _Round] = {}
         self.poll_interval = poll_interval
         self._totals = {"missing": 0, "failed_nodes": 0, "late_replies": 0, "skipped_rounds": 0}
 
@@ -149,9 +177,10 @@ class DeadlineGrid(GridWrapper):
         else:
             ids, replies = self._push_and_poll(messages, deadline)
         sent = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
-        train = messages[0].metadata.message_type == MessageType.TRAIN
+        first = messages[0].metadata
+        kind = "train" if first.message_type == MessageType.TRAIN else "evaluate"
         nodes = [m.metadata.dst_node_id for m in messages]
-        return self._judge(nodes, sent, replies, train)
+        return self._judge(nodes, sent, replies, kind, first.group_id or "")
 
     def _push_and_poll(
         self, messages: list[Message], deadline: float
@@ -175,7 +204,7 @@ class DeadlineGrid(GridWrapper):
         return ids, replies
 
     def _judge(
-        self, nodes: list[int], sent: dict[str, int], replies: list[Message], train: bool
+        self, nodes: list[int], sent: dict[str, int], replies: list[Message], kind: str, group: str
     ) -> list[Message]:
         """Each node sent to is exactly one of ok, failed, late or missing this round.
 
@@ -191,38 +220,73 @@ class DeadlineGrid(GridWrapper):
                 status[r.metadata.src_node_id] = "late"
         for r in current:
             status[sent[r.metadata.reply_to_message_id]] = "failed" if r.has_error() else "ok"
-        kind = "train" if train else "evaluate"
-        for what in ("missing", "late", "failed"):
-            self._row[f"{kind}_{what}"] = sorted(n for n, s in status.items() if s == what)
-        self._totals["missing"] += len(self._row[f"{kind}_missing"])
-        self._totals["failed_nodes"] += len(self._row[f"{kind}_failed"])
+        self._record(kind, group, status)
         self._totals["late_replies"] += len(stale)
         ok = sum(s == "ok" for s in status.values())
+        train = kind == "train"
         quorum = int(self.strategy.min_train_nodes if train else self.strategy.min_evaluate_nodes)
         if ok >= quorum:
-            if train:
+            if train and not self._rounds[kind].skipped:
                 self.failed_in_a_row = 0
             return current
         self._skip(kind, ok, len(nodes), quorum)
         return []
 
+    def _open(self, kind: str, group: str) -> _Round:
+        """The round of ``kind`` an exchange belongs to: the open one (same non-empty group id,
+        as SecAgg+'s stages) or a new one.
+        """
+        current = self._rounds.get(kind)
+        if current is None or not group or current.group != group:
+            current = self._rounds[kind] = _Round(group, self.failed_in_a_row)
+        return current
+
+    def _record(self, kind: str, group: str, status: dict[int, str]) -> None:
+        """Fold one exchange's statuses into its round's: a node's first loss is the one kept."""
+        nodes = self._open(kind, group).nodes
+        for node, what in status.items():
+            if nodes.get(node, "ok") == "ok":
+                nodes[node] = what
+                if what in ("missing", "failed"):
+                    self._totals["missing" if what == "missing" else "failed_nodes"] += 1
+        for what in ("missing", "late", "failed"):
+            self._row[f"{kind}_{what}"] = sorted(n for n, s in nodes.items() if s == what)
+
     def _skip(self, kind: str, ok: int, sent: int, quorum: int) -> None:
-        """Log the skipped round; end the run after ``max_failed_rounds`` in a row."""
+        """Log the skipped round; a training round counts toward ``max_failed_rounds``."""
         r = self._row
-        log.warning(
-            "%s round skipped: %d usable replies of %d sent, quorum %d (missing %s, late %s, "
-            "failed %s)", kind, ok, sent, quorum, r[f"{kind}_missing"], r[f"{kind}_late"],
-            r[f"{kind}_failed"],
-        )  # fmt: skip
-        if kind != "train":
+        reason = (
+            f"{kind} round skipped: {ok} usable replies of {sent} sent, quorum {quorum} "
+            f"(missing {r[f'{kind}_missing']}, late {r[f'{kind}_late']}, "
+            f"failed {r[f'{kind}_failed']})"
+        )
+        if kind == "train":
+            self._fail(self._rounds[kind], reason)
+        else:
+            log.warning("%s", reason)
+
+    def fail_round(self, group: str, reason: str) -> None:
+        """Skip the training round ``group`` (model unchanged), once; log ``reason``.
+
+        Ends the run with :class:`~fedflower.errors.FederationError` after
+        ``max_failed_rounds`` skipped rounds in a row. SecAgg+ calls it for a round whose
+        sum it could not unmask; a round the quorum already skipped is not counted again.
+        """
+        self._fail(self._open("train", group), reason)
+
+    def _fail(self, current: _Round, reason: str) -> None:
+        """Count the training round ``current`` as skipped unless it already is."""
+        if current.skipped:
             return
-        r["skipped"] = True
+        log.warning("%s", reason)
+        current.skipped = True
+        self._row["skipped"] = True
         self._totals["skipped_rounds"] += 1
-        self.failed_in_a_row += 1
+        self.failed_in_a_row = current.failed_before + 1
         if self.failed_in_a_row >= self.max_failed_rounds:
             raise FederationError(
-                f"{self.failed_in_a_row} rounds in a row without strategy.min_train_nodes="
-                f"{quorum} replies; the federation lost too many nodes"
+                f"{self.failed_in_a_row} rounds in a row skipped, the last: {reason}; "
+                "the federation lost too many nodes"
             )
 
     def round_report(self) -> dict[str, Any]:

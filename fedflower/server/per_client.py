@@ -14,15 +14,15 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from fedflower import keys
-from fedflower.engine.wrapper import GridWrapper
+from fedflower.engine.wrapper import GridWrapper, NamesNodes
 from fedflower.outputs.per_client import PerClientLog
 
 
 class PerClientGrid(GridWrapper):
     """Reads every federated evaluation reply into a :class:`PerClientLog`.
 
-    A node is named by the engine grid when it can (``node_name(node_id)``: the in-process
-    engine knows each node's config); otherwise the evaluate messages ask the clients to
+    A node is named by ``namer`` when the engine grid has one (:func:`engine_namer`: the
+    in-process engine knows each node's config); otherwise the evaluate messages ask the clients to
     name themselves (``report-client``) and the replies carry the name.
 
     Parameters
@@ -31,12 +31,16 @@ class PerClientGrid(GridWrapper):
         The grid evaluate messages go through.
     per_client : PerClientLog
         Where the rows go.
+    namer : callable, optional
+        A node's name from its id (``None``: the clients name themselves).
     """
 
-    def __init__(self, grid: Grid, per_client: PerClientLog) -> None:
+    def __init__(
+        self, grid: Grid, per_client: PerClientLog, namer: Callable[[int], str] | None = None
+    ) -> None:
         super().__init__(grid)
         self.log = per_client
-        self._namer = _find_namer(grid)
+        self._namer = namer
         self._rounds: dict[int, int] = {}  # node -> round of the evaluation sent to it
 
     def round_report(self) -> dict[str, Any]:  # noqa: D102
@@ -87,13 +91,6 @@ class PerClientGrid(GridWrapper):
         return self._received(self.inner.send_and_receive(self._sent(messages), timeout=timeout))
 
 
-def _find_namer(grid: Grid) -> Callable[[int], str] | None:
-    node: Any = grid
-    for _ in range(16):
-        namer = getattr(node, "node_name", None)
-        if callable(namer):
-            return namer
-        node = getattr(node, "inner", None)
-        if node is None:
-            return None
-    return None
+def engine_namer(grid: Grid) -> Callable[[int], str] | None:
+    """The engine grid's node names (a :class:`~fedflower.engine.wrapper.NamesNodes`), or None."""
+    return grid.node_name if isinstance(grid, NamesNodes) else None

@@ -34,7 +34,7 @@ from fedflower.outputs.per_client import PerClientLog
 from fedflower.server.async_strategy import AsyncStrategy
 from fedflower.server.compression import compressed_grid
 from fedflower.server.contract import StrategyContract
-from fedflower.server.per_client import PerClientGrid
+from fedflower.server.per_client import PerClientGrid, engine_namer
 
 
 @dataclass
@@ -141,7 +141,7 @@ def build_pipeline(
     strategies = [outer] if outer is strategy else [outer, strategy]
     readers = None
     if per_client is not None and not isinstance(strategy, AsyncStrategy):
-        readers = PerClientGrid(wire, per_client)
+        readers = PerClientGrid(wire, per_client, engine_namer(grid))
     return Pipeline(
         clock=clock,
         meter=meter,

@@ -4,11 +4,22 @@ SecAgg+ (Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic O
 2020, eprint 2020/704; Bonawitz et al., arXiv:1611.04482) lets the server learn only the sum of
 the clients' quantized, masked vectors. Flower 1.42 ships it only in its legacy workflow API
 (``flwr.server.workflow.SecAggPlusWorkflow``, run by ``DefaultWorkflow`` with a legacy
-``flwr.server.strategy.Strategy``). :class:`SecureRound` runs that unchanged workflow for one
+``flwr.server.strategy.Strategy``). :class:`SecureRound` runs that workflow for one
 round of a Message-API strategy: a small legacy strategy hands it the train messages the
 strategy configured (as ``FitIns``) and receives the unmasked weighted mean. The four message
 exchanges of the protocol (setup, share keys, collect masked vectors, unmask) go through the
 same grid as any round, so metering counts their bytes. No cryptography is written here.
+
+Dropouts: a node that stops answering in one of the stages is left out of the later ones.
+One lost before it shared its keys (setup, share keys) takes no part in the round; one lost
+after (while training, or in the unmask stage) had its masks removed through its
+neighbours' secret shares, which works while every node has at least
+``reconstruction_threshold`` live neighbours (with ``num_shares=1.0``: that many of the
+sampled nodes still answering). The round's sum is then the survivors' weighted mean.
+With fewer, the workflow halts and the round is skipped
+(model unchanged) with one logged line; on a grid with round deadlines
+(:class:`~fedflower.server.deadline.DeadlineGrid`) the four stages are one round, so the lost
+node is recorded once and the skipped round counts once toward ``max_failed_rounds``.
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
 from fedflower import keys
+from fedflower.server.deadline import RoundJudge
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +117,33 @@ class _Instructions(LegacyStrategy):
         return None
 
 
+class _Workflow(SecAggPlusWorkflow):
+    """Flower's workflow, keeping its last round's protocol state; early dropouts left out.
+
+    A node that answers neither the setup nor the share-keys stage never gave its
+    neighbours key shares, and they add no pairwise mask with it (a client masks with the
+    nodes whose shares it received). The protocol's surviving set after sharing keys (``U2``
+    in Bonawitz et al., arXiv:1611.04482) is the round's; Flower 1.42 keeps such a node
+    among the sampled ones and then halts in the unmask stage for want of its shares, so one
+    node lost between two rounds would cost a round. :meth:`share_keys_stage` drops it from
+    the sampled nodes and from every neighbourhood, and checks the threshold on the rest.
+    """
+
+    state: WorkflowState | None = None
+
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        self.state = state  # one object, updated in place by every later stage
+        return super().setup_stage(grid, context, state)
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        super().share_keys_stage(grid, context, state)
+        gone = state.sampled_node_ids - state.active_node_ids
+        state.sampled_node_ids = set(state.active_node_ids)
+        for neighbours in state.nid_to_neighbours.values():
+            neighbours -= gone
+        return self._check_threshold(state)
+
+
 class SecureRound:
     """One training round through Flower's ``SecAggPlusWorkflow``.
 
@@ -114,9 +154,7 @@ class SecureRound:
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
-        self.workflow = SecAggPlusWorkflow(
-            **{k: options[k] for k in SECAGG_OPTIONS if k in options}
-        )
+        self.workflow = _Workflow(**{k: options[k] for k in SECAGG_OPTIONS if k in options})
         self.quantization_step = 2 * self.workflow.clipping_range / self.workflow.quantization_range
 
     def run(
@@ -134,10 +172,8 @@ class SecureRound:
             settings: dict[str, Any] = {**config, keys.ARRAY_NAMES: names}
             fitins.append((proxy, FitIns(ndarrays_to_parameters(weights), settings)))
         if len(fitins) < 2:
-            log.warning(
-                "round %s: SecAgg+ needs 2 or more clients, got %d", server_round, len(fitins)
-            )
-            return None
+            reason = f"SecAgg+ needs 2 or more clients, got {len(fitins)}"
+            return self._halted(grid, server_round, reason)
         strategy = _Instructions(fitins)  # type: ignore[arg-type]
         state = RecordDict(
             {
@@ -149,5 +185,37 @@ class SecureRound:
             Context(run_id=run_id, node_id=0, node_config={}, state=state, run_config={}),
             strategy=strategy,
         )
+        self.workflow.state = None
         self.workflow(grid, context)
-        return strategy.result
+        return self._outcome(grid, server_round, len(fitins), strategy.result)
+
+    def _outcome(
+        self, grid: Grid, server_round: int, sampled: int, result: SecureResult | None
+    ) -> SecureResult | None:
+        """Say what the dropouts cost: survivors summed, or the round skipped and why."""
+        state = self.workflow.state
+        if state is None:
+            return result
+        if result is not None:
+            if result.count < sampled:
+                log.warning(
+                    "round %s: SecAgg+ summed the updates of %d of %d sampled nodes",
+                    server_round, result.count, sampled,
+                )  # fmt: skip
+            return result
+        answered = len(state.active_node_ids)
+        reason = (
+            f"SecAgg+ halted: {answered} of {sampled} nodes answered every stage, and every "
+            f"node needs {state.threshold} of its {state.num_shares} key shares held by live "
+            "nodes (secagg.reconstruction_threshold)"
+        )
+        return self._halted(grid, server_round, reason)
+
+    @staticmethod
+    def _halted(grid: Grid, server_round: int, reason: str) -> None:
+        """Skip the round (model unchanged) with one line; a deadline grid counts it."""
+        line = f"train round {server_round} skipped (model unchanged): {reason}"
+        if isinstance(grid, RoundJudge):
+            grid.fail_round(str(server_round), line)
+        else:
+            log.warning("%s", line)

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import run_rows
 from omegaconf import DictConfig
 
 from fedflower.errors import ConfigError
 from fedflower.experiment import run
 
 QUIET = ["output.save_model=false", "output.plots=false"]
-TIMING = {"seconds", "elapsed"}
 
 
 def rows(out: Path) -> list[dict[str, Any]]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+    return run_rows(out)
 
 
 @pytest.mark.slow

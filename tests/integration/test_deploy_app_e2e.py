@@ -5,7 +5,6 @@ the ``fedflower`` command on a client-only install."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import subprocess
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import TINY, run_app_in_process
+from helpers import run_rows
 from omegaconf import DictConfig
 
 from fedflower.experiment import run
@@ -33,8 +33,7 @@ COMPARED = ("round", "loss", "accuracy", "fed_loss", "fed_accuracy", "bytes_down
 
 
 def rows(out: Path) -> list[dict[str, Any]]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: json.loads(line)[k] for k in COMPARED} for line in lines]
+    return run_rows(out, keep=COMPARED)
 
 
 def test_deployed_app_reproduces_the_simulation(

@@ -19,6 +19,7 @@ import keras
 import psutil
 import pytest
 import tomli
+from helpers import run_rows
 from omegaconf import DictConfig
 
 from fedflower.deploy.demo import SuperLinkNotStarted, simulate, write_site_files
@@ -105,11 +106,7 @@ def test_secure_federation_trains_on_site_files_and_survives_a_bad_one(tmp_path:
     assert results["totals"]["rounds"] == 2
     assert results["final"]["accuracy"] >= 0.75
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.1
-    rows = [
-        json.loads(line)
-        for line in (tmp_path / "out" / "metrics.jsonl").read_text().split("\n")
-        if line
-    ]
+    rows = run_rows(tmp_path / "out")
     assert [r["round"] for r in rows] == [1, 2] and all(r["bytes_up"] > 0 for r in rows)
     # the saved global model scores what the server reported
     cfg_dataset = results["config"]["dataset"]
@@ -310,3 +307,66 @@ def test_warm_supernodes_give_the_metrics_of_a_new_process_per_task(tmp_path: Pa
             assert {**row, "train_loss": 0} == {**cold, "train_loss": 0}
     # each node ran its 2 runs x 2 rounds x (train, evaluate) tasks in one worker process
     assert [len(p) for p in pids] == [8, 8, 8] and all(len(set(p)) == 1 for p in pids)
+
+
+SECURE = [
+    "secagg=secaggplus",
+    "num_clients=3",
+    "num_rounds=3",
+    "+strategy.round_timeout=120",
+    "strategy.min_train_nodes=2",
+    "strategy.fraction_evaluate=0",
+    *SMALL,
+]
+
+
+def secure_run_losing_a_node(
+    tmp_path: Path, overrides: list[str]
+) -> tuple[dict[str, Any], str, list[dict[str, Any]], float]:
+    """A SecAgg+ run whose SuperNode 1 is killed after round 1: results, output, rows, and
+    the seconds from the kill to the run's end."""
+    files = write_site_files(overrides, 3, tmp_path / "data", "csv")
+    with LocalFederation(tmp_path / "fed", [{"data-path": str(p)} for p in files]) as fed:
+        handle = fed.submit(overrides, output_dir=tmp_path / "out")
+        wait_rounds(handle, 1, timeout=600)
+        fed.kill_node(1)  # SIGKILL in round 2's protocol stages: no reply from it again
+        killed_at = time.monotonic()
+        results, output = handle.wait(timeout=900)
+        took = time.monotonic() - killed_at
+        rows = handle.metrics()
+        pids = our_processes(fed)
+    assert_all_stopped(fed, pids)
+    assert [r["round"] for r in rows] == [1, 2, 3], output[-3000:]
+    assert lost(rows[0]) == [] and len(lost(rows[1])) == 1  # lost once, not once a stage
+    assert all(set(lost(r)) <= set(lost(rows[1])) for r in rows)
+    assert "Traceback" not in output
+    return results, output, rows, took
+
+
+@pytest.mark.slow
+def test_secaggplus_below_its_threshold_sums_the_survivors_after_a_node_is_killed(
+    tmp_path: Path,
+) -> None:
+    # 3 sampled, reconstruction_threshold 0.67: 2 of each node's 3 key shares unmask the sum
+    results, output, rows, took = secure_run_losing_a_node(tmp_path, SECURE)
+    assert results["totals"]["rounds"] == 3  # every round, none skipped
+    assert not any(r.get("skipped") for r in rows)
+    assert "round 2: SecAgg+ summed the updates of 2 of 3 sampled nodes" in output
+    assert results["deadline"]["skipped_rounds"] == 0
+    assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.05
+    assert took < 120 + 2 * 120  # the lost node's deadline, then two rounds of survivors
+
+
+@pytest.mark.slow
+def test_secaggplus_above_its_threshold_skips_the_round_and_goes_on(tmp_path: Path) -> None:
+    # reconstruction_threshold 1.0: all 3 shares of every node's keys needed, 2 survive
+    overrides = [*SECURE, "secagg.reconstruction_threshold=1.0"]
+    results, output, rows, took = secure_run_losing_a_node(tmp_path, overrides)
+    assert [bool(r.get("skipped")) for r in rows] == [False, True, False]
+    skipped = [line for line in output.splitlines() if "skipped (model unchanged)" in line]
+    assert len(skipped) == 1 and "train round 2 skipped" in skipped[0], output[-3000:]
+    assert "SecAgg+ halted: 2 of 3 nodes answered" in skipped[0]
+    assert results["deadline"]["skipped_rounds"] == 1
+    # round 3 samples the 2 connected nodes (threshold 1.0 of 2 shares): the run goes on
+    assert rows[2]["accuracy"] != rows[1]["accuracy"]
+    assert took < 120 + 2 * 120

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from helpers import run_rows
 from omegaconf import DictConfig
 
 from fedflower.engine import pool
 from fedflower.experiment import run
 
 QUIET = ["output.save_model=false", "output.plots=false", "checkpoint.every=0"]
-TIMING = {"seconds", "elapsed"}
 
 
 def workers() -> set[psutil.Process]:
@@ -26,8 +25,7 @@ def workers() -> set[psutil.Process]:
 
 
 def rows(out: Path) -> list[dict[str, Any]]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+    return run_rows(out)
 
 
 def workers_at_once(monkeypatch: pytest.MonkeyPatch, **options: Any) -> None:

@@ -3,7 +3,6 @@ model and ``metrics.jsonl`` equal those of an uninterrupted run (wall-clock fiel
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY
-from helpers import start_fedflower
+from helpers import run_rows, start_fedflower
 
 from fedflower.server.checkpoint import FILENAME, load
 
 ROUNDS = 5
-WALL_CLOCK = ("seconds", "elapsed")
 pytestmark = pytest.mark.slow
 
 
@@ -32,8 +30,7 @@ def checkpoint_round(run_dir: Path) -> int:
 
 
 def rows(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
+    return run_rows(run_dir)
 
 
 def kill_and_resume(tmp_path: Path, args: list[str], rounds: int) -> tuple[dict, dict]:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import helpers
+import numpy as np
 import pytest
+from fedflower.strategies.fedavg import FedAvg
 from flwr.app import MessageType
+from flwr.serverapp import ServerApp
 
+from fedflower import keys
+from fedflower.client.app import to_client_app
+from fedflower.client.secagg import secagg_mod
+from fedflower.engine.local import run_local
+from fedflower.engine.wrapper import GridWrapper
 from fedflower.errors import ConfigError, FederationError
 from fedflower.outputs.fields import round_suffix
 from fedflower.server.deadline import DeadlineGrid, DeadlineOptions
+from fedflower.server.privacy import make_private
+from fedflower.wire import named_record
 
 
 def fake_grid(n, **faults):
@@ -21,6 +32,7 @@ def fake_grid(n, **faults):
 def message(error=False, **metadata):
     """The parts of a Flower ``Message`` the deadline grid reads."""
     metadata.setdefault("message_id", "")
+    metadata.setdefault("group_id", "")
     return SimpleNamespace(metadata=SimpleNamespace(**metadata), has_error=lambda: error)
 
 
@@ -169,3 +181,113 @@ def _pulling(fake, fill):
         return PollingGrid.pull_messages(fake, message_ids)
 
     return pull
+
+
+# -- SecAgg+: four exchanges, one round ---------------------------------------------------------
+NAMES = ["dense/kernel", "dense/bias"]
+START = [np.full((4, 2), 0.5, np.float32), np.zeros(2, np.float32)]
+
+
+class StepClient:
+    """Adds ``0.1 (cid + 1)`` to every weight and reports ``10 (cid + 1)`` examples."""
+
+    def __init__(self, cid):
+        self.cid = cid
+
+    def receive(self, record, what=""):
+        return record.to_numpy_ndarrays()
+
+    def send(self, arrays, received):
+        return named_record(list(received.keys()), arrays)
+
+    def fit(self, parameters, config):
+        return [p + 0.1 * (self.cid + 1) for p in parameters], 10 * (self.cid + 1), {}
+
+    def evaluate(self, parameters, config):
+        return 0.0, 1, {}
+
+
+class Dying(GridWrapper):
+    """Node ``node`` dies after the first ``after`` exchanges: no message reaches it again."""
+
+    def __init__(self, grid, node, after):
+        super().__init__(grid)
+        self.node, self.after, self.exchanges = node, after, 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.exchanges += 1
+        if self.exchanges > self.after:
+            messages = [m for m in messages if m.metadata.dst_node_id != self.node]
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+def secure_run(threshold, after, rounds=2, nodes=3):
+    """Models and deadline rows of a SecAgg+ run whose node 2 dies after ``after`` exchanges."""
+    secagg = {"name": "secaggplus", "num_shares": 1.0, "reconstruction_threshold": threshold}
+    out = {"models": [], "rows": []}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context):
+        plain = FedAvg(fraction_evaluate=0.0, min_available_nodes=nodes, min_train_nodes=2)
+        options = DeadlineOptions(round_timeout=5.0, max_failed_rounds=2)
+        out["grid"] = deadline = DeadlineGrid(Dying(grid, 2, after), plain, options)
+
+        def keep(server_round, arrays):
+            if server_round:
+                out["models"].append(arrays.to_numpy_ndarrays())
+                out["rows"].append(deadline.round_report())
+
+        secure = make_private(plain, {"name": "none"}, nodes, 0, secagg)
+        secure.start(deadline, named_record(NAMES, START), num_rounds=rounds, evaluate_fn=keep)
+
+    mods = [secagg_mod(lambda _: secagg)]
+    client_app = to_client_app(lambda c: StepClient(int(c.node_config[keys.PARTITION_ID])), mods)
+    run_local(app, client_app, nodes)
+    return out
+
+
+def survivors_mean(cids):
+    """FedAvg of the clients ``cids`` after one step from ``START``."""
+    weights = [10 * (c + 1) for c in cids]
+    return [
+        sum(w * (p + 0.1 * (c + 1)) for w, c in zip(weights, cids, strict=True)) / sum(weights)
+        for p in START
+    ]
+
+
+@pytest.mark.parametrize(
+    "after", [0, 1, 2, 3], ids=["at-setup", "at-share-keys", "while-training", "at-unmask"]
+)
+def test_secaggplus_dropout_below_threshold_sums_the_survivors_and_is_one_loss(after, caplog):
+    caplog.set_level(logging.WARNING)
+    out = secure_run(0.67, after)  # 3 sampled: 2 shares of each node's keys unmask it
+    survivors = [0, 2] if after < 3 else [0, 1, 2]  # at unmask its masked update is in
+    # stochastic rounding of each weighted value (< 2 range / q) and of each weight (< 1/q,
+    # times values within +-range), over the total weight w / max_weight (as test_secagg.py)
+    ratios = sum(10 * (c + 1) / 1000.0 for c in survivors)
+    bound = len(survivors) * (2 * 8.0 / 2**22 + 8.0 / 2**22) / ratios
+    for got, want in zip(out["models"][0], survivors_mean(survivors), strict=True):
+        assert np.max(np.abs(got - want)) <= bound
+    assert out["rows"][0] == {"train_missing": [2], "train_late": [], "train_failed": []}
+    assert out["rows"][1]["train_missing"] == [2]  # the next round runs without it too
+    assert not any(r.get("skipped") for r in out["rows"])
+    assert out["grid"].run_report()["deadline"] == {
+        "missing": 2, "failed_nodes": 0, "late_replies": 0, "skipped_rounds": 0
+    }  # fmt: skip
+    assert out["grid"].failed_in_a_row == 0
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fedflower")]
+    rounds = (1, 2) if after < 3 else (2,)  # dead at unmask, its masked update is in the sum
+    assert lines == [
+        f"round {r}: SecAgg+ summed the updates of 2 of 3 sampled nodes" for r in rounds
+    ]
+
+
+def test_secaggplus_dropout_above_threshold_skips_the_round_once(caplog):
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(FederationError, match="2 rounds in a row skipped"):
+        secure_run(1.0, 2, rounds=3)  # every node's keys need all 3 shares
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fedflower")]
+    assert len(lines) == 2  # one line a skipped round, not one a stage
+    assert lines[0].startswith("train round 1 skipped (model unchanged): SecAgg+ halted: 2 of 3")
+    assert "needs 3 of its 3 key shares" in lines[0]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedflower.errors import ConfigError
-from fedflower.models import cnn, compile_model, text_classifier
+from fedflower.models import TokenIds, cnn, compile_model, text_classifier
+from fedflower.steps import encoded
 from fedflower.wire import arrays_for, model_record, variable_names
 
 VOCABULARY = ("profit", "rose", "fell", "loss", "company")
@@ -33,9 +34,19 @@ def test_cnn_rejects_flat_input() -> None:
 @pytest.mark.parametrize("encoder", ["pool", "conv", "lstm"])
 def test_text_classifier_reads_strings(encoder: str) -> None:
     model = text_classifier((1,), 3, VOCABULARY, sequence_length=8, encoder=encoder)
-    probs = np.asarray(model(SENTENCES))
+    probs = np.asarray(model(encoded(model, SENTENCES)))  # strings, or their ids off TensorFlow
     assert probs.shape == (3, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TextVectorization's ids")
+def test_token_ids_are_text_vectorization_ids() -> None:
+    """What JAX and PyTorch feed the text model is what TensorFlow's model computes inside."""
+    sentences = np.array([*SENTENCES, ["PROFIT, rose; (fell) company's loss-rose   x"], [""]])
+    layer = keras.layers.TextVectorization(vocabulary=list(VOCABULARY), output_sequence_length=6)
+    ids = TokenIds(VOCABULARY, 6)(sentences)
+    np.testing.assert_array_equal(ids, np.asarray(layer(sentences)))
+    assert ids[0].tolist() == [2, 3, 0, 0, 0, 0] and TokenIds(VOCABULARY, 6).size == 7
 
 
 def test_text_classifier_rejects_bad_options() -> None:

@@ -22,7 +22,7 @@ from fedflower.outputs.per_client import (
     per_client_lines,
     spread,
 )
-from fedflower.server.per_client import PerClientGrid
+from fedflower.server.per_client import PerClientGrid, engine_namer
 from fedflower.sites import site_name
 
 
@@ -161,7 +161,7 @@ def evaluate_messages(nodes: Iterable[int], rnd: int) -> list[Message]:
 def test_grid_names_sampled_clients_of_a_large_federation(tmp_path: Path, opaque: bool) -> None:
     local = LocalGrid(evaluating_app(), 100_000)
     inner: Grid = Opaque(local) if opaque else local
-    grid = PerClientGrid(inner, PerClientLog(tmp_path))
+    grid = PerClientGrid(inner, PerClientLog(tmp_path), engine_namer(inner))
     grid.send_and_receive(evaluate_messages([3, 50_001], rnd=4))
     ids = list(grid.push_messages(evaluate_messages([6], rnd=5)))
     grid.pull_messages(ids)

@@ -127,9 +127,6 @@ def test_apfl_trains_the_mixture_and_keeps_the_local_model() -> None:
     assert reply.content.metric_records[keys.METRICS]["personal_eval_accuracy"] == 2.0
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "jax", reason="frozen training is refused on JAX (steps.py)"
-)
 def test_frozen_weights_stay_unchanged_in_real_keras_training() -> None:
     from fedflower.client.keras_client import KerasClient
     from fedflower.data.source import ClientData
@@ -149,21 +146,6 @@ def test_frozen_weights_stay_unchanged_in_real_keras_training() -> None:
         assert [p for p in moved if p in trainable] == [p for p in trainable if p not in fixed]
     trained, _, _ = client.fit(start, config)  # nothing frozen: everything trainable moves
     assert all((a != b).any() for a, b in zip(start[:2], trained[:2], strict=True))
-
-
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the refusal is JAX's")
-def test_frozen_training_is_one_error_line_on_jax() -> None:
-    from fedflower.client.keras_client import KerasClient
-    from fedflower.data.source import ClientData
-    from fedflower.errors import ConfigError
-
-    model = tiny_model()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x, y = np.zeros((8, 3), "float32"), np.zeros(8, "int64")
-    client = KerasClient(model, ClientData(x, y, x[:0], y[:0]))
-    config = {keys.LOCAL_EPOCHS: 1, keys.BATCH_SIZE: 4, keys.LEARNING_RATE: 0.1}
-    with pytest.raises(ConfigError, match="must run on backend=tensorflow or torch"):
-        client.fit(client.get_parameters({}), {**config, keys.FROZEN: HEAD})
 
 
 def test_finetune_evaluates_the_global_model_after_local_epochs() -> None:
