@@ -301,10 +301,10 @@ def test_warm_supernodes_give_the_metrics_of_a_new_process_per_task(tmp_path: Pa
     assert len(rows["cold"]) == 2
     for name in ("warm", "warm again"):  # again: nothing of the first run was reused
         for row, cold in zip(rows[name], rows["cold"], strict=True):
-            # same seed: the same model and evaluations in every round, up to the round-off
-            # of sums taken in the order replies arrived (the aggregated weights, the
-            # clients' mean training loss and federated evaluation: last digits)
-            assert row == pytest.approx(cold, rel=1e-12)
+            # same seed: the same model and evaluations in every round, to float32 precision
+            # (Keras trains and reports losses in float32; the server sums in the order
+            # replies arrive); a model or data reused from another run differs far more
+            assert row == pytest.approx(cold, rel=1e-6)
     # each node ran its 2 runs x 2 rounds x (train, evaluate) tasks in one worker process
     assert [len(p) for p in pids] == [8, 8, 8] and all(len(set(p)) == 1 for p in pids)
 
