@@ -2,12 +2,15 @@
 
 Side by side in one run, interleaved, each a median of ``--repeats``:
 
-(a) the round loop of ``experiment.run`` on the hospitals task (Dense(128) -> Dense(1), one
-    local epoch, batch 32, every client trains and evaluates every round, central evaluation)
-    with ``simulation.workers=1`` (the in-process engine) and ``=2`` (worker processes); the
-    loop time is the sum of the rounds' ``seconds`` after the first (the first round builds and
-    traces the model, in every worker), and the start-up (workers spawned, model built and
-    traced) is reported apart; the rows of ``metrics.jsonl`` are checked to be identical;
+(a) the round loop of ``experiment.run`` with ``simulation.workers=1`` (the in-process engine)
+    and ``=2`` (worker processes), on each task of ``--tasks``: ``hospitals`` (the default
+    experiment: Dense(128) -> Dense(1), one local epoch, batch 32) and ``digits``
+    (``experiment=digits``: the small CNN, two local epochs, batch 16); every client trains
+    and evaluates every round, central evaluation. The workers start with the run and the
+    server process waits for them (it trains no client itself), so the first round holds
+    their start-up (spawn, imports, model built and traced) and every later round is the
+    steady state; the loop time is the sum of the rounds' ``seconds`` after the first, the
+    start-up is reported apart; the rows of ``metrics.jsonl`` are checked to be identical;
 (b) the per-message cost of each engine with a ClientApp that only echoes the model it is
     sent (Flower's wire serialization both ways, shared memory and pipes for the pool);
 (c) one client's work (``KerasClient.fit`` then ``evaluate``) and the server's own work per
@@ -21,13 +24,14 @@ It predicts the speed-up on 8, 32 and 64 cores. Results: ``bench/results/paralle
 
 Usage::
 
-    python bench/parallel.py                         # 24 clients x 6 rounds, median of 3
-    python bench/parallel.py --clients 40 --rounds 4 --repeats 1
+    python bench/parallel.py                         # 24 clients x 8 rounds, median of 3
+    python bench/parallel.py --tasks digits --clients 40 --rounds 4 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -39,6 +43,7 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -46,6 +51,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING = {"seconds", "elapsed"}
 CORES = (2, 8, 32, 64)
+TASKS = {"hospitals": [], "digits": ["experiment=digits"]}
 EXPLANATION = """\
 How to read it. `load` is the machine's 1-minute load average during each side's runs: above
 the number of cores, other jobs compete for them, the ratio moves from run to run, and a side
@@ -65,21 +71,23 @@ the speed-up stops growing once `ceil(n / W) t` is small next to `s + n c`, i.e.
 def parse() -> argparse.Namespace:
     """The command line, parsed before TensorFlow is imported: ``--help`` is instant."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks")
     parser.add_argument("--clients", type=int, default=24)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; median kept")
     parser.add_argument("--messages", type=int, default=200, help="echo messages per engine")
     return parser.parse_args()
 
 
-def make_cfg(clients: int, rounds: int, workers: int) -> Any:
+def make_cfg(task: str, clients: int, rounds: int, workers: int) -> Any:
     from hydra import compose, initialize_config_module
 
     overrides = [
+        *TASKS[task],
         f"num_clients={clients}",
         f"num_rounds={rounds}",
         f"simulation.workers={workers}",
-        "simulation.start_workers_after=0",  # workers from the start: their start-up is measured
+        "simulation.start_workers_after=0",  # workers from the start: round 1 holds their start-up
         "progress=false",
         "output.plots=false",
         "output.save_model=false",
@@ -89,15 +97,21 @@ def make_cfg(clients: int, rounds: int, workers: int) -> Any:
         return compose(config_name="config", overrides=overrides)
 
 
-def run_side(clients: int, rounds: int, workers: int) -> dict[str, Any]:
+def run_side(task: str, clients: int, rounds: int, workers: int) -> dict[str, Any]:
     """One run: loop seconds after round 1, start-up seconds, load, and its metric rows."""
     import psutil
 
+    from fedflower.engine import pool
     from fedflower.experiment import run
 
-    with tempfile.TemporaryDirectory() as out, redirect_stdout(io.StringIO()):
+    waits = functools.partial(pool.PoolGrid, inline=False)  # the server trains no client
+    with (
+        tempfile.TemporaryDirectory() as out,
+        redirect_stdout(io.StringIO()),
+        mock.patch.object(pool, "PoolGrid", waits),
+    ):
         t0, load0 = time.perf_counter(), psutil.getloadavg()[0]
-        results = run(make_cfg(clients, rounds, workers), output_dir=out)
+        results = run(make_cfg(task, clients, rounds, workers), output_dir=out)
         wall = time.perf_counter() - t0
         lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
@@ -161,32 +175,30 @@ def message_cost(workers: int, messages: int, floats: int) -> float:
             grid.close()
 
 
-def work_seconds(clients: int) -> tuple[float, float]:
-    """One client's fit + evaluate, and the server's central evaluation (medians of 5)."""
-    import numpy as np
-
+def work_seconds(task: str, clients: int) -> tuple[float, int]:
+    """One client's fit + evaluate (median of 5 after a first), and the model's size."""
     from fedflower import keys
     from fedflower.client.keras_client import KerasClient
     from fedflower.components import model_factory
     from fedflower.experiment import load_federation
 
-    cfg = make_cfg(clients, 2, 1)
+    cfg = make_cfg(task, clients, 2, 1)
     source, fed = load_federation(cfg)
     model = model_factory(cfg, source.input_shape, source.num_classes)()
     client = KerasClient(model, fed.client(0), cid=0, seed=0)
     weights = model.get_weights()
-    config = {keys.LEARNING_RATE: 0.01, keys.BATCH_SIZE: 32, keys.LOCAL_EPOCHS: 1}
-    client_times, server_times = [], []
+    config = {
+        keys.LEARNING_RATE: cfg.client.learning_rate,
+        keys.BATCH_SIZE: cfg.client.batch_size,
+        keys.LOCAL_EPOCHS: cfg.client.local_epochs,
+    }
+    client_times = []
     for _ in range(6):
         t0 = time.perf_counter()
         client.fit(weights, config)
         client.evaluate(weights, {})
-        t1 = time.perf_counter()
-        model.set_weights([np.mean([w] * clients, axis=0) for w in weights])  # aggregation
-        model.evaluate(source.x_test, source.y_test, batch_size=1024, verbose=0)
-        client_times.append(t1 - t0)
-        server_times.append(time.perf_counter() - t1)
-    return statistics.median(client_times[1:]), statistics.median(server_times[1:])
+        client_times.append(time.perf_counter() - t0)
+    return statistics.median(client_times[1:]), sum(int(w.size) for w in weights)
 
 
 def predict(s: float, c: float, t: float, n: int, cores: int) -> float:
@@ -194,20 +206,23 @@ def predict(s: float, c: float, t: float, n: int, cores: int) -> float:
     return (s + n * t) / (s + n * c + math.ceil(n / cores) * t)
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, task: str) -> dict[str, Any]:
     sides: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for repeat in range(args.repeats):
         for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
-            sides[workers].append(run_side(args.clients, args.rounds, workers))
-            print(f"workers={workers}: loop {sides[workers][-1]['loop']:.2f} s", flush=True)
+            sides[workers].append(run_side(task, args.clients, args.rounds, workers))
+            print(f"{task} workers={workers}: loop {sides[workers][-1]['loop']:.2f} s", flush=True)
     identical = all(one["rows"] == two["rows"] for one, two in zip(sides[1], sides[2], strict=True))
     median = {
         w: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "rows"}
         for w, runs in sides.items()
     }
-    costs = {w: message_cost(w, args.messages, 2817) for w in (1, 2)}  # the MLP's 2,817 weights
-    t, server = work_seconds(args.clients)
+    t, floats = work_seconds(task, args.clients)
+    costs = {w: message_cost(w, args.messages, floats) for w in (1, 2)}
     fastest = min(r["loop"] for r in sides[1])
+    # the server's own work per round: what the fastest one-process round spent beyond its
+    # clients' work and messages (aggregation, central evaluation, metering, recording)
+    server = max(0.0, fastest / (args.rounds - 1) - args.clients * (t + costs[1]))
     return {
         "median": median,
         "fastest_loop": fastest,
@@ -215,6 +230,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "costs": costs,
         "client": t,
         "server": server,
+        "floats": floats,
     }
 
 
@@ -234,12 +250,14 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
         f"throughput ratio (workers=2 / workers=1): {ratio:.2f}x",
         f"metrics.jsonl rows identical in every repeat: {m['identical']}",
         "",
-        "per-message cost in the server process (echo ClientApp, 11 KiB model):",
+        f"per-message cost in the server process (echo ClientApp, the model's "
+        f"{m['floats'] * 4 / 1024:.0f} KiB):",
         f"  in-process engine {costs[1] * 1e3:.3f} ms, 2 worker processes {costs[2] * 1e3:.3f} ms",
         f"one client's work t (fit + evaluate, in-process): {t * 1e3:.1f} ms",
-        f"server's own work per round s (aggregation + central evaluation): {s * 1e3:.1f} ms",
-        f"one-process round predicted s + n (t + c_1): {s + n * (t + costs[1]):.2f} s, "
-        f"measured (fastest run): {m['fastest_loop'] / (args.rounds - 1):.2f} s",
+        f"one-process round (fastest run): {m['fastest_loop'] / (args.rounds - 1):.3f} s",
+        f"server's own work per round s (derived: that round - n (t + c_1)): {s * 1e3:.1f} ms",
+        f"two-worker round: model {s + n * costs[2] + math.ceil(n / 2) * t:.3f} s, measured "
+        f"(median) {two['loop'] / (args.rounds - 1):.3f} s",
         "",
         "model: speed-up = (s + n t) / (s + n c + ceil(n / W) t), c = pool's per-message cost",
         "clients/round " + "".join(f"   W={w:<4d}" for w in CORES),
@@ -253,26 +271,34 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     args = parse()
-    measured = measure(args)
-    lines = report(args, measured)
-    head = (
-        f"{args.clients} clients x {args.rounds} rounds (loop: rounds 2-{args.rounds}), hospitals "
-        f"task, median of {args.repeats} interleaved runs"
-    )
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"--tasks must name tasks of {list(TASKS)}, got {unknown}")
     machine = f"{os.cpu_count()}-core {platform.machine()}, shared with other jobs"
-    print(f"\n{head}\n\n" + "\n".join(lines))
+    work = (
+        f"{args.clients} clients x {args.rounds} rounds (loop: rounds 2-{args.rounds}), "
+        f"median of {args.repeats} interleaved runs"
+    )
+    results, sections = {}, []
+    for task in tasks:
+        measured = measure(args, task)
+        lines = report(args, measured)
+        results[task] = {**measured, "lines": lines}
+        sections.append(f"## {task}\n\n```\n" + "\n".join(lines) + "\n```\n")
+        print(f"\n{task}: {work}\n\n" + "\n".join(lines), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "parallel.json").write_text(
-        json.dumps({"machine": machine, "work": head, **measured, "lines": lines}, indent=1) + "\n"
+        json.dumps({"machine": machine, "work": work, "tasks": results}, indent=1) + "\n"
     )
     command = (
-        f"python bench/parallel.py --clients {args.clients} --rounds {args.rounds} "
-        f"--repeats {args.repeats}"
+        f"python bench/parallel.py --tasks {','.join(tasks)} --clients {args.clients} "
+        f"--rounds {args.rounds} --repeats {args.repeats}"
     )
     (RESULTS / "parallel.md").write_text(
-        f"Machine: {machine}. {head}. Command: `{command}`\n\n```\n"
-        + "\n".join(lines)
-        + "\n```\n\n"
+        f"Machine: {machine}. {work}. Command: `{command}`\n\n"
+        + "\n".join(sections)
+        + "\n"
         + EXPLANATION
     )
 
