@@ -120,9 +120,10 @@ def test_secure_federation_trains_on_site_files_and_survives_a_bad_one(tmp_path:
 
 @pytest.mark.slow
 def test_fedbuff_survives_a_killed_node_and_gives_work_to_a_late_one(tmp_path: Path) -> None:
+    versions = 30  # a version of 2 updates from warm nodes takes about 1 s: room for the late node
     overrides = [
         "num_clients=4",
-        "num_rounds=4",
+        f"num_rounds={versions}",
         "strategy=fedbuff",
         "strategy.concurrency=4",
         "strategy.buffer_size=2",
@@ -133,22 +134,26 @@ def test_fedbuff_survives_a_killed_node_and_gives_work_to_a_late_one(tmp_path: P
     nodes = [{"data-path": str(p)} for p in files[:3]]
     with LocalFederation(tmp_path / "fed", nodes) as fed:
         handle = fed.submit(overrides, output_dir=tmp_path / "out")
-        deadline = time.monotonic() + 300
-        while not handle.metrics() and time.monotonic() < deadline:  # first server update
-            assert handle.process.poll() is None, handle.output[-2000:]
-            time.sleep(1)
-        assert handle.metrics(), handle.output[-2000:]
+        wait_rounds(handle, 1)  # the first server update
         fed.kill_node(1)  # a crash mid-run: the node and its ClientApp die at once
         late = fed.add_node({"data-path": str(files[3])})
+        deadline = time.monotonic() + 300
+        while not fed.is_online(fed.node_ids[3]) and time.monotonic() < deadline:
+            assert late.alive(), late.log_text()[-3000:]
+            time.sleep(0.5)
+        assert fed.is_online(fed.node_ids[3]), late.log_text()[-3000:]
+        online_at = len(handle.metrics())  # server versions made before the late node was online
+        assert online_at < versions and handle.process.poll() is None, "no version left: raise it"
         results, _output = handle.wait(timeout=600)
         late_log = late.log_text()
         pids = our_processes(fed)
     assert_all_stopped(fed, pids)
-    assert results["totals"]["rounds"] == 4  # server versions: the run did not stall
-    assert "Receiving: train message" in late_log  # the late node got work
+    assert results["totals"]["rounds"] == versions  # server versions: the run did not stall
+    # the late node got work (online with versions left: the strategy samples it)
+    assert "Receiving: train message" in late_log, (online_at, late_log[-3000:])
     # the killed node's task in flight was never folded: given up (its error reply or
     # task_timeout) or, when the other nodes reached the last version first, left unfinished
-    assert results["async"]["failed"] + results["async"]["unfinished"] >= 1
+    assert results["async"]["failed"] + results["async"]["unfinished"] >= 1, results["async"]
     assert results["final"]["accuracy"] > results["initial"]["accuracy"] + 0.05
 
 
@@ -257,17 +262,22 @@ def test_fedavg_finishes_every_round_after_a_node_is_killed_and_rejoins(tmp_path
     assert_all_stopped(fed, pids)
     assert results["totals"]["rounds"] == rounds  # the run did not stall on the dead node
     assert [r["round"] for r in rows] == list(range(1, rounds + 1))
-    assert lost(rows[0]) == [] and rows[0]["train_clients"] == 3
-    # the killed node is lost exactly once in round 2 (as missing or failed, not both) ...
-    assert len(lost(rows[1])) == 1
-    killed = lost(rows[1])[0]
-    assert killed == fed.node_ids[1]
-    assert all(set(lost(r)) <= {killed} and len(lost(r)) <= 1 for r in rows)
-    assert not any(r.get("skipped") for r in rows)  # two survivors meet the quorum
+    assert lost(rows[0]) == [] and rows[0]["train_clients"] == 3, rows[0]
+    # the killed node is lost in round 2, once (as missing or failed, not both) ...
+    killed = fed.node_ids[1]
+    assert lost(rows[1]).count(killed) == 1, rows[1]
+    assert all(len(set(lost(r))) == len(lost(r)) for r in rows), rows
+    # ... a survivor only in that round, if ever (the round waits about a minute for the
+    # SuperLink to give up the killed node; a survivor lost in it is tolerated, and shown by
+    # the assertion's message), and from round 3 on no round is lost or skipped
+    others = [(r["round"], n) for r in rows for n in lost(r) if n != killed]
+    assert all(rnd == 2 for rnd, _ in others), others
+    assert not any(r.get("skipped") for r in rows[2:]), rows
+    assert all(set(lost(r)) <= {killed} for r in rows[2:]), rows
     # ... and once it is back, rounds train on all three nodes again, the last one included
-    assert any(r["train_clients"] == 3 and lost(r) == [] for r in rows[back:])
-    assert lost(rows[-1]) == [] and rows[-1]["train_clients"] == 3
-    assert "Receiving: train message" in rejoined_log
+    assert any(r["train_clients"] == 3 and lost(r) == [] for r in rows[back:]), rows[back:]
+    assert lost(rows[-1]) == [] and rows[-1]["train_clients"] == 3, rows[-1]
+    assert "Receiving: train message" in rejoined_log, rejoined_log[-3000:]
 
 
 def task_pids(fed: LocalFederation) -> list[list[int]]:
