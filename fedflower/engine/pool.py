@@ -24,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -127,6 +128,29 @@ def keras_backend_env(backend: str | None) -> Iterator[None]:
             del os.environ["KERAS_BACKEND"]
         else:
             os.environ["KERAS_BACKEND"] = saved
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Spawn without the ``__main__`` module: a worker must not run the user's script again.
+
+    ``spawn`` makes a child import the parent's main script (as ``__mp_main__``) before its
+    target runs; a script that calls ``fedflower.run`` at top level, without the
+    ``if __name__ == "__main__":`` guard, would start the experiment again in every worker,
+    which fails there and leaves the parent writing the worker's start-up data to a pipe no
+    one reads. A worker needs nothing from the main module: its ClientApp arrives
+    cloudpickled (functions of ``__main__`` by value), its loop lives in this module.
+    """
+    main = sys.modules["__main__"]
+    names = ("__spec__", "__file__")
+    saved = {name: main.__dict__[name] for name in names if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 @dataclass(frozen=True)
@@ -305,7 +329,8 @@ class WorkerPool:
                 name=f"fedflower-worker-{i}",
             )
             proc.daemon = True  # never outlives the server process
-            with keras_backend_env(backend):  # a spawned process starts with this environment
+            # a spawned process starts with this environment and imports no main script
+            with keras_backend_env(backend), main_module_hidden():
                 proc.start()
             theirs.close()
             self._conns.append(ours)

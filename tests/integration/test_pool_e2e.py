@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,3 +102,34 @@ def test_a_tensorflow_and_jax_federation_trains_as_a_tensorflow_one(
     for a, b in zip(tf, mixed, strict=True):
         assert b["accuracy"] == pytest.approx(a["accuracy"], abs=0.01)
         assert b["loss"] == pytest.approx(a["loss"], abs=0.01)
+
+
+SCRIPT = """\
+import fedflower
+
+fedflower.run(
+    "num_clients=4", "num_rounds=2", "simulation.workers=2", "simulation.start_workers_after=0",
+    "output.save_model=false", "output.plots=false", "checkpoint.every=0", "progress=false",
+    output_dir="run",
+)
+print("finished")
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_runs_once_with_workers(tmp_path: Path) -> None:
+    # spawn imports the parent's main script in each child; without the engine hiding it,
+    # every worker started this run again, failed, and the parent hung writing to it
+    (tmp_path / "script.py").write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "script.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("finished") == 1
+    assert "bootstrapping" not in done.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
