@@ -2,8 +2,9 @@
 
 Side by side in one run, interleaved, each a median of ``--repeats``:
 
-(a) the round loop of ``experiment.run`` with ``simulation.workers=1`` (the in-process engine)
-    and ``=2`` (worker processes), on each task of ``--tasks``: ``hospitals`` (the default
+(a) the round loop of ``experiment.run`` (wall clock, and the CPU time of its processes:
+    cores busy) with ``simulation.workers=1`` (the in-process engine) and ``=2`` (worker
+    processes), on each task of ``--tasks``: ``hospitals`` (the default
     experiment: Dense(128) -> Dense(1), one local epoch, batch 32) and ``digits``
     (``experiment=digits``: the small CNN, two local epochs, batch 16); every client trains
     and evaluates every round, central evaluation. The workers start with the run and the
@@ -56,7 +57,12 @@ EXPLANATION = """\
 How to read it. `load` is the machine's 1-minute load average during each side's runs: above
 the number of cores, other jobs compete for them, the ratio moves from run to run, and a side
 with two processes can take a larger share of the contended cores than a side with one (a
-ratio above 2 on 2 cores comes from that). The model's inputs are measured on this machine in
+ratio above 2 on 2 cores comes from that). `cores busy` is the CPU time of the side's
+processes (the server process and its workers, every thread) over rounds 2.. divided by their
+wall clock: with `simulation.tf_threads=2`, one process running a convolution already keeps
+more than one core busy part of the time, which leaves less for a second worker to add; the
+two-worker side's shortfall from 2 is the time its cores wait (the server's own work between
+the rounds' phases, the last clients of a phase). The model's inputs are measured on this machine in
 the same run: the per-message cost `c` the server process pays with worker processes
 (serializing the message once into shared memory, reading the reply from a pipe and inflating
 it), one client's work `t`, and the server's own work per round `s`. Its prediction for W cores
@@ -103,12 +109,23 @@ def run_side(task: str, clients: int, rounds: int, workers: int) -> dict[str, An
 
     from fedflower.engine import pool
     from fedflower.experiment import run
+    from fedflower.outputs.writer import RunWriter
 
     waits = functools.partial(pool.PoolGrid, inline=False)  # the server trains no client
+    cpu: list[float] = []  # CPU seconds of this process and its workers at each round's end
+    write_row = RunWriter.row
+
+    def row(self: Any, values: dict[str, Any]) -> None:
+        me = psutil.Process()
+        alive = me.children(recursive=True)
+        cpu.append(time.process_time() + sum(sum(p.cpu_times()[:2]) for p in alive))
+        write_row(self, values)
+
     with (
         tempfile.TemporaryDirectory() as out,
         redirect_stdout(io.StringIO()),
         mock.patch.object(pool, "PoolGrid", waits),
+        mock.patch.object(RunWriter, "row", row),
     ):
         t0, load0 = time.perf_counter(), psutil.getloadavg()[0]
         results = run(make_cfg(task, clients, rounds, workers), output_dir=out)
@@ -120,6 +137,7 @@ def run_side(task: str, clients: int, rounds: int, workers: int) -> dict[str, An
         "loop": loop,
         "startup": wall - loop,
         "clients_per_s": clients * (rounds - 1) / loop,
+        "cores": (cpu[-1] - cpu[0]) / loop,  # CPU seconds per second over rounds 2..
         "accuracy": results["final"]["accuracy"],
         "load": (load0 + psutil.getloadavg()[0]) / 2,
         "rows": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
@@ -240,10 +258,10 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
     n, t, costs = args.clients, m["client"], m["costs"]
     s = m["server"]
     lines = [
-        "side         loop s  clients/s  start-up s  final acc  load",
+        "side         loop s  clients/s  cores busy  start-up s  final acc  load",
         *(
-            f"workers={w}  {r['loop']:7.2f}  {r['clients_per_s']:9.2f}  {r['startup']:10.2f}"
-            f"  {r['accuracy']:9.4f}  {r['load']:4.1f}"
+            f"workers={w}  {r['loop']:7.2f}  {r['clients_per_s']:9.2f}  {r['cores']:10.2f}"
+            f"  {r['startup']:10.2f}  {r['accuracy']:9.4f}  {r['load']:4.1f}"
             for w, r in ((1, one), (2, two))
         ),
         "",
