@@ -392,7 +392,7 @@ def steps_of(model: keras.Model) -> Steps:
     kept: dict[tuple[int, ...], Steps] | None = getattr(model, _ATTR, None)
     if kept is None or model.train_function is None:
         kept = {}
-        setattr(model, _ATTR, kept)
+        object.__setattr__(model, _ATTR, kept)  # Keras' attribute tracking would keep a copy
         model.make_train_function()  # marks the objective these sets were traced with
     trainable = tuple(id(v) for v in model.trainable_weights)
     if trainable not in kept:
