@@ -14,8 +14,10 @@ which 100 are sampled per round costs memory for the sampled ones only (see ``be
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -254,15 +256,43 @@ def _record_dict(records: dict[str, Any]) -> RecordDict:
     return state
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the objects that exist now (imported modules, TensorFlow's and Keras' own) out of
+    the garbage collector's full collections while the block runs.
+
+    A process that has imported TensorFlow holds millions of objects; a full collection
+    (``gc`` generation 2, which CPython starts when enough objects have survived) walks them
+    all: 0.23 s in a run of the digits CNN on a 2-core machine, where its 20 rounds' clients
+    train in about 5 s. ``gc.freeze`` moves them to a permanent generation that collections
+    skip; objects made later are collected as usual, and the frozen ones return to the
+    collector when the block ends (unless they were frozen before it began). Collection does
+    not touch a computation's values.
+    """
+    if gc.get_freeze_count():  # frozen by the caller: theirs to unfreeze
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def serve(server_app: ServerApp, grid: Grid) -> None:
-    """Run ``server_app`` on ``grid`` as a SuperLink runs it: its task identity, a fresh context."""
+    """Run ``server_app`` on ``grid`` as a SuperLink runs it: its task identity, a fresh context.
+
+    The run's objects made before it starts stay out of full garbage collections
+    (:func:`frozen_heap`).
+    """
     TaskIdentity.run_id = RUN_ID
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
     context = Context(
         run_id=RUN_ID, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
     )
-    server_app(grid, context)
+    with frozen_heap():
+        server_app(grid, context)
 
 
 def run_local(server_app: ServerApp, client_app: ClientApp, num_nodes: int) -> None:

@@ -20,6 +20,7 @@ it; node state (``Context.state``) stays with the server process and travels wit
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -229,6 +230,7 @@ def _serve(
 
         tf.config.experimental.enable_op_determinism()
     client_app: ClientApp = cloudpickle.loads(payload)
+    gc.freeze()  # as the server process's run (fedflower.engine.local.frozen_heap)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
     with contextlib.suppress(OSError):
         conn.send(Ready(os.getpid()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from flwr.app import (
@@ -14,10 +16,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
 from helpers import metered_round
 
 from fedflower import keys
-from fedflower.engine.local import LocalGrid
+from fedflower.engine.local import LocalGrid, serve
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -99,3 +102,31 @@ def test_metering_counts_the_bytes_the_engine_serialized_once() -> None:
     finally:
         metered.message_nbytes = original  # type: ignore[assignment]
     assert calls == []  # nothing serialized a second time to be metered
+
+
+def test_a_run_keeps_the_objects_made_before_it_out_of_full_collections() -> None:
+    """The objects alive when the run starts are frozen while it runs, and only those: the
+    run's own garbage is collected, and the freeze ends with the run; a caller's own freeze
+    is left to the caller."""
+    seen: list[tuple[int, int]] = []
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cycle: list[object] = []
+        cycle.append(cycle)  # garbage only a collection frees
+        del cycle
+        seen.append((gc.get_freeze_count(), gc.collect()))
+
+    assert gc.get_freeze_count() == 0
+    serve(app, LocalGrid(ClientApp(), 1))
+    frozen, collected = seen[0]
+    assert frozen > 10_000 and collected >= 1
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        serve(app, LocalGrid(ClientApp(), 1))
+        assert seen[1][0] == before and gc.get_freeze_count() == before
+    finally:
+        gc.unfreeze()
