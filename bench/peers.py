@@ -7,10 +7,15 @@ those arrays: all clients every round, the task's local epochs, batch size and l
 central evaluation on the test set every round, no federated evaluation. The sides:
 
 * **fedflower**: ``experiment.run`` on the in-process engine (``simulation=local``);
+* **fedflower-2threads**: the same with ``simulation.tf_threads=2`` (one TensorFlow thread per
+  core here) instead of the default 1;
 * **pfl**: ``pfl`` 0.6 (apple/pfl-research, arXiv:2404.06430) with its TensorFlow backend —
   ``TFModel``, ``FederatedAveraging``, ``SimulatedBackend``, a ``CentralEvaluationCallback`` —
   in a virtual environment of its own that this script creates (``pfl`` pins
-  ``dp-accounting<0.6``, fedflower's privacy accountant needs a newer one);
+  ``dp-accounting<0.6``, fedflower's privacy accountant needs a newer one), with TensorFlow's
+  default thread pools (one thread per core);
+* **pfl-1thread**: the same with TensorFlow limited to one thread, as fedflower's
+  ``simulation.tf_threads`` default: the two frameworks on equal threads;
 * **Flower**: a Message-API ``ServerApp`` (Flower's ``FedAvg.start`` with a central
   ``evaluate_fn``) and ``ClientApp`` (``model.fit`` per message), as Flower's examples write
   them, run with ``flwr.simulation.run_simulation``.
@@ -51,7 +56,7 @@ TASKS = {
     "text": ["experiment=financial_news"],
 }
 """The tasks: fedflower's default experiment, the digits CNN and the text task."""
-SIDES = ("fedflower", "pfl", "flower")
+SIDES = ("fedflower", "fedflower-2threads", "pfl", "pfl-1thread", "flower")
 COMMON = [
     "strategy.fraction_evaluate=0.0",  # no federated evaluation
     "progress=false",
@@ -160,7 +165,7 @@ def load_work(work: Path, tokens: bool = False) -> tuple[dict[str, Any], Any, An
     return settings, arrays, keras.models.load_model(work / f"model{suffix}.keras")
 
 
-def side_fedflower(work: Path) -> dict[str, float]:
+def side_fedflower(work: Path, overrides: tuple[str, ...] = ()) -> dict[str, float]:
     """Fedflower's experiment on the same partition (it partitions the data the same way)."""
     from fedflower import experiment
 
@@ -175,7 +180,8 @@ def side_fedflower(work: Path) -> dict[str, float]:
 
     experiment.simulate = timed
     with tempfile.TemporaryDirectory() as out:
-        results = experiment.run(compose_cfg(settings["overrides"]), output_dir=out)
+        cfg = compose_cfg([*settings["overrides"], *overrides])
+        results = experiment.run(cfg, output_dir=out)
     return {
         "loop": results["totals"]["seconds"],
         "cpu": cpu[0],
@@ -191,9 +197,16 @@ def accuracy_metric(model: Any) -> Any:
     return keras.metrics.SparseCategoricalAccuracy()
 
 
-def side_pfl(work: Path) -> dict[str, float]:
-    """Pfl's FedAvg with its TensorFlow backend (run in pfl's own environment)."""
+def side_pfl(work: Path, threads: int = 0) -> dict[str, float]:
+    """Pfl's FedAvg with its TensorFlow backend (run in pfl's own environment).
+
+    ``threads``: TensorFlow's intra- and inter-op threads (0: TensorFlow's default).
+    """
     import tensorflow as tf
+
+    if threads:  # before TensorFlow runs its first op
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     from pfl.aggregate.simulate import SimulatedBackend
     from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
     from pfl.callback.central_evaluation import CentralEvaluationCallback
@@ -337,19 +350,22 @@ def run_child(python: Path, side: str, work: Path) -> dict[str, float]:
 def table(task: str, med: dict[str, dict[str, float]], load: tuple[float, float]) -> list[str]:
     ref = med["fedflower"]
     lines = [
-        f"{task}: side       loop s  x fedflower  loop CPU s  x fedflower  process s  final acc"
+        f"{task}:",
+        f"  {'side':<18} {'loop s':>7}  {'x fedflower':>10}  {'loop CPU s':>10}  "
+        f"{'x fedflower':>10}  {'process s':>9}  {'final acc':>9}",
     ]
     for side, m in med.items():
         lines.append(
-            f"  {side:<16} {m['loop']:7.2f}  {m['loop'] / ref['loop']:10.2f}"
+            f"  {side:<18} {m['loop']:7.2f}  {m['loop'] / ref['loop']:10.2f}"
             f"  {m['cpu']:10.2f}  {m['cpu'] / ref['cpu']:10.2f}  {m['process']:9.2f}"
             f"  {m['accuracy']:9.4f}"
         )
-    if "pfl" in med:
-        lines.append(
-            f"  fedflower / pfl: loop time {ref['loop'] / med['pfl']['loop']:.2f},"
-            f" loop CPU time {ref['cpu'] / med['pfl']['cpu']:.2f}"
-        )
+    for side in ("fedflower-2threads", "pfl", "pfl-1thread"):
+        if side in med:
+            lines.append(
+                f"  fedflower / {side}: loop time {ref['loop'] / med[side]['loop']:.2f},"
+                f" loop CPU time {ref['cpu'] / med[side]['cpu']:.2f}"
+            )
     lines.append(f"  load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}")
     return lines
 
@@ -357,13 +373,20 @@ def table(task: str, med: dict[str, dict[str, float]], load: tuple[float, float]
 def main() -> None:
     args = parse()
     if args.side:  # a child: one run of one side
-        answer = {"fedflower": side_fedflower, "pfl": side_pfl, "flower": side_flower}[args.side]
+        answer = {
+            "fedflower": side_fedflower,
+            "fedflower-2threads": lambda work: side_fedflower(work, ("simulation.tf_threads=2",)),
+            "pfl": side_pfl,
+            "pfl-1thread": lambda work: side_pfl(work, threads=1),
+            "flower": side_flower,
+        }[args.side]
         print(json.dumps(answer(args.work)))
         return
     sides = tuple(s for s in SIDES if s in args.sides.split(","))
     pythons = {s: Path(sys.executable) for s in sides}
-    if "pfl" in sides:
-        pythons["pfl"] = ensure_venv(args.venv)
+    for side in ("pfl", "pfl-1thread"):
+        if side in sides:
+            pythons[side] = ensure_venv(args.venv)
     lines: list[str] = []
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -430,7 +453,10 @@ side's process over its round loop (all its threads; fedflower: the engine's run
 builds the server's model; Flower: the server process only) — on a shared machine the wall
 clock also counts the time other jobs hold the cores, the CPU time much less so; process
 seconds: the whole process as the parent times it (imports, data loading, compilation). A
-side missing from a table was not run (`--sides`).
+side missing from a table was not run (`--sides`). Threads: fedflower runs TensorFlow with one
+intra-op and one inter-op thread (`simulation.tf_threads`, default 1), pfl with TensorFlow's
+default pools (one thread per core), pfl-1thread with one of each, as fedflower;
+fedflower-2threads with two of each (`simulation.tf_threads=2`).
 """
 
 

@@ -36,7 +36,7 @@ class LocalSimulation:
     """
 
     backend: str = "local"
-    tf_threads: int = 2
+    tf_threads: int = 1
     backend_config: dict[str, Any] = field(default_factory=dict)
     workers: Any = "auto"
     start_workers_after: Optional[float] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
