@@ -17,10 +17,10 @@ Side by side in one run, interleaved, each a median of ``--repeats``:
 (c) one client's work (``KerasClient.fit`` then ``evaluate``) and the server's own work per
     round (averaging the updates, central evaluation), timed in this process.
 
-The model: a round of n clients on W workers takes ``s + n c_W + ceil(n / W) t`` where ``s``
-is the server's own work per round, ``c_W`` the per-message cost the server process pays and
-``t`` one client's work, all from (b) and (c); the one-process prediction is printed next to
-the measured round for a check.
+The model: a round of n clients on W workers takes ``s + 2 n c_W + ceil(n / W) t`` where ``s``
+is the server's own work per round, ``c_W`` the per-message cost the server process pays (a
+client gets two messages per round: train and evaluate) and ``t`` one client's work, all
+from (b) and (c); the two-worker prediction is printed next to the measured round for a check.
 It predicts the speed-up on 8, 32 and 64 cores. Results: ``bench/results/parallel.{md,json}``.
 
 Usage::
@@ -52,6 +52,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING = {"seconds", "elapsed"}
 CORES = (2, 8, 32, 64)
+MESSAGES = 2
+"""Messages (each with its reply) a client gets per round: train and evaluate
+(``strategy.fraction_evaluate=1``, the default)."""
 TASKS = {"hospitals": [], "digits": ["experiment=digits"]}
 EXPLANATION = """\
 How to read it. `load` is the machine's 1-minute load average during each side's runs: above
@@ -59,17 +62,18 @@ the number of cores, other jobs compete for them, the ratio moves from run to ru
 with two processes can take a larger share of the contended cores than a side with one (a
 ratio above 2 on 2 cores comes from that). `cores busy` is the CPU time of the side's
 processes (the server process and its workers, every thread) over rounds 2.. divided by their
-wall clock: with `simulation.tf_threads=2`, one process running a convolution already keeps
-more than one core busy part of the time, which leaves less for a second worker to add; the
-two-worker side's shortfall from 2 is the time its cores wait (the server's own work between
-the rounds' phases, the last clients of a phase). The model's inputs are measured on this machine in
-the same run: the per-message cost `c` the server process pays with worker processes
+wall clock: one process keeps about one core busy (one TensorFlow thread per process,
+`simulation.tf_threads=1`); the two-worker side's shortfall from 2 is the time its cores wait:
+the server's own work between the rounds' phases, which no worker shares, and the last
+clients of a phase (a worker holds a second task while more wait, so it does not wait for
+the server between two clients). The model's inputs are measured on this machine in the same
+run: the per-message cost `c` the server process pays with worker processes
 (serializing the message once into shared memory, reading the reply from a pipe and inflating
 it), one client's work `t`, and the server's own work per round `s`. Its prediction for W cores
 assumes W idle cores and the same `t` per client on each (no memory-bandwidth contention):
-the speed-up stops growing once `ceil(n / W) t` is small next to `s + n c`, i.e. at about
-`W = t / c` workers when `s` is small, and it is bounded by `(s + n t) / (s + n c)`; with
-`c` well under a millisecond and `t` around 0.1 s that bound is beyond 64 cores for rounds of
+the speed-up stops growing once `ceil(n / W) t` is small next to `s + 2 n c`, i.e. at about
+`W = t / 2c` workers when `s` is small, and it is bounded by `(s + n (t + 2 c)) / (s + 2 n c)`;
+with `c` well under a millisecond and `t` around 0.1 s that bound is beyond 64 cores for rounds of
 100 clients or more, while rounds of 20 clients are bounded by the server's own work `s`.
 """
 
@@ -219,9 +223,14 @@ def work_seconds(task: str, clients: int) -> tuple[float, int]:
     return statistics.median(client_times[1:]), sum(int(w.size) for w in weights)
 
 
-def predict(s: float, c: float, t: float, n: int, cores: int) -> float:
+def round_seconds(s: float, c: float, t: float, n: int, workers: int) -> float:
+    """The model's round of ``n`` clients on ``workers`` processes (1: the server's own)."""
+    return s + MESSAGES * n * c + math.ceil(n / workers) * t
+
+
+def predict(s: float, costs: dict[int, float], t: float, n: int, cores: int) -> float:
     """Speed-up over one process for rounds of ``n`` clients on ``cores`` workers."""
-    return (s + n * t) / (s + n * c + math.ceil(n / cores) * t)
+    return round_seconds(s, costs[1], t, n, 1) / round_seconds(s, costs[2], t, n, cores)
 
 
 def measure(args: argparse.Namespace, task: str) -> dict[str, Any]:
@@ -239,14 +248,17 @@ def measure(args: argparse.Namespace, task: str) -> dict[str, Any]:
     costs = {w: message_cost(w, args.messages, floats) for w in (1, 2)}
     fastest = min(r["loop"] for r in sides[1])
     # the server's own work per round: what the fastest one-process round spent beyond its
-    # clients' work and messages (aggregation, central evaluation, metering, recording)
-    server = max(0.0, fastest / (args.rounds - 1) - args.clients * (t + costs[1]))
+    # clients' work and messages (aggregation, central evaluation, metering, recording, and
+    # the ClientApp's own handling of a message around the client's fit and evaluate)
+    one_round = fastest / (args.rounds - 1)
+    server = max(0.0, one_round - args.clients * (t + MESSAGES * costs[1]))
     return {
         "median": median,
         "fastest_loop": fastest,
         "identical": identical,
         "costs": costs,
         "client": t,
+        "messages_per_client": MESSAGES,
         "server": server,
         "floats": floats,
     }
@@ -273,14 +285,15 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
         f"  in-process engine {costs[1] * 1e3:.3f} ms, 2 worker processes {costs[2] * 1e3:.3f} ms",
         f"one client's work t (fit + evaluate, in-process): {t * 1e3:.1f} ms",
         f"one-process round (fastest run): {m['fastest_loop'] / (args.rounds - 1):.3f} s",
-        f"server's own work per round s (derived: that round - n (t + c_1)): {s * 1e3:.1f} ms",
-        f"two-worker round: model {s + n * costs[2] + math.ceil(n / 2) * t:.3f} s, measured "
+        f"server's own work per round s (derived: that round - n (t + 2 c_1)): {s * 1e3:.1f} ms",
+        f"two-worker round: model {round_seconds(s, costs[2], t, n, 2):.3f} s, measured "
         f"(median) {two['loop'] / (args.rounds - 1):.3f} s",
         "",
-        "model: speed-up = (s + n t) / (s + n c + ceil(n / W) t), c = pool's per-message cost",
+        "model: speed-up = (s + n (t + 2 c_1)) / (s + 2 n c_W + ceil(n / W) t), c_W = the",
+        "per-message cost with W workers (c_2 for every W > 1)",
         "clients/round " + "".join(f"   W={w:<4d}" for w in CORES),
         *(
-            f"{k:13d} " + "".join(f"  {predict(s, costs[2], t, k, w):6.2f}x" for w in CORES)
+            f"{k:13d} " + "".join(f"  {predict(s, costs, t, k, w):6.2f}x" for w in CORES)
             for k in (20, 100, 1000)
         ),
     ]

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 JOIN_SECONDS = 10.0
 """How long a worker may take to stop after it is asked to before it is terminated."""
+PREFETCH = 2
+"""Tasks a worker holds at most: the one it runs and the one it starts next (see
+:meth:`PoolGrid._dispatch`)."""
 WORKER_START_SECONDS = 5.0
 """CPU seconds a worker takes to start: import TensorFlow, Keras and Flower, load the
 ClientApp, build and trace the model (4-6 s measured for the default experiment's model on
@@ -279,7 +282,7 @@ class WorkerPool:
 
     :meth:`start` only spawns the processes: each imports its backend and loads the
     ClientApp on its own, then says it is :class:`Ready` and from then on takes tasks. A
-    worker that ends (killed, out of memory) gives back the task it held (:meth:`receive`).
+    worker that ends (killed, out of memory) gives back the tasks it held (:meth:`receive`).
 
     Parameters
     ----------
@@ -308,7 +311,7 @@ class WorkerPool:
         self._procs: list[Any] = []
         self.ready: set[int] = set()  # said Ready and still running
         self.warm: set[int] = set()  # answered a task: its model is built and traced
-        self.busy: dict[int, Task] = {}
+        self.busy: dict[int, list[Task]] = {}  # sent, not answered, in the order sent
         self.gone: set[int] = set()
 
     @property
@@ -344,20 +347,19 @@ class WorkerPool:
         """Number of worker processes (started or not)."""
         return len(self.backends)
 
-    def idle(self, backend: str | None) -> int | None:
-        """A ready worker of ``backend`` without a task, if there is one."""
-        for worker in sorted(self.ready - set(self.busy)):
-            if self.backends[worker] == backend:
-                return worker
-        return None
+    def idle(self, backend: str | None, depth: int = 1) -> int | None:
+        """A ready worker of ``backend`` holding fewer than ``depth`` tasks (fewest first)."""
+        held = {w: len(self.busy.get(w, ())) for w in sorted(self.ready)}
+        free = [w for w, n in held.items() if n < depth and self.backends[w] == backend]
+        return min(free, key=held.__getitem__, default=None)
 
     def alive(self, backend: str | None) -> bool:
         """Whether a worker of ``backend`` still runs (ready or starting)."""
         return any(b == backend and w not in self.gone for w, b in enumerate(self.backends))
 
     def send(self, worker: int, task: Task) -> None:
-        """Give ``task`` to the idle ``worker`` (a worker that has ended returns it later)."""
-        self.busy[worker] = task
+        """Give ``task`` to ``worker``, after the ones it holds (an ended worker returns it)."""
+        self.busy.setdefault(worker, []).append(task)
         with contextlib.suppress(OSError):  # ended: :meth:`receive` sees it and gives it back
             self._conns[worker].send(task)
 
@@ -380,13 +382,16 @@ class WorkerPool:
             if isinstance(answer, Ready):
                 self.ready.add(worker)
             else:
-                self.busy.pop(worker, None)
+                held = self.busy.get(worker, [])
+                self.busy[worker] = [t for t in held if t.message_id != answer.message_id]
+                if not self.busy[worker]:
+                    del self.busy[worker]
                 self.warm.add(worker)
                 done.append(answer)
         return done, lost
 
     def _lose(self, worker: int) -> list[Task]:
-        """Forget a worker that ended; the task it held, if any."""
+        """Forget a worker that ended; the tasks it held."""
         proc = self._procs[worker]
         proc.join(JOIN_SECONDS)
         log.warning(
@@ -398,8 +403,7 @@ class WorkerPool:
         self.gone.add(worker)
         self.ready.discard(worker)
         self.warm.discard(worker)
-        task = self.busy.pop(worker, None)
-        return [] if task is None else [task]
+        return self.busy.pop(worker, [])
 
     def close(self) -> None:
         """Stop every worker: idle ones are asked (up to ``JOIN_SECONDS``), the rest terminated.
@@ -451,8 +455,8 @@ class PoolGrid(LocalGrid):
     ``workers`` of them have answered a task (model built and traced), this process trains
     queued clients itself and takes over a task waiting on a worker that has not answered
     one yet; the first answer counts, and both are the same, since a client's result depends
-    only on its message, data and seed. A worker that ends hands its task back: another
-    worker or this process runs it.
+    only on its message, data and seed. A worker that ends hands its tasks back: another
+    worker or this process runs them.
 
     Parameters
     ----------
@@ -546,11 +550,18 @@ class PoolGrid(LocalGrid):
             self._step(ids)
 
     def _dispatch(self) -> None:
-        """Give queued tasks to idle workers; tasks of one backend start in the order they came."""
+        """Give queued tasks to workers; tasks of one backend start in the order they came.
+
+        While more tasks wait than there are workers, a worker also gets a second task
+        (``PREFETCH``) to start as soon as it sends its answer, instead of waiting for this
+        process to read that answer and send the next; the last tasks of a push go to idle
+        workers only, so no worker holds two while another has none.
+        """
         waiting: deque[str] = deque()
-        for message_id in self._queue:
+        for index, message_id in enumerate(self._queue):
             pending = self._pending[message_id]
-            worker = None if pending.segment is None else self.pool.idle(pending.backend)
+            depth = PREFETCH if len(self._queue) - index > self.pool.size else 1
+            worker = None if pending.segment is None else self.pool.idle(pending.backend, depth)
             if worker is None:
                 waiting.append(message_id)
                 continue
@@ -639,7 +650,7 @@ class PoolGrid(LocalGrid):
             self._sizes[reply_id] = sum(len(b) for b in answer.wire.values())
             reply = inflate(answer.object_id, answer.wire, reply_id)
             self._answer(pending, answer.context, reply)
-        for task in lost:
+        for task in reversed(lost):  # put back at the front, in the order they were sent
             pending = self._pending[task.message_id]
             pending.worker = None
             if pending.answered:

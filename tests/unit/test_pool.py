@@ -163,6 +163,29 @@ def test_workers_start_once_the_clients_took_start_after_cpu_seconds_here(
     assert PoolGrid(stateful_app(), 3, workers=2, threads=0).start_after == 2 * 5.0
 
 
+def test_a_worker_holds_a_second_task_only_while_more_wait_than_workers(
+    task_identity: None,
+) -> None:
+    """Six tasks for two workers: each worker gets two at once (the one it runs and the
+    next), the last two wait for a worker with none; replies in node order, each once."""
+    pool = PoolGrid(stateful_app(), 7, workers=2, threads=0, inline=False)
+    nodes = [1, 2, 3, 4, 6, 7]  # node 5 (partition 4) is the broken client
+    try:
+        deadline = time.monotonic() + 60
+        while len(pool.pool.ready) < 2 and time.monotonic() < deadline:
+            pool._collect(timeout=0.1)
+        ids = list(pool.push_messages([message(n, sleep=0.5) for n in nodes]))
+        assert {w: len(held) for w, held in pool.pool.busy.items()} == {0: 2, 1: 2}
+        assert len(pool._queue) == 2
+        replies = list(pool.pull_messages(ids))
+        assert metrics(replies, "pid") == [n - 1 for n in nodes]
+        assert metrics(replies, "count") == [1] * 6
+        assert len(set(metrics(replies, "os-pid"))) == 2
+        assert not pool.pool.busy
+    finally:
+        pool.close()
+
+
 @pytest.mark.parametrize("killed", [1, 2])
 def test_a_worker_killed_mid_task_hands_its_client_on(
     task_identity: None, caplog: pytest.LogCaptureFixture, killed: int
