@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -214,10 +215,12 @@ def random_settings() -> tuple[int | None, bool]:
     return context.global_seed(), is_op_determinism_enabled()  # no public getters
 
 
-def _serve(
-    conn: Connection, payload: bytes, threads: int, settings: tuple[int | None, bool]
-) -> None:
-    """A worker's loop: run tasks until told to stop (``None``) or the server process is gone."""
+def _serve(conn: Connection, threads: int, settings: tuple[int | None, bool]) -> None:
+    """A worker's loop: run tasks until told to stop (``None``) or the server process is gone.
+
+    The ClientApp comes first over ``conn``, not with the process's start-up arguments (see
+    :meth:`WorkerPool.start`).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     from fedflower.backend import limit_threads, quiet_tensorflow_import
 
@@ -232,7 +235,10 @@ def _serve(
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    client_app: ClientApp = cloudpickle.loads(payload)
+    try:
+        client_app: ClientApp = cloudpickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
     gc.freeze()  # as the server process's run (fedflower.engine.local.frozen_heap)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
     with contextlib.suppress(OSError):
@@ -249,6 +255,12 @@ def _serve(
         wire: dict[str, bytes] = {}
         deflate(reply, wire)
         conn.send(Done(task.message_id, reply.object_id, wire, task.context))
+
+
+def _send_quietly(conn: Connection, data: bytes) -> None:
+    """Send ``data`` over ``conn``; a worker that is gone is :meth:`WorkerPool.receive`'s."""
+    with contextlib.suppress(OSError):
+        conn.send_bytes(data)
 
 
 class Segment:
@@ -320,7 +332,16 @@ class WorkerPool:
         return bool(self._procs)
 
     def start(self) -> None:
-        """Spawn the worker processes; they get tasks once they are ready."""
+        """Spawn the worker processes; they get tasks once they are ready.
+
+        A process's start-up arguments are written to it before :meth:`start` returns, into a
+        pipe this process holds open until the write ends: a large argument (the pickled
+        ClientApp holds its data, 931 KB for the digits CNN's) to a worker that dies before
+        reading it (out of memory at start) would block this process for ever. So the
+        workers start with small arguments, and the ClientApp follows over each worker's own
+        connection, from a background thread; a dead worker makes that write fail, and
+        :meth:`receive` sees it gone.
+        """
         if self.started:
             return
         payload = cloudpickle.dumps(self.client_app)
@@ -329,9 +350,7 @@ class WorkerPool:
         for i, backend in enumerate(self.backends):
             ours, theirs = spawn.Pipe()
             proc = spawn.Process(
-                target=_serve,
-                args=(theirs, payload, self.threads, settings),
-                name=f"fedflower-worker-{i}",
+                target=_serve, args=(theirs, self.threads, settings), name=f"fedflower-worker-{i}"
             )
             proc.daemon = True  # never outlives the server process
             # a spawned process starts with this environment and imports no main script
@@ -340,6 +359,12 @@ class WorkerPool:
             theirs.close()
             self._conns.append(ours)
             self._procs.append(proc)
+            threading.Thread(
+                target=_send_quietly,
+                args=(ours, payload),
+                name=f"fedflower-worker-{i}-app",
+                daemon=True,  # a worker that neither reads nor ends never holds this process
+            ).start()
         log.debug("started %d worker processes", len(self._procs))
 
     @property
