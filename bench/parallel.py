@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -117,19 +118,33 @@ def run_side(task: str, clients: int, rounds: int, workers: int) -> dict[str, An
 
     waits = functools.partial(pool.PoolGrid, inline=False)  # the server trains no client
     cpu: list[float] = []  # CPU seconds of this process and its workers at each round's end
-    write_row = RunWriter.row
+    ends: list[float] = []  # wall clock at each round's end
+    held: list[tuple[float, int]] = []  # (wall clock, workers holding a task) at each change
+    write_row, send, receive = RunWriter.row, pool.WorkerPool.send, pool.WorkerPool.receive
 
     def row(self: Any, values: dict[str, Any]) -> None:
         me = psutil.Process()
         alive = me.children(recursive=True)
         cpu.append(time.process_time() + sum(sum(p.cpu_times()[:2]) for p in alive))
+        ends.append(time.perf_counter())
         write_row(self, values)
+
+    def sent(self: Any, *args: Any) -> None:
+        send(self, *args)
+        held.append((time.perf_counter(), len(self.busy)))
+
+    def received(self: Any, *args: Any) -> Any:
+        answers = receive(self, *args)
+        held.append((time.perf_counter(), len(self.busy)))
+        return answers
 
     with (
         tempfile.TemporaryDirectory() as out,
         redirect_stdout(io.StringIO()),
         mock.patch.object(pool, "PoolGrid", waits),
         mock.patch.object(RunWriter, "row", row),
+        mock.patch.object(pool.WorkerPool, "send", sent),
+        mock.patch.object(pool.WorkerPool, "receive", received),
     ):
         t0, load0 = time.perf_counter(), psutil.getloadavg()[0]
         results = run(make_cfg(task, clients, rounds, workers), output_dir=out)
@@ -145,7 +160,23 @@ def run_side(task: str, clients: int, rounds: int, workers: int) -> dict[str, An
         "accuracy": results["final"]["accuracy"],
         "load": (load0 + psutil.getloadavg()[0]) / 2,
         "rows": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
+        **{f"held_{k}": v for k, v in holding(held, ends[0], ends[-1], rounds - 1).items()},
     }
+
+
+def holding(
+    held: list[tuple[float, int]], start: float, end: float, rounds: int
+) -> dict[int, float]:
+    """Seconds per round during which 0, 1 and 2 workers held a task.
+
+    Seen from the server process: a worker holds a task from when it is sent until its
+    answer is taken.
+    """
+    spent = dict.fromkeys((0, 1, 2), 0.0)
+    for (at, count), (until, _) in itertools.pairwise(held):
+        if start <= at and until <= end:
+            spent[min(count, 2)] += (until - at) / rounds
+    return spent
 
 
 def echo_app() -> Any:
@@ -288,6 +319,8 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
         f"server's own work per round s (derived: that round - n (t + 2 c_1)): {s * 1e3:.1f} ms",
         f"two-worker round: model {round_seconds(s, costs[2], t, n, 2):.3f} s, measured "
         f"(median) {two['loop'] / (args.rounds - 1):.3f} s",
+        f"  of which both workers held a task {two['held_2'] * 1e3:.1f} ms, one "
+        f"{two['held_1'] * 1e3:.1f} ms, none {two['held_0'] * 1e3:.1f} ms",
         "",
         "model: speed-up = (s + n (t + 2 c_1)) / (s + 2 n c_W + ceil(n / W) t), c_W = the",
         "per-message cost with W workers (c_2 for every W > 1)",

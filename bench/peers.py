@@ -23,12 +23,14 @@ central evaluation on the test set every round, no federated evaluation. The sid
 Each side runs in a fresh process; the runs are interleaved and each number is the median
 of ``--repeats``: loop seconds (the rounds, after start-up), process seconds (the whole
 process, as the parent times it) and final test accuracy. Results: ``bench/results/peers.md``
-and ``.json``. Not part of CI.
+and ``.json`` (``--output`` names another file: a run of some sides leaves the others' file
+as it is). Not part of CI.
 
 Usage::
 
     python bench/peers.py                                # every task, median of 3
     python bench/peers.py --tasks hospitals --repeats 1
+    python bench/peers.py --sides fedflower,flower --output peers_flower   # Flower on Ray
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def parse() -> argparse.Namespace:
         type=Path,
         default=Path.home() / ".cache" / "fedflower" / "pfl-venv",
         help="pfl's virtual environment (created if missing)",
+    )
+    parser.add_argument(
+        "--output",
+        default="peers",
+        help="results file name in bench/results (default: peers -> peers.md, peers.json)",
     )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -360,7 +367,7 @@ def table(task: str, med: dict[str, dict[str, float]], load: tuple[float, float]
             f"  {m['cpu']:10.2f}  {m['cpu'] / ref['cpu']:10.2f}  {m['process']:9.2f}"
             f"  {m['accuracy']:9.4f}"
         )
-    for side in ("fedflower-2threads", "pfl", "pfl-1thread"):
+    for side in ("fedflower-2threads", "pfl", "pfl-1thread", "flower"):
         if side in med:
             lines.append(
                 f"  fedflower / {side}: loop time {ref['loop'] / med[side]['loop']:.2f},"
@@ -429,12 +436,14 @@ def write_results(args: argparse.Namespace, lines: list[str], raw: dict[str, Any
     command = (
         f"python bench/peers.py --tasks {args.tasks} --sides {args.sides} --repeats {args.repeats}"
     )
+    if args.output != "peers":
+        command += f" --output {args.output}"
     print("\n".join(lines), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.json").write_text(
+    (RESULTS / f"{args.output}.json").write_text(
         json.dumps({"machine": machine, "command": command, "tasks": raw}, indent=1)
     )
-    (RESULTS / "peers.md").write_text(
+    (RESULTS / f"{args.output}.md").write_text(
         f"Machine: {machine}; {head}. Command: `{command}`\n\n```\n"
         + "\n".join(lines)
         + "```\n"

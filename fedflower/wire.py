@@ -14,11 +14,15 @@ The ClientApp's :func:`~fedflower.client.compression.compression_mod` and the se
 
 from __future__ import annotations
 
+import functools
+import io
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.common.constant import SType
 
 from fedflower import keys
 from fedflower.aggregation.codecs import Codec, decode_arrays
@@ -62,6 +66,42 @@ def codec_from_config(record: Mapping[str, object]) -> Codec:
     )
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()``, with the NPY header parsed once per distinct header.
+
+    Flower's ``Array`` holds NumPy's ``.npy`` bytes; ``numpy.load`` parses each array's
+    header with ``ast.literal_eval``, which costs more than copying a small array. Arrays of
+    one model repeat the same few headers, so each is parsed once (by NumPy's own reader)
+    and the data copied out after it. Anything but plain ``.npy`` data goes to ``numpy()``.
+    """
+    data = array.data
+    version = data[6] if array.stype == SType.NUMPY and data[:6] == NPY_MAGIC else 0
+    if version not in (1, 2):
+        return array.numpy()
+    size = 2 if version == 1 else 4  # bytes of the header's length
+    start = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
+    dtype, shape, fortran = _npy_header(bytes(data[:start]))
+    if dtype.hasobject or dtype.subdtype is not None:
+        return array.numpy()
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(header: bytes) -> tuple[np.dtype[Any], tuple[int, ...], bool]:
+    """Dtype, shape and Fortran order of an ``.npy`` header (magic and version included)."""
+    stream = io.BytesIO(header)
+    major, _ = np.lib.format.read_magic(stream)
+    read = (
+        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read(stream)
+    return dtype, tuple(shape), bool(fortran)
+
+
 def to_record(flat: Mapping[str, np.ndarray]) -> ArrayRecord:
     """An ``ArrayRecord`` holding the encoded parts as they are."""
     return ArrayRecord({key: Array(np.ascontiguousarray(a)) for key, a in flat.items()})
@@ -69,7 +109,7 @@ def to_record(flat: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
     """Names and decoded arrays of an encoded ``ArrayRecord``."""
-    return decode_arrays({key: array.numpy() for key, array in record.items()})
+    return decode_arrays({key: to_numpy(array) for key, array in record.items()})
 
 
 def named_record(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
@@ -128,7 +168,7 @@ def arrays_for(
         One line naming the first variable that is missing, extra or of another shape.
     """
     reason = mismatch(list(record.keys()), names)
-    arrays = [record[name].numpy() for name in names] if reason is None else []
+    arrays = [to_numpy(record[name]) for name in names] if reason is None else []
     if reason is None and shapes is not None:
         reason = shape_mismatch(names, [a.shape for a in arrays], shapes)
     if reason is not None:

@@ -5,10 +5,11 @@ into ``workers`` persistent processes. Each worker starts once per run (``spawn`
 interpreter, safe with TensorFlow's threads), receives the ClientApp once (cloudpickled, as
 Flower's Ray engine ships it) and keeps its Keras model for the whole run, so a model is
 built and traced once per worker. A push serializes each message to Flower's wire objects
-as the in-process engine does and writes every distinct object once into one block of shared
-memory (:mod:`multiprocessing.shared_memory`): the global model broadcast to a round's clients
-is copied once, whatever the number of clients, and a worker reads it from there. Only small
-task descriptions and the replies' objects travel over pipes.
+as the in-process engine does and writes every distinct object once into shared memory
+(:mod:`multiprocessing.shared_memory`): the global model broadcast to a round's clients is
+copied once, whatever the number of clients, and a worker reads it from there. The first
+message for each worker goes out before the others are serialized (they go to a second
+block). Only small task descriptions and the replies' objects travel over pipes.
 
 Results equal the in-process engine's: a client's training depends only on the weights and
 config it receives, its data and (seed, round, client) (see
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -164,8 +166,8 @@ class Task:
 
     message_id: str
     object_id: str
-    segment: str
-    objects: dict[str, tuple[int, int]]  # object id -> (offset, length) in the segment
+    segments: tuple[str, ...]  # names of the shared memory blocks it reads
+    objects: dict[str, tuple[int, int, int]]  # object id -> (segment, offset, length)
     context: Context
 
 
@@ -188,12 +190,13 @@ class Ready:
 
 def _read(task: Task) -> dict[str, bytes]:
     """Copy a task's objects out of the push's shared memory."""
-    shm = SharedMemory(task.segment)
+    blocks = [SharedMemory(name) for name in task.segments]
     try:
-        buf = cast(memoryview, shm.buf)
-        return {oid: bytes(buf[at : at + n]) for oid, (at, n) in task.objects.items()}
+        bufs = [cast(memoryview, shm.buf) for shm in blocks]
+        return {oid: bytes(bufs[k][at : at + n]) for oid, (k, at, n) in task.objects.items()}
     finally:
-        shm.close()
+        for shm in blocks:
+            shm.close()
 
 
 def random_settings() -> tuple[int | None, bool]:
@@ -264,7 +267,7 @@ def _send_quietly(conn: Connection, data: bytes) -> None:
 
 
 class Segment:
-    """One push's distinct wire objects in one block of shared memory, until its tasks end."""
+    """Distinct wire objects of a push in one block of shared memory, until its tasks end."""
 
     def __init__(self, wire: dict[str, bytes]) -> None:
         self.index: dict[str, tuple[int, int]] = {}
@@ -321,6 +324,7 @@ class WorkerPool:
         self.backends = list(backends) if backends is not None else [None] * size
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
+        self._senders: list[threading.Thread] = []  # each sends a worker its ClientApp
         self.ready: set[int] = set()  # said Ready and still running
         self.warm: set[int] = set()  # answered a task: its model is built and traced
         self.busy: dict[int, list[Task]] = {}  # sent, not answered, in the order sent
@@ -359,12 +363,14 @@ class WorkerPool:
             theirs.close()
             self._conns.append(ours)
             self._procs.append(proc)
-            threading.Thread(
+            sender = threading.Thread(
                 target=_send_quietly,
                 args=(ours, payload),
                 name=f"fedflower-worker-{i}-app",
                 daemon=True,  # a worker that neither reads nor ends never holds this process
-            ).start()
+            )
+            sender.start()
+            self._senders.append(sender)
         log.debug("started %d worker processes", len(self._procs))
 
     @property
@@ -445,6 +451,8 @@ class WorkerPool:
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
+        for sender in self._senders:  # its worker read the ClientApp or ended: the write ends
+            sender.join(JOIN_SECONDS)
         for conn in self._conns:
             conn.close()
 
@@ -462,7 +470,7 @@ class Pending:
     backend: str | None
     wire: dict[str, bytes]  # the push's wire objects: a task run here is read from them
     objects: list[str]  # the message's object ids
-    segment: Segment | None  # None: pushed before the workers started, runs here
+    segments: tuple[Segment, ...]  # none: pushed before the workers started, runs here
     worker: int | None = None
     answered: bool = False
     here: bool = False
@@ -540,29 +548,64 @@ class PoolGrid(LocalGrid):
         return self.backends[(node - FIRST_NODE_ID) % len(self.backends)]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Serialize the messages, put their objects in shared memory and queue their tasks."""
+        """Serialize the messages, put their objects in shared memory and queue their tasks.
+
+        Once the workers run, the first ``pool.size`` messages go out before the others are
+        serialized: each worker starts a client while this process serializes the rest (into
+        a second block; the global model, the bulk of every message, is in the first).
+        """
         messages = list(messages)
-        if not messages:
-            return []
-        wire: dict[str, bytes] = {}
+        shared = self.pool.started
+        first = self.pool.size if shared else len(messages)
+        wire: dict[str, bytes] = {}  # every object of the push, for the tasks run here
+        where: dict[str, tuple[Segment, int, int]] = {}  # object id -> its block, offset, length
+        ids: list[str] = []
+        for chunk in (messages[:first], messages[first:]):
+            if chunk:
+                ids += self._push(chunk, wire, where if shared else None)
+        for segment in {id(s): s for s, _, _ in where.values()}.values():
+            segment.release()  # the push's own hold (see _push)
+        return ids
+
+    def _push(
+        self,
+        messages: list[Message],
+        wire: dict[str, bytes],
+        where: dict[str, tuple[Segment, int, int]] | None,
+    ) -> list[str]:
+        """Queue and dispatch ``messages``; their new objects go to a block of shared memory
+        (recorded in ``where``; ``None``: no shared memory, the tasks run here).
+
+        A block is held by the push until its last message is queued, so that no answer
+        taken meanwhile frees it while later messages still need it.
+        """
+        known = len(wire)
         tasks = []
         for message in messages:
             message_id = self.new_message_id(message)
             objects = deflate(message, wire)
             self._sizes[message_id] = sum(len(wire[oid]) for oid in objects)
             tasks.append((message_id, message, objects))
-        segment = Segment(wire) if self.pool.started else None
+        if where is not None and len(wire) > known:
+            segment = Segment(dict(itertools.islice(wire.items(), known, None)))
+            segment.users += 1  # the push's hold
+            where.update({oid: (segment, at, n) for oid, (at, n) in segment.index.items()})
         for message_id, message, objects in tasks:
             node = message.metadata.dst_node_id
             self._wait_for_node(node)  # its state must be back before its next task
-            index: dict[str, tuple[int, int]] = {}
-            if segment is not None:
-                segment.users += 1
-                index = {oid: segment.index[oid] for oid in objects}
-            name = "" if segment is None else segment.shm.name
-            task = Task(message_id, message.object_id, name, index, self.context(node))
+            blocks: tuple[Segment, ...] = ()
+            index: dict[str, tuple[int, int, int]] = {}
+            if where is not None:
+                blocks = tuple(dict.fromkeys(where[oid][0] for oid in objects))
+                for block in blocks:
+                    block.users += 1
+                for oid in objects:
+                    block, at, n = where[oid]
+                    index[oid] = (blocks.index(block), at, n)
+            names = tuple(block.shm.name for block in blocks)
+            task = Task(message_id, message.object_id, names, index, self.context(node))
             backend = self.backend_of(node)
-            self._pending[message_id] = Pending(task, node, backend, wire, objects, segment)
+            self._pending[message_id] = Pending(task, node, backend, wire, objects, blocks)
             self._queue.append(message_id)
         self._dispatch()
         return [message_id for message_id, _, _ in tasks]
@@ -586,7 +629,7 @@ class PoolGrid(LocalGrid):
         for index, message_id in enumerate(self._queue):
             pending = self._pending[message_id]
             depth = PREFETCH if len(self._queue) - index > self.pool.size else 1
-            worker = None if pending.segment is None else self.pool.idle(pending.backend, depth)
+            worker = self.pool.idle(pending.backend, depth) if pending.segments else None
             if worker is None:
                 waiting.append(message_id)
                 continue
@@ -657,8 +700,8 @@ class PoolGrid(LocalGrid):
     def _settle(self, pending: Pending) -> None:
         """Forget an answered task no worker holds: its shared memory may go."""
         if pending.answered and pending.worker is None:
-            if pending.segment is not None:
-                pending.segment.release()
+            for segment in pending.segments:
+                segment.release()
             del self._pending[pending.task.message_id]
 
     def _collect(self, timeout: float | None) -> bool:
@@ -695,7 +738,7 @@ class PoolGrid(LocalGrid):
     def close(self) -> None:
         """Stop the workers and free the shared memory of tasks that never ended."""
         self.pool.close()
-        segments = [p.segment for p in self._pending.values() if p.segment is not None]
+        segments = [s for p in self._pending.values() for s in p.segments]
         for segment in {id(s): s for s in segments}.values():
             segment.users = 0
             segment.release()

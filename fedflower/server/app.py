@@ -25,6 +25,7 @@ from fedflower.server.contract import StrategyContract
 from fedflower.server.deadline import with_deadline
 from fedflower.server.pipeline import Pipeline, build_pipeline
 from fedflower.server.recorder import Recorder
+from fedflower.steps import steps_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def checkpointer(
 def load_record(model: Any, record: ArrayRecord) -> None:
     """Set the server's model to the global model ``record`` (keyed by variable path)."""
     names = wire.variable_names(model)
-    model.set_weights(wire.arrays_for(record, names, None, "the global model"))
+    steps_of(model).set_weights(wire.arrays_for(record, names, None, "the global model"))
 
 
 def run_strategy(

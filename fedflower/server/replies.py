@@ -59,9 +59,10 @@ def unpack_reply(
         With the reason, if any check fails.
     """
     content = reply.content
-    if arrayrecord_key not in content.array_records:
+    records = content.array_records  # a new view at each access
+    if arrayrecord_key not in records:
         raise UpdateRejected(f"reply has no {arrayrecord_key!r} ArrayRecord")
-    record = content.array_records[arrayrecord_key]
+    record = records[arrayrecord_key]
     weights = [m[weighted_by_key] for m in content.metric_records.values() if weighted_by_key in m]
     if len(weights) != 1:
         raise UpdateRejected(f"reply must carry exactly one {weighted_by_key!r} metric")
@@ -72,7 +73,7 @@ def unpack_reply(
     if names is not None:
         check_names(got, list(names))
         got = list(names)  # a client on another backend may list its variables in another order
-    arrays = [record[name].numpy() for name in got]
+    arrays = [wire.to_numpy(record[name]) for name in got]
     if reference is not None:
         aggregation.check_update(arrays, reference, got)
         arrays = aggregation.cast_like(arrays, reference)

@@ -118,10 +118,11 @@ def test_push_then_pull_waits_for_the_replies_asked_for(
 def test_close_stops_every_worker_and_frees_the_shared_memory(task_identity: None) -> None:
     pool = PoolGrid(stateful_app(), 2, workers=2, threads=0, inline=False)
     ids = list(pool.push_messages([message(1, 10**6), message(2, 10**6)]))
-    names = {p.segment.shm.name for p in pool._pending.values()}
+    names = {s.shm.name for p in pool._pending.values() for s in p.segments}
     processes = [psutil.Process(pid) for pid in pool.pool.pids()]
     pool.close()  # replies never pulled
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+    assert not any(sender.is_alive() for sender in pool.pool._senders)
     assert names and not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
     assert ids and pool._pending == {}
 
@@ -184,6 +185,40 @@ def test_a_worker_holds_a_second_task_only_while_more_wait_than_workers(
         assert metrics(replies, "count") == [1] * 6
         assert len(set(metrics(replies, "os-pid"))) == 2
         assert not pool.pool.busy
+    finally:
+        pool.close()
+
+
+def test_the_first_tasks_leave_before_the_rest_are_serialized(
+    task_identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the workers running, a push sends one task per worker, then serializes the other
+    messages into a second block of shared memory; every task reads the model from the
+    first block, and both blocks are freed once the replies are in."""
+    pool = PoolGrid(stateful_app(), 7, workers=2, threads=0, inline=False)
+    sent_before: list[int] = []  # tasks sent when each message was serialized
+    serialize = pool_module.deflate
+
+    def deflate(message: Message, wire: dict[str, bytes]) -> list[str]:
+        sent_before.append(sum(len(held) for held in pool.pool.busy.values()))
+        return serialize(message, wire)
+
+    monkeypatch.setattr(pool_module, "deflate", deflate)
+    nodes = [1, 2, 3, 4, 6, 7]  # node 5 (partition 4) is the broken client
+    try:
+        deadline = time.monotonic() + 60
+        while len(pool.pool.ready) < 2 and time.monotonic() < deadline:
+            pool._collect(timeout=0.1)
+        ids = list(pool.push_messages([message(n, size=10**5, sleep=0.2) for n in nodes]))
+        assert sent_before == [0, 0, 2, 2, 2, 2]
+        tasks = [pool._pending[i].task for i in ids]
+        assert [len(t.segments) for t in tasks] == [1, 1, 2, 2, 2, 2]
+        assert len({t.segments[0] for t in tasks}) == 1  # the model's block
+        names = {name for t in tasks for name in t.segments}
+        replies = list(pool.pull_messages(ids))
+        assert metrics(replies, "pid") == [n - 1 for n in nodes]
+        assert metrics(replies, "sum") == [10**5] * 6
+        assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
     finally:
         pool.close()
 

@@ -9,7 +9,14 @@ from flwr.app import Array, ArrayRecord
 
 from fedflower.errors import ConfigError, ModelMismatch
 from fedflower.models import mlp
-from fedflower.wire import arrays_for, model_record, named_record, reordered, variable_names
+from fedflower.wire import (
+    arrays_for,
+    model_record,
+    named_record,
+    reordered,
+    to_numpy,
+    variable_names,
+)
 
 NAMES = ["hidden_0/kernel", "hidden_0/bias", "output/kernel", "output/bias"]
 
@@ -87,3 +94,35 @@ def test_duplicate_variable_paths_are_a_config_error() -> None:
     model = keras.Model(inputs, Twin(name="twin")(inputs))
     with pytest.raises(ConfigError, match="got 'twin/d/kernel' twice; give the layers distinct"):
         variable_names(model)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+        np.array(2.5, dtype=np.float32),
+        np.zeros((0, 3), dtype=np.int64),
+        np.arange(6, dtype=">f8"),
+        np.array(["a", "bc"]),
+        np.array([b"a", b"bc"]),
+        np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+        np.zeros((2, 3), dtype=np.dtype((np.float32, (2,)))),
+    ],
+)
+def test_to_numpy_gives_what_flower_gives(array: np.ndarray) -> None:
+    """The same values, dtype, shape and memory order as ``Array.numpy()``, writable, read
+    twice (the second time from the parsed header kept)."""
+    for _ in range(2):
+        got, want = to_numpy(Array(array)), Array(array).numpy()
+        assert (got.dtype, got.shape) == (want.dtype, want.shape)
+        assert got.flags.c_contiguous == want.flags.c_contiguous
+        assert got.flags.f_contiguous == want.flags.f_contiguous
+        assert got.flags.writeable
+        np.testing.assert_array_equal(got, want)
+
+
+def test_to_numpy_hands_other_serializations_to_flower() -> None:
+    other = Array(dtype="float32", shape=(2,), stype="torch.Tensor", data=b"\x00" * 8)
+    with pytest.raises(TypeError, match="Unsupported serialization type"):
+        to_numpy(other)
