@@ -384,6 +384,10 @@ class WorkerPool:
         free = [w for w, n in held.items() if n < depth and self.backends[w] == backend]
         return min(free, key=held.__getitem__, default=None)
 
+    def room(self) -> bool:
+        """Whether a ready worker holds fewer than ``PREFETCH`` tasks."""
+        return any(len(self.busy.get(w, ())) < PREFETCH for w in self.ready)
+
     def alive(self, backend: str | None) -> bool:
         """Whether a worker of ``backend`` still runs (ready or starting)."""
         return any(b == backend and w not in self.gone for w, b in enumerate(self.backends))
@@ -627,6 +631,9 @@ class PoolGrid(LocalGrid):
         """
         waiting: deque[str] = deque()
         for index, message_id in enumerate(self._queue):
+            if not self.pool.room():  # every worker holds PREFETCH tasks: the rest wait
+                waiting.extend(itertools.islice(self._queue, index, None))
+                break
             pending = self._pending[message_id]
             depth = PREFETCH if len(self._queue) - index > self.pool.size else 1
             worker = self.pool.idle(pending.backend, depth) if pending.segments else None
