@@ -537,6 +537,7 @@ class PoolGrid(LocalGrid):
         self.pool = WorkerPool(client_app, len(groups), threads, groups)
         self._pending: dict[str, Pending] = {}
         self._queue: deque[str] = deque()  # pushed, not yet started anywhere
+        self._coming = 0  # messages of the push being queued, not serialized yet
         self._own = own_backend()
         self.start_after = (
             len(groups) * WORKER_START_SECONDS if start_after is None else start_after
@@ -554,19 +555,22 @@ class PoolGrid(LocalGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Serialize the messages, put their objects in shared memory and queue their tasks.
 
-        Once the workers run, the first ``pool.size`` messages go out before the others are
-        serialized: each worker starts a client while this process serializes the rest (into
-        a second block; the global model, the bulk of every message, is in the first).
+        Once the workers run, the first ``PREFETCH`` messages per worker go out before the
+        others are serialized: each worker starts its clients while this process serializes
+        the rest (into a second block; the global model, the bulk of every message, is in the
+        first).
         """
         messages = list(messages)
         shared = self.pool.started
-        first = self.pool.size if shared else len(messages)
+        first = PREFETCH * self.pool.size if shared else len(messages)
         wire: dict[str, bytes] = {}  # every object of the push, for the tasks run here
         where: dict[str, tuple[Segment, int, int]] = {}  # object id -> its block, offset, length
         ids: list[str] = []
         for chunk in (messages[:first], messages[first:]):
             if chunk:
+                self._coming = len(messages) - len(ids) - len(chunk)
                 ids += self._push(chunk, wire, where if shared else None)
+        self._coming = 0
         for segment in {id(s): s for s, _, _ in where.values()}.values():
             segment.release()  # the push's own hold (see _push)
         return ids
@@ -624,10 +628,10 @@ class PoolGrid(LocalGrid):
     def _dispatch(self) -> None:
         """Give queued tasks to workers; tasks of one backend start in the order they came.
 
-        While more tasks wait than there are workers, a worker also gets a second task
-        (``PREFETCH``) to start as soon as it sends its answer, instead of waiting for this
-        process to read that answer and send the next; the last tasks of a push go to idle
-        workers only, so no worker holds two while another has none.
+        While more tasks wait (or are still being serialized) than there are workers, a
+        worker also gets a second task (``PREFETCH``) to start as soon as it sends its answer,
+        instead of waiting for this process to read that answer and send the next; the last
+        tasks of a push go to idle workers only, so no worker holds two while another has none.
         """
         waiting: deque[str] = deque()
         for index, message_id in enumerate(self._queue):
@@ -635,7 +639,8 @@ class PoolGrid(LocalGrid):
                 waiting.extend(itertools.islice(self._queue, index, None))
                 break
             pending = self._pending[message_id]
-            depth = PREFETCH if len(self._queue) - index > self.pool.size else 1
+            later = len(self._queue) - index + self._coming
+            depth = PREFETCH if later > self.pool.size else 1
             worker = self.pool.idle(pending.backend, depth) if pending.segments else None
             if worker is None:
                 waiting.append(message_id)
