@@ -259,6 +259,21 @@ def side_pfl(work: Path, threads: int = 0) -> dict[str, float]:
     return {"loop": loop, "cpu": cpu, "accuracy": float(accuracy)}
 
 
+def keras_data(x: Any, y: Any, batch: int, shuffle: bool) -> tuple[Any, ...]:
+    """``fit``/``evaluate``'s data arguments as a Keras user passes them.
+
+    NumPy arrays, or a ``tf.data.Dataset`` for string inputs (Keras converts no NumPy string
+    array).
+    """
+    if x.dtype.kind not in "USO":
+        return (x, y, batch)
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    data = data.shuffle(len(y)) if shuffle else data  # as fit shuffles arrays
+    return (data.batch(batch),)
+
+
 def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
     """A ServerApp and ClientApp as Flower's Message-API examples write them."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -277,7 +292,7 @@ def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
         local_model.set_weights(msg.content["arrays"].to_numpy_ndarrays())
         x, y = local_arrays[f"x{pid}"], local_arrays[f"y{pid}"]
         batch, epochs = local_settings["batch"], local_settings["epochs"]
-        local_model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
+        local_model.fit(*keras_data(x, y, batch, shuffle=True), epochs=epochs, verbose=0)
         content = RecordDict(
             {
                 "arrays": ArrayRecord(local_model.get_weights()),
@@ -290,7 +305,8 @@ def flower_apps(work: Path, timing: dict[str, float]) -> tuple[Any, Any]:
     def main(grid: Grid, context: Context) -> None:
         def central(server_round: int, record: ArrayRecord) -> MetricRecord:
             model.set_weights(record.to_numpy_ndarrays())
-            loss, acc = model.evaluate(arrays["x_test"], arrays["y_test"], 1024, verbose=0)
+            test = keras_data(arrays["x_test"], arrays["y_test"], 1024, shuffle=False)
+            loss, acc = model.evaluate(*test, verbose=0)
             timing["accuracy"] = float(acc)
             return MetricRecord({"loss": float(loss), "accuracy": float(acc)})
 

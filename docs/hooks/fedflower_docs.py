@@ -33,6 +33,16 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "Ray engine against a plain Flower app",
         "python bench/overhead.py --ray --clients 10 --rounds 5 --repeats 1",
     ),
+    "peers": (
+        "Against pfl-research",
+        "python bench/peers.py --tasks hospitals,digits,text "
+        "--sides fedflower,fedflower-2threads,pfl,pfl-1thread --repeats 3",
+    ),
+    "peers_flower": (
+        "Against a plain Flower app on Flower's simulation engine",
+        "python bench/peers.py --sides fedflower,flower --output peers_flower",
+    ),
+    "parallel": ("Parallel clients on one machine", "python bench/parallel.py --repeats 5"),
     "aggregation": ("Aggregation throughput", "python bench/aggregation.py"),
     "defaults_sweep": ("Strategy defaults", "python bench/defaults_sweep.py"),
     "compression": ("Communication compression", "python bench/compression.py"),

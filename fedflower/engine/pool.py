@@ -555,18 +555,20 @@ class PoolGrid(LocalGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Serialize the messages, put their objects in shared memory and queue their tasks.
 
-        Once the workers run, the first ``PREFETCH`` messages per worker go out before the
-        others are serialized: each worker starts its clients while this process serializes
-        the rest (into a second block; the global model, the bulk of every message, is in the
-        first).
+        Once the workers run, the messages go out in steps: one per worker, then the one
+        each may hold next (``PREFETCH``), then the rest, each step's new objects in a block
+        of its own (the global model, the bulk of every message, is in the first), so the
+        workers start their clients while this process serializes the others.
         """
         messages = list(messages)
         shared = self.pool.started
-        first = PREFETCH * self.pool.size if shared else len(messages)
+        steps = [self.pool.size] * PREFETCH if shared else []
+        bounds = [*itertools.accumulate(steps, initial=0), len(messages)]
         wire: dict[str, bytes] = {}  # every object of the push, for the tasks run here
         where: dict[str, tuple[Segment, int, int]] = {}  # object id -> its block, offset, length
         ids: list[str] = []
-        for chunk in (messages[:first], messages[first:]):
+        for start, end in itertools.pairwise(bounds):
+            chunk = messages[start:end]
             if chunk:
                 self._coming = len(messages) - len(ids) - len(chunk)
                 ids += self._push(chunk, wire, where if shared else None)

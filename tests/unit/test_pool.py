@@ -192,9 +192,10 @@ def test_a_worker_holds_a_second_task_only_while_more_wait_than_workers(
 def test_the_first_tasks_leave_before_the_rest_are_serialized(
     task_identity: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the workers running, a push sends each worker the two tasks it may hold, then
-    serializes the other messages into a second block of shared memory; every task reads
-    the model from the first block, and both blocks are freed once the replies are in."""
+    """With the workers running, a push sends each worker a task, then the next one it may
+    hold, then the rest, each step serialized into a block of shared memory of its own after
+    the previous step left; every task reads the model from the first block, and the blocks
+    are freed once the replies are in."""
     pool = PoolGrid(stateful_app(), 7, workers=2, threads=0, inline=False)
     sent_before: list[int] = []  # tasks sent when each message was serialized
     serialize = pool_module.deflate
@@ -210,11 +211,12 @@ def test_the_first_tasks_leave_before_the_rest_are_serialized(
         while len(pool.pool.ready) < 2 and time.monotonic() < deadline:
             pool._collect(timeout=0.1)
         ids = list(pool.push_messages([message(n, size=10**5, sleep=0.2) for n in nodes]))
-        assert sent_before == [0, 0, 0, 0, 4, 4]
+        assert sent_before == [0, 0, 2, 2, 4, 4]
         tasks = [pool._pending[i].task for i in ids]
-        assert [len(t.segments) for t in tasks] == [1, 1, 1, 1, 2, 2]
-        assert len({t.segments[0] for t in tasks}) == 1  # the model's block
+        assert [len(t.segments) for t in tasks] == [1, 1, 2, 2, 2, 2]
         names = {name for t in tasks for name in t.segments}
+        assert len(names) == 3  # one block per step
+        assert len(set.intersection(*(set(t.segments) for t in tasks))) == 1  # the model's
         replies = list(pool.pull_messages(ids))
         assert metrics(replies, "pid") == [n - 1 for n in nodes]
         assert metrics(replies, "sum") == [10**5] * 6
