@@ -67,7 +67,11 @@ wall clock: one process keeps about one core busy (one TensorFlow thread per pro
 `simulation.tf_threads=1`); the two-worker side's shortfall from 2 is the time its cores wait:
 the server's own work between the rounds' phases, which no worker shares, and the last
 clients of a phase (a worker holds a second task while more wait, so it does not wait for
-the server between two clients). The model's inputs are measured on this machine in the same
+the server between two clients). The line under the two-worker round splits it by how many
+workers held a task, as the server process sees it (from sending a task until taking its
+answer): `none` is the server's own work between phases (aggregation, central evaluation,
+recording, serializing the next phase's first messages), `one` mostly the last client of a
+phase. The model's inputs are measured on this machine in the same
 run: the per-message cost `c` the server process pays with worker processes
 (serializing the message once into shared memory, reading the reply from a pipe and inflating
 it), one client's work `t`, and the server's own work per round `s`. Its prediction for W cores
