@@ -8,8 +8,8 @@ built and traced once per worker. A push serializes each message to Flower's wir
 as the in-process engine does and writes every distinct object once into shared memory
 (:mod:`multiprocessing.shared_memory`): the global model broadcast to a round's clients is
 copied once, whatever the number of clients, and a worker reads it from there. The first
-message for each worker goes out before the others are serialized (they go to a second
-block). Only small task descriptions and the replies' objects travel over pipes.
+message for each worker goes out before the others are serialized (they go to blocks of
+their own). Only small task descriptions and the replies' objects travel over pipes.
 
 Results equal the in-process engine's: a client's training depends only on the weights and
 config it receives, its data and (seed, round, client) (see
@@ -567,14 +567,16 @@ class PoolGrid(LocalGrid):
         wire: dict[str, bytes] = {}  # every object of the push, for the tasks run here
         where: dict[str, tuple[Segment, int, int]] = {}  # object id -> its block, offset, length
         ids: list[str] = []
-        for start, end in itertools.pairwise(bounds):
-            chunk = messages[start:end]
-            if chunk:
-                self._coming = len(messages) - len(ids) - len(chunk)
-                ids += self._push(chunk, wire, where if shared else None)
-        self._coming = 0
-        for segment in {id(s): s for s, _, _ in where.values()}.values():
-            segment.release()  # the push's own hold (see _push)
+        try:
+            for start, end in itertools.pairwise(bounds):
+                chunk = messages[start:end]
+                if chunk:
+                    self._coming = len(messages) - len(ids) - len(chunk)
+                    ids += self._push(chunk, wire, where if shared else None)
+        finally:  # a message that fails to serialize leaves no block behind
+            self._coming = 0
+            for segment in {id(s): s for s, _, _ in where.values()}.values():
+                segment.release()  # the push's own hold (see _push)
         return ids
 
     def _push(

@@ -225,6 +225,36 @@ def test_the_first_tasks_leave_before_the_rest_are_serialized(
         pool.close()
 
 
+def test_a_push_that_fails_midway_leaves_no_shared_memory_behind(
+    task_identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fifth message fails to serialize: the push raises, the four tasks already sent
+    still answer, and their blocks are freed once they have."""
+    pool = PoolGrid(stateful_app(), 7, workers=2, threads=0, inline=False)
+    serialize, calls = pool_module.deflate, []
+
+    def deflate(message: Message, wire: dict[str, bytes]) -> list[str]:
+        calls.append(message)
+        if len(calls) == 5:
+            raise ValueError("cannot serialize")
+        return serialize(message, wire)
+
+    monkeypatch.setattr(pool_module, "deflate", deflate)
+    try:
+        deadline = time.monotonic() + 60
+        while len(pool.pool.ready) < 2 and time.monotonic() < deadline:
+            pool._collect(timeout=0.1)
+        with pytest.raises(ValueError, match="cannot serialize"):
+            pool.push_messages([message(n) for n in (1, 2, 3, 4, 6, 7)])
+        ids = list(pool._pending)
+        names = {name for i in ids for name in pool._pending[i].task.segments}
+        assert len(ids) == 4 and len(names) == 2
+        assert metrics(list(pool.pull_messages(ids)), "pid") == [0, 1, 2, 3]
+        assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
+    finally:
+        pool.close()
+
+
 def test_a_worker_that_ends_before_reading_its_clientapp_blocks_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
