@@ -30,6 +30,13 @@ def test_a_command_failing_before_training_leaves_no_output_folder(tmp_path: Pat
     assert not (tmp_path / "outputs").exists()
 
 
+def default_sigint() -> None:
+    """Ctrl-C's default action in the child: a shell starts a background job (``make test &``)
+    with SIGINT ignored, which its children inherit, and Python then raises no
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [*TINY[:-1], "num_rounds=200", "output.plots=false", "progress=false"]
@@ -41,6 +48,7 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path: Path) -> N
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=default_sigint,  # a suite started in the background ignores SIGINT
     )
     deadline = time.monotonic() + 300
     metrics = out / "metrics.jsonl"
