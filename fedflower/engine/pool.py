@@ -9,7 +9,10 @@ as the in-process engine does and writes every distinct object once into shared 
 (:mod:`multiprocessing.shared_memory`): the global model broadcast to a round's clients is
 copied once, whatever the number of clients, and a worker reads it from there. The first
 message for each worker goes out before the others are serialized (they go to blocks of
-their own). Only small task descriptions and the replies' objects travel over pipes.
+their own). A block whose tasks have ended is filled again by a later push
+(:class:`SegmentStore`), so a synchronous round reuses the same few blocks. Only small task
+descriptions and the replies' objects travel over pipes. When there are as many workers as
+CPUs, each worker runs on a CPU of its own (:func:`worker_cpus`).
 
 Results equal the in-process engine's: a client's training depends only on the weights and
 config it receives, its data and (seed, round, client) (see
@@ -188,15 +191,52 @@ class Ready:
     pid: int
 
 
-def _read(task: Task) -> dict[str, bytes]:
-    """Copy a task's objects out of the push's shared memory."""
-    blocks = [SharedMemory(name) for name in task.segments]
-    try:
-        bufs = [cast(memoryview, shm.buf) for shm in blocks]
+class Blocks:
+    """The blocks of shared memory a worker has open: those of the task it runs.
+
+    A push's tasks share its blocks (the global model is in the first), so a worker opens
+    a block once for its tasks of a push instead of once a task (an open maps the block and
+    registers it with the resource tracker: about 0.1 ms). A block the task in hand does not
+    name is closed, and all are closed while the worker waits for work, so a block the
+    server process frees is not held in memory by a worker.
+    """
+
+    def __init__(self) -> None:
+        self.open: dict[str, SharedMemory] = {}
+
+    def read(self, task: Task) -> dict[str, bytes]:
+        """Copy ``task``'s objects out of its blocks (closing the blocks it does not name)."""
+        for name in [n for n in self.open if n not in task.segments]:
+            self.open.pop(name).close()
+        for name in task.segments:
+            if name not in self.open:
+                self.open[name] = SharedMemory(name)
+        bufs = [cast(memoryview, self.open[name].buf) for name in task.segments]
         return {oid: bytes(bufs[k][at : at + n]) for oid, (k, at, n) in task.objects.items()}
-    finally:
-        for shm in blocks:
-            shm.close()
+
+    def close(self) -> None:
+        """Close every open block."""
+        while self.open:
+            self.open.popitem()[1].close()
+
+
+def worker_cpus(size: int, cpus: Iterable[int] | None = None) -> list[int | None]:
+    """The CPU each of ``size`` workers is pinned to: one each when they are as many as this
+    process's CPUs (``os.sched_getaffinity``), else none (``None``: the scheduler's choice).
+
+    Pinned, a worker is not moved between cores as the server process and the other
+    workers wake up, and keeps its core's caches; a pool smaller than the machine is not
+    pinned, so that the workers of other runs on the machine are not crowded onto the same
+    cores.
+    """
+    if cpus is None:
+        if not hasattr(os, "sched_setaffinity"):
+            return [None] * size
+        cpus = os.sched_getaffinity(0)
+    available = sorted(cpus)
+    if size != len(available) or size < 2:
+        return [None] * size
+    return list(available)
 
 
 def random_settings() -> tuple[int | None, bool]:
@@ -218,13 +258,18 @@ def random_settings() -> tuple[int | None, bool]:
     return context.global_seed(), is_op_determinism_enabled()  # no public getters
 
 
-def _serve(conn: Connection, threads: int, settings: tuple[int | None, bool]) -> None:
+def _serve(
+    conn: Connection, threads: int, settings: tuple[int | None, bool], cpu: int | None = None
+) -> None:
     """A worker's loop: run tasks until told to stop (``None``) or the server process is gone.
 
     The ClientApp comes first over ``conn``, not with the process's start-up arguments (see
-    :meth:`WorkerPool.start`).
+    :meth:`WorkerPool.start`); ``cpu``: the CPU to run on (:func:`worker_cpus`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    if cpu is not None:
+        with contextlib.suppress(OSError):  # a CPU taken away since: run anywhere
+            os.sched_setaffinity(0, {cpu})
     from fedflower.backend import limit_threads, quiet_tensorflow_import
 
     quiet_tensorflow_import(if_installed=True)  # Keras' seeding imports it on every backend
@@ -246,14 +291,17 @@ def _serve(conn: Connection, threads: int, settings: tuple[int | None, bool]) ->
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, SUPERLINK_NODE_ID, 1
     with contextlib.suppress(OSError):
         conn.send(Ready(os.getpid()))
+    blocks = Blocks()
     while True:
         try:
+            if not conn.poll(0):  # no task in hand: hold no block while waiting
+                blocks.close()
             task = conn.recv()
         except (EOFError, OSError):
             return
         if task is None:
             return
-        received = inflate(task.object_id, _read(task), task.message_id)
+        received = inflate(task.object_id, blocks.read(task), task.message_id)
         reply = run_client_app(client_app, received, task.context)
         wire: dict[str, bytes] = {}
         deflate(reply, wire)
@@ -267,29 +315,99 @@ def _send_quietly(conn: Connection, data: bytes) -> None:
 
 
 class Segment:
-    """Distinct wire objects of a push in one block of shared memory, until its tasks end."""
+    """A block of shared memory holding a push's distinct wire objects until its tasks end.
 
-    def __init__(self, wire: dict[str, bytes]) -> None:
+    Filled by :meth:`fill`; once its last user releases it, it goes back to the
+    :class:`SegmentStore` that made it, to be filled by a later push.
+    """
+
+    def __init__(self, size: int, store: SegmentStore) -> None:
+        self.shm = SharedMemory(create=True, size=size)
+        self.size = size
+        self.store = store
         self.index: dict[str, tuple[int, int]] = {}
+        self.users = 0
+
+    def fill(self, wire: dict[str, bytes]) -> None:
+        """Write ``wire``'s objects one after the other (they fit: :meth:`SegmentStore.take`)."""
+        self.index = {}
+        buf = cast(memoryview, self.shm.buf)
         at = 0
         for oid, data in wire.items():
+            buf[at : at + len(data)] = data
             self.index[oid] = (at, len(data))
             at += len(data)
-        self.shm = SharedMemory(create=True, size=max(at, 1))
-        buf = cast(memoryview, self.shm.buf)
-        for oid, data in wire.items():
-            start, n = self.index[oid]
-            buf[start : start + n] = data
-        self.users = 0
-        self.freed = False
 
     def release(self) -> None:
-        """One task is done with the block; the last one frees it."""
+        """One task (or the push) is done with the block; the last one gives it back."""
         self.users -= 1
-        if self.users <= 0 and not self.freed:
-            self.freed = True
-            self.shm.close()
-            self.shm.unlink()
+        if self.users == 0:
+            self.store.give_back(self)
+
+    def unlink(self) -> None:
+        """Free the block for good."""
+        self.shm.close()
+        self.shm.unlink()
+
+
+def block_size(nbytes: int) -> int:
+    """The size of a new block for ``nbytes``: a power of two from 4 KiB up to 1 MiB, then
+    whole MiB, so that blocks fit the pushes of later rounds (of about the same size).
+    """
+    if nbytes <= 1 << 20:
+        return max(4096, 1 << (max(nbytes, 1) - 1).bit_length())
+    return -(-nbytes // (1 << 20)) << 20
+
+
+class SegmentStore:
+    """The blocks of shared memory of a run's pushes, each reused once its tasks have ended.
+
+    A block is made once (created, mapped and registered with the resource tracker, and its
+    name opened by each worker: 0.1 to 0.3 ms each) and filled again by later pushes: a
+    synchronous round's pushes take the same few blocks every round. At most :attr:`KEEP`
+    blocks wait unused; more are freed, and :meth:`close` frees all.
+    """
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self.free: list[Segment] = []
+        self.made: list[Segment] = []  # every block not freed yet
+
+    def take(self, wire: dict[str, bytes]) -> Segment:
+        """A block holding ``wire``'s objects: the smallest unused one they fit, or a new one."""
+        nbytes = sum(len(data) for data in wire.values())
+        fits = [s for s in self.free if s.size >= nbytes]
+        if fits:
+            segment = min(fits, key=lambda s: s.size)
+            self.free.remove(segment)
+        else:
+            segment = Segment(block_size(nbytes), self)
+            self.made.append(segment)
+        segment.fill(wire)
+        return segment
+
+    def give_back(self, segment: Segment) -> None:
+        """``segment``'s tasks have ended: keep it for a later push (the oldest beyond
+        :attr:`KEEP` are freed).
+        """
+        self.free.append(segment)
+        while len(self.free) > self.KEEP:
+            self._unlink(self.free.pop(0))
+
+    def _unlink(self, segment: Segment) -> None:
+        self.made.remove(segment)
+        segment.unlink()
+
+    def names(self) -> set[str]:
+        """The names of the blocks not freed."""
+        return {s.shm.name for s in self.made}
+
+    def close(self) -> None:
+        """Free every block, in use or not."""
+        for segment in self.made:
+            segment.unlink()
+        self.made, self.free = [], []
 
 
 class WorkerPool:
@@ -351,10 +469,13 @@ class WorkerPool:
         payload = cloudpickle.dumps(self.client_app)
         settings = random_settings()
         spawn = mp.get_context("spawn")
+        cpus = worker_cpus(self.size)
         for i, backend in enumerate(self.backends):
             ours, theirs = spawn.Pipe()
             proc = spawn.Process(
-                target=_serve, args=(theirs, self.threads, settings), name=f"fedflower-worker-{i}"
+                target=_serve,
+                args=(theirs, self.threads, settings, cpus[i]),
+                name=f"fedflower-worker-{i}",
             )
             proc.daemon = True  # never outlives the server process
             # a spawned process starts with this environment and imports no main script
@@ -536,6 +657,7 @@ class PoolGrid(LocalGrid):
         groups = worker_backends(self.backends, check_workers(workers))
         self.pool = WorkerPool(client_app, len(groups), threads, groups)
         self._pending: dict[str, Pending] = {}
+        self.segments = SegmentStore()
         self._queue: deque[str] = deque()  # pushed, not yet started anywhere
         self._coming = 0  # messages of the push being queued, not serialized yet
         self._own = own_backend()
@@ -599,7 +721,7 @@ class PoolGrid(LocalGrid):
             self._sizes[message_id] = sum(len(wire[oid]) for oid in objects)
             tasks.append((message_id, message, objects))
         if where is not None and len(wire) > known:
-            segment = Segment(dict(itertools.islice(wire.items(), known, None)))
+            segment = self.segments.take(dict(itertools.islice(wire.items(), known, None)))
             segment.users += 1  # the push's hold
             where.update({oid: (segment, at, n) for oid, (at, n) in segment.index.items()})
         for message_id, message, objects in tasks:
@@ -754,10 +876,7 @@ class PoolGrid(LocalGrid):
     def close(self) -> None:
         """Stop the workers and free the shared memory of tasks that never ended."""
         self.pool.close()
-        segments = [s for p in self._pending.values() for s in p.segments]
-        for segment in {id(s): s for s in segments}.values():
-            segment.users = 0
-            segment.release()
+        self.segments.close()
         self._pending.clear()
         self._queue.clear()
 

@@ -20,11 +20,14 @@ from fedflower import keys
 from fedflower.engine import pool as pool_module
 from fedflower.engine.pool import (
     PoolGrid,
+    SegmentStore,
     WorkerPool,
+    block_size,
     check_backends,
     check_workers,
     default_workers,
     worker_backends,
+    worker_cpus,
 )
 from fedflower.errors import ConfigError
 
@@ -194,8 +197,8 @@ def test_the_first_tasks_leave_before_the_rest_are_serialized(
 ) -> None:
     """With the workers running, a push sends each worker a task, then the next one it may
     hold, then the rest, each step serialized into a block of shared memory of its own after
-    the previous step left; every task reads the model from the first block, and the blocks
-    are freed once the replies are in."""
+    the previous step left; every task reads the model from the first block, the blocks are
+    given back once the replies are in, and the next push fills the same blocks."""
     pool = PoolGrid(stateful_app(), 7, workers=2, threads=0, inline=False)
     sent_before: list[int] = []  # tasks sent when each message was serialized
     serialize = pool_module.deflate
@@ -220,16 +223,21 @@ def test_the_first_tasks_leave_before_the_rest_are_serialized(
         replies = list(pool.pull_messages(ids))
         assert metrics(replies, "pid") == [n - 1 for n in nodes]
         assert metrics(replies, "sum") == [10**5] * 6
-        assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
+        assert {s.shm.name for s in pool.segments.free} == names == pool.segments.names()
+        again = list(pool.push_messages([message(n, size=10**4) for n in nodes]))
+        assert {name for i in again for name in pool._pending[i].task.segments} <= names
+        assert metrics(list(pool.pull_messages(again)), "sum") == [10**4] * 6
+        assert pool.segments.names() == names
     finally:
         pool.close()
+    assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
 
 
 def test_a_push_that_fails_midway_leaves_no_shared_memory_behind(
     task_identity: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fifth message fails to serialize: the push raises, the four tasks already sent
-    still answer, and their blocks are freed once they have."""
+    still answer, and their blocks are given back once they have (and freed at the end)."""
     pool = PoolGrid(stateful_app(), 7, workers=2, threads=0, inline=False)
     serialize, calls = pool_module.deflate, []
 
@@ -250,9 +258,10 @@ def test_a_push_that_fails_midway_leaves_no_shared_memory_behind(
         names = {name for i in ids for name in pool._pending[i].task.segments}
         assert len(ids) == 4 and len(names) == 2
         assert metrics(list(pool.pull_messages(ids)), "pid") == [0, 1, 2, 3]
-        assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
+        assert {s.shm.name for s in pool.segments.free} == names  # no hold left on them
     finally:
         pool.close()
+    assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
 
 
 def test_a_worker_that_ends_before_reading_its_clientapp_blocks_nothing(
@@ -363,3 +372,46 @@ def test_a_backend_that_is_not_installed_is_named(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"backends must list installed backends, got 'jax'"):
         check_backends(["jax"], installed=True)
+
+
+def test_blocks_are_sized_to_be_reused_and_at_most_keep_wait_unused() -> None:
+    assert [block_size(n) for n in (0, 1, 4096, 4097, 11_000, 1 << 20)] == [
+        4096, 4096, 4096, 8192, 16384, 1 << 20,
+    ]  # fmt: skip
+    assert block_size((1 << 20) + 1) == 2 << 20 and block_size(5_000_000) == 5 << 20
+    store = SegmentStore()
+    try:
+        taken = [store.take({"a": b"x" * 5000}) for _ in range(SegmentStore.KEEP + 2)]
+        names = [s.shm.name for s in taken]
+        for segment in taken:
+            segment.users = 1
+            segment.release()
+        assert [s.shm.name for s in store.free] == names[2:]  # the oldest two freed
+        assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names[:2])
+        small = store.take({"b": b"y" * 100})  # the smallest unused block that fits
+        assert small.shm.name == names[2] and bytes(small.shm.buf[:100]) == b"y" * 100
+        big = store.take({"c": b"z" * 9000})  # none fits: a new one
+        assert big.size == 16384 and big.shm.name not in names
+    finally:
+        store.close()
+    assert not any(os.path.exists(f"/dev/shm/{n.lstrip('/')}") for n in names)
+
+
+def test_workers_get_a_cpu_each_only_when_they_are_as_many_as_the_cpus() -> None:
+    assert worker_cpus(2, {0, 1}) == [0, 1] and worker_cpus(3, {4, 7, 5}) == [4, 5, 7]
+    assert worker_cpus(2, {0, 1, 2, 3}) == [None, None]  # a smaller pool: not pinned
+    assert worker_cpus(1, {3}) == [None] and worker_cpus(3, {0, 1}) == [None] * 3
+
+
+def test_a_pinned_worker_runs_on_its_cpu(
+    task_identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    monkeypatch.setattr(pool_module, "worker_cpus", lambda size: [cpu] * size)
+    pool = PoolGrid(stateful_app(), 2, workers=2, threads=0, inline=False)
+    try:
+        replies = list(pool.send_and_receive([message(1), message(2)]))
+        assert metrics(replies, "pid") == [0, 1]
+        assert [psutil.Process(p).cpu_affinity() for p in pool.pool.pids()] == [[cpu], [cpu]]
+    finally:
+        pool.close()
