@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from flwr.app import Error, Message, MessageType
+from flwr.app import Error, Message, MessageType, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -34,6 +34,7 @@ from fedflower.engine.latency import LatencyModel
 from fedflower.engine.metered import crossing_nbytes
 from fedflower.engine.wrapper import GridWrapper
 from fedflower.errors import ConfigError
+from fedflower.records import records_of
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class _Task:
 def _num_examples(reply: Message) -> int:
     if reply.has_error():
         return 0
-    for record in reply.content.metric_records.values():
+    for record in records_of(reply.content, MetricRecord):
         if keys.NUM_EXAMPLES in record:
             return int(record[keys.NUM_EXAMPLES])  # type: ignore[arg-type]
     return 0

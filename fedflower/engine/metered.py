@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedflower.engine.wrapper import GridWrapper, WireSizes
+from fedflower.records import has_arrays
 
 _SIZES: dict[str, int] = {}
 """Serialized size by object id. Object ids are hashes of the serialized content, so a size
@@ -47,7 +48,7 @@ def crossing_nbytes(grid: Grid, message: Message) -> int:
 
 def _is_task(message: Message) -> bool:
     meta, content = message.metadata, message.content
-    return meta.message_type.startswith(MessageType.TRAIN) and bool(content.array_records)
+    return meta.message_type.startswith(MessageType.TRAIN) and has_arrays(content)
 
 
 class MeteredGrid(GridWrapper):

@@ -60,13 +60,13 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedflower import keys
 from fedflower.aggregation.staleness import StalenessFn, make_staleness
 from fedflower.checks import check_number
 from fedflower.engine.clock import Clock, ReplayableClock, WallClock
 from fedflower.errors import ConfigError, UpdateRejected
+from fedflower.records import aggregate_metricrecords
 from fedflower.server.checkpoint import Checkpointer
 from fedflower.server.contract import StrategyContract
 from fedflower.server.replies import unpack_reply

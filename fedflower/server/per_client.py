@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flwr.app import Message, MessageType
+from flwr.app import Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from fedflower import keys
 from fedflower.engine.wrapper import GridWrapper, NamesNodes
 from fedflower.outputs.per_client import PerClientLog
+from fedflower.records import record_of
 
 
 class PerClientGrid(GridWrapper):
@@ -67,7 +68,7 @@ class PerClientGrid(GridWrapper):
             rnd = self._rounds.pop(node, None)
             if rnd is None or reply.has_error():
                 continue
-            metrics = reply.content.metric_records.get(keys.METRICS)
+            metrics = record_of(reply.content, keys.METRICS, MetricRecord)
             if metrics is not None:
                 self.log.add(rnd, self._name(reply), dict(metrics))
         return replies

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from rich.console import Console
 
 from fedflower import keys
@@ -25,6 +24,7 @@ from fedflower.outputs.plots import plot_history
 from fedflower.outputs.rundir import PLOT_FILE
 from fedflower.outputs.tracking import Sink
 from fedflower.outputs.writer import RunWriter
+from fedflower.records import aggregate_metricrecords, records_of
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def naive_estimate(
 
 def all_finite(content: RecordDict) -> bool:
     """Whether every number in the content's metric records is finite."""
-    for record in content.metric_records.values():
+    for record in records_of(content, MetricRecord):
         for value in record.values():
             values = value if isinstance(value, list) else [value]
             if not all(math.isfinite(float(v)) for v in values):

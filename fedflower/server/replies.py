@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedflower import aggregation, wire
 from fedflower.errors import UpdateRejected
+from fedflower.records import record_of, records_of
 
 Arrays = list[np.ndarray]
 
@@ -59,11 +60,11 @@ def unpack_reply(
         With the reason, if any check fails.
     """
     content = reply.content
-    records = content.array_records  # a new view at each access
-    if arrayrecord_key not in records:
+    record = record_of(content, arrayrecord_key, ArrayRecord)
+    if record is None:
         raise UpdateRejected(f"reply has no {arrayrecord_key!r} ArrayRecord")
-    record = records[arrayrecord_key]
-    weights = [m[weighted_by_key] for m in content.metric_records.values() if weighted_by_key in m]
+    metrics = records_of(content, MetricRecord)
+    weights = [m[weighted_by_key] for m in metrics if weighted_by_key in m]
     if len(weights) != 1:
         raise UpdateRejected(f"reply must carry exactly one {weighted_by_key!r} metric")
     weight = float(weights[0])  # type: ignore[arg-type]
