@@ -12,7 +12,8 @@ message for each worker goes out before the others are serialized (they go to bl
 their own). A block whose tasks have ended is filled again by a later push
 (:class:`SegmentStore`), so a synchronous round reuses the same few blocks. Only small task
 descriptions and the replies' objects travel over pipes. When there are as many workers as
-CPUs, each worker runs on a CPU of its own (:func:`worker_cpus`).
+CPUs, each worker runs on a CPU of its own, and the server's loop on the last one
+(:func:`worker_cpus`).
 
 Results equal the in-process engine's: a client's training depends only on the weights and
 config it receives, its data and (seed, round, client) (see
@@ -220,14 +221,23 @@ class Blocks:
             self.open.popitem()[1].close()
 
 
+def _threads() -> set[int]:
+    """The ids of this process's threads (Linux: ``/proc/self/task``)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
 def worker_cpus(size: int, cpus: Iterable[int] | None = None) -> list[int | None]:
     """The CPU each of ``size`` workers is pinned to: one each when they are as many as this
     process's CPUs (``os.sched_getaffinity``), else none (``None``: the scheduler's choice).
 
     Pinned, a worker is not moved between cores as the server process and the other
-    workers wake up, and keeps its core's caches; a pool smaller than the machine is not
-    pinned, so that the workers of other runs on the machine are not crowded onto the same
-    cores.
+    workers wake up, and keeps its core's caches; the server's loop runs on the last
+    worker's CPU meanwhile (:meth:`WorkerPool.start`). A pool smaller than the machine is
+    not pinned, so that the workers of other runs on the machine are not crowded onto the
+    same cores.
     """
     if cpus is None:
         if not hasattr(os, "sched_setaffinity"):
@@ -447,6 +457,8 @@ class WorkerPool:
         self.warm: set[int] = set()  # answered a task: its model is built and traced
         self.busy: dict[int, list[Task]] = {}  # sent, not answered, in the order sent
         self.gone: set[int] = set()
+        # the thread pinned, its former CPUs and the threads of this process before
+        self._pinned: tuple[int, set[int], set[int]] | None = None
 
     @property
     def started(self) -> bool:
@@ -470,6 +482,7 @@ class WorkerPool:
         settings = random_settings()
         spawn = mp.get_context("spawn")
         cpus = worker_cpus(self.size)
+        self._pin_this_thread(cpus[-1])
         for i, backend in enumerate(self.backends):
             ours, theirs = spawn.Pipe()
             proc = spawn.Process(
@@ -493,6 +506,35 @@ class WorkerPool:
             sender.start()
             self._senders.append(sender)
         log.debug("started %d worker processes", len(self._procs))
+
+    def _pin_this_thread(self, cpu: int | None) -> None:
+        """Run the calling thread (the server's loop) on ``cpu`` until :meth:`close`.
+
+        With the workers pinned one per CPU, the server's loop shares the last worker's CPU:
+        a task sent to another worker then wakes it on a CPU of its own, instead of
+        preempting the server's loop, which the scheduler would move to the idle CPU only
+        at its next balancing tick (milliseconds later), while the loop still has the
+        phase's other tasks to send.
+        """
+        if cpu is None:
+            return
+        thread = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            self._pinned = (thread, os.sched_getaffinity(thread), _threads())
+            os.sched_setaffinity(thread, {cpu})
+
+    def _unpin(self) -> None:
+        """Give the pinned thread its CPUs back, and the threads it started meanwhile (a
+        thread starts with its parent's CPUs: the backend's thread pools, made at its first
+        operation).
+        """
+        if self._pinned is None:
+            return
+        thread, cpus, before = self._pinned
+        self._pinned = None
+        for tid in {thread} | (_threads() - before):
+            with contextlib.suppress(OSError):  # the thread has ended
+                os.sched_setaffinity(tid, cpus)
 
     @property
     def size(self) -> int:
@@ -580,6 +622,7 @@ class WorkerPool:
             sender.join(JOIN_SECONDS)
         for conn in self._conns:
             conn.close()
+        self._unpin()
 
     def pids(self) -> list[int]:
         """The workers' process ids."""

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -403,15 +404,22 @@ def test_workers_get_a_cpu_each_only_when_they_are_as_many_as_the_cpus() -> None
     assert worker_cpus(1, {3}) == [None] and worker_cpus(3, {0, 1}) == [None] * 3
 
 
-def test_a_pinned_worker_runs_on_its_cpu(
+def test_pinned_workers_run_on_their_cpus_and_the_loop_on_the_last_until_the_end(
     task_identity: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
     monkeypatch.setattr(pool_module, "worker_cpus", lambda size: [cpu] * size)
     pool = PoolGrid(stateful_app(), 2, workers=2, threads=0, inline=False)
     try:
         replies = list(pool.send_and_receive([message(1), message(2)]))
         assert metrics(replies, "pid") == [0, 1]
         assert [psutil.Process(p).cpu_affinity() for p in pool.pool.pids()] == [[cpu], [cpu]]
+        assert os.sched_getaffinity(0) == {cpu}  # this thread, the server's loop
+        started = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+        started.start()  # inherits the pinned CPU
+        assert os.sched_getaffinity(started.native_id) == {cpu}  # type: ignore[arg-type]
     finally:
         pool.close()
+    assert os.sched_getaffinity(0) == before
+    assert os.sched_getaffinity(started.native_id) == before  # type: ignore[arg-type]
