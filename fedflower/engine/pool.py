@@ -457,8 +457,8 @@ class WorkerPool:
         self.warm: set[int] = set()  # answered a task: its model is built and traced
         self.busy: dict[int, list[Task]] = {}  # sent, not answered, in the order sent
         self.gone: set[int] = set()
-        # the thread pinned, its former CPUs and the threads of this process before
-        self._pinned: tuple[int, set[int], set[int]] | None = None
+        # the thread pinned, its former CPUs, the threads of this process before, the CPU
+        self._pinned: tuple[int, set[int], set[int], int] | None = None
 
     @property
     def started(self) -> bool:
@@ -520,7 +520,7 @@ class WorkerPool:
             return
         thread = threading.get_native_id()
         with contextlib.suppress(OSError):
-            self._pinned = (thread, os.sched_getaffinity(thread), _threads())
+            self._pinned = (thread, os.sched_getaffinity(thread), _threads(), cpu)
             os.sched_setaffinity(thread, {cpu})
 
     def _unpin(self) -> None:
@@ -530,11 +530,12 @@ class WorkerPool:
         """
         if self._pinned is None:
             return
-        thread, cpus, before = self._pinned
+        thread, cpus, before, cpu = self._pinned
         self._pinned = None
         for tid in {thread} | (_threads() - before):
             with contextlib.suppress(OSError):  # the thread has ended
-                os.sched_setaffinity(tid, cpus)
+                if tid == thread or os.sched_getaffinity(tid) == {cpu}:  # inherited
+                    os.sched_setaffinity(tid, cpus)
 
     @property
     def size(self) -> int:

@@ -416,10 +416,14 @@ def test_pinned_workers_run_on_their_cpus_and_the_loop_on_the_last_until_the_end
         assert metrics(replies, "pid") == [0, 1]
         assert [psutil.Process(p).cpu_affinity() for p in pool.pool.pids()] == [[cpu], [cpu]]
         assert os.sched_getaffinity(0) == {cpu}  # this thread, the server's loop
-        started = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+        started, own = (threading.Thread(target=time.sleep, args=(30,), daemon=True) for _ in "ab")
         started.start()  # inherits the pinned CPU
+        own.start()
         assert os.sched_getaffinity(started.native_id) == {cpu}  # type: ignore[arg-type]
+        mine = {max(before)}  # a thread that chose its CPUs keeps them
+        os.sched_setaffinity(own.native_id, mine)  # type: ignore[arg-type]
     finally:
         pool.close()
     assert os.sched_getaffinity(0) == before
     assert os.sched_getaffinity(started.native_id) == before  # type: ignore[arg-type]
+    assert os.sched_getaffinity(own.native_id) == (mine if len(before) > 1 else before)  # type: ignore[arg-type]
