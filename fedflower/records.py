@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, cast
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import MetricRecord, RecordDict
 
 R = TypeVar("R")
 
@@ -23,11 +23,6 @@ def record_of(content: RecordDict, key: str, kind: type[R]) -> R | None:
     """The record ``key`` of ``content`` if it is a ``kind`` (``content.<kind>s.get(key)``)."""
     record = content.get(key)
     return record if isinstance(record, kind) else None
-
-
-def has_arrays(content: RecordDict) -> bool:
-    """Whether ``content`` holds an ``ArrayRecord`` (``bool(content.array_records)``)."""
-    return any(isinstance(record, ArrayRecord) for record in content.values())
 
 
 def aggregate_metricrecords(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:

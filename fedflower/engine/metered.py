@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Message, MessageType
+from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedflower.engine.wrapper import GridWrapper, WireSizes
-from fedflower.records import has_arrays
+from fedflower.records import records_of
 
 _SIZES: dict[str, int] = {}
 """Serialized size by object id. Object ids are hashes of the serialized content, so a size
@@ -48,7 +48,9 @@ def crossing_nbytes(grid: Grid, message: Message) -> int:
 
 def _is_task(message: Message) -> bool:
     meta, content = message.metadata, message.content
-    return meta.message_type.startswith(MessageType.TRAIN) and has_arrays(content)
+    return meta.message_type.startswith(MessageType.TRAIN) and bool(
+        records_of(content, ArrayRecord)
+    )
 
 
 class MeteredGrid(GridWrapper):
